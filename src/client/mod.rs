@@ -1,0 +1,234 @@
+//! The command-line client: `quarry ingest` and `quarry search` talk to a running server over
+//! gRPC, like any application backend would. Loading files into documents lives in [`load`].
+
+pub mod load;
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use anyhow::{anyhow, Context};
+use indicatif::{ProgressBar, ProgressStyle};
+use tonic::transport::Channel;
+use tonic::Code;
+
+use crate::grpc::pb;
+
+/// Default server URL for client commands.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7070";
+
+pub async fn connect(server: &str) -> anyhow::Result<Channel> {
+    Channel::from_shared(server.to_string())
+        .with_context(|| format!("invalid server URL {server:?}"))?
+        .connect()
+        .await
+        .with_context(|| {
+            format!("cannot connect to Quarry at {server} (is `quarry serve` running?)")
+        })
+}
+
+/// Settings for a collection the ingest command creates.
+#[derive(Debug, Clone, Default)]
+pub struct NewCollection {
+    pub model: Option<String>,
+    pub chunk_tokens: Option<u32>,
+    pub chunk_overlap: Option<u32>,
+}
+
+/// Summary of an ingest run.
+#[derive(Debug, Clone, Default)]
+pub struct IngestReport {
+    pub documents: usize,
+    pub chunks: usize,
+    pub by_status: HashMap<String, usize>,
+    pub rejected: Vec<(String, String)>,
+    pub seconds: f64,
+}
+
+/// Creates `collection` unless it exists.
+pub async fn ensure_collection(
+    channel: Channel,
+    collection: &str,
+    settings: &NewCollection,
+) -> anyhow::Result<()> {
+    let mut client = pb::collections_client::CollectionsClient::new(channel);
+    match client
+        .get_collection(pb::GetCollectionRequest {
+            name: collection.to_string(),
+        })
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(s) if s.code() == Code::NotFound => {
+            client
+                .create_collection(pb::CreateCollectionRequest {
+                    name: collection.to_string(),
+                    config: Some(pb::CollectionConfig {
+                        embedding_model: settings.model.clone().unwrap_or_default(),
+                        chunk_tokens: settings.chunk_tokens.unwrap_or(0),
+                        chunk_overlap: settings.chunk_overlap,
+                    }),
+                })
+                .await
+                .map_err(|s| anyhow!("cannot create collection {collection:?}: {}", s.message()))?;
+            eprintln!("created collection {collection:?}");
+            Ok(())
+        }
+        Err(s) => Err(anyhow!(
+            "cannot read collection {collection:?}: {}",
+            s.message()
+        )),
+    }
+}
+
+/// Streams `docs` into `collection` with a progress bar.
+pub async fn ingest(
+    channel: Channel,
+    collection: &str,
+    docs: Vec<pb::Document>,
+    show_progress: bool,
+) -> anyhow::Result<IngestReport> {
+    let total = docs.len();
+    let bar = if show_progress {
+        let bar = ProgressBar::new(total as u64);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} ingesting [{bar:40}] {pos}/{len} docs {per_sec} eta {eta}",
+            )
+            .map_err(|e| anyhow!("progress template: {e}"))?
+            .progress_chars("=> "),
+        );
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let started = Instant::now();
+    let name = collection.to_string();
+    let progress = bar.clone();
+    let requests = futures::stream::iter(docs.into_iter().enumerate().map(move |(i, d)| {
+        progress.inc(1);
+        pb::StreamUpsertRequest {
+            collection: if i == 0 { name.clone() } else { String::new() },
+            document: Some(d),
+        }
+    }));
+    let mut client = pb::documents_client::DocumentsClient::new(channel)
+        .max_encoding_message_size(usize::MAX)
+        .max_decoding_message_size(usize::MAX);
+    let response = client
+        .stream_upsert_documents(requests)
+        .await
+        .map_err(|s| anyhow!("ingest failed ({:?}): {}", s.code(), s.message()))?
+        .into_inner();
+    bar.finish_and_clear();
+    let mut report = IngestReport {
+        documents: total,
+        seconds: started.elapsed().as_secs_f64(),
+        ..Default::default()
+    };
+    for r in response.results {
+        let status = pb::UpsertStatus::try_from(r.status)
+            .map(|s| {
+                s.as_str_name()
+                    .trim_start_matches("UPSERT_STATUS_")
+                    .to_lowercase()
+            })
+            .unwrap_or_else(|_| "unknown".into());
+        *report.by_status.entry(status).or_default() += 1;
+        if r.status == pb::UpsertStatus::Rejected as i32 {
+            report.rejected.push((r.id, r.error));
+        } else if r.status != pb::UpsertStatus::Unchanged as i32 {
+            report.chunks += r.chunk_count as usize;
+        }
+    }
+    Ok(report)
+}
+
+/// Runs one search.
+pub async fn search(
+    channel: Channel,
+    request: pb::SearchRequest,
+) -> anyhow::Result<pb::SearchResponse> {
+    let mut client = pb::search_client::SearchClient::new(channel);
+    Ok(client
+        .search(request)
+        .await
+        .map_err(|s| anyhow!("search failed ({:?}): {}", s.code(), s.message()))?
+        .into_inner())
+}
+
+/// A search response as JSON (for `quarry search --json`).
+pub fn response_json(r: &pb::SearchResponse) -> serde_json::Value {
+    let hit = |h: &pb::Hit| {
+        let rh = |x: &Option<pb::RetrieverHit>| {
+            x.as_ref()
+                .map(|x| serde_json::json!({"rank": x.rank, "score": x.score}))
+        };
+        serde_json::json!({
+            "document_id": h.document_id,
+            "chunk_id": h.chunk_id,
+            "ordinal": h.ordinal,
+            "score": h.score,
+            "title": h.title,
+            "text": h.text,
+            "start_byte": h.start_byte,
+            "end_byte": h.end_byte,
+            "metadata": h.metadata,
+            "explanation": h.explanation.as_ref().map(|e| serde_json::json!({
+                "lexical": rh(&e.lexical), "dense": rh(&e.dense)
+            })),
+        })
+    };
+    serde_json::json!({
+        "mode": pb::SearchMode::try_from(r.mode).map(|m| m.as_str_name()).unwrap_or("?"),
+        "degraded": r.degraded,
+        "warning": r.warning,
+        "took_micros": r.took_micros,
+        "hits": r.hits.iter().map(hit).collect::<Vec<_>>(),
+    })
+}
+
+/// A search response as a human-readable table.
+pub fn print_response(r: &pb::SearchResponse, explain: bool) {
+    if r.degraded {
+        eprintln!("warning: {}", r.warning);
+    }
+    for (i, h) in r.hits.iter().enumerate() {
+        let snippet: String = h
+            .text
+            .chars()
+            .take(100)
+            .collect::<String>()
+            .replace('\n', " ");
+        println!(
+            "{:>3}. {:.4}  {} #{}  {}",
+            i + 1,
+            h.score,
+            h.document_id,
+            h.ordinal,
+            if h.title.is_empty() { "" } else { &h.title }
+        );
+        println!("      {snippet}");
+        if explain {
+            if let Some(e) = &h.explanation {
+                let fmt = |x: &Option<pb::RetrieverHit>| {
+                    x.as_ref()
+                        .map(|x| format!("rank {} score {:.4}", x.rank, x.score))
+                        .unwrap_or_else(|| "-".into())
+                };
+                println!(
+                    "      lexical: {}   dense: {}",
+                    fmt(&e.lexical),
+                    fmt(&e.dense)
+                );
+            }
+        }
+    }
+    eprintln!(
+        "{} hits in {:.2} ms ({})",
+        r.hits.len(),
+        r.took_micros as f64 / 1000.0,
+        pb::SearchMode::try_from(r.mode)
+            .map(|m| m.as_str_name())
+            .unwrap_or("?")
+    );
+}

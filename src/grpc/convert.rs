@@ -1,0 +1,177 @@
+//! Conversions between the wire types (`pb`) and the core's types. Validation of shapes that
+//! only exist on the wire (enums, oneofs) happens here; limits are checked by the engine.
+
+use std::collections::BTreeMap;
+
+use super::pb;
+use crate::engine::{CollectionInfo, DocumentInput, StoredDocument, UpsertOutcome, UpsertStatus};
+use crate::error::{Error, Result};
+use crate::retrieve::{Fusion, Hit, Mode, RetrieverHit, SearchOutcome, SearchParams};
+
+pub fn collection(info: CollectionInfo) -> pb::Collection {
+    let r = info.record;
+    pb::Collection {
+        name: r.name,
+        config: Some(pb::CollectionConfig {
+            embedding_model: r.model,
+            chunk_tokens: r.chunk_tokens as u32,
+            chunk_overlap: Some(r.chunk_overlap as u32),
+        }),
+        dimension: r.dimension as u32,
+        document_count: info.document_count,
+        chunk_count: info.chunk_count,
+        created_unix_ms: r.created_unix_ms,
+    }
+}
+
+pub fn document(d: pb::Document) -> DocumentInput {
+    DocumentInput {
+        markdown: d.format() == pb::DocumentFormat::Markdown,
+        id: d.id,
+        text: d.text,
+        title: d.title,
+        metadata: d.metadata.into_iter().collect(),
+    }
+}
+
+pub fn document_to_pb(d: DocumentInput) -> pb::Document {
+    pb::Document {
+        format: if d.markdown {
+            pb::DocumentFormat::Markdown as i32
+        } else {
+            pb::DocumentFormat::Text as i32
+        },
+        id: d.id,
+        text: d.text,
+        title: d.title,
+        metadata: d.metadata.into_iter().collect(),
+    }
+}
+
+pub fn stored_document(d: StoredDocument) -> pb::StoredDocument {
+    pb::StoredDocument {
+        chunk_count: d.chunk_ids.len() as u32,
+        content_hash: d.content_hash,
+        chunks: d
+            .chunks
+            .into_iter()
+            .map(|(id, c)| pb::Chunk {
+                chunk_id: id,
+                ordinal: c.ordinal,
+                start_byte: c.start as u64,
+                end_byte: c.end as u64,
+                text: c.text,
+            })
+            .collect(),
+        document: Some(document_to_pb(d.input)),
+    }
+}
+
+pub fn outcome(o: UpsertOutcome) -> pb::DocumentResult {
+    let status = match o.status {
+        UpsertStatus::Created => pb::UpsertStatus::Created,
+        UpsertStatus::Updated => pb::UpsertStatus::Updated,
+        UpsertStatus::Unchanged => pb::UpsertStatus::Unchanged,
+    };
+    pb::DocumentResult {
+        id: o.id,
+        status: status as i32,
+        chunk_count: o.chunk_count as u32,
+        error: String::new(),
+    }
+}
+
+pub fn mode(m: i32) -> Result<Mode> {
+    match pb::SearchMode::try_from(m) {
+        Ok(pb::SearchMode::Lexical) => Ok(Mode::Lexical),
+        Ok(pb::SearchMode::Dense) => Ok(Mode::Dense),
+        Ok(pb::SearchMode::Hybrid | pb::SearchMode::Unspecified) => Ok(Mode::Hybrid),
+        Err(_) => Err(Error::invalid(format!("unknown search mode {m}"))),
+    }
+}
+
+pub fn mode_to_pb(m: Mode) -> pb::SearchMode {
+    match m {
+        Mode::Lexical => pb::SearchMode::Lexical,
+        Mode::Dense => pb::SearchMode::Dense,
+        Mode::Hybrid => pb::SearchMode::Hybrid,
+    }
+}
+
+fn weight(w: Option<f32>, default: f32, name: &str) -> Result<f32> {
+    let w = w.unwrap_or(default);
+    if !(w.is_finite() && w >= 0.0) {
+        return Err(Error::invalid(format!(
+            "{name} must be a finite number >= 0, got {w}"
+        )));
+    }
+    Ok(w)
+}
+
+pub fn fusion(f: Option<pb::Fusion>) -> Result<Fusion> {
+    match f.and_then(|f| f.method) {
+        None => Ok(Fusion::default()),
+        Some(pb::fusion::Method::Rrf(r)) => Ok(Fusion::Rrf {
+            k: weight(r.k, 60.0, "rrf.k")?,
+            lexical_weight: weight(r.lexical_weight, 1.0, "rrf.lexical_weight")?,
+            dense_weight: weight(r.dense_weight, 1.0, "rrf.dense_weight")?,
+        }),
+        Some(pb::fusion::Method::Weighted(w)) => Ok(Fusion::Weighted {
+            lexical_weight: weight(w.lexical_weight, 0.6, "weighted.lexical_weight")?,
+            dense_weight: weight(w.dense_weight, 0.4, "weighted.dense_weight")?,
+        }),
+    }
+}
+
+pub fn search_params(r: pb::SearchRequest) -> Result<SearchParams> {
+    Ok(SearchParams {
+        mode: mode(r.mode)?,
+        fusion: fusion(r.fusion)?,
+        query: r.query,
+        top_k: r.top_k as usize,
+        filter: r.filter.into_iter().collect::<BTreeMap<_, _>>(),
+        group_by_document: r.group_by_document,
+        query_vector: if r.query_vector.is_empty() {
+            None
+        } else {
+            Some(r.query_vector)
+        },
+        candidates: r.candidates as usize,
+        title_boost: 1.0,
+    })
+}
+
+fn retriever_hit(h: RetrieverHit) -> pb::RetrieverHit {
+    pb::RetrieverHit {
+        rank: h.rank,
+        score: h.score,
+    }
+}
+
+pub fn hit(h: Hit, explain: bool) -> pb::Hit {
+    pb::Hit {
+        explanation: explain.then(|| pb::Explanation {
+            lexical: h.lexical.map(retriever_hit),
+            dense: h.dense.map(retriever_hit),
+        }),
+        document_id: h.doc_id,
+        chunk_id: h.chunk_id,
+        ordinal: h.ordinal,
+        text: h.text,
+        start_byte: h.start as u64,
+        end_byte: h.end as u64,
+        score: h.score,
+        title: h.title,
+        metadata: h.metadata.into_iter().collect(),
+    }
+}
+
+pub fn search_response(o: SearchOutcome, explain: bool) -> pb::SearchResponse {
+    pb::SearchResponse {
+        mode: mode_to_pb(o.mode) as i32,
+        degraded: o.warning.is_some(),
+        warning: o.warning.unwrap_or_default(),
+        took_micros: o.took.as_micros() as u64,
+        hits: o.hits.into_iter().map(|h| hit(h, explain)).collect(),
+    }
+}

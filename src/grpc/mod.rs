@@ -1,0 +1,87 @@
+//! The gRPC transport: the only layer that knows the wire protocol.
+//!
+//! - [`pb`]: code generated from `proto/quarry/v1/quarry.proto` by `build.rs`.
+//! - `services`: one type per service, each a thin adapter over [`crate::engine::Engine`].
+//! - `convert`: wire <-> core types. `status`: the single core-error -> `tonic::Status` mapping.
+//! - [`serve`]: wires Quarry's services, `grpc.health.v1` and server reflection onto a listener
+//!   and runs until the shutdown future resolves, then finishes in-flight requests and
+//!   checkpoints the engine.
+
+mod convert;
+mod services;
+mod status;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::engine::{spawn_checkpointer, Engine};
+
+pub use status::to_status;
+
+/// Generated protobuf and gRPC code.
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    tonic::include_proto!("quarry.v1");
+    /// Encoded descriptor set of the Quarry protos (served by reflection).
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/quarry_descriptor.bin"));
+}
+
+/// Runs the gRPC server on `listener` until `shutdown` resolves.
+pub async fn serve(
+    engine: Arc<Engine>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let max = engine.config().limits.max_message_bytes;
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let collections = pb::collections_server::CollectionsServer::new(
+        services::CollectionsService::new(engine.clone()),
+    )
+    .max_decoding_message_size(max)
+    .max_encoding_message_size(max);
+    let documents =
+        pb::documents_server::DocumentsServer::new(services::DocumentsService::new(engine.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
+    let search = pb::search_server::SearchServer::new(services::SearchService::new(engine.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    health_reporter
+        .set_serving::<pb::collections_server::CollectionsServer<services::CollectionsService>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::documents_server::DocumentsServer<services::DocumentsService>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::search_server::SearchServer<services::SearchService>>()
+        .await;
+    health_reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let checkpointer = spawn_checkpointer(engine.clone(), stop_rx);
+    tracing::info!(addr = %listener.local_addr()?, "quarry listening");
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(collections)
+        .add_service(documents)
+        .add_service(search)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    tracing::info!("in-flight requests finished; checkpointing");
+    let _ = stop_tx.send(true);
+    let _ = checkpointer.await;
+    engine.checkpoint().await?;
+    tracing::info!("state flushed; bye");
+    Ok(())
+}

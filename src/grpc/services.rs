@@ -1,0 +1,256 @@
+//! Service implementations: decode, call the engine, encode. No retrieval logic lives here.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status, Streaming};
+
+use super::convert;
+use super::pb;
+use super::status::to_status;
+use crate::engine::{CollectionSettings, DocumentInput, Engine};
+
+/// Documents a streaming upsert groups into one engine batch (one sled transaction, one
+/// tantivy commit); large enough to amortize commits, small enough to acknowledge promptly.
+const STREAM_BATCH: usize = 64;
+
+pub struct CollectionsService {
+    engine: Arc<Engine>,
+}
+
+impl CollectionsService {
+    pub fn new(engine: Arc<Engine>) -> Self {
+        CollectionsService { engine }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> crate::Result<T> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("task failed: {e}")))?
+        .map_err(to_status)
+}
+
+#[tonic::async_trait]
+impl pb::collections_server::Collections for CollectionsService {
+    async fn create_collection(
+        &self,
+        request: Request<pb::CreateCollectionRequest>,
+    ) -> Result<Response<pb::Collection>, Status> {
+        let r = request.into_inner();
+        let config = r.config.unwrap_or_default();
+        let settings = CollectionSettings {
+            model: Some(config.embedding_model).filter(|m| !m.is_empty()),
+            chunk_tokens: Some(config.chunk_tokens as usize).filter(|&t| t > 0),
+            chunk_overlap: config.chunk_overlap.map(|o| o as usize),
+        };
+        let engine = self.engine.clone();
+        let info = blocking(move || engine.create_collection(&r.name, settings)).await?;
+        Ok(Response::new(convert::collection(info)))
+    }
+
+    async fn get_collection(
+        &self,
+        request: Request<pb::GetCollectionRequest>,
+    ) -> Result<Response<pb::Collection>, Status> {
+        let c = self
+            .engine
+            .collection(&request.into_inner().name)
+            .map_err(to_status)?;
+        Ok(Response::new(convert::collection(c.info())))
+    }
+
+    async fn list_collections(
+        &self,
+        _request: Request<pb::ListCollectionsRequest>,
+    ) -> Result<Response<pb::ListCollectionsResponse>, Status> {
+        let list = self.engine.list_collections().map_err(to_status)?;
+        Ok(Response::new(pb::ListCollectionsResponse {
+            collections: list.into_iter().map(convert::collection).collect(),
+        }))
+    }
+
+    async fn delete_collection(
+        &self,
+        request: Request<pb::DeleteCollectionRequest>,
+    ) -> Result<Response<pb::DeleteCollectionResponse>, Status> {
+        self.engine
+            .delete_collection(&request.into_inner().name)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::DeleteCollectionResponse {}))
+    }
+}
+
+pub struct DocumentsService {
+    engine: Arc<Engine>,
+}
+
+impl DocumentsService {
+    pub fn new(engine: Arc<Engine>) -> Self {
+        DocumentsService { engine }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::documents_server::Documents for DocumentsService {
+    async fn upsert_documents(
+        &self,
+        request: Request<pb::UpsertDocumentsRequest>,
+    ) -> Result<Response<pb::UpsertDocumentsResponse>, Status> {
+        let r = request.into_inner();
+        let docs = r.documents.into_iter().map(convert::document).collect();
+        let outcomes = self
+            .engine
+            .upsert(&r.collection, docs)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::UpsertDocumentsResponse {
+            results: outcomes.into_iter().map(convert::outcome).collect(),
+        }))
+    }
+
+    async fn stream_upsert_documents(
+        &self,
+        request: Request<Streaming<pb::StreamUpsertRequest>>,
+    ) -> Result<Response<pb::UpsertDocumentsResponse>, Status> {
+        let mut stream = request.into_inner();
+        let mut collection: Option<String> = None;
+        let mut results: Vec<Option<pb::DocumentResult>> = Vec::new();
+        // Pending documents with their positions in `results`.
+        let mut pending: Vec<(usize, DocumentInput)> = Vec::new();
+
+        async fn flush(
+            engine: &Engine,
+            collection: &str,
+            pending: &mut Vec<(usize, DocumentInput)>,
+            results: &mut [Option<pb::DocumentResult>],
+        ) -> Result<(), Status> {
+            if pending.is_empty() {
+                return Ok(());
+            }
+            let (positions, docs): (Vec<usize>, Vec<DocumentInput>) =
+                std::mem::take(pending).into_iter().unzip();
+            let outcomes = engine.upsert(collection, docs).await.map_err(to_status)?;
+            for (pos, o) in positions.into_iter().zip(outcomes) {
+                results[pos] = Some(convert::outcome(o));
+            }
+            Ok(())
+        }
+
+        while let Some(message) = stream.message().await? {
+            match (&collection, message.collection.as_str()) {
+                (None, "") => {
+                    return Err(Status::invalid_argument(
+                        "the first message of the stream must name the collection",
+                    ))
+                }
+                (None, name) => {
+                    self.engine.collection(name).map_err(to_status)?;
+                    collection = Some(name.to_string());
+                }
+                (Some(_), "") => {}
+                (Some(c), name) if c == name => {}
+                (Some(c), name) => {
+                    return Err(Status::invalid_argument(format!(
+                        "a stream writes to one collection: got {name:?} after {c:?}"
+                    )))
+                }
+            }
+            let name = collection.clone().unwrap_or_default();
+            let Some(doc) = message.document else {
+                continue;
+            };
+            let doc = convert::document(doc);
+            let pos = results.len();
+            match self.engine.validate_document(&doc) {
+                Err(e) => {
+                    results.push(Some(pb::DocumentResult {
+                        id: doc.id,
+                        status: pb::UpsertStatus::Rejected as i32,
+                        chunk_count: 0,
+                        error: e.to_string(),
+                    }));
+                }
+                Ok(()) => {
+                    // A batch holds each id once: a repeated id starts a new batch so the
+                    // later version wins, as it would sent one by one.
+                    if pending.iter().any(|(_, d)| d.id == doc.id) {
+                        flush(&self.engine, &name, &mut pending, &mut results).await?;
+                    }
+                    results.push(None);
+                    pending.push((pos, doc));
+                    if pending.len() >= STREAM_BATCH {
+                        flush(&self.engine, &name, &mut pending, &mut results).await?;
+                    }
+                }
+            }
+        }
+        if let Some(name) = &collection {
+            flush(&self.engine, name, &mut pending, &mut results).await?;
+        }
+        Ok(Response::new(pb::UpsertDocumentsResponse {
+            results: results.into_iter().flatten().collect(),
+        }))
+    }
+
+    async fn get_documents(
+        &self,
+        request: Request<pb::GetDocumentsRequest>,
+    ) -> Result<Response<pb::GetDocumentsResponse>, Status> {
+        let r = request.into_inner();
+        let engine = self.engine.clone();
+        let (found, missing) =
+            blocking(move || engine.get_documents(&r.collection, &r.ids, r.include_chunks)).await?;
+        Ok(Response::new(pb::GetDocumentsResponse {
+            documents: found.into_iter().map(convert::stored_document).collect(),
+            missing,
+        }))
+    }
+
+    async fn delete_documents(
+        &self,
+        request: Request<pb::DeleteDocumentsRequest>,
+    ) -> Result<Response<pb::DeleteDocumentsResponse>, Status> {
+        let r = request.into_inner();
+        let (deleted, missing) = self
+            .engine
+            .delete_documents(&r.collection, r.ids)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::DeleteDocumentsResponse {
+            deleted: deleted as u32,
+            missing,
+        }))
+    }
+}
+
+pub struct SearchService {
+    engine: Arc<Engine>,
+}
+
+impl SearchService {
+    pub fn new(engine: Arc<Engine>) -> Self {
+        SearchService { engine }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::search_server::Search for SearchService {
+    async fn search(
+        &self,
+        request: Request<pb::SearchRequest>,
+    ) -> Result<Response<pb::SearchResponse>, Status> {
+        let r = request.into_inner();
+        let explain = r.explain;
+        let collection = r.collection.clone();
+        let params = convert::search_params(r).map_err(to_status)?;
+        let outcome = self
+            .engine
+            .search(&collection, params)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(convert::search_response(outcome, explain)))
+    }
+}

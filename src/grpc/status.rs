@@ -1,0 +1,45 @@
+//! The one place core errors become gRPC statuses.
+
+use tonic::{Code, Status};
+
+use crate::error::Error;
+
+/// Maps a core error to a status. User errors keep their message verbatim (it names the limit
+/// or the missing thing); internal faults are logged and reported as INTERNAL.
+pub fn to_status(e: Error) -> Status {
+    let code = match &e {
+        Error::InvalidArgument(_) => Code::InvalidArgument,
+        Error::CollectionNotFound(_) => Code::NotFound,
+        Error::CollectionExists(_) => Code::AlreadyExists,
+        Error::FailedPrecondition(_) => Code::FailedPrecondition,
+        Error::Embedding(_) => Code::Unavailable,
+        Error::Storage(_) | Error::Lexical(_) | Error::Io(_) | Error::Internal(_) => Code::Internal,
+    };
+    if !e.is_user_error() {
+        tracing::error!(error = %e, "request failed");
+    }
+    Status::new(code, e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes() {
+        assert_eq!(to_status(Error::invalid("x")).code(), Code::InvalidArgument);
+        assert_eq!(
+            to_status(Error::CollectionNotFound("c".into())).code(),
+            Code::NotFound
+        );
+        assert_eq!(
+            to_status(Error::CollectionExists("c".into())).code(),
+            Code::AlreadyExists
+        );
+        assert_eq!(to_status(Error::internal("boom")).code(), Code::Internal);
+        assert_eq!(
+            to_status(Error::Embedding("e".into())).code(),
+            Code::Unavailable
+        );
+    }
+}

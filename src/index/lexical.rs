@@ -1,0 +1,321 @@
+//! BM25 over chunk text and document title, with tantivy.
+//!
+//! One tantivy index per collection. Each tantivy document is one chunk: `chunk_id` (the join
+//! key back to sled), `title` and `body` analysed with tantivy's English stemming analyzer
+//! (`en_stem`), and `meta` holding one `key\u{1f}value` term per metadata entry for exact-match
+//! filters. Every commit carries the last applied operation sequence as its payload, so on
+//! start-up the engine knows which logged operations to replay.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use tantivy::collector::{DocSetCollector, TopDocs};
+use tantivy::directory::MmapDirectory;
+use tantivy::query::{BooleanQuery, BoostQuery, Occur, Query, TermQuery};
+use tantivy::schema::{
+    Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, FAST, INDEXED, STORED, STRING,
+};
+use tantivy::{doc, Index, IndexReader, IndexWriter, ReloadPolicy, Term};
+
+use crate::error::{Error, Result};
+
+const ANALYZER: &str = "en_stem";
+const META_SEP: char = '\u{1f}';
+
+/// What the lexical index stores of one chunk.
+#[derive(Debug, Clone)]
+pub struct LexicalDoc<'a> {
+    pub chunk_id: u64,
+    pub title: &'a str,
+    pub body: &'a str,
+    pub metadata: &'a BTreeMap<String, String>,
+}
+
+pub struct LexicalIndex {
+    index: Index,
+    reader: IndexReader,
+    writer: std::sync::Mutex<IndexWriter>,
+    chunk_id: Field,
+    title: Field,
+    body: Field,
+    meta: Field,
+}
+
+fn schema() -> Schema {
+    let mut builder = Schema::builder();
+    let text = TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default()
+            .set_tokenizer(ANALYZER)
+            .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+    );
+    builder.add_u64_field("chunk_id", INDEXED | FAST | STORED);
+    builder.add_text_field("title", text.clone());
+    builder.add_text_field("body", text);
+    builder.add_text_field("meta", STRING);
+    builder.build()
+}
+
+fn meta_term(key: &str, value: &str) -> String {
+    format!("{key}{META_SEP}{value}")
+}
+
+impl LexicalIndex {
+    pub fn open(dir: &Path) -> Result<LexicalIndex> {
+        std::fs::create_dir_all(dir)?;
+        let directory = MmapDirectory::open(dir)
+            .map_err(|e| Error::internal(format!("cannot open {}: {e}", dir.display())))?;
+        let index = Index::open_or_create(directory, schema())?;
+        let schema = index.schema();
+        let field = |name: &str| schema.get_field(name);
+        let (chunk_id, title, body, meta) = (
+            field("chunk_id")?,
+            field("title")?,
+            field("body")?,
+            field("meta")?,
+        );
+        let writer = index.writer_with_num_threads(1, 50_000_000)?;
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()?;
+        Ok(LexicalIndex {
+            index,
+            reader,
+            writer: std::sync::Mutex::new(writer),
+            chunk_id,
+            title,
+            body,
+            meta,
+        })
+    }
+
+    /// Sequence of the last operation committed into this index (0: none).
+    pub fn applied_seq(&self) -> Result<u64> {
+        Ok(self
+            .index
+            .load_metas()?
+            .payload
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// Removes `remove`, adds `add` (idempotent: an added chunk id replaces any copy), and
+    /// commits with `seq` as payload. New documents are searchable when this returns.
+    pub fn apply(&self, seq: u64, add: &[LexicalDoc<'_>], remove: &[u64]) -> Result<()> {
+        let mut writer = self
+            .writer
+            .lock()
+            .map_err(|_| Error::internal("lexical writer poisoned"))?;
+        for id in remove.iter().chain(add.iter().map(|d| &d.chunk_id)) {
+            writer.delete_term(Term::from_field_u64(self.chunk_id, *id));
+        }
+        for d in add {
+            let mut document = doc!(
+                self.chunk_id => d.chunk_id,
+                self.title => d.title,
+                self.body => d.body,
+            );
+            for (k, v) in d.metadata {
+                document.add_text(self.meta, meta_term(k, v));
+            }
+            writer.add_document(document)?;
+        }
+        let mut prepared = writer.prepare_commit()?;
+        prepared.set_payload(&seq.to_string());
+        prepared.commit()?;
+        drop(writer);
+        self.reader.reload()?;
+        Ok(())
+    }
+
+    /// Analyses `text` with the index's analyzer (lower-cased, stemmed terms).
+    pub fn analyze(&self, text: &str) -> Result<Vec<String>> {
+        let mut analyzer = self
+            .index
+            .tokenizers()
+            .get(ANALYZER)
+            .ok_or_else(|| Error::internal("en_stem analyzer missing"))?;
+        let mut stream = analyzer.token_stream(text);
+        let mut out = Vec::new();
+        while stream.advance() {
+            out.push(stream.token().text.clone());
+        }
+        Ok(out)
+    }
+
+    fn filter_clauses(&self, filter: &BTreeMap<String, String>) -> Vec<(Occur, Box<dyn Query>)> {
+        filter
+            .iter()
+            .map(|(k, v)| {
+                let term = Term::from_field_text(self.meta, &meta_term(k, v));
+                let q: Box<dyn Query> = Box::new(BoostQuery::new(
+                    Box::new(TermQuery::new(term, IndexRecordOption::Basic)),
+                    0.0,
+                ));
+                (Occur::Must, q)
+            })
+            .collect()
+    }
+
+    /// BM25 top `limit` chunks for `query`, restricted to chunks whose metadata matches every
+    /// entry of `filter`. `title_boost` weighs title matches against body matches.
+    pub fn search(
+        &self,
+        query: &str,
+        limit: usize,
+        filter: &BTreeMap<String, String>,
+        title_boost: f32,
+    ) -> Result<Vec<(u64, f32)>> {
+        let terms = self.analyze(query)?;
+        if terms.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut should: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+        for t in &terms {
+            should.push((
+                Occur::Should,
+                Box::new(TermQuery::new(
+                    Term::from_field_text(self.body, t),
+                    IndexRecordOption::WithFreqs,
+                )),
+            ));
+            if title_boost > 0.0 {
+                should.push((
+                    Occur::Should,
+                    Box::new(BoostQuery::new(
+                        Box::new(TermQuery::new(
+                            Term::from_field_text(self.title, t),
+                            IndexRecordOption::WithFreqs,
+                        )),
+                        title_boost,
+                    )),
+                ));
+            }
+        }
+        let text_query: Box<dyn Query> = Box::new(BooleanQuery::new(should));
+        let query: Box<dyn Query> = if filter.is_empty() {
+            text_query
+        } else {
+            let mut clauses = vec![(Occur::Must, text_query)];
+            clauses.extend(self.filter_clauses(filter));
+            Box::new(BooleanQuery::new(clauses))
+        };
+        let searcher = self.reader.searcher();
+        let top = searcher.search(&query, &TopDocs::with_limit(limit).order_by_score())?;
+        let mut out = Vec::with_capacity(top.len());
+        for (score, addr) in top {
+            let column = searcher
+                .segment_reader(addr.segment_ord)
+                .fast_fields()
+                .u64("chunk_id")?;
+            if let Some(id) = column.first(addr.doc_id) {
+                out.push((id, score));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every chunk id whose metadata matches all of `filter` (for filtered dense search).
+    pub fn matching_chunks(&self, filter: &BTreeMap<String, String>) -> Result<Vec<u64>> {
+        let query = BooleanQuery::new(self.filter_clauses(filter));
+        let searcher = self.reader.searcher();
+        let docs = searcher.search(&query, &DocSetCollector)?;
+        let mut out = Vec::with_capacity(docs.len());
+        for addr in docs {
+            let column = searcher
+                .segment_reader(addr.segment_ord)
+                .fast_fields()
+                .u64("chunk_id")?;
+            if let Some(id) = column.first(addr.doc_id) {
+                out.push(id);
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// Number of chunks in the index.
+    pub fn len(&self) -> u64 {
+        self.reader.searcher().num_docs()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Stored chunk id of a document (used by tests).
+    #[cfg(test)]
+    fn stored_ids(&self) -> Vec<u64> {
+        let searcher = self.reader.searcher();
+        let mut ids: Vec<u64> = searcher
+            .search(&tantivy::query::AllQuery, &DocSetCollector)
+            .unwrap()
+            .into_iter()
+            .map(|a| {
+                use tantivy::schema::Value;
+                let d: tantivy::TantivyDocument = searcher.doc(a).unwrap();
+                d.get_first(self.chunk_id).and_then(|v| v.as_u64()).unwrap()
+            })
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bm25_stemming_filters_and_payload() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = BTreeMap::new();
+        let lang = BTreeMap::from([("lang".to_string(), "en".to_string())]);
+        {
+            let index = LexicalIndex::open(dir.path()).unwrap();
+            assert_eq!(index.applied_seq().unwrap(), 0);
+            index
+                .apply(
+                    3,
+                    &[
+                        LexicalDoc {
+                            chunk_id: 1,
+                            title: "Running",
+                            body: "runners were running fast",
+                            metadata: &lang,
+                        },
+                        LexicalDoc {
+                            chunk_id: 2,
+                            title: "",
+                            body: "slow walking",
+                            metadata: &empty,
+                        },
+                    ],
+                    &[],
+                )
+                .unwrap();
+        }
+        let index = LexicalIndex::open(dir.path()).unwrap();
+        assert_eq!(index.applied_seq().unwrap(), 3);
+        let hits = index.search("runs", 10, &empty, 1.0).unwrap();
+        assert_eq!(hits.iter().map(|h| h.0).collect::<Vec<_>>(), vec![1]);
+        assert!(index.search("walk", 10, &lang, 1.0).unwrap().is_empty());
+        assert_eq!(index.matching_chunks(&lang).unwrap(), vec![1]);
+        // Re-adding an id replaces it; removing deletes it.
+        index
+            .apply(
+                4,
+                &[LexicalDoc {
+                    chunk_id: 2,
+                    title: "",
+                    body: "slow walking again",
+                    metadata: &empty,
+                }],
+                &[1],
+            )
+            .unwrap();
+        assert_eq!(index.stored_ids(), vec![2]);
+        assert_eq!(index.applied_seq().unwrap(), 4);
+        assert!(index.search("", 10, &empty, 1.0).unwrap().is_empty());
+    }
+}

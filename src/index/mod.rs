@@ -1,0 +1,8 @@
+//! The two derived indexes, rebuilt from sled if lost: BM25 ([`lexical`], tantivy) and
+//! approximate nearest neighbours ([`dense`], hnsw_rs), plus an exact-search oracle.
+
+pub mod dense;
+pub mod lexical;
+
+pub use dense::{exact_search, DenseIndex, HnswParams};
+pub use lexical::{LexicalDoc, LexicalIndex};

@@ -1,0 +1,32 @@
+//! Quarry: a local-first retrieval service for RAG.
+//!
+//! Quarry ingests documents, chunks them by tokens of a local embedding model, embeds them with
+//! ONNX Runtime, and serves hybrid search (BM25 + dense vectors, fused) over gRPC. Everything
+//! runs on one machine, offline.
+//!
+//! # Layout
+//! - [`config`]: one validated [`config::Config`]; defaults < file < environment < flags.
+//! - [`error`]: the core's error type; user errors versus internal faults.
+//! - [`model`]: model provisioning from pinned PyPI packages, and the embedding session pool.
+//! - [`chunk`]: token-aware, markdown-aware chunking with byte offsets.
+//! - [`store`]: sled, the only source of truth (documents, chunks, vectors, operation log).
+//! - [`index`]: derived indexes: tantivy BM25 and hnsw_rs, plus an exact-search oracle.
+//! - [`retrieve`]: search requests and results, fusion (RRF and weighted).
+//! - [`engine`]: collections, the ingest pipeline, search, recovery and checkpoints.
+//! - [`grpc`]: the transport; the only module that knows the wire protocol.
+//! - [`client`]: the CLI's client side (`quarry ingest`, `quarry search`).
+//!
+//! The retrieval core (everything but `grpc` and `client`) knows nothing of gRPC.
+
+pub mod chunk;
+pub mod client;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod grpc;
+pub mod index;
+pub mod model;
+pub mod retrieve;
+pub mod store;
+
+pub use error::{Error, Result};

@@ -1,0 +1,97 @@
+//! Search requests and results, and how lexical and dense candidates become one ranking.
+//!
+//! The engine (`crate::engine`) gathers candidates from each retriever; this module defines the
+//! request and result types and the fusion rules ([`fusion`]). Everything here is plain data:
+//! the gRPC layer converts to and from it at the edge.
+
+pub mod fusion;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+pub use fusion::{fuse, Fused, Fusion, RetrieverHit};
+
+/// Which retrievers a search uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    Lexical,
+    Dense,
+    #[default]
+    Hybrid,
+}
+
+impl Mode {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Mode::Lexical => "lexical",
+            Mode::Dense => "dense",
+            Mode::Hybrid => "hybrid",
+        }
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "lexical" => Ok(Mode::Lexical),
+            "dense" => Ok(Mode::Dense),
+            "hybrid" => Ok(Mode::Hybrid),
+            other => Err(format!(
+                "unknown mode {other:?} (expected lexical, dense or hybrid)"
+            )),
+        }
+    }
+}
+
+/// A search, as the core sees it.
+#[derive(Debug, Clone, Default)]
+pub struct SearchParams {
+    pub query: String,
+    /// 0 means the default (10).
+    pub top_k: usize,
+    pub mode: Mode,
+    pub fusion: Fusion,
+    /// All-of exact matches on metadata.
+    pub filter: BTreeMap<String, String>,
+    pub group_by_document: bool,
+    /// Caller-computed query vector; embedded from `query` when absent.
+    pub query_vector: Option<Vec<f32>>,
+    /// Candidates per retriever; 0 means max(100, 2 * top_k).
+    pub candidates: usize,
+    /// Weight of title matches relative to body matches in BM25.
+    pub title_boost: f32,
+}
+
+/// One result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hit {
+    pub doc_id: String,
+    pub chunk_id: u64,
+    pub ordinal: u32,
+    pub text: String,
+    pub start: usize,
+    pub end: usize,
+    /// Fused score (hybrid) or the retriever's raw score (single mode).
+    pub score: f32,
+    pub title: String,
+    pub metadata: BTreeMap<String, String>,
+    pub lexical: Option<RetrieverHit>,
+    pub dense: Option<RetrieverHit>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SearchOutcome {
+    pub hits: Vec<Hit>,
+    /// The mode actually used.
+    pub mode: Mode,
+    /// Set when hybrid fell back to lexical; says why.
+    pub warning: Option<String>,
+    pub took: Duration,
+}
+
+impl SearchOutcome {
+    pub fn degraded(&self) -> bool {
+        self.warning.is_some()
+    }
+}

@@ -1,0 +1,426 @@
+//! sled: the durable source of truth.
+//!
+//! Everything needed to rebuild the indexes lives here: collection settings, documents (metadata
+//! and text), chunks (text and offsets), chunk vectors, and a per-collection operation log. The
+//! tantivy and HNSW indexes are derived data: each records the last operation sequence it has
+//! applied, and on start-up the log after that point is replayed into it. A write is acknowledged
+//! only after its sled transaction is flushed.
+//!
+//! Layout (one sled `Db`):
+//! - tree `collections`: name -> [`CollectionRecord`] (JSON)
+//! - per collection `c{id}/docs`: doc id -> [`DocRecord`] (JSON, without text)
+//! - `c{id}/texts`: doc id -> document text (UTF-8)
+//! - `c{id}/chunks`: chunk id (u64 BE) -> [`ChunkRecord`] (JSON)
+//! - `c{id}/vectors`: chunk id (u64 BE) -> f32 little-endian
+//! - `c{id}/oplog`: sequence (u64 BE) -> [`Op`] (JSON); trimmed once every index has it
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionalTree};
+use sled::Transactional;
+
+use crate::error::{Error, Result};
+
+/// Settings and identity of a collection.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CollectionRecord {
+    pub name: String,
+    /// Internal numeric id: names tree prefixes and index directories, so a collection deleted
+    /// and re-created under the same name never sees the old one's files.
+    pub id: u64,
+    pub model: String,
+    pub dimension: usize,
+    pub chunk_tokens: usize,
+    pub chunk_overlap: usize,
+    pub created_unix_ms: u64,
+}
+
+/// A stored document, without its text.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DocRecord {
+    pub id: String,
+    pub title: String,
+    pub metadata: BTreeMap<String, String>,
+    pub markdown: bool,
+    /// SHA-256 over title, text, metadata and format: equal hashes mean nothing to re-index.
+    pub content_hash: String,
+    pub chunk_ids: Vec<u64>,
+}
+
+/// A stored chunk. Its vector is in the `vectors` tree.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChunkRecord {
+    pub doc_id: String,
+    pub ordinal: u32,
+    pub start: usize,
+    pub end: usize,
+    pub text: String,
+}
+
+/// One logged change: chunks that appeared and chunks that disappeared.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Op {
+    pub add: Vec<u64>,
+    pub remove: Vec<u64>,
+}
+
+/// A document ready to be written: record, text, and its chunks with vectors.
+#[derive(Debug, Clone)]
+pub struct NewDocument {
+    pub record: DocRecord,
+    pub text: String,
+    pub chunks: Vec<(u64, ChunkRecord, Vec<f32>)>,
+}
+
+/// The sled database.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    collections: sled::Tree,
+}
+
+/// Handles on one collection's trees.
+#[derive(Clone)]
+pub struct CollectionTrees {
+    pub docs: sled::Tree,
+    pub texts: sled::Tree,
+    pub chunks: sled::Tree,
+    pub vectors: sled::Tree,
+    pub oplog: sled::Tree,
+}
+
+fn be(id: u64) -> [u8; 8] {
+    id.to_be_bytes()
+}
+
+pub fn vector_to_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+pub fn vector_from_bytes(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| Error::internal(format!("corrupt {what}: {e}")))
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store> {
+        let db = sled::Config::new()
+            .path(path)
+            .flush_every_ms(Some(500))
+            .open()?;
+        let collections = db.open_tree("collections")?;
+        Ok(Store { db, collections })
+    }
+
+    /// A fresh, never reused id (sequences, chunk ids, collection ids).
+    pub fn next_id(&self) -> Result<u64> {
+        // +1: 0 means "nothing applied yet" in the indexes.
+        Ok(self.db.generate_id()? + 1)
+    }
+
+    pub async fn flush(&self) -> Result<()> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    pub fn flush_blocking(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    pub fn list_collections(&self) -> Result<Vec<CollectionRecord>> {
+        self.collections
+            .iter()
+            .values()
+            .map(|v| decode(&v?, "collection record"))
+            .collect()
+    }
+
+    pub fn get_collection(&self, name: &str) -> Result<Option<CollectionRecord>> {
+        self.collections
+            .get(name.as_bytes())?
+            .map(|v| decode(&v, "collection record"))
+            .transpose()
+    }
+
+    /// Inserts a collection record unless the name is taken.
+    pub fn create_collection(&self, record: &CollectionRecord) -> Result<()> {
+        let value = serde_json::to_vec(record)?;
+        match self.collections.compare_and_swap(
+            record.name.as_bytes(),
+            None as Option<&[u8]>,
+            Some(value),
+        )? {
+            Ok(()) => Ok(()),
+            Err(_) => Err(Error::CollectionExists(record.name.clone())),
+        }
+    }
+
+    /// Removes the record, then the trees. Index files are the caller's to delete.
+    pub fn delete_collection(&self, record: &CollectionRecord) -> Result<()> {
+        self.collections.remove(record.name.as_bytes())?;
+        self.db.flush()?;
+        for tree in Self::tree_names(record.id) {
+            self.db.drop_tree(tree)?;
+        }
+        Ok(())
+    }
+
+    fn tree_names(id: u64) -> [String; 5] {
+        ["docs", "texts", "chunks", "vectors", "oplog"].map(|t| format!("c{id}/{t}"))
+    }
+
+    /// Drops trees of collections that no longer exist (left by an interrupted delete).
+    pub fn drop_orphan_trees(&self) -> Result<()> {
+        let live: Vec<u64> = self.list_collections()?.iter().map(|c| c.id).collect();
+        for name in self.db.tree_names() {
+            let name = String::from_utf8_lossy(&name).to_string();
+            if let Some(rest) = name.strip_prefix('c') {
+                if let Some((id, _)) = rest.split_once('/') {
+                    if let Ok(id) = id.parse::<u64>() {
+                        if !live.contains(&id) {
+                            self.db.drop_tree(name.as_bytes())?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn trees(&self, record: &CollectionRecord) -> Result<CollectionTrees> {
+        let [docs, texts, chunks, vectors, oplog] = Self::tree_names(record.id);
+        Ok(CollectionTrees {
+            docs: self.db.open_tree(docs)?,
+            texts: self.db.open_tree(texts)?,
+            chunks: self.db.open_tree(chunks)?,
+            vectors: self.db.open_tree(vectors)?,
+            oplog: self.db.open_tree(oplog)?,
+        })
+    }
+}
+
+impl CollectionTrees {
+    pub fn get_doc(&self, id: &str) -> Result<Option<DocRecord>> {
+        self.docs
+            .get(id.as_bytes())?
+            .map(|v| decode(&v, "document record"))
+            .transpose()
+    }
+
+    pub fn get_text(&self, id: &str) -> Result<Option<String>> {
+        Ok(self
+            .texts
+            .get(id.as_bytes())?
+            .map(|v| String::from_utf8_lossy(&v).to_string()))
+    }
+
+    pub fn get_chunk(&self, id: u64) -> Result<Option<ChunkRecord>> {
+        self.chunks
+            .get(be(id))?
+            .map(|v| decode(&v, "chunk record"))
+            .transpose()
+    }
+
+    pub fn get_vector(&self, id: u64) -> Result<Option<Vec<f32>>> {
+        Ok(self.vectors.get(be(id))?.map(|v| vector_from_bytes(&v)))
+    }
+
+    pub fn doc_count(&self) -> usize {
+        self.docs.len()
+    }
+
+    pub fn chunk_count(&self) -> usize {
+        self.chunks.len()
+    }
+
+    /// All live chunk ids with their vectors (for rebuilding the dense index).
+    pub fn all_vectors(&self) -> impl Iterator<Item = Result<(u64, Vec<f32>)>> + '_ {
+        self.vectors.iter().map(|kv| {
+            let (k, v) = kv?;
+            let id = u64::from_be_bytes(
+                k.as_ref()
+                    .try_into()
+                    .map_err(|_| Error::internal("corrupt vector key"))?,
+            );
+            Ok((id, vector_from_bytes(&v)))
+        })
+    }
+
+    /// Logged operations with sequence greater than `after`.
+    pub fn ops_after(&self, after: u64) -> impl Iterator<Item = Result<(u64, Op)>> + '_ {
+        self.oplog.range(be(after.saturating_add(1))..).map(|kv| {
+            let (k, v) = kv?;
+            let seq = u64::from_be_bytes(
+                k.as_ref()
+                    .try_into()
+                    .map_err(|_| Error::internal("corrupt oplog key"))?,
+            );
+            Ok((seq, decode(&v, "oplog entry")?))
+        })
+    }
+
+    /// Last logged sequence (0 when the log is empty).
+    pub fn last_seq(&self) -> Result<u64> {
+        Ok(match self.oplog.last()? {
+            Some((k, _)) => u64::from_be_bytes(
+                k.as_ref()
+                    .try_into()
+                    .map_err(|_| Error::internal("corrupt oplog key"))?,
+            ),
+            None => 0,
+        })
+    }
+
+    /// Drops log entries up to and including `upto` (every index has applied them).
+    pub fn trim_oplog(&self, upto: u64) -> Result<()> {
+        for key in self.oplog.range(..=be(upto)).keys() {
+            self.oplog.remove(key?)?;
+        }
+        Ok(())
+    }
+
+    /// Atomically writes new and replaced documents, removes deleted ones, and logs the change
+    /// under `seq`. Returns the logged operation. Not durable until the store is flushed.
+    pub fn commit(&self, seq: u64, upserts: &[NewDocument], deletes: &[String]) -> Result<Op> {
+        let trees = (
+            &self.docs,
+            &self.texts,
+            &self.chunks,
+            &self.vectors,
+            &self.oplog,
+        );
+        let op = trees.transaction(|(docs, texts, chunks, vectors, oplog)| {
+            let mut op = Op::default();
+            let remove_old =
+                |id: &str,
+                 docs: &TransactionalTree,
+                 chunks: &TransactionalTree,
+                 vectors: &TransactionalTree,
+                 op: &mut Op|
+                 -> std::result::Result<bool, ConflictableTransactionError<Error>> {
+                    let Some(old) = docs.get(id.as_bytes())? else {
+                        return Ok(false);
+                    };
+                    let old: DocRecord = decode(&old, "document record")
+                        .map_err(ConflictableTransactionError::Abort)?;
+                    for cid in old.chunk_ids {
+                        chunks.remove(&be(cid))?;
+                        vectors.remove(&be(cid))?;
+                        op.remove.push(cid);
+                    }
+                    Ok(true)
+                };
+            for doc in upserts {
+                remove_old(&doc.record.id, docs, chunks, vectors, &mut op)?;
+                let value = serde_json::to_vec(&doc.record)
+                    .map_err(|e| ConflictableTransactionError::Abort(e.into()))?;
+                docs.insert(doc.record.id.as_bytes(), value)?;
+                texts.insert(doc.record.id.as_bytes(), doc.text.as_bytes())?;
+                for (cid, chunk, vector) in &doc.chunks {
+                    let value = serde_json::to_vec(chunk)
+                        .map_err(|e| ConflictableTransactionError::Abort(e.into()))?;
+                    chunks.insert(&be(*cid), value)?;
+                    vectors.insert(&be(*cid), vector_to_bytes(vector))?;
+                    op.add.push(*cid);
+                }
+            }
+            for id in deletes {
+                if remove_old(id, docs, chunks, vectors, &mut op)? {
+                    docs.remove(id.as_bytes())?;
+                    texts.remove(id.as_bytes())?;
+                }
+            }
+            let value = serde_json::to_vec(&op)
+                .map_err(|e| ConflictableTransactionError::Abort(e.into()))?;
+            oplog.insert(&be(seq), value)?;
+            Ok(op)
+        })?;
+        Ok(op)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: u64) -> CollectionRecord {
+        CollectionRecord {
+            name: "c".into(),
+            id,
+            model: "m".into(),
+            dimension: 2,
+            chunk_tokens: 16,
+            chunk_overlap: 0,
+            created_unix_ms: 0,
+        }
+    }
+
+    fn doc(id: &str, cids: &[u64]) -> NewDocument {
+        NewDocument {
+            record: DocRecord {
+                id: id.into(),
+                title: String::new(),
+                metadata: BTreeMap::new(),
+                markdown: false,
+                content_hash: "h".into(),
+                chunk_ids: cids.to_vec(),
+            },
+            text: "hello world".into(),
+            chunks: cids
+                .iter()
+                .map(|&c| {
+                    (
+                        c,
+                        ChunkRecord {
+                            doc_id: id.into(),
+                            ordinal: 0,
+                            start: 0,
+                            end: 5,
+                            text: "hello".into(),
+                        },
+                        vec![1.0, 0.0],
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn commit_replaces_chunks_and_logs_ops_durably() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.create_collection(&record(1)).unwrap();
+            assert!(matches!(
+                store.create_collection(&record(1)),
+                Err(Error::CollectionExists(_))
+            ));
+            let trees = store.trees(&record(1)).unwrap();
+            let op = trees.commit(5, &[doc("a", &[10, 11])], &[]).unwrap();
+            assert_eq!(op.add, vec![10, 11]);
+            let op = trees.commit(6, &[doc("a", &[12])], &[]).unwrap();
+            assert_eq!((op.add, op.remove), (vec![12], vec![10, 11]));
+            store.flush_blocking().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let trees = store.trees(&record(1)).unwrap();
+        assert_eq!(trees.chunk_count(), 1);
+        assert_eq!(trees.get_vector(12).unwrap(), Some(vec![1.0, 0.0]));
+        let ops: Vec<u64> = trees.ops_after(5).map(|r| r.unwrap().0).collect();
+        assert_eq!(ops, vec![6]);
+        let op = trees.commit(7, &[], &["a".into(), "zz".into()]).unwrap();
+        assert_eq!(op.remove, vec![12]);
+        assert_eq!(trees.doc_count(), 0);
+        trees.trim_oplog(6).unwrap();
+        assert_eq!(trees.ops_after(0).count(), 1);
+        assert_eq!(trees.last_seq().unwrap(), 7);
+    }
+}
