@@ -101,7 +101,7 @@ mod tests {
             "decoder": null,
             "model": {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##",
                       "max_input_chars_per_word": 100,
-                      "vocab": vocab.iter().enumerate().map(|(i, t)| (t.clone(), i)).collect::<serde_json::Map<_, _>>()}
+                      "vocab": vocab.iter().enumerate().map(|(i, t)| (t.clone(), serde_json::json!(i))).collect::<serde_json::Map<_, _>>()}
         });
         tokenizers::Tokenizer::from_bytes(json.to_string().as_bytes()).unwrap()
     }

@@ -142,7 +142,7 @@ pub fn content_hash(doc: &DocumentInput) -> String {
 }
 
 /// The text the model embeds for a chunk: the document title gives short chunks context.
-fn embedding_text(title: &str, chunk: &str) -> String {
+pub fn embedding_text(title: &str, chunk: &str) -> String {
     if title.is_empty() {
         chunk.to_string()
     } else {

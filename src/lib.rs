@@ -13,6 +13,7 @@
 //! - [`index`]: derived indexes: tantivy BM25 and hnsw_rs, plus an exact-search oracle.
 //! - [`retrieve`]: search requests and results, fusion (RRF and weighted).
 //! - [`engine`]: collections, the ingest pipeline, search, recovery and checkpoints.
+//! - [`eval`]: BEIR collections and trec_eval-compatible metrics.
 //! - [`grpc`]: the transport; the only module that knows the wire protocol.
 //! - [`client`]: the CLI's client side (`quarry ingest`, `quarry search`).
 //!
@@ -23,6 +24,7 @@ pub mod client;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod eval;
 pub mod grpc;
 pub mod index;
 pub mod model;

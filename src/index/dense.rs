@@ -318,18 +318,32 @@ mod tests {
         }
     }
 
-    /// Clustered unit vectors: `clusters` random centres, points spread around them.
+    /// Clustered unit vectors shaped like real embeddings: `clusters` random centres, points
+    /// varying around them along a shared low-dimensional subspace (sentence embeddings have a
+    /// low intrinsic dimension) plus small isotropic noise. Uniform random 384-d vectors would
+    /// be unrealistically hard for any graph index.
     fn clustered(n: usize, dim: usize, clusters: usize, seed: u64) -> Vec<(u64, Vec<f32>)> {
+        const INTRINSIC: usize = 24;
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        // The subspace and centres depend only on a fixed seed, so queries and data share them.
+        let mut shape = rand::rngs::StdRng::seed_from_u64(1234);
         let centres: Vec<Vec<f32>> = (0..clusters)
-            .map(|_| (0..dim).map(|_| rng.random_range(-1.0f32..1.0)).collect())
+            .map(|_| (0..dim).map(|_| shape.random_range(-1.0f32..1.0)).collect())
+            .collect();
+        let basis: Vec<Vec<f32>> = (0..INTRINSIC)
+            .map(|_| (0..dim).map(|_| shape.random_range(-0.5f32..0.5)).collect())
             .collect();
         (0..n)
             .map(|i| {
                 let c = &centres[rng.random_range(0..clusters)];
-                let mut v: Vec<f32> = c
-                    .iter()
-                    .map(|x| x + rng.random_range(-0.35f32..0.35))
+                let z: Vec<f32> = (0..INTRINSIC)
+                    .map(|_| rng.random_range(-1.0f32..1.0))
+                    .collect();
+                let mut v: Vec<f32> = (0..dim)
+                    .map(|d| {
+                        c[d] + basis.iter().zip(&z).map(|(b, zj)| b[d] * zj).sum::<f32>()
+                            + rng.random_range(-0.05f32..0.05)
+                    })
                     .collect();
                 crate::model::normalize(&mut v);
                 (i as u64 + 1, v)

@@ -15,7 +15,7 @@ pub mod catalog;
 pub mod fetch;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use fastembed::{
@@ -144,6 +144,65 @@ pub fn init_runtime(library: &Path) -> Result<ort::environment::Environment> {
         .map_err(Error::FailedPrecondition)
 }
 
+/// The files of a model directory, read once.
+pub struct ModelFiles {
+    pub spec: ModelSpec,
+    dir: PathBuf,
+    onnx: Vec<u8>,
+    tokenizer: TokenizerFiles,
+}
+
+impl ModelFiles {
+    pub fn read(dir: &Path) -> Result<ModelFiles> {
+        let spec = ModelSpec::load(dir)?;
+        let read = |name: &str| {
+            std::fs::read(dir.join(name)).map_err(|e| {
+                Error::FailedPrecondition(format!(
+                    "cannot read {} of model {}: {e}",
+                    name,
+                    dir.display()
+                ))
+            })
+        };
+        Ok(ModelFiles {
+            tokenizer: TokenizerFiles {
+                tokenizer_file: read("tokenizer.json")?,
+                config_file: read("config.json")?,
+                special_tokens_map_file: read("special_tokens_map.json")?,
+                tokenizer_config_file: read("tokenizer_config.json")?,
+            },
+            onnx: read(&spec.onnx_file)?,
+            dir: dir.to_path_buf(),
+            spec,
+        })
+    }
+
+    /// A plain fastembed session. `intra_threads: None` lets ONNX Runtime use every core
+    /// (what the benchmark calls raw fastembed throughput).
+    pub fn session(
+        &self,
+        env: ort::environment::Environment,
+        intra_threads: Option<usize>,
+    ) -> Result<TextEmbedding> {
+        let pooling = if self.spec.pooling == "cls" {
+            Pooling::Cls
+        } else {
+            Pooling::Mean
+        };
+        let model = UserDefinedEmbeddingModel::new(self.onnx.clone(), self.tokenizer.clone())
+            .with_pooling(pooling);
+        let mut options = InitOptionsUserDefined::new()
+            .with_environment(env)
+            .with_max_length(self.spec.max_length);
+        if let Some(n) = intra_threads {
+            options = options.with_intra_threads(n);
+        }
+        TextEmbedding::try_new_from_user_defined(model, options).map_err(|e| {
+            Error::FailedPrecondition(format!("cannot load model {}: {e}", self.dir.display()))
+        })
+    }
+}
+
 /// A loaded embedding model with its session pool and tokenizer.
 pub struct Embedder {
     spec: ModelSpec,
@@ -153,6 +212,10 @@ pub struct Embedder {
     query: Mutex<TextEmbedding>,
     /// The model's tokenizer with truncation and padding off: the chunker's token counter.
     tokenizer: tokenizers::Tokenizer,
+    /// Document texts embedded since load (lets tests prove a restart re-embeds nothing).
+    documents_embedded: AtomicU64,
+    /// Fault injection: make query embedding fail (tests of hybrid's lexical fallback).
+    fail_queries: AtomicBool,
 }
 
 impl std::fmt::Debug for Embedder {
@@ -167,44 +230,13 @@ impl std::fmt::Debug for Embedder {
 impl Embedder {
     /// Loads the model in `dir` with `workers` ingestion sessions (at least one).
     pub fn load(dir: &Path, env: ort::environment::Environment, workers: usize) -> Result<Self> {
-        let spec = ModelSpec::load(dir)?;
-        let read = |name: &str| {
-            std::fs::read(dir.join(name)).map_err(|e| {
-                Error::FailedPrecondition(format!(
-                    "cannot read {} of model {}: {e}",
-                    name,
-                    dir.display()
-                ))
-            })
-        };
-        let files = TokenizerFiles {
-            tokenizer_file: read("tokenizer.json")?,
-            config_file: read("config.json")?,
-            special_tokens_map_file: read("special_tokens_map.json")?,
-            tokenizer_config_file: read("tokenizer_config.json")?,
-        };
-        let onnx = read(&spec.onnx_file)?;
-        let pooling = if spec.pooling == "cls" {
-            Pooling::Cls
-        } else {
-            Pooling::Mean
-        };
-        let session = |onnx: &[u8]| -> Result<TextEmbedding> {
-            let model = UserDefinedEmbeddingModel::new(onnx.to_vec(), files.clone())
-                .with_pooling(pooling.clone());
-            let options = InitOptionsUserDefined::new()
-                .with_environment(env.clone())
-                .with_max_length(spec.max_length)
-                .with_intra_threads(1);
-            TextEmbedding::try_new_from_user_defined(model, options).map_err(|e| {
-                Error::FailedPrecondition(format!("cannot load model {}: {e}", dir.display()))
-            })
-        };
+        let files = ModelFiles::read(dir)?;
+        let spec = files.spec.clone();
         let workers = (0..workers.max(1))
-            .map(|_| session(&onnx).map(Mutex::new))
+            .map(|_| files.session(env.clone(), Some(1)).map(Mutex::new))
             .collect::<Result<Vec<_>>>()?;
-        let query = Mutex::new(session(&onnx)?);
-        let mut tokenizer = tokenizers::Tokenizer::from_bytes(&files.tokenizer_file)
+        let query = Mutex::new(files.session(env, Some(1))?);
+        let mut tokenizer = tokenizers::Tokenizer::from_bytes(&files.tokenizer.tokenizer_file)
             .map_err(|e| Error::FailedPrecondition(format!("invalid tokenizer.json: {e}")))?;
         tokenizer
             .with_truncation(None)
@@ -215,6 +247,8 @@ impl Embedder {
             workers,
             query,
             tokenizer,
+            documents_embedded: AtomicU64::new(0),
+            fail_queries: AtomicBool::new(false),
         };
         let probe = embedder.embed_query("dimension probe")?;
         if probe.len() != embedder.spec.dimension {
@@ -246,8 +280,22 @@ impl Embedder {
         self.workers.len()
     }
 
+    /// Document texts embedded since the model was loaded.
+    pub fn documents_embedded(&self) -> u64 {
+        self.documents_embedded.load(Ordering::Relaxed)
+    }
+
+    /// Fault injection for tests: while set, query embedding fails.
+    #[doc(hidden)]
+    pub fn inject_query_failure(&self, fail: bool) {
+        self.fail_queries.store(fail, Ordering::Relaxed);
+    }
+
     /// Embeds one query with the reserved query session. Blocking.
     pub fn embed_query(&self, text: &str) -> Result<Vec<f32>> {
+        if self.fail_queries.load(Ordering::Relaxed) {
+            return Err(Error::Embedding("injected query embedding failure".into()));
+        }
         let input = format!("{}{}", self.spec.query_prefix, text);
         let mut session = self
             .query
@@ -267,6 +315,8 @@ impl Embedder {
     /// (batch 1 is as fast as larger batches here and keeps each vector independent of what
     /// else was in the batch). Blocking: call it off the async runtime.
     pub fn embed_documents(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+        self.documents_embedded
+            .fetch_add(texts.len() as u64, Ordering::Relaxed);
         let mut results: Vec<Option<Vec<f32>>> = vec![None; texts.len()];
         let next = AtomicUsize::new(0);
         let slots: Vec<Mutex<Option<Vec<f32>>>> =

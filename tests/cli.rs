@@ -1,0 +1,162 @@
+//! Drives the real `quarry` binary: `serve`, `ingest`, `search --json`, and shutdown on SIGTERM.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_quarry");
+
+/// Starts `quarry serve` on a free loopback port; returns the child and its URL.
+fn start_server(data: &Path) -> (Child, String) {
+    let models = common::provision();
+    let mut server = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .arg("--models-dir")
+        .arg(&models)
+        .env("QUARRY_EMBED_WORKERS", "2")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start quarry serve");
+    // The server logs its bound address; port 0 lets the OS pick a free one.
+    let stderr = server.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("[server] {line}");
+            if let Some(rest) = line.split("addr=").nth(1) {
+                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("server announced its address");
+    (server, format!("http://{addr}"))
+}
+
+fn ingest_fixture(url: &str) -> String {
+    let corpus = common::fixture_dir().join("corpus.jsonl");
+    let out = Command::new(BIN)
+        .args(["ingest", "--quiet", "--server", url, "--collection", "mini"])
+        .arg(&corpus)
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "ingest failed: {log}");
+    log
+}
+
+fn search_json(url: &str, query: &str) -> serde_json::Value {
+    let out = Command::new(BIN)
+        .args([
+            "search",
+            "--json",
+            "--server",
+            url,
+            "--collection",
+            "mini",
+            "--top-k",
+            "3",
+        ])
+        .arg(query)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Hits without timing fields, for comparing runs.
+fn hits(json: &serde_json::Value) -> serde_json::Value {
+    json["hits"].clone()
+}
+
+#[test]
+fn serve_ingest_search_and_sigterm() {
+    let data = tempfile::tempdir().unwrap();
+    let (mut server, url) = start_server(data.path());
+    let log = ingest_fixture(&url);
+    assert!(log.contains("created collection \"mini\""), "{log}");
+    assert!(log.contains("27 created"), "{log}");
+    assert!(log.contains("docs/s"), "{log}");
+
+    let json = search_json(&url, "which organelle produces ATP");
+    assert_eq!(json["hits"][0]["document_id"], "bio-mitochondria", "{json}");
+    assert!(
+        json["hits"][0]["explanation"]["dense"]["rank"].is_u64(),
+        "{json}"
+    );
+    assert_eq!(json["hits"].as_array().unwrap().len(), 3);
+
+    // Bad input from the CLI is reported, with a non-zero exit.
+    let out = Command::new(BIN)
+        .args([
+            "search",
+            "--server",
+            &url,
+            "--collection",
+            "nope",
+            "anything",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NotFound"));
+
+    // SIGTERM: finish, flush, exit 0.
+    let status = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let started = Instant::now();
+    loop {
+        if let Some(status) = server.try_wait().unwrap() {
+            assert!(status.success(), "server exited with {status}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "server did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(data.path().join("sled").exists());
+}
+
+#[test]
+fn acknowledged_writes_survive_sigkill() {
+    let data = tempfile::tempdir().unwrap();
+    let (mut server, url) = start_server(data.path());
+    ingest_fixture(&url);
+    let queries = [
+        "which organelle produces ATP",
+        "Gutenberg printing",
+        "spring tides",
+    ];
+    let before: Vec<_> = queries
+        .iter()
+        .map(|q| hits(&search_json(&url, q)))
+        .collect();
+    // No graceful shutdown: no checkpoint, no final flush beyond what each ack required.
+    server.kill().unwrap();
+    server.wait().unwrap();
+
+    let (mut server, url) = start_server(data.path());
+    let after: Vec<_> = queries
+        .iter()
+        .map(|q| hits(&search_json(&url, q)))
+        .collect();
+    assert_eq!(before, after, "results changed after a crash");
+    let log = ingest_fixture(&url);
+    assert!(log.contains("27 unchanged"), "{log}");
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
