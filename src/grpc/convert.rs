@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use super::pb;
 use crate::engine::{CollectionInfo, DocumentInput, StoredDocument, UpsertOutcome, UpsertStatus};
 use crate::error::{Error, Result};
+use crate::eval::metrics::QueryMetrics;
+use crate::eval::run::{EvalOutcome, Missed, QueryOutcome, RunOutcome, RunSpec};
 use crate::retrieve::{Fusion, Hit, Mode, RetrieverHit, SearchOutcome, SearchParams};
 
 pub fn collection(info: CollectionInfo) -> pb::Collection {
@@ -123,6 +125,29 @@ pub fn fusion(f: Option<pb::Fusion>) -> Result<Fusion> {
     }
 }
 
+pub fn fusion_to_pb(f: Fusion) -> pb::Fusion {
+    pb::Fusion {
+        method: Some(match f {
+            Fusion::Rrf {
+                k,
+                lexical_weight,
+                dense_weight,
+            } => pb::fusion::Method::Rrf(pb::RrfFusion {
+                k: Some(k),
+                lexical_weight: Some(lexical_weight),
+                dense_weight: Some(dense_weight),
+            }),
+            Fusion::Weighted {
+                lexical_weight,
+                dense_weight,
+            } => pb::fusion::Method::Weighted(pb::WeightedFusion {
+                lexical_weight: Some(lexical_weight),
+                dense_weight: Some(dense_weight),
+            }),
+        }),
+    }
+}
+
 pub fn search_params(r: pb::SearchRequest) -> Result<SearchParams> {
     Ok(SearchParams {
         mode: mode(r.mode)?,
@@ -174,4 +199,122 @@ pub fn search_response(o: SearchOutcome, explain: bool) -> pb::SearchResponse {
         took_micros: o.took.as_micros() as u64,
         hits: o.hits.into_iter().map(|h| hit(h, explain)).collect(),
     }
+}
+
+fn metrics_pb(m: &QueryMetrics) -> pb::Metrics {
+    pb::Metrics {
+        ndcg_at_10: m.ndcg_10,
+        recall_at_10: m.recall_10,
+        recall_at_100: m.recall_100,
+        mrr_at_10: m.mrr_10,
+        map_at_100: m.map_100,
+    }
+}
+
+fn metrics_core(m: Option<pb::Metrics>) -> QueryMetrics {
+    let m = m.unwrap_or_default();
+    QueryMetrics {
+        ndcg_10: m.ndcg_at_10,
+        recall_10: m.recall_at_10,
+        recall_100: m.recall_at_100,
+        mrr_10: m.mrr_at_10,
+        map_100: m.map_at_100,
+    }
+}
+
+pub fn eval_result(o: EvalOutcome) -> pb::EvalResult {
+    pb::EvalResult {
+        skipped_queries: o.skipped_queries as u32,
+        runs: o
+            .runs
+            .into_iter()
+            .map(|r| pb::RunEval {
+                mode: mode_to_pb(r.spec.mode) as i32,
+                metrics: Some(metrics_pb(&r.mean)),
+                latency: Some(pb::Latency {
+                    p50_ms: r.latency_ms[0],
+                    p95_ms: r.latency_ms[1],
+                    p99_ms: r.latency_ms[2],
+                }),
+                name: r.spec.name,
+                queries: r
+                    .queries
+                    .into_iter()
+                    .map(|q| pb::QueryEval {
+                        metrics: Some(metrics_pb(&q.metrics)),
+                        missed: q
+                            .missed
+                            .into_iter()
+                            .map(|m| pb::MissedDocument {
+                                document_id: m.doc_id,
+                                grade: m.grade,
+                                lexical_rank: m.lexical_rank.unwrap_or(0),
+                                dense_rank: m.dense_rank.unwrap_or(0),
+                                run_rank: m.run_rank.unwrap_or(0),
+                            })
+                            .collect(),
+                        ranking: q
+                            .ranking
+                            .into_iter()
+                            .map(|(d, s)| pb::RankedDocument {
+                                document_id: d,
+                                score: s,
+                            })
+                            .collect(),
+                        latency_ms: q.latency_ms,
+                        query_id: q.query_id,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+/// The reverse of [`eval_result`], for clients that write reports.
+pub fn eval_outcome(r: pb::EvalResult) -> Result<EvalOutcome> {
+    let nz = |x: u32| (x > 0).then_some(x);
+    Ok(EvalOutcome {
+        skipped_queries: r.skipped_queries as usize,
+        runs: r
+            .runs
+            .into_iter()
+            .map(|run| {
+                let latency = run.latency.unwrap_or_default();
+                Ok(RunOutcome {
+                    spec: RunSpec {
+                        mode: mode(run.mode)?,
+                        fusion: Fusion::default(),
+                        name: run.name,
+                    },
+                    mean: metrics_core(run.metrics),
+                    latency_ms: [latency.p50_ms, latency.p95_ms, latency.p99_ms],
+                    queries: run
+                        .queries
+                        .into_iter()
+                        .map(|q| QueryOutcome {
+                            metrics: metrics_core(q.metrics),
+                            missed: q
+                                .missed
+                                .into_iter()
+                                .map(|m| Missed {
+                                    doc_id: m.document_id,
+                                    grade: m.grade,
+                                    lexical_rank: nz(m.lexical_rank),
+                                    dense_rank: nz(m.dense_rank),
+                                    run_rank: nz(m.run_rank),
+                                })
+                                .collect(),
+                            ranking: q
+                                .ranking
+                                .into_iter()
+                                .map(|d| (d.document_id, d.score))
+                                .collect(),
+                            latency_ms: q.latency_ms,
+                            query_id: q.query_id,
+                        })
+                        .collect(),
+                })
+            })
+            .collect::<Result<_>>()?,
+    })
 }

@@ -8,6 +8,7 @@
 //!   checkpoints the engine.
 
 mod convert;
+mod eval_service;
 mod services;
 mod status;
 
@@ -15,10 +16,10 @@ use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::engine::{spawn_checkpointer, Engine};
 
+pub use convert::{eval_outcome, fusion_to_pb, mode_to_pb};
 pub use status::to_status;
 
 /// Generated protobuf and gRPC code.
@@ -54,6 +55,9 @@ pub async fn serve(
     let search = pb::search_server::SearchServer::new(services::SearchService::new(engine.clone()))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
+    let eval = pb::eval_server::EvalServer::new(eval_service::EvalService::new(engine.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
     health_reporter
         .set_serving::<pb::collections_server::CollectionsServer<services::CollectionsService>>()
         .await;
@@ -64,19 +68,28 @@ pub async fn serve(
         .set_serving::<pb::search_server::SearchServer<services::SearchService>>()
         .await;
     health_reporter
+        .set_serving::<pb::eval_server::EvalServer<eval_service::EvalService>>()
+        .await;
+    health_reporter
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let checkpointer = spawn_checkpointer(engine.clone(), stop_rx);
-    tracing::info!(addr = %listener.local_addr()?, "quarry listening");
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "quarry listening");
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
         .add_service(collections)
         .add_service(documents)
         .add_service(search)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .add_service(eval)
+        // TCP_NODELAY: without it, small replies wait for delayed ACKs (~40 ms per request).
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await?;
     tracing::info!("in-flight requests finished; checkpointing");
     let _ = stop_tx.send(true);
@@ -84,4 +97,37 @@ pub async fn serve(
     engine.checkpoint().await?;
     tracing::info!("state flushed; bye");
     Ok(())
+}
+
+/// A server on a loopback port chosen by the OS, run inside this process (used by
+/// `quarry eval` without `--server`, benchmarks and tests).
+pub struct LocalServer {
+    pub url: String,
+    pub engine: Arc<Engine>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl LocalServer {
+    pub async fn start(engine: Arc<Engine>) -> anyhow::Result<LocalServer> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let handle = tokio::spawn(serve(engine.clone(), listener, async {
+            let _ = rx.await;
+        }));
+        Ok(LocalServer {
+            url,
+            engine,
+            stop,
+            handle,
+        })
+    }
+
+    /// Graceful shutdown (in-flight requests finish, state is checkpointed).
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        self.handle.await??;
+        Ok(())
+    }
 }

@@ -1,0 +1,248 @@
+//! `quarry eval`: evaluate retrieval on a BEIR-format collection.
+//!
+//! Ingests the corpus into a collection (unchanged documents are skipped by content hash, so an
+//! already-ingested collection is reused as it is), sends the split's queries and judgments to
+//! the Eval RPC, and writes the reports (`eval::report`). Without `--server` it runs an
+//! in-process server on a loopback port over `--data-dir`, so no separate `quarry serve` is
+//! needed.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context as _};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::client::{self, NewCollection};
+use crate::eval::beir::Dataset;
+use crate::eval::report::{self, Context};
+use crate::eval::run::{EvalOutcome, RunSpec};
+use crate::grpc::{self, pb};
+
+#[derive(Debug, Clone)]
+pub struct EvalArgs {
+    pub dataset: PathBuf,
+    pub split: String,
+    /// Run specs (see `RunSpec::parse`).
+    pub modes: Vec<String>,
+    pub out: PathBuf,
+    /// Evaluate through this server; `None`: an in-process server over `data_dir`.
+    pub server: Option<String>,
+    pub data_dir: PathBuf,
+    pub collection: Option<String>,
+    pub settings: NewCollection,
+    pub depth: u32,
+    pub progress: bool,
+}
+
+fn bar(total: u64, what: &str, show: bool) -> anyhow::Result<ProgressBar> {
+    if !show {
+        return Ok(ProgressBar::hidden());
+    }
+    let b = ProgressBar::new(total);
+    b.set_style(
+        ProgressStyle::with_template(&format!(
+            "{{spinner}} {what} [{{bar:40}}] {{pos}}/{{len}} {{per_sec}} eta {{eta}}"
+        ))
+        .map_err(|e| anyhow!("progress template: {e}"))?
+        .progress_chars("=> "),
+    );
+    Ok(b)
+}
+
+/// A collection name derived from the dataset and settings, so different settings never
+/// share a collection.
+pub fn collection_name(dataset: &Path, settings: &NewCollection) -> String {
+    let base = dataset
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "dataset".into());
+    let mut name = format!("eval-{base}");
+    if let Some(m) = &settings.model {
+        name.push('-');
+        name.push_str(m.rsplit('/').next().unwrap_or(m));
+    }
+    if let Some(t) = settings.chunk_tokens {
+        name.push_str(&format!("-t{t}"));
+    }
+    if let Some(o) = settings.chunk_overlap {
+        name.push_str(&format!("-o{o}"));
+    }
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect()
+}
+
+/// Runs the evaluation and writes the reports; returns the outcome.
+pub async fn run(args: EvalArgs) -> anyhow::Result<EvalOutcome> {
+    let dataset = Dataset::open(&args.dataset)?;
+    let queries = dataset.queries()?;
+    let qrels = dataset.qrels(&args.split)?;
+    let modes = if args.modes.is_empty() {
+        vec!["lexical".into(), "dense".into(), "hybrid".into()]
+    } else {
+        args.modes.clone()
+    };
+    let specs: Vec<RunSpec> = modes
+        .iter()
+        .map(|m| RunSpec::parse(m))
+        .collect::<Result<_, _>>()?;
+    let mut ids: Vec<&String> = qrels.keys().collect();
+    ids.sort();
+    let mut eval_queries = Vec::with_capacity(ids.len());
+    for id in ids {
+        let text = queries.get(id).ok_or_else(|| {
+            anyhow!(
+                "query {id:?} is judged in qrels/{}.tsv but missing from queries.jsonl",
+                args.split
+            )
+        })?;
+        eval_queries.push(pb::EvalQuery {
+            id: id.clone(),
+            text: text.clone(),
+            judgments: qrels[id].clone().into_iter().collect(),
+        });
+    }
+    if eval_queries.is_empty() {
+        bail!("qrels/{}.tsv has no judgments", args.split);
+    }
+
+    // A server to talk to: the given one, or our own on a loopback port.
+    let local = match &args.server {
+        Some(_) => None,
+        None => {
+            let mut config = crate::config::Config::load(None)?;
+            config.data_dir = args.data_dir.clone();
+            config.listen = "127.0.0.1:0".into();
+            let engine =
+                tokio::task::spawn_blocking(move || crate::engine::Engine::open(config)).await??;
+            Some(grpc::LocalServer::start(std::sync::Arc::new(engine)).await?)
+        }
+    };
+    let url = match (&args.server, &local) {
+        (Some(url), _) => url.clone(),
+        (None, Some(l)) => l.url.clone(),
+        (None, None) => unreachable!("a local server was started"),
+    };
+    let channel = client::connect(&url).await?;
+    let collection = args
+        .collection
+        .clone()
+        .unwrap_or_else(|| collection_name(&args.dataset, &args.settings));
+    client::ensure_collection(channel.clone(), &collection, &args.settings).await?;
+    let docs = client::load::load_jsonl(&dataset.corpus_path()?)?;
+    let report = client::ingest(channel.clone(), &collection, docs, args.progress).await?;
+    eprintln!(
+        "corpus: {} documents ({} re-indexed) in {:.1} s",
+        report.documents,
+        report.documents - report.by_status.get("unchanged").copied().unwrap_or(0),
+        report.seconds
+    );
+    let info = pb::collections_client::CollectionsClient::new(channel.clone())
+        .get_collection(pb::GetCollectionRequest {
+            name: collection.clone(),
+        })
+        .await
+        .map_err(|s| anyhow!("{}", s.message()))?
+        .into_inner();
+
+    let request = pb::EvalRequest {
+        collection: collection.clone(),
+        queries: eval_queries,
+        runs: specs
+            .iter()
+            .map(|s| pb::EvalRunSpec {
+                name: s.name.clone(),
+                mode: grpc::mode_to_pb(s.mode) as i32,
+                fusion: Some(grpc::fusion_to_pb(s.fusion)),
+            })
+            .collect(),
+        depth: args.depth,
+    };
+    let mut client = pb::eval_client::EvalClient::new(channel)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX);
+    let mut stream = client
+        .evaluate(request)
+        .await
+        .map_err(|s| anyhow!("eval failed ({:?}): {}", s.code(), s.message()))?
+        .into_inner();
+    let progress = bar(0, "querying", args.progress)?;
+    let mut result = None;
+    while let Some(message) = stream
+        .message()
+        .await
+        .map_err(|s| anyhow!("eval failed ({:?}): {}", s.code(), s.message()))?
+    {
+        if let Some(r) = message.result {
+            result = Some(r);
+        } else {
+            progress.set_length(message.total as u64);
+            progress.set_position(message.done as u64);
+        }
+    }
+    progress.finish_and_clear();
+    let result = result.ok_or_else(|| anyhow!("the server ended the eval without a result"))?;
+    let outcome = grpc::eval_outcome(result)?;
+    let ctx = Context {
+        dataset: args.dataset.display().to_string(),
+        split: args.split.clone(),
+        collection,
+        model: info.config.map(|c| c.embedding_model).unwrap_or_default(),
+        queries: queries.into_iter().collect::<HashMap<_, _>>(),
+    };
+    report::write_all(&args.out, &ctx, &outcome)
+        .with_context(|| format!("cannot write reports to {}", args.out.display()))?;
+    if let Some(l) = local {
+        l.stop().await?;
+    }
+    Ok(outcome)
+}
+
+/// The summary table printed at the end of `quarry eval`.
+pub fn print_table(outcome: &EvalOutcome) {
+    println!(
+        "{:<28} {:>8} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8}",
+        "run", "nDCG@10", "recall@10", "recall@100", "MRR@10", "MAP@100", "p50 ms", "p99 ms"
+    );
+    for r in &outcome.runs {
+        let m = &r.mean;
+        println!(
+            "{:<28} {:>8.4} {:>9.4} {:>10.4} {:>8.4} {:>8.4} {:>8.2} {:>8.2}",
+            r.spec.name,
+            m.ndcg_10,
+            m.recall_10,
+            m.recall_100,
+            m.mrr_10,
+            m.map_100,
+            r.latency_ms[0],
+            r.latency_ms[2]
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collection_names_are_valid_and_distinct() {
+        let a = collection_name(Path::new("/x/scifact"), &NewCollection::default());
+        assert_eq!(a, "eval-scifact");
+        let b = collection_name(
+            Path::new("/x/scifact"),
+            &NewCollection {
+                model: Some("/models/my model".into()),
+                chunk_tokens: Some(128),
+                chunk_overlap: Some(0),
+            },
+        );
+        assert_eq!(b, "eval-scifact-my_model-t128-o0");
+    }
+}

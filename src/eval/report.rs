@@ -1,0 +1,395 @@
+//! Writing an evaluation's results: `summary.json`, one TREC run file per run, `per_query.jsonl`,
+//! `report.md` and `report.html` (inline SVG: metric bars per run, per-query scatter of the
+//! first hybrid run against lexical).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde_json::json;
+
+use super::metrics::QueryMetrics;
+use super::run::{EvalOutcome, RunOutcome};
+use crate::error::Result;
+
+/// What is being evaluated, for the report headers.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub dataset: String,
+    pub split: String,
+    pub collection: String,
+    pub model: String,
+    /// Query id -> text.
+    pub queries: HashMap<String, String>,
+}
+
+fn metrics_json(m: &QueryMetrics) -> serde_json::Value {
+    json!({
+        "ndcg@10": m.ndcg_10,
+        "recall@10": m.recall_10,
+        "recall@100": m.recall_100,
+        "mrr@10": m.mrr_10,
+        "map@100": m.map_100,
+    })
+}
+
+fn run_file_name(run: &RunOutcome) -> String {
+    format!("{}.run", run.spec.name)
+}
+
+/// Writes every output file into `out`.
+pub fn write_all(out: &Path, ctx: &Context, outcome: &EvalOutcome) -> Result<()> {
+    std::fs::create_dir_all(out)?;
+    std::fs::write(
+        out.join("summary.json"),
+        serde_json::to_string_pretty(&summary(ctx, outcome))?,
+    )?;
+    for run in &outcome.runs {
+        std::fs::write(out.join(run_file_name(run)), trec_run(run))?;
+    }
+    std::fs::write(out.join("per_query.jsonl"), per_query(ctx, outcome)?)?;
+    std::fs::write(out.join("report.md"), markdown(ctx, outcome))?;
+    std::fs::write(out.join("report.html"), html(ctx, outcome))?;
+    Ok(())
+}
+
+pub fn summary(ctx: &Context, outcome: &EvalOutcome) -> serde_json::Value {
+    let mut modes = serde_json::Map::new();
+    for run in &outcome.runs {
+        let mut m = metrics_json(&run.mean);
+        m["latency_ms"] = json!({
+            "p50": run.latency_ms[0], "p95": run.latency_ms[1], "p99": run.latency_ms[2]
+        });
+        m["queries"] = json!(run.queries.len());
+        m["run_file"] = json!(run_file_name(run));
+        modes.insert(run.spec.name.clone(), m);
+    }
+    json!({
+        "dataset": ctx.dataset,
+        "split": ctx.split,
+        "collection": ctx.collection,
+        "model": ctx.model,
+        "skipped_queries": outcome.skipped_queries,
+        "tie_breaking": "score descending, then document id descending (trec_eval)",
+        "modes": modes,
+    })
+}
+
+/// TREC run format: `qid Q0 docid rank score run`, ranks in metric order.
+pub fn trec_run(run: &RunOutcome) -> String {
+    let mut s = String::new();
+    for q in &run.queries {
+        for (i, (doc, score)) in q.ranking.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "{} Q0 {} {} {:.9} {}",
+                q.query_id,
+                doc,
+                i + 1,
+                score,
+                run.spec.name
+            );
+        }
+    }
+    s
+}
+
+fn rank(r: Option<u32>) -> serde_json::Value {
+    r.map_or(serde_json::Value::Null, |r| json!(r))
+}
+
+pub fn per_query(ctx: &Context, outcome: &EvalOutcome) -> Result<String> {
+    let mut ids: Vec<&String> = outcome
+        .runs
+        .first()
+        .map(|r| r.queries.iter().map(|q| &q.query_id).collect())
+        .unwrap_or_default();
+    ids.sort();
+    let index: Vec<HashMap<&str, usize>> = outcome
+        .runs
+        .iter()
+        .map(|r| {
+            r.queries
+                .iter()
+                .enumerate()
+                .map(|(i, q)| (q.query_id.as_str(), i))
+                .collect()
+        })
+        .collect();
+    let mut s = String::new();
+    for id in ids {
+        let mut modes = serde_json::Map::new();
+        for (run, idx) in outcome.runs.iter().zip(&index) {
+            let Some(&i) = idx.get(id.as_str()) else {
+                continue;
+            };
+            let q = &run.queries[i];
+            let mut m = metrics_json(&q.metrics);
+            m["latency_ms"] = json!(q.latency_ms);
+            m["missed"] = json!(q
+                .missed
+                .iter()
+                .map(|x| json!({
+                    "document_id": x.doc_id,
+                    "grade": x.grade,
+                    "rank": rank(x.run_rank),
+                    "lexical_rank": rank(x.lexical_rank),
+                    "dense_rank": rank(x.dense_rank),
+                }))
+                .collect::<Vec<_>>());
+            modes.insert(run.spec.name.clone(), m);
+        }
+        let line = json!({
+            "query_id": id,
+            "query": ctx.queries.get(id.as_str()).cloned().unwrap_or_default(),
+            "modes": modes,
+        });
+        s.push_str(&serde_json::to_string(&line)?);
+        s.push('\n');
+    }
+    Ok(s)
+}
+
+pub fn markdown(ctx: &Context, outcome: &EvalOutcome) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "# Retrieval evaluation: {} ({})\n",
+        ctx.dataset, ctx.split
+    );
+    let _ = writeln!(
+        s,
+        "Collection `{}`, model `{}`, {} queries ({} skipped without relevant judgments).\n",
+        ctx.collection,
+        ctx.model,
+        outcome.runs.first().map_or(0, |r| r.queries.len()),
+        outcome.skipped_queries
+    );
+    let _ = writeln!(
+        s,
+        "| run | nDCG@10 | recall@10 | recall@100 | MRR@10 | MAP@100 | p50 ms | p95 ms | p99 ms |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
+    for r in &outcome.runs {
+        let m = &r.mean;
+        let _ = writeln!(
+            s,
+            "| {} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.2} | {:.2} | {:.2} |",
+            r.spec.name,
+            m.ndcg_10,
+            m.recall_10,
+            m.recall_100,
+            m.mrr_10,
+            m.map_100,
+            r.latency_ms[0],
+            r.latency_ms[1],
+            r.latency_ms[2]
+        );
+    }
+    // Where relevant documents were lost, by retriever.
+    let _ = writeln!(s, "\n## Missed relevant documents (not in the top 10)\n");
+    let _ = writeln!(s, "| run | missed | found by lexical only | by dense only | by both (fusion lost it) | by neither |");
+    let _ = writeln!(s, "|---|---|---|---|---|---|");
+    for r in &outcome.runs {
+        let (mut total, mut lex, mut den, mut both, mut none) = (0, 0, 0, 0, 0);
+        for q in &r.queries {
+            for m in &q.missed {
+                total += 1;
+                let l = m.lexical_rank.is_some_and(|x| x <= 10);
+                let d = m.dense_rank.is_some_and(|x| x <= 10);
+                match (l, d) {
+                    (true, false) => lex += 1,
+                    (false, true) => den += 1,
+                    (true, true) => both += 1,
+                    (false, false) => none += 1,
+                }
+            }
+        }
+        let _ = writeln!(
+            s,
+            "| {} | {total} | {lex} | {den} | {both} | {none} |",
+            r.spec.name
+        );
+    }
+    if let Some(r) = outcome
+        .runs
+        .iter()
+        .find(|r| r.spec.name.starts_with("hybrid"))
+        .or(outcome.runs.first())
+    {
+        let mut worst: Vec<_> = r.queries.iter().collect();
+        worst.sort_by(|a, b| {
+            a.metrics
+                .ndcg_10
+                .total_cmp(&b.metrics.ndcg_10)
+                .then(a.query_id.cmp(&b.query_id))
+        });
+        let _ = writeln!(s, "\n## Hardest queries for `{}`\n", r.spec.name);
+        let _ = writeln!(
+            s,
+            "| query | nDCG@10 | text | missed (lexical rank / dense rank) |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|");
+        for q in worst.iter().take(10) {
+            let missed: Vec<String> = q
+                .missed
+                .iter()
+                .take(3)
+                .map(|m| {
+                    let f = |x: Option<u32>| x.map_or("-".to_string(), |x| x.to_string());
+                    format!("{} ({} / {})", m.doc_id, f(m.lexical_rank), f(m.dense_rank))
+                })
+                .collect();
+            let text: String = ctx
+                .queries
+                .get(&q.query_id)
+                .map(|t| t.chars().take(80).collect())
+                .unwrap_or_default();
+            let _ = writeln!(
+                s,
+                "| {} | {:.3} | {} | {} |",
+                q.query_id,
+                q.metrics.ndcg_10,
+                text.replace('|', "/"),
+                missed.join(", ")
+            );
+        }
+    }
+    s
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// Reads one metric out of a [`QueryMetrics`].
+type MetricFn = fn(&QueryMetrics) -> f64;
+
+fn bars_svg(outcome: &EvalOutcome) -> String {
+    let metrics: [(&str, MetricFn); 5] = [
+        ("nDCG@10", |m| m.ndcg_10),
+        ("recall@10", |m| m.recall_10),
+        ("recall@100", |m| m.recall_100),
+        ("MRR@10", |m| m.mrr_10),
+        ("MAP@100", |m| m.map_100),
+    ];
+    let colors = [
+        "#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1",
+    ];
+    let runs = outcome.runs.len().max(1);
+    let group = 40 + runs * 26;
+    let width = 60 + metrics.len() * group;
+    let height = 300;
+    let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"11\">", height + 60);
+    for t in 0..=4 {
+        let y = 20 + (height - 40) * (4 - t) / 4;
+        let _ = write!(s, "<line x1=\"40\" x2=\"{width}\" y1=\"{y}\" y2=\"{y}\" stroke=\"#ddd\"/><text x=\"5\" y=\"{}\">{:.2}</text>", y + 4, t as f64 / 4.0);
+    }
+    for (mi, (name, get)) in metrics.iter().enumerate() {
+        let x0 = 50 + mi * group;
+        for (ri, r) in outcome.runs.iter().enumerate() {
+            let v = get(&r.mean).clamp(0.0, 1.0);
+            let h = ((height - 40) as f64 * v) as usize;
+            let x = x0 + ri * 26;
+            let y = 20 + (height - 40) - h;
+            let _ = write!(s, "<rect x=\"{x}\" y=\"{y}\" width=\"22\" height=\"{h}\" fill=\"{}\"><title>{} {}: {:.4}</title></rect><text x=\"{x}\" y=\"{}\" font-size=\"9\">{:.3}</text>", colors[ri % colors.len()], escape(&r.spec.name), name, v, y.saturating_sub(3), v);
+        }
+        let _ = write!(s, "<text x=\"{x0}\" y=\"{}\">{name}</text>", height);
+    }
+    for (ri, r) in outcome.runs.iter().enumerate() {
+        let x = 50 + ri * 170;
+        let _ = write!(s, "<rect x=\"{x}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{}</text>", height + 25, colors[ri % colors.len()], x + 16, height + 35, escape(&r.spec.name));
+    }
+    s.push_str("</svg>");
+    s
+}
+
+fn scatter_svg(outcome: &EvalOutcome) -> Option<String> {
+    let lexical = outcome.runs.iter().find(|r| r.spec.name == "lexical")?;
+    let hybrid = outcome
+        .runs
+        .iter()
+        .find(|r| r.spec.name.starts_with("hybrid"))?;
+    let lex: HashMap<&str, f64> = lexical
+        .queries
+        .iter()
+        .map(|q| (q.query_id.as_str(), q.metrics.ndcg_10))
+        .collect();
+    let size = 360.0;
+    let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"11\">", size + 60.0, size + 60.0);
+    let _ = write!(s, "<rect x=\"40\" y=\"10\" width=\"{size}\" height=\"{size}\" fill=\"none\" stroke=\"#999\"/><line x1=\"40\" y1=\"{}\" x2=\"{}\" y2=\"10\" stroke=\"#ccc\" stroke-dasharray=\"4\"/>", 10.0 + size, 40.0 + size);
+    let (mut better, mut worse) = (0, 0);
+    for q in &hybrid.queries {
+        let Some(&l) = lex.get(q.query_id.as_str()) else {
+            continue;
+        };
+        let h = q.metrics.ndcg_10;
+        if h > l + 1e-9 {
+            better += 1
+        } else if h + 1e-9 < l {
+            worse += 1
+        }
+        let color = if h > l + 1e-9 {
+            "#59a14f"
+        } else if h + 1e-9 < l {
+            "#e15759"
+        } else {
+            "#777"
+        };
+        let _ = write!(s, "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{color}\" fill-opacity=\"0.6\"><title>{}: lexical {:.3}, {} {:.3}</title></circle>", 40.0 + l * size, 10.0 + (1.0 - h) * size, escape(&q.query_id), l, escape(&hybrid.spec.name), h);
+    }
+    let _ = write!(s, "<text x=\"40\" y=\"{}\">lexical nDCG@10 →</text><text x=\"12\" y=\"200\" transform=\"rotate(-90 12 200)\">{} nDCG@10 →</text><text x=\"{}\" y=\"{}\">{better} better, {worse} worse</text></svg>", size + 30.0, escape(&hybrid.spec.name), 50, size + 50.0);
+    Some(s)
+}
+
+pub fn html(ctx: &Context, outcome: &EvalOutcome) -> String {
+    let md = markdown(ctx, outcome);
+    let mut s = String::from("<!doctype html><html><head><meta charset=\"utf-8\"><title>Quarry eval</title><style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}</style></head><body>");
+    let _ = write!(
+        s,
+        "<h1>Retrieval evaluation: {} ({})</h1>",
+        escape(&ctx.dataset),
+        escape(&ctx.split)
+    );
+    let _ = write!(s, "<h2>Metrics per run</h2>{}", bars_svg(outcome));
+    if let Some(sc) = scatter_svg(outcome) {
+        let _ = write!(s, "<h2>Per query: hybrid vs lexical nDCG@10</h2>{sc}");
+    }
+    // The markdown tables, rendered simply.
+    s.push_str("<h2>Tables</h2>");
+    let mut in_table = false;
+    for line in md.lines() {
+        if line.starts_with('|') {
+            if line.starts_with("|---") {
+                continue;
+            }
+            if !in_table {
+                s.push_str("<table>");
+                in_table = true;
+            }
+            s.push_str("<tr>");
+            for cell in line.trim_matches('|').split('|') {
+                let _ = write!(s, "<td>{}</td>", escape(cell.trim()));
+            }
+            s.push_str("</tr>");
+        } else {
+            if in_table {
+                s.push_str("</table>");
+                in_table = false;
+            }
+            if let Some(h) = line.strip_prefix("## ") {
+                let _ = write!(s, "<h3>{}</h3>", escape(h));
+            } else if !line.starts_with("# ") && !line.is_empty() {
+                let _ = write!(s, "<p>{}</p>", escape(line));
+            }
+        }
+    }
+    if in_table {
+        s.push_str("</table>");
+    }
+    s.push_str("</body></html>\n");
+    s
+}

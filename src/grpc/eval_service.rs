@@ -1,0 +1,102 @@
+//! The Eval service: evaluates a live collection against the caller's judgments, streaming
+//! progress and then the results.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use super::pb;
+use super::status::to_status;
+use crate::engine::Engine;
+use crate::error::Error;
+use crate::eval::run::{EvalQuery, RunSpec};
+
+pub struct EvalService {
+    engine: Arc<Engine>,
+}
+
+impl EvalService {
+    pub fn new(engine: Arc<Engine>) -> Self {
+        EvalService { engine }
+    }
+}
+
+type ProgressStream = Pin<Box<dyn Stream<Item = Result<pb::EvalProgress, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::eval_server::Eval for EvalService {
+    type EvaluateStream = ProgressStream;
+
+    async fn evaluate(
+        &self,
+        request: Request<pb::EvalRequest>,
+    ) -> Result<Response<Self::EvaluateStream>, Status> {
+        let r = request.into_inner();
+        self.engine.collection(&r.collection).map_err(to_status)?;
+        if r.queries.is_empty() {
+            return Err(to_status(Error::invalid("the request has no queries")));
+        }
+        let queries: Vec<EvalQuery> = r
+            .queries
+            .into_iter()
+            .map(|q| EvalQuery {
+                id: q.id,
+                text: q.text,
+                judgments: q.judgments.into_iter().collect(),
+            })
+            .collect();
+        let runs: Vec<RunSpec> = r
+            .runs
+            .into_iter()
+            .map(|s| {
+                Ok(RunSpec {
+                    mode: convert::mode(s.mode)?,
+                    fusion: convert::fusion(s.fusion)?,
+                    name: s.name,
+                })
+            })
+            .collect::<crate::Result<_>>()
+            .map_err(to_status)?;
+        let (tx, rx) = mpsc::channel(16);
+        let engine = self.engine.clone();
+        tokio::spawn(async move {
+            let progress_tx = tx.clone();
+            let mut last = 0;
+            let mut progress = move |done: usize, total: usize| {
+                // Report about every 1% so the stream stays small.
+                if done == total || done >= last + (total / 100).max(1) {
+                    last = done;
+                    let _ = progress_tx.try_send(Ok(pb::EvalProgress {
+                        done: done as u32,
+                        total: total as u32,
+                        result: None,
+                    }));
+                }
+            };
+            let outcome = engine
+                .evaluate(
+                    &r.collection,
+                    &queries,
+                    &runs,
+                    r.depth as usize,
+                    &mut progress,
+                )
+                .await;
+            let message = match outcome {
+                Ok(o) => Ok(pb::EvalProgress {
+                    done: 0,
+                    total: 0,
+                    result: Some(convert::eval_result(o)),
+                }),
+                Err(e) => Err(to_status(e)),
+            };
+            let _ = tx.send(message).await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

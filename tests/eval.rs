@@ -1,0 +1,211 @@
+//! Retrieval evaluation: `quarry eval` on the project's fixture collection (a regression gate
+//! against recorded metrics), its output files, and the Eval RPC on a live collection.
+
+mod common;
+
+use std::process::Command;
+
+use common::{fixture_docs, test_config, TestServer};
+use quarry::grpc::pb;
+use tonic::Code;
+
+const BIN: &str = env!("CARGO_BIN_EXE_quarry");
+
+/// Metrics recorded for fixtures/mini with the default model and settings. A change that makes
+/// any of them fall is a regression; one that raises them should update this file.
+fn baseline() -> serde_json::Value {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("eval/baselines/fixtures-mini.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn quarry_eval_on_fixtures_meets_recorded_metrics_and_writes_reports() {
+    let models = common::provision();
+    let data = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let run = || {
+        Command::new(BIN)
+            .args([
+                "eval",
+                "--quiet",
+                "--modes",
+                "lexical,dense,hybrid,hybrid-weighted:0.6:0.4",
+            ])
+            .arg("--dataset")
+            .arg(common::fixture_dir())
+            .arg("--data-dir")
+            .arg(data.path())
+            .arg("--out")
+            .arg(out.path())
+            .env("QUARRY_MODELS_DIR", &models)
+            .env("QUARRY_EMBED_WORKERS", "2")
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    let log = String::from_utf8_lossy(&first.stderr);
+    assert!(first.status.success(), "quarry eval failed: {log}");
+    let table = String::from_utf8_lossy(&first.stdout);
+    assert!(
+        table.contains("nDCG@10") && table.contains("hybrid-weighted-0.6-0.4"),
+        "{table}"
+    );
+
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["split"], "test");
+    let base = baseline();
+    for mode in ["lexical", "dense", "hybrid", "hybrid-weighted-0.6-0.4"] {
+        let m = &summary["modes"][mode];
+        for key in ["ndcg@10", "recall@10", "recall@100", "mrr@10", "map@100"] {
+            let got = m[key]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{mode} {key} missing"));
+            let min = base[mode][key].as_f64().unwrap();
+            assert!(
+                got >= min - 1e-9,
+                "{mode} {key} fell: {got} < recorded {min}"
+            );
+        }
+        for p in ["p50", "p95", "p99"] {
+            assert!(m["latency_ms"][p].as_f64().unwrap() > 0.0);
+        }
+        // TREC run file: qid Q0 doc rank score run.
+        let run_file = std::fs::read_to_string(out.path().join(format!("{mode}.run"))).unwrap();
+        let first_line: Vec<&str> = run_file.lines().next().unwrap().split(' ').collect();
+        assert_eq!(first_line.len(), 6);
+        assert_eq!(
+            (first_line[1], first_line[3], first_line[5]),
+            ("Q0", "1", mode)
+        );
+    }
+    let per_query = std::fs::read_to_string(out.path().join("per_query.jsonl")).unwrap();
+    assert_eq!(per_query.lines().count(), 20);
+    let line: serde_json::Value = serde_json::from_str(per_query.lines().next().unwrap()).unwrap();
+    assert!(line["modes"]["hybrid"]["missed"].is_array());
+    assert!(line["query"].is_string());
+    let html = std::fs::read_to_string(out.path().join("report.html")).unwrap();
+    assert!(
+        html.contains("<svg") && html.contains("<circle"),
+        "charts missing"
+    );
+    assert!(std::fs::read_to_string(out.path().join("report.md"))
+        .unwrap()
+        .contains("| hybrid |"));
+
+    // A second run reuses the ingested collection: nothing is re-indexed.
+    let second = run();
+    let log = String::from_utf8_lossy(&second.stderr);
+    assert!(second.status.success(), "{log}");
+    assert!(log.contains("(0 re-indexed)"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eval_rpc_evaluates_a_live_collection() {
+    let data = tempfile::tempdir().unwrap();
+    let server = TestServer::start(test_config(data.path())).await;
+    let channel = server.channel().await;
+    pb::collections_client::CollectionsClient::new(channel.clone())
+        .create_collection(pb::CreateCollectionRequest {
+            name: "live".into(),
+            config: None,
+        })
+        .await
+        .unwrap();
+    pb::documents_client::DocumentsClient::new(channel.clone())
+        .upsert_documents(pb::UpsertDocumentsRequest {
+            collection: "live".into(),
+            documents: fixture_docs(),
+        })
+        .await
+        .unwrap();
+    let query = |id: &str, text: &str, rel: &[(&str, i32)]| pb::EvalQuery {
+        id: id.into(),
+        text: text.into(),
+        judgments: rel.iter().map(|(d, g)| (d.to_string(), *g)).collect(),
+    };
+    let request = pb::EvalRequest {
+        collection: "live".into(),
+        queries: vec![
+            query("a", "organelle that makes ATP", &[("bio-mitochondria", 2)]),
+            query(
+                "b",
+                "Gutenberg movable type",
+                &[("hist-printing-press", 1), ("hist-silk-road", 0)],
+            ),
+            query("c", "a query nobody judged relevant", &[("cook-bread", 0)]),
+            // A relevant document that no retriever ranks in the top 10 for this query.
+            query("d", "bread baking", &[("cook-bread", 2), ("cs-raft", 1)]),
+        ],
+        runs: vec![],
+        depth: 20,
+    };
+    let mut client = pb::eval_client::EvalClient::new(channel.clone());
+    let mut stream = client.evaluate(request.clone()).await.unwrap().into_inner();
+    let mut progress = 0;
+    let mut result = None;
+    while let Some(m) = stream.message().await.unwrap() {
+        match m.result {
+            Some(r) => result = Some(r),
+            None => {
+                assert!(m.done <= m.total);
+                progress += 1;
+            }
+        }
+    }
+    assert!(progress > 0, "no progress messages");
+    let result = result.expect("a final result");
+    assert_eq!(result.skipped_queries, 1);
+    let names: Vec<&str> = result.runs.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, vec!["lexical", "dense", "hybrid"]);
+    for run in &result.runs {
+        assert_eq!(run.queries.len(), 3);
+        let a = run.queries.iter().find(|q| q.query_id == "a").unwrap();
+        assert!(!a.ranking.is_empty() && a.ranking.len() <= 20);
+    }
+    // "bread baking" shares no term with the Raft document: lexical cannot find it, and the
+    // diagnostics say so (rank 0 = not retrieved within depth).
+    let lexical = &result.runs[0];
+    let d = lexical.queries.iter().find(|q| q.query_id == "d").unwrap();
+    let raft = d
+        .missed
+        .iter()
+        .find(|m| m.document_id == "cs-raft")
+        .expect("cs-raft reported as missed");
+    assert_eq!((raft.grade, raft.lexical_rank, raft.run_rank), (1, 0, 0));
+    assert!(
+        d.missed.iter().all(|m| m.document_id != "cook-bread"),
+        "cook-bread is lexical's top hit"
+    );
+    let hybrid = &result.runs[2];
+    let a = hybrid.queries.iter().find(|q| q.query_id == "a").unwrap();
+    assert_eq!(a.metrics.as_ref().unwrap().ndcg_at_10, 1.0);
+
+    // Bad requests.
+    let mut bad = request.clone();
+    bad.collection = "nope".into();
+    assert_eq!(
+        client.evaluate(bad).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    let mut bad = request.clone();
+    bad.queries.clear();
+    assert_eq!(
+        client.evaluate(bad).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    let mut bad = request;
+    bad.depth = 1_000_000;
+    let mut s = client.evaluate(bad).await.unwrap().into_inner();
+    let err = loop {
+        match s.message().await {
+            Err(e) => break e,
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("an oversized depth was accepted"),
+        }
+    };
+    assert_eq!(err.code(), Code::InvalidArgument);
+    drop(client);
+    server.stop().await;
+}
