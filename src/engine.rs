@@ -32,6 +32,25 @@ use crate::store::{
 /// window.
 pub const DEFAULT_CHUNK_TOKENS: usize = 254;
 pub const DEFAULT_CHUNK_OVERLAP: usize = 32;
+/// Chunk ids are `document version key << CHUNK_BITS | ordinal`: the key is a fresh id per
+/// stored version of a document, so chunk ids are never reused, and a chunk's document is known
+/// from its id alone (which lets search collapse candidates per document without a lookup).
+pub const CHUNK_BITS: u32 = 20;
+pub const MAX_CHUNKS_PER_DOCUMENT: u64 = 1 << CHUNK_BITS;
+
+/// The document-version key of a chunk id.
+pub fn doc_key(chunk_id: u64) -> u64 {
+    chunk_id >> CHUNK_BITS
+}
+
+/// Keeps each document's best-ranked chunk, in order.
+fn best_chunk_per_document(list: Vec<(u64, f32)>) -> Vec<(u64, f32)> {
+    let mut seen = HashSet::new();
+    list.into_iter()
+        .filter(|(id, _)| seen.insert(doc_key(*id)))
+        .collect()
+}
+
 /// Filtered dense searches that allow at most this many chunks are answered exactly.
 const EXACT_FILTER_LIMIT: usize = 4096;
 
@@ -672,6 +691,15 @@ impl Collection {
             .iter()
             .map(|(_, doc, _)| chunk::chunk(&doc.text, doc.markdown, settings, tokenizer))
             .collect::<Result<_>>()?;
+        for ((_, doc, _), s) in changed.iter().zip(&spans) {
+            if s.len() as u64 >= MAX_CHUNKS_PER_DOCUMENT {
+                return Err(Error::invalid(format!(
+                    "document {:?} splits into {} chunks, over the limit of {MAX_CHUNKS_PER_DOCUMENT}: raise chunk_tokens or split the document",
+                    doc.id,
+                    s.len()
+                )));
+            }
+        }
         let texts: Vec<String> = changed
             .iter()
             .zip(&spans)
@@ -684,13 +712,15 @@ impl Collection {
         let mut vectors = self.embedder.embed_documents(&texts)?.into_iter();
         let mut new_docs = Vec::with_capacity(changed.len());
         for ((pos, doc, hash), spans) in changed.into_iter().zip(spans) {
+            // All chunks of one document version share a key (see `doc_key`).
+            let base = store.next_id()? << CHUNK_BITS;
             let mut chunks = Vec::with_capacity(spans.len());
             for s in &spans {
                 let vector = vectors
                     .next()
                     .ok_or_else(|| Error::internal("fewer vectors than chunks"))?;
                 chunks.push((
-                    store.next_id()?,
+                    base | s.ordinal as u64,
                     ChunkRecord {
                         doc_id: doc.id.clone(),
                         ordinal: s.ordinal,
@@ -899,46 +929,75 @@ impl Collection {
         let mut mode = p.mode;
         let mut warning = None;
 
-        let query_vector = if mode == Mode::Lexical {
-            None
-        } else if let Some(v) = p.query_vector.clone() {
-            if v.len() != self.record.dimension {
-                return Err(Error::invalid(format!(
-                    "query_vector has dimension {}, collection {:?} uses {}",
-                    v.len(),
-                    self.record.name,
-                    self.record.dimension
-                )));
+        let lexical_side = || -> Result<Vec<(u64, f32)>> {
+            if mode == Mode::Dense {
+                return Ok(Vec::new());
             }
-            let mut v = v;
-            model::normalize(&mut v);
-            Some(v)
-        } else {
-            match self.embedder.embed_query(&p.query) {
-                Ok(v) => Some(v),
-                Err(e) if mode == Mode::Hybrid => {
-                    tracing::warn!(error = %e, "query embedding failed; answering lexically");
-                    warning = Some(format!(
-                        "the query could not be embedded ({e}); results are lexical only"
-                    ));
-                    mode = Mode::Lexical;
-                    None
-                }
-                Err(e) => return Err(e),
-            }
-        };
-
-        let lexical = if mode == Mode::Dense {
-            Vec::new()
-        } else {
             self.lexical
-                .search(&p.query, depth, &p.filter, p.title_boost)?
+                .search(&p.query, depth, &p.filter, p.title_boost)
         };
-        let dense = match &query_vector {
-            Some(q) if mode != Mode::Lexical => self.dense_candidates(q, depth, &p.filter)?,
-            _ => Vec::new(),
+        let dense_side = || -> Result<Vec<(u64, f32)>> {
+            if mode == Mode::Lexical {
+                return Ok(Vec::new());
+            }
+            let q = match &p.query_vector {
+                Some(v) => {
+                    if v.len() != self.record.dimension {
+                        return Err(Error::invalid(format!(
+                            "query_vector has dimension {}, collection {:?} uses {}",
+                            v.len(),
+                            self.record.name,
+                            self.record.dimension
+                        )));
+                    }
+                    let mut v = v.clone();
+                    model::normalize(&mut v);
+                    v
+                }
+                None => self.embedder.embed_query(&p.query)?,
+            };
+            self.dense_candidates(&q, depth, &p.filter)
         };
-        let fused = match mode {
+        // In hybrid mode the lexical retriever runs while the query is embedded: the two are
+        // independent and embedding dominates the latency.
+        let (lexical, dense) = if mode == Mode::Hybrid {
+            rayon::join(lexical_side, dense_side)
+        } else {
+            (lexical_side(), dense_side())
+        };
+        let mut lexical = lexical?;
+        let mut dense = match dense {
+            Ok(d) => d,
+            Err(Error::Embedding(e)) if mode == Mode::Hybrid => {
+                tracing::warn!(error = %e, "query embedding failed; answering lexically");
+                warning = Some(format!(
+                    "the query could not be embedded ({e}); results are lexical only"
+                ));
+                mode = Mode::Lexical;
+                Vec::new()
+            }
+            Err(e) => return Err(e),
+        };
+        // With grouping, fuse document rankings rather than chunk rankings: a document's
+        // second chunk must not push other documents down a retriever's list, and the two
+        // retrievers agree on a document even when each prefers another of its chunks.
+        // Entries are keyed by document until fusion is done, then mapped back to the chunk
+        // that the retriever ranking the document higher chose.
+        let mut chosen: HashMap<u64, (u64, u64)> = HashMap::new();
+        if p.group_by_document {
+            lexical = best_chunk_per_document(lexical);
+            dense = best_chunk_per_document(dense);
+            for (c, _) in &lexical {
+                chosen.entry(doc_key(*c)).or_insert((*c, *c)).0 = *c;
+            }
+            for (c, _) in &dense {
+                chosen.entry(doc_key(*c)).or_insert((*c, *c)).1 = *c;
+            }
+            for (c, _) in lexical.iter_mut().chain(dense.iter_mut()) {
+                *c = doc_key(*c);
+            }
+        }
+        let mut fused = match mode {
             Mode::Hybrid => fuse(&lexical, &dense, p.fusion),
             Mode::Lexical | Mode::Dense => {
                 let list = if mode == Mode::Lexical {
@@ -960,6 +1019,18 @@ impl Collection {
             }
         };
 
+        if p.group_by_document {
+            for f in &mut fused {
+                if let Some(&(lex_chunk, dense_chunk)) = chosen.get(&f.chunk_id) {
+                    let dense_better = match (f.lexical, f.dense) {
+                        (Some(l), Some(d)) => d.rank < l.rank,
+                        (None, Some(_)) => true,
+                        _ => false,
+                    };
+                    f.chunk_id = if dense_better { dense_chunk } else { lex_chunk };
+                }
+            }
+        }
         let mut hits = Vec::with_capacity(top_k);
         let mut docs: HashMap<String, Option<DocRecord>> = HashMap::new();
         let mut seen_docs = HashSet::new();

@@ -90,9 +90,9 @@ struct SearchArgs {
     mode: String,
     #[arg(long, default_value_t = 10)]
     top_k: u32,
-    /// Fusion: rrf (default) or weighted.
-    #[arg(long, default_value = "rrf")]
-    fusion: String,
+    /// Fusion: weighted or rrf (default: the server's, weighted 0.6/0.4).
+    #[arg(long)]
+    fusion: Option<String>,
     /// RRF constant k.
     #[arg(long)]
     rrf_k: Option<f32>,
@@ -102,6 +102,9 @@ struct SearchArgs {
     /// Weight of the dense retriever (both fusions).
     #[arg(long)]
     dense_weight: Option<f32>,
+    /// Extra BM25 weight for title matches (default none: titles are indexed with each chunk).
+    #[arg(long)]
+    title_boost: Option<f32>,
     /// Metadata filter KEY=VALUE (repeatable; all must match).
     #[arg(long = "filter")]
     filters: Vec<String>,
@@ -124,8 +127,8 @@ struct EvalCmd {
     dataset: PathBuf,
     #[arg(long, default_value = "test")]
     split: String,
-    /// Comma-separated runs: lexical, dense, hybrid (RRF k=60), hybrid-rrf:K,
-    /// hybrid-weighted:LEXICAL_WEIGHT:DENSE_WEIGHT.
+    /// Comma-separated runs: lexical, dense, hybrid (default fusion), hybrid-rrf:K,
+    /// hybrid-weighted:LEXICAL_WEIGHT:DENSE_WEIGHT; append @title=W for a BM25 title boost.
     #[arg(long, value_delimiter = ',', default_value = "lexical,dense,hybrid")]
     modes: Vec<String>,
     /// Output directory for summary.json, <run>.run, per_query.jsonl, report.md, report.html.
@@ -292,17 +295,22 @@ async fn search(args: SearchArgs) -> anyhow::Result<()> {
         "hybrid" => pb::SearchMode::Hybrid,
         other => bail!("unknown mode {other:?} (expected lexical, dense or hybrid)"),
     };
-    let fusion = match args.fusion.as_str() {
-        "rrf" => pb::fusion::Method::Rrf(pb::RrfFusion {
+    let fusion = match args.fusion.as_deref() {
+        None if args.rrf_k.is_some() => bail!("--rrf-k needs --fusion rrf"),
+        None if args.lexical_weight.is_some() || args.dense_weight.is_some() => {
+            bail!("--lexical-weight/--dense-weight need --fusion rrf or --fusion weighted")
+        }
+        None => None,
+        Some("rrf") => Some(pb::fusion::Method::Rrf(pb::RrfFusion {
             k: args.rrf_k,
             lexical_weight: args.lexical_weight,
             dense_weight: args.dense_weight,
-        }),
-        "weighted" => pb::fusion::Method::Weighted(pb::WeightedFusion {
+        })),
+        Some("weighted") => Some(pb::fusion::Method::Weighted(pb::WeightedFusion {
             lexical_weight: args.lexical_weight,
             dense_weight: args.dense_weight,
-        }),
-        other => bail!("unknown fusion {other:?} (expected rrf or weighted)"),
+        })),
+        Some(other) => bail!("unknown fusion {other:?} (expected rrf or weighted)"),
     };
     let mut filter = std::collections::HashMap::new();
     for f in &args.filters {
@@ -319,14 +327,15 @@ async fn search(args: SearchArgs) -> anyhow::Result<()> {
             query: args.query,
             top_k: args.top_k,
             mode: mode as i32,
-            fusion: Some(pb::Fusion {
-                method: Some(fusion),
+            fusion: fusion.map(|method| pb::Fusion {
+                method: Some(method),
             }),
             filter,
             explain: args.explain || args.json,
             group_by_document: args.group,
             query_vector: Vec::new(),
             candidates: 0,
+            title_boost: args.title_boost,
         },
     )
     .await?;

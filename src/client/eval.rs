@@ -161,6 +161,7 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<EvalOutcome> {
                 name: s.name.clone(),
                 mode: grpc::mode_to_pb(s.mode) as i32,
                 fusion: Some(grpc::fusion_to_pb(s.fusion)),
+                title_boost: Some(s.title_boost),
             })
             .collect(),
         depth: args.depth,

@@ -27,19 +27,25 @@ pub struct RunSpec {
     pub name: String,
     pub mode: Mode,
     pub fusion: Fusion,
+    /// BM25 title-field boost (0: none).
+    pub title_boost: f32,
 }
 
 impl RunSpec {
-    /// Parses `lexical`, `dense`, `hybrid` (RRF k = 60), `hybrid-rrf:K` and
-    /// `hybrid-weighted:LEXICAL_WEIGHT:DENSE_WEIGHT`.
+    /// Parses `lexical`, `dense`, `hybrid` (the default fusion), `hybrid-rrf:K` and
+    /// `hybrid-weighted:LEXICAL_WEIGHT:DENSE_WEIGHT`, each optionally followed by `@title=W`.
     pub fn parse(spec: &str) -> Result<RunSpec> {
         let bad = || {
             Error::invalid(format!(
-                "unknown run {spec:?}: use lexical, dense, hybrid, hybrid-rrf:K or hybrid-weighted:LW:DW"
+                "unknown run {spec:?}: use lexical, dense, hybrid, hybrid-rrf:K or hybrid-weighted:LW:DW, optionally with @title=W"
             ))
         };
         let num = |s: &str| s.parse::<f32>().map_err(|_| bad());
-        let parts: Vec<&str> = spec.split(':').collect();
+        let (base, title_boost) = match spec.split_once("@title=") {
+            Some((base, w)) => (base, num(w)?),
+            None => (spec, 0.0),
+        };
+        let parts: Vec<&str> = base.split(':').collect();
         let (mode, fusion) = match parts.as_slice() {
             ["lexical"] => (Mode::Lexical, Fusion::default()),
             ["dense"] => (Mode::Dense, Fusion::default()),
@@ -62,9 +68,10 @@ impl RunSpec {
             _ => return Err(bad()),
         };
         Ok(RunSpec {
-            name: spec.replace(':', "-"),
+            name: spec.replace(':', "-").replace("@title=", "-title"),
             mode,
             fusion,
+            title_boost,
         })
     }
 
@@ -166,7 +173,7 @@ impl Engine {
         let single = [Mode::Lexical, Mode::Dense];
         let total = judged.len() * (runs.len() + single.len());
         let mut done = 0;
-        let rank_one = |mode: Mode, fusion: Fusion, q: &EvalQuery| {
+        let rank_one = |mode: Mode, fusion: Fusion, title_boost: f32, q: &EvalQuery| {
             let params = SearchParams {
                 query: q.text.clone(),
                 top_k: depth,
@@ -174,7 +181,7 @@ impl Engine {
                 fusion,
                 group_by_document: true,
                 candidates: depth,
-                title_boost: 1.0,
+                title_boost,
                 ..Default::default()
             };
             async move {
@@ -202,10 +209,10 @@ impl Engine {
         let mut lexical = Vec::with_capacity(judged.len());
         let mut dense = Vec::with_capacity(judged.len());
         for q in &judged {
-            lexical.push(rank_one(Mode::Lexical, Fusion::default(), q).await?.0);
+            lexical.push(rank_one(Mode::Lexical, Fusion::default(), 0.0, q).await?.0);
             done += 1;
             progress(done, total);
-            dense.push(rank_one(Mode::Dense, Fusion::default(), q).await?.0);
+            dense.push(rank_one(Mode::Dense, Fusion::default(), 0.0, q).await?.0);
             done += 1;
             progress(done, total);
         }
@@ -214,7 +221,7 @@ impl Engine {
             let mut queries_out = Vec::with_capacity(judged.len());
             let mut latencies = Vec::with_capacity(judged.len());
             for (i, q) in judged.iter().enumerate() {
-                let (ranking, ms) = rank_one(spec.mode, spec.fusion, q).await?;
+                let (ranking, ms) = rank_one(spec.mode, spec.fusion, spec.title_boost, q).await?;
                 done += 1;
                 progress(done, total);
                 latencies.push(ms);
@@ -279,6 +286,8 @@ mod tests {
         );
         let r = RunSpec::parse("hybrid-rrf:20").unwrap();
         assert!(matches!(r.fusion, Fusion::Rrf { k, .. } if k == 20.0));
+        let t = RunSpec::parse("lexical@title=0.5").unwrap();
+        assert_eq!((t.name.as_str(), t.title_boost), ("lexical-title0.5", 0.5));
         assert!(RunSpec::parse("hybrid-magic").is_err());
         assert!(RunSpec::parse("hybrid-rrf:x").is_err());
     }

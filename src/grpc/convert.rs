@@ -162,7 +162,7 @@ pub fn search_params(r: pb::SearchRequest) -> Result<SearchParams> {
             Some(r.query_vector)
         },
         candidates: r.candidates as usize,
-        title_boost: 1.0,
+        title_boost: weight(r.title_boost, 0.0, "title_boost")?,
     })
 }
 
@@ -284,6 +284,7 @@ pub fn eval_outcome(r: pb::EvalResult) -> Result<EvalOutcome> {
                     spec: RunSpec {
                         mode: mode(run.mode)?,
                         fusion: Fusion::default(),
+                        title_boost: 0.0,
                         name: run.name,
                     },
                     mean: metrics_core(run.metrics),

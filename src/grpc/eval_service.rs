@@ -57,6 +57,7 @@ impl pb::eval_server::Eval for EvalService {
                 Ok(RunSpec {
                     mode: convert::mode(s.mode)?,
                     fusion: convert::fusion(s.fusion)?,
+                    title_boost: s.title_boost.unwrap_or(0.0).max(0.0),
                     name: s.name,
                 })
             })

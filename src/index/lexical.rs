@@ -1,8 +1,9 @@
-//! BM25 over chunk text and document title, with tantivy.
+//! BM25 over chunks (with their document's title), with tantivy.
 //!
 //! One tantivy index per collection. Each tantivy document is one chunk: `chunk_id` (the join
-//! key back to sled), `title` and `body` analysed with tantivy's English stemming analyzer
-//! (`en_stem`), and `meta` holding one `key\u{1f}value` term per metadata entry for exact-match
+//! key back to sled), `body` (title and chunk text: "flat", as Anserini's best BM25 setting on
+//! BEIR) and `title` (for optional title boosts), analysed with tantivy's English stemming
+//! analyzer (`en_stem`), and `meta` holding one `key\u{1f}value` term per metadata entry for exact-match
 //! filters. Every commit carries the last applied operation sequence as its payload, so on
 //! start-up the engine knows which logged operations to replay.
 
@@ -29,6 +30,35 @@ pub struct LexicalDoc<'a> {
     pub title: &'a str,
     pub body: &'a str,
     pub metadata: &'a BTreeMap<String, String>,
+}
+
+/// Reads chunk ids from the fast field, opening each segment's column once (opening it per
+/// hit costs more than the BM25 search itself).
+struct ChunkIds<'a> {
+    searcher: &'a tantivy::Searcher,
+    columns: Vec<Option<tantivy::columnar::Column<u64>>>,
+}
+
+impl<'a> ChunkIds<'a> {
+    fn new(searcher: &'a tantivy::Searcher) -> Self {
+        ChunkIds {
+            searcher,
+            columns: vec![None; searcher.segment_readers().len()],
+        }
+    }
+
+    fn get(&mut self, addr: tantivy::DocAddress) -> Result<Option<u64>> {
+        let slot = &mut self.columns[addr.segment_ord as usize];
+        if slot.is_none() {
+            *slot = Some(
+                self.searcher
+                    .segment_reader(addr.segment_ord)
+                    .fast_fields()
+                    .u64("chunk_id")?,
+            );
+        }
+        Ok(slot.as_ref().and_then(|c| c.first(addr.doc_id)))
+    }
 }
 
 pub struct LexicalIndex {
@@ -110,10 +140,17 @@ impl LexicalIndex {
             writer.delete_term(Term::from_field_u64(self.chunk_id, *id));
         }
         for d in add {
+            // The title is part of every chunk's text ("flat" indexing, as for embeddings);
+            // the title field alone serves optional title boosts.
+            let body = if d.title.is_empty() {
+                d.body.to_string()
+            } else {
+                format!("{}\n{}", d.title, d.body)
+            };
             let mut document = doc!(
                 self.chunk_id => d.chunk_id,
                 self.title => d.title,
-                self.body => d.body,
+                self.body => body,
             );
             for (k, v) in d.metadata {
                 document.add_text(self.meta, meta_term(k, v));
@@ -158,7 +195,8 @@ impl LexicalIndex {
     }
 
     /// BM25 top `limit` chunks for `query`, restricted to chunks whose metadata matches every
-    /// entry of `filter`. `title_boost` weighs title matches against body matches.
+    /// entry of `filter`. `title_boost` > 0 adds title-field matches with that weight on top of
+    /// the flat text (where the title already counts once).
     pub fn search(
         &self,
         query: &str,
@@ -202,13 +240,10 @@ impl LexicalIndex {
         };
         let searcher = self.reader.searcher();
         let top = searcher.search(&query, &TopDocs::with_limit(limit).order_by_score())?;
+        let mut ids = ChunkIds::new(&searcher);
         let mut out = Vec::with_capacity(top.len());
         for (score, addr) in top {
-            let column = searcher
-                .segment_reader(addr.segment_ord)
-                .fast_fields()
-                .u64("chunk_id")?;
-            if let Some(id) = column.first(addr.doc_id) {
+            if let Some(id) = ids.get(addr)? {
                 out.push((id, score));
             }
         }
@@ -220,13 +255,10 @@ impl LexicalIndex {
         let query = BooleanQuery::new(self.filter_clauses(filter));
         let searcher = self.reader.searcher();
         let docs = searcher.search(&query, &DocSetCollector)?;
+        let mut ids = ChunkIds::new(&searcher);
         let mut out = Vec::with_capacity(docs.len());
         for addr in docs {
-            let column = searcher
-                .segment_reader(addr.segment_ord)
-                .fast_fields()
-                .u64("chunk_id")?;
-            if let Some(id) = column.first(addr.doc_id) {
+            if let Some(id) = ids.get(addr)? {
                 out.push(id);
             }
         }
