@@ -103,6 +103,24 @@ pub struct StoredDocument {
     pub chunks: Vec<(u64, ChunkRecord)>,
 }
 
+/// Which indexes an operation is applied to.
+#[derive(Debug, Clone, Copy)]
+struct Targets {
+    lexical: bool,
+    dense: bool,
+}
+
+impl Targets {
+    const BOTH: Targets = Targets {
+        lexical: true,
+        dense: true,
+    };
+    const LEXICAL: Targets = Targets {
+        lexical: true,
+        dense: false,
+    };
+}
+
 /// One open collection: its trees, indexes and model.
 pub struct Collection {
     record: CollectionRecord,
@@ -755,11 +773,23 @@ impl Collection {
 
     /// Applies a logged operation to both indexes, reading what it needs from sled.
     fn apply(&self, seq: u64, op: &Op) -> Result<()> {
-        self.apply_with(seq, op, &[])
+        self.index_op(seq, op, &[], Targets::BOTH)
     }
 
     /// Like [`Self::apply`], using `fresh` (just-written documents) instead of re-reading them.
     fn apply_with(&self, seq: u64, op: &Op, fresh: &[NewDocument]) -> Result<()> {
+        self.index_op(seq, op, fresh, Targets::BOTH)
+    }
+
+    /// Applies `op` to the `targets` indexes that have not applied `seq` yet. Chunks come from
+    /// `fresh` when they are there, else from sled; chunks already gone were removed by a later
+    /// operation and are skipped.
+    fn index_op(&self, seq: u64, op: &Op, fresh: &[NewDocument], targets: Targets) -> Result<()> {
+        let lexical_due = targets.lexical && seq > self.lexical.applied_seq()?;
+        let dense_due = targets.dense && seq > self.dense.applied_seq()?;
+        if !lexical_due && !dense_due {
+            return Ok(());
+        }
         let mut docs: HashMap<String, DocRecord> = fresh
             .iter()
             .map(|d| (d.record.id.clone(), d.record.clone()))
@@ -773,19 +803,26 @@ impl Collection {
         for id in &op.add {
             if let Some((c, v)) = fresh_chunks.get(id) {
                 chunk_records.push((*id, (*c).clone()));
-                vectors.push((*id, (*v).clone()));
-            } else if let (Some(c), Some(v)) =
-                (self.trees.get_chunk(*id)?, self.trees.get_vector(*id)?)
-            {
-                if !docs.contains_key(&c.doc_id) {
-                    if let Some(d) = self.trees.get_doc(&c.doc_id)? {
-                        docs.insert(c.doc_id.clone(), d);
-                    }
+                if dense_due {
+                    vectors.push((*id, (*v).clone()));
                 }
-                chunk_records.push((*id, c));
+                continue;
+            }
+            let Some(c) = self.trees.get_chunk(*id)? else {
+                continue;
+            };
+            if dense_due {
+                let Some(v) = self.trees.get_vector(*id)? else {
+                    continue;
+                };
                 vectors.push((*id, v));
             }
-            // A chunk already gone was removed by a later operation: nothing to index.
+            if !docs.contains_key(&c.doc_id) {
+                if let Some(d) = self.trees.get_doc(&c.doc_id)? {
+                    docs.insert(c.doc_id.clone(), d);
+                }
+            }
+            chunk_records.push((*id, c));
         }
         let empty = BTreeMap::new();
         let lex_docs: Vec<LexicalDoc<'_>> = chunk_records
@@ -800,10 +837,10 @@ impl Collection {
                 }
             })
             .collect();
-        if seq > self.lexical.applied_seq()? {
+        if lexical_due {
             self.lexical.apply(seq, &lex_docs, &op.remove)?;
         }
-        if seq > self.dense.applied_seq()? {
+        if dense_due {
             self.dense.apply(seq, &vectors, &op.remove)?;
         }
         Ok(())
@@ -839,7 +876,7 @@ impl Collection {
             };
             let seq = last.max(1);
             if lex == 0 {
-                self.apply_lexical_only(seq, &op)?;
+                self.index_op(seq, &op, &[], Targets::LEXICAL)?;
             }
             if dense == 0 {
                 let vectors = self.trees.all_vectors().collect::<Result<Vec<_>>>()?;
@@ -866,35 +903,6 @@ impl Collection {
             tracing::info!(collection = %self.record.name, upto, "replayed logged operations in {:?}", started.elapsed());
         }
         Ok(())
-    }
-
-    fn apply_lexical_only(&self, seq: u64, op: &Op) -> Result<()> {
-        let mut docs: HashMap<String, DocRecord> = HashMap::new();
-        let mut records = Vec::new();
-        for id in &op.add {
-            if let Some(c) = self.trees.get_chunk(*id)? {
-                if !docs.contains_key(&c.doc_id) {
-                    if let Some(d) = self.trees.get_doc(&c.doc_id)? {
-                        docs.insert(c.doc_id.clone(), d);
-                    }
-                }
-                records.push((*id, c));
-            }
-        }
-        let empty = BTreeMap::new();
-        let lex_docs: Vec<LexicalDoc<'_>> = records
-            .iter()
-            .map(|(id, c)| {
-                let d = docs.get(&c.doc_id);
-                LexicalDoc {
-                    chunk_id: *id,
-                    title: d.map_or("", |d| d.title.as_str()),
-                    body: &c.text,
-                    metadata: d.map_or(&empty, |d| &d.metadata),
-                }
-            })
-            .collect();
-        self.lexical.apply(seq, &lex_docs, &op.remove)
     }
 
     fn checkpoint_blocking(&self, store: &Store, rebuild_ratio: f32) -> Result<()> {

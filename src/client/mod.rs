@@ -157,6 +157,17 @@ pub async fn search(
         .into_inner())
 }
 
+/// `lexical`, `dense` or `hybrid`.
+fn mode_name(mode: i32) -> String {
+    pb::SearchMode::try_from(mode)
+        .map(|m| {
+            m.as_str_name()
+                .trim_start_matches("SEARCH_MODE_")
+                .to_lowercase()
+        })
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 /// A search response as JSON (for `quarry search --json`).
 pub fn response_json(r: &pb::SearchResponse) -> serde_json::Value {
     let hit = |h: &pb::Hit| {
@@ -180,7 +191,7 @@ pub fn response_json(r: &pb::SearchResponse) -> serde_json::Value {
         })
     };
     serde_json::json!({
-        "mode": pb::SearchMode::try_from(r.mode).map(|m| m.as_str_name()).unwrap_or("?"),
+        "mode": mode_name(r.mode),
         "degraded": r.degraded,
         "warning": r.warning,
         "took_micros": r.took_micros,

@@ -21,6 +21,11 @@ pub type Qrels = HashMap<String, HashMap<String, i32>>;
 pub type Results = [(String, f64)];
 
 /// Orders results by score descending, ties by document id descending.
+///
+/// ```
+/// let results = [("a".to_string(), 1.0), ("b".to_string(), 1.0), ("c".to_string(), 2.0)];
+/// assert_eq!(quarry::eval::metrics::ranked(&results), vec!["c", "b", "a"]);
+/// ```
 pub fn ranked(results: &Results) -> Vec<&str> {
     let mut v: Vec<&(String, f64)> = results.iter().collect();
     v.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| b.0.cmp(&a.0)));

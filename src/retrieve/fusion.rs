@@ -86,6 +86,18 @@ fn min_max(list: &[(u64, f32)]) -> impl Fn(f32) -> f32 {
 }
 
 /// Fuses two lists, each ordered best first, into one ordered best first.
+///
+/// ```
+/// use quarry::retrieve::{fuse, Fusion};
+///
+/// let lexical = [(1, 12.0), (2, 9.0)]; // (chunk id, BM25 score)
+/// let dense = [(2, 0.8), (3, 0.7)]; // (chunk id, cosine similarity)
+/// let fused = fuse(&lexical, &dense, Fusion::rrf(60.0));
+/// // Chunk 2 is found by both retrievers: 1/62 + 1/61 beats 1/61 alone.
+/// assert_eq!(fused[0].chunk_id, 2);
+/// assert_eq!(fused[0].lexical.unwrap().rank, 2);
+/// assert_eq!(fused[0].dense.unwrap().rank, 1);
+/// ```
 pub fn fuse(lexical: &[(u64, f32)], dense: &[(u64, f32)], fusion: Fusion) -> Vec<Fused> {
     let mut by_id: HashMap<u64, Fused> = HashMap::new();
     let blank = |id: u64| Fused {
