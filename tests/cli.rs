@@ -39,15 +39,27 @@ fn start_server(data: &Path) -> (Child, String) {
 }
 
 fn ingest_fixture(url: &str) -> String {
-    let corpus = common::fixture_dir().join("corpus.jsonl");
+    ingest_file(url, &common::fixture_dir().join("corpus.jsonl"))
+}
+
+fn ingest_file(url: &str, corpus: &Path) -> String {
     let out = Command::new(BIN)
         .args(["ingest", "--quiet", "--server", url, "--collection", "mini"])
-        .arg(&corpus)
+        .arg(corpus)
         .output()
         .unwrap();
     let log = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(out.status.success(), "ingest failed: {log}");
     log
+}
+
+fn stop_gracefully(mut server: Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(server.wait().unwrap().success());
 }
 
 fn search_json(url: &str, query: &str) -> serde_json::Value {
@@ -159,4 +171,54 @@ fn acknowledged_writes_survive_sigkill() {
     assert!(log.contains("27 unchanged"), "{log}");
     server.kill().unwrap();
     server.wait().unwrap();
+}
+
+/// A checkpoint, then more acknowledged writes (creates, an update), then a crash: on restart the
+/// HNSW graph loads from its checkpoint and the operations logged after it are replayed.
+#[test]
+fn writes_after_a_checkpoint_are_replayed_after_sigkill() {
+    let data = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let corpus = std::fs::read_to_string(common::fixture_dir().join("corpus.jsonl")).unwrap();
+    let lines: Vec<&str> = corpus.lines().collect();
+    let first = files.path().join("first.jsonl");
+    std::fs::write(&first, lines[..20].join("\n")).unwrap();
+    let (server, url) = start_server(data.path());
+    assert!(ingest_file(&url, &first).contains("20 created"));
+    stop_gracefully(server); // checkpoints the graph
+
+    let (mut server, url) = start_server(data.path());
+    let mut rest: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    let bread = rest
+        .iter()
+        .position(|l| l.contains("\"cook-bread\""))
+        .unwrap();
+    rest[bread] = serde_json::json!({
+        "_id": "cook-bread", "title": "Rye bread",
+        "text": "Rye flour has little gluten, so rye loaves are dense and rely on sourdough acidity."
+    })
+    .to_string();
+    let all = files.path().join("all.jsonl");
+    std::fs::write(&all, rest.join("\n")).unwrap();
+    let log = ingest_file(&url, &all);
+    assert!(
+        log.contains("7 created") && log.contains("1 updated"),
+        "{log}"
+    );
+    let queries = ["rye flour gluten", "spring tides moon", "organelle ATP"];
+    let before: Vec<_> = queries
+        .iter()
+        .map(|q| hits(&search_json(&url, q)))
+        .collect();
+    assert_eq!(before[0][0]["document_id"], "cook-bread");
+    server.kill().unwrap();
+    server.wait().unwrap();
+
+    let (server, url) = start_server(data.path());
+    let after: Vec<_> = queries
+        .iter()
+        .map(|q| hits(&search_json(&url, q)))
+        .collect();
+    assert_eq!(before, after, "results changed after replay");
+    stop_gracefully(server);
 }
