@@ -34,6 +34,8 @@ pub struct Config {
     pub embed_workers: usize,
     pub limits: Limits,
     pub index: IndexSettings,
+    /// Grounded answers: inference routers, retries, packing, contract enforcement.
+    pub answer: crate::answer::AnswerSettings,
 }
 
 /// Explicit limits. A request over a limit fails with INVALID_ARGUMENT naming the limit.
@@ -84,6 +86,7 @@ impl Default for Config {
             embed_workers: 0,
             limits: Limits::default(),
             index: IndexSettings::default(),
+            answer: crate::answer::AnswerSettings::default(),
         }
     }
 }
@@ -155,6 +158,15 @@ impl Config {
                 "QUARRY_DEFAULT_MODEL" => self.default_model = value,
                 "QUARRY_AUTO_FETCH_MODEL" => self.auto_fetch_model = parse_env(&key, &value)?,
                 "QUARRY_EMBED_WORKERS" => self.embed_workers = parse_env(&key, &value)?,
+                // Comma-separated router base URLs, in failover order.
+                "QUARRY_ROUTER" => {
+                    self.answer.routers = value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|u| !u.is_empty())
+                        .map(crate::answer::router::Endpoint::from_url)
+                        .collect()
+                }
                 _ => {}
             }
         }

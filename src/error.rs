@@ -25,6 +25,18 @@ pub enum Error {
     #[error("{0}")]
     FailedPrecondition(String),
 
+    // ---- the inference router and its model --------------------------------------------
+    /// The router could not be reached or failed, after retries and failover.
+    #[error("{0}")]
+    Upstream(String),
+    /// The overall deadline for a router call passed.
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    /// The model's reply broke the structured-output contract (after repair attempts), or cited
+    /// sources that were not supplied in strict mode. `raw` is the last reply.
+    #[error("{message}; the model's last reply was: {raw}")]
+    ContractViolation { message: String, raw: String },
+
     // ---- internal faults ---------------------------------------------------------------
     #[error("storage error: {0}")]
     Storage(#[from] sled::Error),

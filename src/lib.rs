@@ -12,6 +12,7 @@
 //! - [`store`]: sled, the only source of truth (documents, chunks, vectors, operation log).
 //! - [`index`]: derived indexes: tantivy BM25 and hnsw_rs, plus an exact-search oracle.
 //! - [`retrieve`]: search requests and results, fusion (RRF and weighted).
+//! - [`answer`]: grounded answers through an OpenAI-compatible inference router.
 //! - [`engine`]: collections, the ingest pipeline, search, recovery and checkpoints.
 //! - [`eval`]: BEIR collections and trec_eval-compatible metrics.
 //! - [`grpc`]: the transport; the only module that knows the wire protocol.
@@ -19,6 +20,7 @@
 //!
 //! The retrieval core (everything but `grpc` and `client`) knows nothing of gRPC.
 
+pub mod answer;
 pub mod chunk;
 pub mod client;
 pub mod config;

@@ -34,6 +34,8 @@ enum Command {
     Search(SearchArgs),
     /// Evaluate retrieval on a BEIR-format collection (corpus, queries, qrels).
     Eval(EvalCmd),
+    /// Ask a question: a grounded, schema-validated answer with resolved citations.
+    Ask(AskArgs),
     /// Provision embedding models and ONNX Runtime.
     Model {
         #[command(subcommand)]
@@ -55,6 +57,10 @@ struct ServeArgs {
     /// Models directory.
     #[arg(long)]
     models_dir: Option<PathBuf>,
+    /// OpenAI-compatible inference router base URL, e.g. http://127.0.0.1:8080/v1
+    /// (repeatable, in failover order; replaces the configured list).
+    #[arg(long = "router")]
+    routers: Vec<String>,
 }
 
 #[derive(Args)]
@@ -118,6 +124,37 @@ struct SearchArgs {
     #[arg(long)]
     json: bool,
     query: String,
+}
+
+#[derive(Args)]
+struct AskArgs {
+    #[arg(long, env = "QUARRY_SERVER", default_value = DEFAULT_SERVER)]
+    server: String,
+    #[arg(long)]
+    collection: String,
+    /// JSON Schema file for the answer (default: answer text plus cited source numbers).
+    #[arg(long)]
+    schema: Option<PathBuf>,
+    /// lexical, dense or hybrid retrieval.
+    #[arg(long, default_value = "hybrid")]
+    mode: String,
+    /// Chunks retrieved (before packing).
+    #[arg(long, default_value_t = 8)]
+    top_k: u32,
+    /// Model name for the router (default: the router's).
+    #[arg(long)]
+    model: Option<String>,
+    #[arg(long)]
+    max_tokens: Option<u32>,
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Reject answers that cite sources that were not supplied.
+    #[arg(long)]
+    strict: bool,
+    /// Print one JSON object: answer, citations, sources, timings.
+    #[arg(long)]
+    json: bool,
+    question: String,
 }
 
 #[derive(Args)]
@@ -189,6 +226,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Ingest(args) => ingest(args).await,
         Command::Search(args) => search(args).await,
         Command::Eval(args) => eval(args).await,
+        Command::Ask(args) => ask(args).await,
         Command::Model { command } => model(command),
     }
 }
@@ -227,6 +265,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(m) = args.models_dir {
         config.models_dir = m;
+    }
+    if !args.routers.is_empty() {
+        config.answer.routers = args
+            .routers
+            .iter()
+            .map(|u| quarry::answer::router::Endpoint::from_url(u))
+            .collect();
     }
     config.validate()?;
     let listen = config.listen.clone();
@@ -289,12 +334,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
 }
 
 async fn search(args: SearchArgs) -> anyhow::Result<()> {
-    let mode = match args.mode.as_str() {
-        "lexical" => pb::SearchMode::Lexical,
-        "dense" => pb::SearchMode::Dense,
-        "hybrid" => pb::SearchMode::Hybrid,
-        other => bail!("unknown mode {other:?} (expected lexical, dense or hybrid)"),
-    };
+    let mode = parse_mode(&args.mode)?;
     let fusion = match args.fusion.as_deref() {
         None if args.rrf_k.is_some() => bail!("--rrf-k needs --fusion rrf"),
         None if args.lexical_weight.is_some() || args.dense_weight.is_some() => {
@@ -346,6 +386,55 @@ async fn search(args: SearchArgs) -> anyhow::Result<()> {
         );
     } else {
         client::print_response(&response, args.explain);
+    }
+    Ok(())
+}
+
+fn parse_mode(mode: &str) -> anyhow::Result<pb::SearchMode> {
+    Ok(match mode {
+        "lexical" => pb::SearchMode::Lexical,
+        "dense" => pb::SearchMode::Dense,
+        "hybrid" => pb::SearchMode::Hybrid,
+        other => bail!("unknown mode {other:?} (expected lexical, dense or hybrid)"),
+    })
+}
+
+async fn ask(args: AskArgs) -> anyhow::Result<()> {
+    let schema_json = match &args.schema {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            serde_json::from_str::<serde_json::Value>(&text)
+                .with_context(|| format!("{} is not JSON", path.display()))?;
+            text
+        }
+        None => String::new(),
+    };
+    let channel = client::connect(&args.server).await?;
+    let response = client::ask(
+        channel,
+        pb::AnswerRequest {
+            collection: args.collection,
+            question: args.question,
+            top_k: args.top_k,
+            mode: parse_mode(&args.mode)? as i32,
+            fusion: None,
+            filter: Default::default(),
+            schema_json,
+            model: args.model.unwrap_or_default(),
+            max_tokens: args.max_tokens.unwrap_or(0),
+            temperature: args.temperature,
+            strict_citations: args.strict.then_some(true),
+        },
+    )
+    .await?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&client::answer_json(&response)?)?
+        );
+    } else {
+        client::print_answer(&response);
     }
     Ok(())
 }

@@ -244,3 +244,99 @@ pub fn print_response(r: &pb::SearchResponse, explain: bool) {
             .unwrap_or("?")
     );
 }
+
+/// Asks for a grounded answer.
+pub async fn ask(
+    channel: Channel,
+    request: pb::AnswerRequest,
+) -> anyhow::Result<pb::AnswerResponse> {
+    let mut client = pb::answers_client::AnswersClient::new(channel);
+    Ok(client
+        .answer(request)
+        .await
+        .map_err(|s| anyhow!("answer failed ({:?}): {}", s.code(), s.message()))?
+        .into_inner())
+}
+
+/// `quarry ask --json`: the validated answer exactly as the schema describes it, and each
+/// citation resolved to its source number, document, chunk and text.
+pub fn answer_json(r: &pb::AnswerResponse) -> anyhow::Result<serde_json::Value> {
+    let answer: serde_json::Value = if r.answer_json.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&r.answer_json)
+            .map_err(|e| anyhow!("server sent invalid answer JSON: {e}"))?
+    };
+    Ok(serde_json::json!({
+        "answer": answer,
+        "grounded": r.grounded,
+        "no_answer_reason": r.no_answer_reason,
+        "citations": r.citations.iter().map(|c| serde_json::json!({
+            "source": c.source,
+            "document_id": c.document_id,
+            "chunk_id": c.chunk_id,
+            "start_byte": c.start_byte,
+            "end_byte": c.end_byte,
+            "text": c.text,
+        })).collect::<Vec<_>>(),
+        "invalid_citations": r.invalid_citations,
+        "sources": r.sources.iter().map(|s| serde_json::json!({
+            "number": s.number,
+            "document_id": s.hit.as_ref().map(|h| h.document_id.clone()),
+            "chunk_id": s.hit.as_ref().map(|h| h.chunk_id),
+            "tokens": s.tokens,
+        })).collect::<Vec<_>>(),
+        "left_out": r.left_out.iter().map(|l| serde_json::json!({
+            "chunk_id": l.chunk_id, "document_id": l.document_id, "reason": l.reason,
+        })).collect::<Vec<_>>(),
+        "usage": {"prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens},
+        "latency_ms": {"retrieve": r.retrieve_ms, "generate": r.generate_ms},
+        "attempts": r.attempts,
+        "requests": r.requests,
+        "model": r.model,
+    }))
+}
+
+/// A human-readable answer.
+pub fn print_answer(r: &pb::AnswerResponse) {
+    if !r.grounded {
+        println!("No grounded answer: {}", r.no_answer_reason);
+        return;
+    }
+    let answer: serde_json::Value = serde_json::from_str(&r.answer_json).unwrap_or_default();
+    match answer.get("answer").and_then(|a| a.as_str()) {
+        Some(text) => println!("{text}"),
+        None => println!(
+            "{}",
+            serde_json::to_string_pretty(&answer).unwrap_or_default()
+        ),
+    }
+    for c in &r.citations {
+        let snippet: String = c
+            .text
+            .chars()
+            .take(100)
+            .collect::<String>()
+            .replace('\n', " ");
+        println!(
+            "  [{}] {} #{}: {snippet}",
+            c.source, c.document_id, c.chunk_id
+        );
+    }
+    if !r.invalid_citations.is_empty() {
+        eprintln!(
+            "warning: the answer cites sources that were not supplied: {:?}",
+            r.invalid_citations
+        );
+    }
+    eprintln!(
+        "{} ({} attempt(s), {} request(s)); retrieve {:.1} ms, generate {:.1} ms; {} + {} tokens",
+        r.model,
+        r.attempts,
+        r.requests,
+        r.retrieve_ms,
+        r.generate_ms,
+        r.prompt_tokens,
+        r.completion_tokens
+    );
+}

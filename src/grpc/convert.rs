@@ -319,3 +319,51 @@ pub fn eval_outcome(r: pb::EvalResult) -> Result<EvalOutcome> {
             .collect::<Result<_>>()?,
     })
 }
+
+pub fn answer_response(o: crate::answer::AnswerOutcome) -> pb::AnswerResponse {
+    pb::AnswerResponse {
+        answer_json: o.answer.as_ref().map(|a| a.to_string()).unwrap_or_default(),
+        grounded: o.answer.is_some(),
+        no_answer_reason: o.no_answer_reason.unwrap_or_default(),
+        citations: o
+            .citations
+            .into_iter()
+            .map(|c| pb::Citation {
+                source: c.number as u32,
+                document_id: c.hit.doc_id,
+                chunk_id: c.hit.chunk_id,
+                start_byte: c.hit.start as u64,
+                end_byte: c.hit.end as u64,
+                text: c.hit.text,
+            })
+            .collect(),
+        invalid_citations: o.invalid_citations,
+        sources: o
+            .sources
+            .into_iter()
+            .map(|s| pb::AnswerSource {
+                number: s.number as u32,
+                tokens: s.tokens as u32,
+                hit: Some(hit(s.hit, true)),
+            })
+            .collect(),
+        left_out: o
+            .left_out
+            .into_iter()
+            .map(|l| pb::LeftOutChunk {
+                chunk_id: l.chunk_id,
+                document_id: l.doc_id,
+                reason: l.reason,
+            })
+            .collect(),
+        prompt_tokens: o.usage.prompt_tokens,
+        completion_tokens: o.usage.completion_tokens,
+        retrieve_ms: o.retrieve_ms,
+        generate_ms: o.generate_ms,
+        attempts: o.attempts,
+        requests: o.requests,
+        model: o.model,
+        retrieval_mode: mode_to_pb(o.retrieval.mode) as i32,
+        retrieval_warning: o.retrieval.warning.unwrap_or_default(),
+    }
+}

@@ -7,6 +7,7 @@
 //!   and runs until the shutdown future resolves, then finishes in-flight requests and
 //!   checkpoints the engine.
 
+mod answer_service;
 mod convert;
 mod eval_service;
 mod services;
@@ -58,6 +59,22 @@ pub async fn serve(
     let eval = pb::eval_server::EvalServer::new(eval_service::EvalService::new(engine.clone()))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
+    let answerer = if engine.config().answer.routers.is_empty() {
+        tracing::info!("no inference router configured: the Answers service will refuse requests");
+        None
+    } else {
+        let a = crate::answer::Answerer::new(engine.config().answer.clone())?;
+        for e in a.settings().routers.iter() {
+            tracing::info!(router = %e.url, "inference router");
+        }
+        Some(Arc::new(a))
+    };
+    let answers = pb::answers_server::AnswersServer::new(answer_service::AnswerService::new(
+        engine.clone(),
+        answerer,
+    ))
+    .max_decoding_message_size(max)
+    .max_encoding_message_size(max);
     health_reporter
         .set_serving::<pb::collections_server::CollectionsServer<services::CollectionsService>>()
         .await;
@@ -69,6 +86,9 @@ pub async fn serve(
         .await;
     health_reporter
         .set_serving::<pb::eval_server::EvalServer<eval_service::EvalService>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::answers_server::AnswersServer<answer_service::AnswerService>>()
         .await;
     health_reporter
         .set_service_status("", tonic_health::ServingStatus::Serving)
@@ -85,6 +105,7 @@ pub async fn serve(
         .add_service(documents)
         .add_service(search)
         .add_service(eval)
+        .add_service(answers)
         // TCP_NODELAY: without it, small replies wait for delayed ACKs (~40 ms per request).
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),

@@ -13,6 +13,8 @@ pub fn to_status(e: Error) -> Status {
         Error::CollectionExists(_) => Code::AlreadyExists,
         Error::FailedPrecondition(_) => Code::FailedPrecondition,
         Error::Embedding(_) => Code::Unavailable,
+        Error::Upstream(_) | Error::ContractViolation { .. } => Code::Unavailable,
+        Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
         Error::Storage(_) | Error::Lexical(_) | Error::Io(_) | Error::Internal(_) => Code::Internal,
     };
     if !e.is_user_error() {

@@ -2,6 +2,8 @@
 //! runs a real server on a loopback port.
 #![allow(dead_code)]
 
+pub mod fake_router;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 

@@ -1,0 +1,407 @@
+//! Client for OpenAI-compatible inference routers (`POST {base}/chat/completions`): llama.cpp's
+//! `llama-server`, Ollama, vLLM, or a router in front of them.
+//!
+//! - Endpoints are tried in failover order. On one endpoint, connection errors, timeouts, 429
+//!   and 5xx are retried with capped exponential backoff and full jitter (429's `Retry-After` is
+//!   honoured, up to the cap), all within one overall deadline. Other 4xx replies are not
+//!   retried: the request itself is wrong.
+//! - Structured output has three modes. `json_schema` (`response_format: {type: json_schema}`:
+//!   OpenAI, vLLM, Ollama, llama-server), `json_object` with a `schema` field (the
+//!   llama-cpp-python server, which rejects `json_schema` with a 4xx), and `instructions` (the
+//!   schema is only in the prompt; the reply is validated all the same). In `auto` mode a 400 or
+//!   422 that names the response format moves the endpoint to the next mode, and the router
+//!   remembers the mode that worked.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::error::{Error, Result};
+
+/// How an endpoint is asked for structured output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StructuredMode {
+    /// Try `json_schema`, then `json_object`, then `instructions`; remember what works.
+    #[default]
+    Auto,
+    JsonSchema,
+    JsonObject,
+    Instructions,
+}
+
+impl StructuredMode {
+    fn next(self) -> Option<StructuredMode> {
+        match self {
+            StructuredMode::Auto | StructuredMode::JsonSchema => Some(StructuredMode::JsonObject),
+            StructuredMode::JsonObject => Some(StructuredMode::Instructions),
+            StructuredMode::Instructions => None,
+        }
+    }
+}
+
+/// One router endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    /// OpenAI-compatible base URL, for example `http://127.0.0.1:8080/v1`.
+    pub url: String,
+    #[serde(default)]
+    pub api_key: Option<String>,
+    /// Model name sent to the router (empty: the router's default).
+    #[serde(default)]
+    pub model: String,
+    #[serde(default)]
+    pub structured_output: StructuredMode,
+}
+
+impl Endpoint {
+    /// An endpoint with defaults: no key, the router's default model, auto-detected structured
+    /// output.
+    pub fn from_url(url: &str) -> Endpoint {
+        Endpoint {
+            url: url.trim_end_matches('/').to_string(),
+            api_key: None,
+            model: String::new(),
+            structured_output: StructuredMode::Auto,
+        }
+    }
+}
+
+/// Timeouts and retry policy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Per HTTP request.
+    pub request_timeout_ms: u64,
+    /// For the whole completion, retries and failover included.
+    pub deadline_ms: u64,
+    /// Retries per endpoint after the first attempt.
+    pub max_retries: u32,
+    pub backoff_base_ms: u64,
+    pub backoff_cap_ms: u64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            request_timeout_ms: 60_000,
+            deadline_ms: 120_000,
+            max_retries: 2,
+            backoff_base_ms: 200,
+            backoff_cap_ms: 5_000,
+        }
+    }
+}
+
+/// A chat message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    pub fn new(role: &str, content: impl Into<String>) -> Message {
+        Message {
+            role: role.to_string(),
+            content: content.into(),
+        }
+    }
+}
+
+/// Generation settings.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    /// Overrides the endpoint's model when set.
+    pub model: Option<String>,
+    pub max_tokens: u32,
+    pub temperature: f32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+/// A router's reply.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub content: String,
+    /// The model id the router reports.
+    pub model: String,
+    pub usage: Usage,
+    /// Which endpoint answered, and in which structured-output mode.
+    pub endpoint: usize,
+    pub mode: StructuredMode,
+    /// HTTP requests made, retries and failovers included.
+    pub requests: u32,
+}
+
+pub struct Router {
+    endpoints: Vec<Endpoint>,
+    policy: RetryPolicy,
+    http: reqwest::Client,
+    /// Structured-output mode that worked per endpoint (auto mode's memory).
+    learned: Mutex<HashMap<usize, StructuredMode>>,
+}
+
+enum Attempt {
+    Done(Completion),
+    /// Worth retrying (after the given delay, if the server named one).
+    Retry(String, Option<Duration>),
+    /// The endpoint rejected the response format: try the next mode.
+    Unsupported(String),
+    Fatal(Error),
+}
+
+impl Router {
+    pub fn new(endpoints: Vec<Endpoint>, policy: RetryPolicy) -> Result<Router> {
+        if endpoints.is_empty() {
+            return Err(Error::FailedPrecondition(
+                "no inference router is configured (quarry serve --router URL, or [answer] routers in the config file)".into(),
+            ));
+        }
+        for e in &endpoints {
+            if !(e.url.starts_with("http://") || e.url.starts_with("https://")) {
+                return Err(Error::invalid(format!(
+                    "router URL {:?} must start with http:// or https://",
+                    e.url
+                )));
+            }
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(policy.request_timeout_ms))
+            .build()
+            .map_err(|e| Error::internal(format!("HTTP client: {e}")))?;
+        Ok(Router {
+            endpoints,
+            policy,
+            http,
+            learned: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn endpoints(&self) -> &[Endpoint] {
+        &self.endpoints
+    }
+
+    fn backoff(&self, retry: u32, hint: Option<Duration>) -> Duration {
+        let cap = Duration::from_millis(self.policy.backoff_cap_ms);
+        if let Some(h) = hint {
+            return h.min(cap);
+        }
+        let exp = self
+            .policy
+            .backoff_base_ms
+            .saturating_mul(1u64 << retry.min(16))
+            .min(self.policy.backoff_cap_ms);
+        // Full jitter: spreads retries of many clients apart.
+        Duration::from_millis(rand::rng().random_range(exp / 2..=exp.max(1)))
+    }
+
+    /// Sends a chat completion with a structured-output contract for `schema`.
+    pub async fn complete(
+        &self,
+        messages: &[Message],
+        schema: &Value,
+        gen: &Generation,
+    ) -> Result<Completion> {
+        let deadline = Instant::now() + Duration::from_millis(self.policy.deadline_ms);
+        let mut requests = 0;
+        let mut failures: Vec<String> = Vec::new();
+        for (i, endpoint) in self.endpoints.iter().enumerate() {
+            let mut mode = self
+                .learned
+                .lock()
+                .map_err(|_| Error::internal("router state poisoned"))?
+                .get(&i)
+                .copied()
+                .unwrap_or(match endpoint.structured_output {
+                    StructuredMode::Auto => StructuredMode::JsonSchema,
+                    m => m,
+                });
+            let auto = endpoint.structured_output == StructuredMode::Auto;
+            let mut retry = 0;
+            loop {
+                let now = Instant::now();
+                if now >= deadline {
+                    return Err(Error::DeadlineExceeded(format!(
+                        "inference router deadline of {} ms passed after {requests} requests ({})",
+                        self.policy.deadline_ms,
+                        failures.join("; ")
+                    )));
+                }
+                requests += 1;
+                let remaining = deadline - now;
+                let attempt = tokio::time::timeout(
+                    remaining,
+                    self.attempt(i, endpoint, mode, messages, schema, gen),
+                )
+                .await
+                .unwrap_or_else(|_| Attempt::Retry("overall deadline reached".into(), None));
+                match attempt {
+                    Attempt::Done(mut c) => {
+                        c.requests = requests;
+                        if auto {
+                            if let Ok(mut l) = self.learned.lock() {
+                                l.insert(i, mode);
+                            }
+                        }
+                        return Ok(c);
+                    }
+                    Attempt::Unsupported(why) if auto => match mode.next() {
+                        Some(next) => {
+                            tracing::info!(endpoint = %endpoint.url, ?mode, ?next, "router rejected the response format; falling back");
+                            failures.push(format!("{}: {why}", endpoint.url));
+                            mode = next;
+                        }
+                        None => {
+                            failures.push(format!("{}: {why}", endpoint.url));
+                            break;
+                        }
+                    },
+                    Attempt::Unsupported(why) => {
+                        return Err(Error::Upstream(format!(
+                            "router {} rejected the request: {why}",
+                            endpoint.url
+                        )))
+                    }
+                    Attempt::Fatal(e) => return Err(e),
+                    Attempt::Retry(why, hint) => {
+                        failures.push(format!("{}: {why}", endpoint.url));
+                        if retry >= self.policy.max_retries {
+                            break; // fail over to the next endpoint
+                        }
+                        let wait = self.backoff(retry, hint);
+                        retry += 1;
+                        if Instant::now() + wait >= deadline {
+                            tokio::time::sleep_until(deadline.into()).await;
+                        } else {
+                            tokio::time::sleep(wait).await;
+                        }
+                    }
+                }
+            }
+        }
+        Err(Error::Upstream(format!(
+            "every inference router failed after {requests} requests: {}",
+            failures.join("; ")
+        )))
+    }
+
+    async fn attempt(
+        &self,
+        index: usize,
+        endpoint: &Endpoint,
+        mode: StructuredMode,
+        messages: &[Message],
+        schema: &Value,
+        gen: &Generation,
+    ) -> Attempt {
+        let model = gen
+            .model
+            .clone()
+            .filter(|m| !m.is_empty())
+            .unwrap_or_else(|| endpoint.model.clone());
+        let mut body = json!({
+            "messages": messages,
+            "max_tokens": gen.max_tokens,
+            "temperature": gen.temperature,
+            "stream": false,
+        });
+        if !model.is_empty() {
+            body["model"] = json!(model);
+        }
+        match mode {
+            StructuredMode::JsonSchema | StructuredMode::Auto => {
+                body["response_format"] = json!({
+                    "type": "json_schema",
+                    "json_schema": {"name": "answer", "strict": true, "schema": schema},
+                });
+            }
+            StructuredMode::JsonObject => {
+                body["response_format"] = json!({"type": "json_object", "schema": schema});
+            }
+            StructuredMode::Instructions => {}
+        }
+        let url = format!("{}/chat/completions", endpoint.url.trim_end_matches('/'));
+        let mut request = self.http.post(&url).json(&body);
+        if let Some(key) = &endpoint.api_key {
+            request = request.bearer_auth(key);
+        }
+        let response = match request.send().await {
+            Ok(r) => r,
+            Err(e) if e.is_timeout() => return Attempt::Retry(format!("timed out: {e}"), None),
+            Err(e) => return Attempt::Retry(format!("cannot reach router: {e}"), None),
+        };
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let text = match response.text().await {
+            Ok(t) => t,
+            Err(e) if e.is_timeout() => return Attempt::Retry(format!("timed out: {e}"), None),
+            Err(e) => return Attempt::Retry(format!("reply cut off: {e}"), None),
+        };
+        if status.as_u16() == 429 {
+            return Attempt::Retry("429 Too Many Requests".into(), retry_after);
+        }
+        if status.is_server_error() {
+            return Attempt::Retry(format!("{status}: {}", snippet(&text)), None);
+        }
+        if status.is_client_error() {
+            let about_format = text.contains("response_format")
+                || text.contains("json_schema")
+                || text.contains("schema");
+            if (status.as_u16() == 400 || status.as_u16() == 422)
+                && about_format
+                && mode != StructuredMode::Instructions
+            {
+                return Attempt::Unsupported(format!("{status}: {}", snippet(&text)));
+            }
+            return Attempt::Fatal(Error::Upstream(format!(
+                "router {} refused the request ({status}): {}",
+                endpoint.url,
+                snippet(&text)
+            )));
+        }
+        let value: Value = match serde_json::from_str(&text) {
+            Ok(v) => v,
+            Err(e) => return Attempt::Retry(format!("router reply is not JSON ({e})"), None),
+        };
+        let Some(content) = value["choices"][0]["message"]["content"].as_str() else {
+            return Attempt::Retry(
+                format!(
+                    "router reply has no choices[0].message.content: {}",
+                    snippet(&text)
+                ),
+                None,
+            );
+        };
+        Attempt::Done(Completion {
+            content: content.to_string(),
+            model: value["model"].as_str().unwrap_or(&model).to_string(),
+            usage: Usage {
+                prompt_tokens: value["usage"]["prompt_tokens"].as_u64().unwrap_or(0),
+                completion_tokens: value["usage"]["completion_tokens"].as_u64().unwrap_or(0),
+            },
+            endpoint: index,
+            mode,
+            requests: 0,
+        })
+    }
+}
+
+fn snippet(s: &str) -> String {
+    let s: String = s.chars().take(300).collect();
+    s.replace('\n', " ")
+}

@@ -1,0 +1,135 @@
+//! The answer contract: the default JSON Schema, validation of replies, and citations.
+
+use serde_json::{json, Value};
+
+use crate::error::{Error, Result};
+
+/// The default answer: text plus the numbers of the sources it relies on.
+pub fn default_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "answer": {"type": "string", "description": "The answer, using only the sources."},
+            "citations": {
+                "type": "array",
+                "description": "Numbers of the sources the answer relies on.",
+                "items": {"type": "integer", "minimum": 1}
+            }
+        },
+        "required": ["answer", "citations"],
+        "additionalProperties": false
+    })
+}
+
+/// A compiled schema.
+pub struct Contract {
+    schema: Value,
+    validator: jsonschema::Validator,
+}
+
+impl Contract {
+    /// Compiles a caller's schema (INVALID_ARGUMENT when it is not a valid JSON Schema).
+    pub fn new(schema: Value) -> Result<Contract> {
+        if !schema.is_object() {
+            return Err(Error::invalid("the answer schema must be a JSON object"));
+        }
+        let validator = jsonschema::validator_for(&schema).map_err(|e| {
+            Error::invalid(format!("the answer schema is not a valid JSON Schema: {e}"))
+        })?;
+        Ok(Contract { schema, validator })
+    }
+
+    pub fn schema(&self) -> &Value {
+        &self.schema
+    }
+
+    /// Parses and validates a reply. The error says what is wrong, for the repair prompt.
+    pub fn check(&self, reply: &str) -> std::result::Result<Value, String> {
+        let text = strip_fences(reply);
+        let value: Value =
+            serde_json::from_str(text).map_err(|e| format!("the reply is not valid JSON ({e})"))?;
+        let errors: Vec<String> = self
+            .validator
+            .iter_errors(&value)
+            .take(5)
+            .map(|e| {
+                let at = e.instance_path().to_string();
+                format!(
+                    "{}{e}",
+                    if at.is_empty() {
+                        String::new()
+                    } else {
+                        format!("at {at}: ")
+                    }
+                )
+            })
+            .collect();
+        if errors.is_empty() {
+            Ok(value)
+        } else {
+            Err(format!(
+                "the reply does not match the schema: {}",
+                errors.join("; ")
+            ))
+        }
+    }
+}
+
+/// Models under instructions-only mode often wrap JSON in a markdown code fence.
+fn strip_fences(s: &str) -> &str {
+    let t = s.trim();
+    if let Some(rest) = t.strip_prefix("```") {
+        let rest = rest.trim_start_matches("json").trim_start();
+        if let Some(inner) = rest.strip_suffix("```") {
+            return inner.trim();
+        }
+    }
+    t
+}
+
+/// Source numbers cited by an answer: a top-level `citations` array of integers (or of objects
+/// with an integer `source`). Schemas without one have no checkable citations.
+pub fn citations(answer: &Value) -> Vec<i64> {
+    let Some(list) = answer.get("citations").and_then(|c| c.as_array()) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for item in list {
+        let n = item
+            .as_i64()
+            .or_else(|| item.get("source").and_then(|s| s.as_i64()));
+        if let Some(n) = n {
+            if !out.contains(&n) {
+                out.push(n);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validates_and_explains() {
+        let c = Contract::new(default_schema()).unwrap();
+        assert!(c.check(r#"{"answer": "x", "citations": [1, 2]}"#).is_ok());
+        assert!(c
+            .check("```json\n{\"answer\": \"x\", \"citations\": []}\n```")
+            .is_ok());
+        let err = c.check(r#"{"answer": 3, "citations": [1]}"#).unwrap_err();
+        assert!(err.contains("/answer"), "{err}");
+        let err = c.check("not json").unwrap_err();
+        assert!(err.contains("not valid JSON"));
+        assert!(Contract::new(json!({"type": 12})).is_err());
+        assert!(Contract::new(json!([1])).is_err());
+    }
+
+    #[test]
+    fn extracts_citations() {
+        assert_eq!(citations(&json!({"citations": [2, 1, 2]})), vec![2, 1]);
+        assert_eq!(citations(&json!({"citations": [{"source": 3}]})), vec![3]);
+        assert!(citations(&json!({"answer": "x"})).is_empty());
+    }
+}

@@ -1,0 +1,400 @@
+//! Grounded answers against an in-process fake router that injects faults: timeouts, refused
+//! connections, 500 then success, 429 with Retry-After, malformed JSON, schema violations and
+//! repairs, invented citations, a reply cut midway, and a router that rejects `json_schema`.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::fake_router::{chat, status, Behaviour, FakeRouter};
+use common::{fixture_docs, test_config, TestServer};
+use quarry::answer::router::{Endpoint, RetryPolicy, StructuredMode};
+use quarry::grpc::pb;
+use tonic::Code;
+
+const GOOD: &str = r#"{"answer": "Mitochondria make ATP.", "citations": [1]}"#;
+
+async fn server_with(
+    routers: Vec<Endpoint>,
+    policy: RetryPolicy,
+) -> (TestServer, tempfile::TempDir) {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = test_config(data.path());
+    config.answer.routers = routers;
+    config.answer.retry = policy;
+    let server = TestServer::start(config).await;
+    let channel = server.channel().await;
+    pb::collections_client::CollectionsClient::new(channel.clone())
+        .create_collection(pb::CreateCollectionRequest {
+            name: "mini".into(),
+            config: None,
+        })
+        .await
+        .unwrap();
+    pb::documents_client::DocumentsClient::new(channel)
+        .upsert_documents(pb::UpsertDocumentsRequest {
+            collection: "mini".into(),
+            documents: fixture_docs(),
+        })
+        .await
+        .unwrap();
+    (server, data)
+}
+
+fn fast_policy() -> RetryPolicy {
+    RetryPolicy {
+        request_timeout_ms: 2_000,
+        deadline_ms: 20_000,
+        max_retries: 2,
+        backoff_base_ms: 10,
+        backoff_cap_ms: 2_000,
+    }
+}
+
+fn question(q: &str) -> pb::AnswerRequest {
+    pb::AnswerRequest {
+        collection: "mini".into(),
+        question: q.into(),
+        top_k: 4,
+        ..Default::default()
+    }
+}
+
+async fn ask(
+    server: &TestServer,
+    r: pb::AnswerRequest,
+) -> Result<pb::AnswerResponse, tonic::Status> {
+    pb::answers_client::AnswersClient::new(server.channel().await)
+        .answer(r)
+        .await
+        .map(|r| r.into_inner())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valid_answer_with_resolved_citations_and_a_cache_friendly_prompt() {
+    let fake = FakeRouter::start(vec![], chat(GOOD)).await;
+    let (server, _data) = server_with(vec![Endpoint::from_url(&fake.url)], fast_policy()).await;
+    let r = ask(&server, question("Which organelle makes ATP?"))
+        .await
+        .unwrap();
+    assert!(r.grounded);
+    let answer: serde_json::Value = serde_json::from_str(&r.answer_json).unwrap();
+    assert_eq!(answer["answer"], "Mitochondria make ATP.");
+    assert_eq!(r.citations.len(), 1);
+    let c = &r.citations[0];
+    assert_eq!(c.source, 1);
+    let first = r.sources[0].hit.as_ref().unwrap();
+    assert_eq!(
+        (c.document_id.as_str(), c.chunk_id),
+        (first.document_id.as_str(), first.chunk_id)
+    );
+    assert_eq!(first.document_id, "bio-mitochondria");
+    assert!(
+        first.explanation.is_some(),
+        "sources carry the retrieval explanation"
+    );
+    assert_eq!(
+        (r.attempts, r.requests, r.model.as_str()),
+        (1, 1, "fake-model")
+    );
+    assert_eq!((r.prompt_tokens, r.completion_tokens), (100, 10));
+    assert!(r.invalid_citations.is_empty());
+
+    // What the router saw: json_schema structured output, temperature 0, stable prefix first.
+    let body = fake.request(0);
+    assert_eq!(body["response_format"]["type"], "json_schema");
+    assert!(
+        body["response_format"]["json_schema"]["schema"]["properties"]["citations"].is_object()
+    );
+    assert_eq!(body["temperature"], 0.0);
+    let messages = body["messages"].as_array().unwrap();
+    assert_eq!(messages[0]["role"], "system");
+    assert!(messages[0]["content"]
+        .as_str()
+        .unwrap()
+        .contains("\"citations\""));
+    let user = messages[1]["content"].as_str().unwrap();
+    assert!(
+        user.starts_with("Sources:\n\n[1] (bio-mitochondria)"),
+        "{user}"
+    );
+    assert!(user.ends_with("Question: Which organelle makes ATP?"));
+
+    // The system message is identical across questions (prefix caching).
+    ask(&server, question("What causes spring tides?"))
+        .await
+        .unwrap();
+    assert_eq!(
+        fake.request(1)["messages"][0],
+        fake.request(0)["messages"][0]
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_failures_are_retried_and_endpoints_fail_over() {
+    // 500, then a reply cut midway, then a non-JSON body, then success.
+    let fake = FakeRouter::start(
+        vec![
+            status(500, "boom"),
+            Behaviour::Cut,
+            status(200, "<html>oops</html>"),
+        ],
+        chat(GOOD),
+    )
+    .await;
+    let mut policy = fast_policy();
+    policy.max_retries = 3;
+    // The first endpoint refuses connections (nothing listens there).
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/v1", l.local_addr().unwrap())
+    };
+    let (server, _data) = server_with(
+        vec![Endpoint::from_url(&dead), Endpoint::from_url(&fake.url)],
+        policy,
+    )
+    .await;
+    let r = ask(&server, question("Which organelle makes ATP?"))
+        .await
+        .unwrap();
+    assert!(r.grounded);
+    assert_eq!(fake.request_count(), 4);
+    assert_eq!(
+        r.requests,
+        4 + 4,
+        "4 refused attempts on the dead endpoint, then 4 on the fake"
+    );
+    assert_eq!(r.attempts, 1);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_honour_retry_after_and_other_4xx_are_not_retried() {
+    let limited = Behaviour::Reply(
+        429,
+        vec![("retry-after".into(), "1".into())],
+        "slow down".into(),
+    );
+    let fake = FakeRouter::start(vec![limited, status(401, "bad key")], chat(GOOD)).await;
+    let (server, _data) = server_with(vec![Endpoint::from_url(&fake.url)], fast_policy()).await;
+    let started = Instant::now();
+    let err = ask(&server, question("Which organelle makes ATP?"))
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() >= Duration::from_millis(950),
+        "Retry-After: 1 was not honoured"
+    );
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(
+        err.message().contains("401") && err.message().contains("bad key"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(fake.request_count(), 2, "a 401 must not be retried");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_that_never_answers_hits_the_deadline() {
+    let fake = FakeRouter::start(
+        vec![],
+        Behaviour::Delay(Duration::from_secs(30), Box::new(chat(GOOD))),
+    )
+    .await;
+    let policy = RetryPolicy {
+        request_timeout_ms: 300,
+        deadline_ms: 1_000,
+        max_retries: 10,
+        backoff_base_ms: 10,
+        backoff_cap_ms: 50,
+    };
+    let (server, _data) = server_with(vec![Endpoint::from_url(&fake.url)], policy).await;
+    let err = ask(&server, question("Which organelle makes ATP?"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{}", err.message());
+    assert!(fake.request_count() >= 2, "timeouts are retried");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contract_violations_are_repaired_or_reported_with_the_raw_output() {
+    // Not JSON, then a schema violation, then valid.
+    let fake = FakeRouter::start(
+        vec![
+            chat("Sure! The answer is mitochondria."),
+            chat(r#"{"answer": 42, "citations": [1]}"#),
+        ],
+        chat(GOOD),
+    )
+    .await;
+    let (server, _data) = server_with(vec![Endpoint::from_url(&fake.url)], fast_policy()).await;
+    let r = ask(&server, question("Which organelle makes ATP?"))
+        .await
+        .unwrap();
+    assert!(r.grounded);
+    assert_eq!(r.attempts, 3);
+    // Each repair request carries the model's reply and the validation error.
+    let repair = fake.request(2);
+    let messages = repair["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 6);
+    assert_eq!(
+        messages[4]["content"],
+        r#"{"answer": 42, "citations": [1]}"#
+    );
+    let feedback = messages[5]["content"].as_str().unwrap();
+    assert!(feedback.contains("/answer"), "{feedback}");
+    server.stop().await;
+
+    // A model that never complies: a clear error with its raw reply, after 1 + max_repairs calls.
+    let fake = FakeRouter::start(vec![], chat(r#"{"answer": "no citations field"}"#)).await;
+    let (server, _data) = server_with(vec![Endpoint::from_url(&fake.url)], fast_policy()).await;
+    let err = ask(&server, question("Which organelle makes ATP?"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(
+        err.message().contains("after 3 attempts"),
+        "{}",
+        err.message()
+    );
+    assert!(
+        err.message().contains("no citations field"),
+        "raw output missing: {}",
+        err.message()
+    );
+    assert_eq!(fake.request_count(), 3);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invented_citations_are_reported_and_rejected_in_strict_mode() {
+    let fake = FakeRouter::start(vec![], chat(r#"{"answer": "x", "citations": [1, 9]}"#)).await;
+    let (server, _data) = server_with(vec![Endpoint::from_url(&fake.url)], fast_policy()).await;
+    let r = ask(&server, question("Which organelle makes ATP?"))
+        .await
+        .unwrap();
+    assert_eq!(r.invalid_citations, vec![9]);
+    assert_eq!(
+        r.citations.iter().map(|c| c.source).collect::<Vec<_>>(),
+        vec![1]
+    );
+    let mut strict = question("Which organelle makes ATP?");
+    strict.strict_citations = Some(true);
+    let err = ask(&server, strict).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(
+        err.message().contains("strict citations") && err.message().contains("[9]"),
+        "{}",
+        err.message()
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_schema_rejection_falls_back_to_json_object_and_is_remembered() {
+    let rejected = status(
+        400,
+        r#"{"error": "response_format type json_schema is not supported"}"#,
+    );
+    let fake = FakeRouter::start(vec![rejected], chat(GOOD)).await;
+    let (server, _data) = server_with(vec![Endpoint::from_url(&fake.url)], fast_policy()).await;
+    let r = ask(&server, question("Which organelle makes ATP?"))
+        .await
+        .unwrap();
+    assert!(r.grounded);
+    assert_eq!(fake.request(0)["response_format"]["type"], "json_schema");
+    let second = fake.request(1);
+    assert_eq!(second["response_format"]["type"], "json_object");
+    assert!(second["response_format"]["schema"]["properties"]["answer"].is_object());
+    // The next question goes straight to the mode that worked.
+    ask(&server, question("What causes spring tides?"))
+        .await
+        .unwrap();
+    assert_eq!(fake.request(2)["response_format"]["type"], "json_object");
+    assert_eq!(fake.request_count(), 3);
+    server.stop().await;
+
+    // An endpoint configured for instructions only gets no response_format at all.
+    let fake = FakeRouter::start(vec![], chat(&format!("```json\n{GOOD}\n```"))).await;
+    let mut endpoint = Endpoint::from_url(&fake.url);
+    endpoint.structured_output = StructuredMode::Instructions;
+    let (server, _data) = server_with(vec![endpoint], fast_policy()).await;
+    let r = ask(&server, question("Which organelle makes ATP?"))
+        .await
+        .unwrap();
+    assert!(r.grounded);
+    assert!(fake.request(0).get("response_format").is_none());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_schemas_no_grounded_answer_and_bad_requests() {
+    let fake = FakeRouter::start(
+        vec![],
+        chat(r#"{"verdict": "yes", "citations": [{"source": 1}]}"#),
+    )
+    .await;
+    let (server, _data) = server_with(vec![Endpoint::from_url(&fake.url)], fast_policy()).await;
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {
+            "verdict": {"enum": ["yes", "no"]},
+            "citations": {"type": "array", "items": {"type": "object", "properties": {"source": {"type": "integer"}}, "required": ["source"]}}
+        },
+        "required": ["verdict", "citations"]
+    });
+    let mut r = question("Do mitochondria make ATP?");
+    r.schema_json = schema.to_string();
+    let a = ask(&server, r).await.unwrap();
+    let answer: serde_json::Value = serde_json::from_str(&a.answer_json).unwrap();
+    assert_eq!(answer["verdict"], "yes");
+    assert_eq!(a.citations[0].source, 1);
+
+    // Nothing retrieved: no grounded answer, and the model is not called.
+    let before = fake.request_count();
+    let mut r = question("Which organelle makes ATP?");
+    r.filter = HashMap::from([("topic".to_string(), "no-such-topic".to_string())]);
+    let a = ask(&server, r).await.unwrap();
+    assert!(!a.grounded);
+    assert!(
+        a.no_answer_reason.contains("nothing"),
+        "{}",
+        a.no_answer_reason
+    );
+    assert_eq!(fake.request_count(), before);
+
+    // Bad input.
+    let mut r = question("Which organelle makes ATP?");
+    r.schema_json = "{not json".into();
+    assert_eq!(
+        ask(&server, r).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    let mut r = question("Which organelle makes ATP?");
+    r.schema_json = r#"{"type": 7}"#.into();
+    assert_eq!(
+        ask(&server, r).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        ask(&server, question("  ")).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    let mut r = question("q");
+    r.collection = "nope".into();
+    assert_eq!(ask(&server, r).await.unwrap_err().code(), Code::NotFound);
+    server.stop().await;
+
+    // No router configured.
+    let (server, _data) = server_with(vec![], fast_policy()).await;
+    let err = ask(&server, question("Which organelle makes ATP?"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("--router"));
+    server.stop().await;
+}

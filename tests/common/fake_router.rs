@@ -1,0 +1,137 @@
+//! An in-process fake OpenAI-compatible router for fault injection: a raw HTTP/1.1 server on a
+//! loopback port that answers each request with the next scripted behaviour (so it can also
+//! stall, cut a reply midway, or send garbage) and records every request body.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+#[derive(Debug, Clone)]
+pub enum Behaviour {
+    /// HTTP status, extra headers, body.
+    Reply(u16, Vec<(String, String)>, String),
+    /// Wait, then behave.
+    Delay(Duration, Box<Behaviour>),
+    /// Announce a body, send part of it, close the connection.
+    Cut,
+}
+
+/// A chat completion whose message content is `content`.
+pub fn chat(content: &str) -> Behaviour {
+    let body = serde_json::json!({
+        "id": "x", "object": "chat.completion", "model": "fake-model",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 100, "completion_tokens": 10}
+    });
+    Behaviour::Reply(200, vec![], body.to_string())
+}
+
+pub fn status(code: u16, body: &str) -> Behaviour {
+    Behaviour::Reply(code, vec![], body.to_string())
+}
+
+pub struct FakeRouter {
+    pub url: String,
+    pub requests: Arc<Mutex<Vec<serde_json::Value>>>,
+    script: Arc<Mutex<VecDeque<Behaviour>>>,
+}
+
+impl FakeRouter {
+    /// Starts a router that plays `script`, then answers `fallback` forever.
+    pub async fn start(script: Vec<Behaviour>, fallback: Behaviour) -> FakeRouter {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v1", listener.local_addr().unwrap());
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let script = Arc::new(Mutex::new(VecDeque::from(script)));
+        let (r, s) = (requests.clone(), script.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut socket, _)) = listener.accept().await else {
+                    return;
+                };
+                let (r, s, fallback) = (r.clone(), s.clone(), fallback.clone());
+                tokio::spawn(async move {
+                    // One request per connection is enough (we answer Connection: close).
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 8192];
+                    let (head_end, content_length) = loop {
+                        let n = socket.read(&mut chunk).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..pos]).to_lowercase();
+                            let len = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                                .unwrap_or(0);
+                            break (pos + 4, len);
+                        }
+                    };
+                    while buf.len() < head_end + content_length {
+                        let n = socket.read(&mut chunk).await.unwrap_or(0);
+                        if n == 0 {
+                            break;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                    }
+                    let body: serde_json::Value =
+                        serde_json::from_slice(&buf[head_end..]).unwrap_or(serde_json::Value::Null);
+                    r.lock().unwrap().push(body);
+                    let mut behaviour = s.lock().unwrap().pop_front().unwrap_or(fallback);
+                    loop {
+                        match behaviour {
+                            Behaviour::Delay(d, next) => {
+                                tokio::time::sleep(d).await;
+                                behaviour = *next;
+                            }
+                            Behaviour::Cut => {
+                                let _ = socket
+                                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 500\r\n\r\n{\"choices\": [{\"mess")
+                                    .await;
+                                let _ = socket.shutdown().await;
+                                return;
+                            }
+                            Behaviour::Reply(code, headers, body) => {
+                                let mut out = format!(
+                                    "HTTP/1.1 {code} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
+                                    body.len()
+                                );
+                                for (k, v) in headers {
+                                    out.push_str(&format!("{k}: {v}\r\n"));
+                                }
+                                out.push_str("\r\n");
+                                out.push_str(&body);
+                                let _ = socket.write_all(out.as_bytes()).await;
+                                let _ = socket.shutdown().await;
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        FakeRouter {
+            url,
+            requests,
+            script,
+        }
+    }
+
+    pub fn request_count(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+
+    pub fn request(&self, i: usize) -> serde_json::Value {
+        self.requests.lock().unwrap()[i].clone()
+    }
+
+    pub fn remaining_script(&self) -> usize {
+        self.script.lock().unwrap().len()
+    }
+}
