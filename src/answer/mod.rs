@@ -203,6 +203,11 @@ impl Answerer {
             &packed,
             &req.question,
         );
+        // With the default schema, the response format also bounds citation numbers.
+        let wire_schema = match &req.schema {
+            None => schema::default_schema_for(packed.sources.len()),
+            Some(s) => s.clone(),
+        };
         let gen = Generation {
             model: req.model.clone(),
             max_tokens: req.max_tokens.unwrap_or(self.settings.max_tokens),
@@ -215,10 +220,7 @@ impl Answerer {
         let mut attempts = 0;
         let (answer, model) = loop {
             attempts += 1;
-            let c = self
-                .router
-                .complete(&messages, contract.schema(), &gen)
-                .await?;
+            let c = self.router.complete(&messages, &wire_schema, &gen).await?;
             requests += c.requests;
             usage.prompt_tokens += c.usage.prompt_tokens;
             usage.completion_tokens += c.usage.completion_tokens;

@@ -9,7 +9,11 @@ pub fn default_schema() -> Value {
     json!({
         "type": "object",
         "properties": {
-            "answer": {"type": "string", "description": "The answer, using only the sources."},
+            "answer": {
+                "type": "string",
+                "description": "The answer, using only the sources.",
+                "maxLength": 2000
+            },
             "citations": {
                 "type": "array",
                 "description": "Numbers of the sources the answer relies on.",
@@ -19,6 +23,16 @@ pub fn default_schema() -> Value {
         "required": ["answer", "citations"],
         "additionalProperties": false
     })
+}
+
+/// The default schema with citations restricted to the supplied source numbers `1..=sources`.
+/// It is sent as the router's response format only (routers with constrained decoding then
+/// cannot cite a source that does not exist); the prompt shows the general schema, so the
+/// prompt prefix stays the same whatever the number of sources.
+pub fn default_schema_for(sources: usize) -> Value {
+    let mut s = default_schema();
+    s["properties"]["citations"]["items"]["maximum"] = json!(sources.max(1));
+    s
 }
 
 /// A compiled schema.
