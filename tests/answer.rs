@@ -318,6 +318,27 @@ async fn json_schema_rejection_falls_back_to_json_object_and_is_remembered() {
     assert_eq!(fake.request_count(), 3);
     server.stop().await;
 
+    // llama-cpp-python 0.3.36 rejects json_schema with a 500 carrying a validation error.
+    let rejected = status(
+        500,
+        r#"{"error": {"message": "1 validation error: ('body', 'response_format', 'type') Input should be 'text' or 'json_object'"}}"#,
+    );
+    let fake = FakeRouter::start(vec![rejected], chat(GOOD)).await;
+    let (server, _data) = server_with(vec![Endpoint::from_url(&fake.url)], fast_policy()).await;
+    assert!(
+        ask(&server, question("Which organelle makes ATP?"))
+            .await
+            .unwrap()
+            .grounded
+    );
+    assert_eq!(
+        fake.request_count(),
+        2,
+        "a format rejection is not retried as a 5xx"
+    );
+    assert_eq!(fake.request(1)["response_format"]["type"], "json_object");
+    server.stop().await;
+
     // An endpoint configured for instructions only gets no response_format at all.
     let fake = FakeRouter::start(vec![], chat(&format!("```json\n{GOOD}\n```"))).await;
     let mut endpoint = Endpoint::from_url(&fake.url);

@@ -7,9 +7,10 @@
 //!   retried: the request itself is wrong.
 //! - Structured output has three modes. `json_schema` (`response_format: {type: json_schema}`:
 //!   OpenAI, vLLM, Ollama, llama-server), `json_object` with a `schema` field (the
-//!   llama-cpp-python server, which rejects `json_schema` with a 4xx), and `instructions` (the
-//!   schema is only in the prompt; the reply is validated all the same). In `auto` mode a 400 or
-//!   422 that names the response format moves the endpoint to the next mode, and the router
+//!   llama-cpp-python server, which rejects `json_schema`), and `instructions` (the schema is
+//!   only in the prompt; the reply is validated all the same). In `auto` mode a 400 or 422 that
+//!   names the response format, or a 5xx that names `response_format` (llama-cpp-python 0.3.36
+//!   answers 500 with a validation error), moves the endpoint to the next mode, and the router
 //!   remembers the mode that worked.
 
 use std::collections::HashMap;
@@ -355,19 +356,19 @@ impl Router {
         if status.as_u16() == 429 {
             return Attempt::Retry("429 Too Many Requests".into(), retry_after);
         }
+        // A rejected response format: a 400/422 naming it, or, as llama-cpp-python 0.3.36's
+        // server does, a 500 carrying a request-validation error on `response_format`.
+        let rejects_format = mode != StructuredMode::Instructions
+            && ((matches!(status.as_u16(), 400 | 422)
+                && (text.contains("response_format") || text.contains("json_schema")))
+                || (status.is_server_error() && text.contains("response_format")));
+        if rejects_format {
+            return Attempt::Unsupported(format!("{status}: {}", snippet(&text)));
+        }
         if status.is_server_error() {
             return Attempt::Retry(format!("{status}: {}", snippet(&text)), None);
         }
         if status.is_client_error() {
-            let about_format = text.contains("response_format")
-                || text.contains("json_schema")
-                || text.contains("schema");
-            if (status.as_u16() == 400 || status.as_u16() == 422)
-                && about_format
-                && mode != StructuredMode::Instructions
-            {
-                return Attempt::Unsupported(format!("{status}: {}", snippet(&text)));
-            }
             return Attempt::Fatal(Error::Upstream(format!(
                 "router {} refused the request ({status}): {}",
                 endpoint.url,

@@ -9,11 +9,9 @@ pub fn default_schema() -> Value {
     json!({
         "type": "object",
         "properties": {
-            "answer": {
-                "type": "string",
-                "description": "The answer, using only the sources.",
-                "maxLength": 2000
-            },
+            // No maxLength: llama.cpp expands length bounds into grammar repetitions, and a
+            // bound of a few thousand characters makes it reject the grammar.
+            "answer": {"type": "string", "description": "The answer, using only the sources."},
             "citations": {
                 "type": "array",
                 "description": "Numbers of the sources the answer relies on.",
