@@ -419,3 +419,59 @@ async fn custom_schemas_no_grounded_answer_and_bad_requests() {
     assert!(err.message().contains("--router"));
     server.stop().await;
 }
+
+async fn stream(server: &TestServer, r: pb::AnswerRequest) -> Vec<pb::answer_event::Event> {
+    let mut s = pb::answers_client::AnswersClient::new(server.channel().await)
+        .answer_stream(r)
+        .await
+        .unwrap()
+        .into_inner();
+    let mut events = Vec::new();
+    while let Some(e) = s.message().await.unwrap() {
+        events.push(e.event.unwrap());
+    }
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_answers_report_progress_tokens_and_survive_a_stream_cut_midway() {
+    use pb::answer_event::Event;
+    // A stream cut midway (two pieces, no [DONE]), then a complete stream.
+    let fake = FakeRouter::start(vec![Behaviour::Cut], chat(GOOD)).await;
+    let (server, _data) = server_with(vec![Endpoint::from_url(&fake.url)], fast_policy()).await;
+    let events = stream(&server, question("Which organelle makes ATP?")).await;
+    let stages: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Stage(s) => Some(s.stage.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(stages, vec!["retrieved", "packed", "generating"]);
+    assert!(fake.request(0)["stream"] == true);
+    let discard = events
+        .iter()
+        .position(|e| matches!(e, Event::Discard(_)))
+        .expect("the cut stream is discarded");
+    assert!(
+        events[..discard]
+            .iter()
+            .any(|e| matches!(e, Event::Token(_))),
+        "partial tokens came first"
+    );
+    let after: String = events[discard..]
+        .iter()
+        .filter_map(|e| match e {
+            Event::Token(t) => Some(t.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(after, GOOD, "the retried stream carries the whole reply");
+    let Some(Event::Result(r)) = events.last() else {
+        panic!("no result")
+    };
+    assert!(r.grounded);
+    assert_eq!((r.attempts, r.requests), (1, 2));
+    assert_eq!(r.citations[0].source, 1);
+    server.stop().await;
+}

@@ -24,7 +24,7 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::retrieve::{Hit, SearchOutcome, SearchParams};
 use prompt::{LeftOut, Source};
-use router::{Endpoint, Generation, Message, RetryPolicy, Router, Usage};
+use router::{Endpoint, Generation, Message, RetryPolicy, Router, StreamEvent, Usage};
 use schema::Contract;
 
 /// `[answer]` settings.
@@ -108,6 +108,25 @@ pub struct AnswerOutcome {
     pub model: String,
 }
 
+/// Progress of a streamed answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Progress {
+    /// Retrieval finished.
+    Retrieved { hits: usize, ms: f64 },
+    /// Sources packed into the prompt.
+    Packed { sources: usize, left_out: usize },
+    /// A model call starts (1 = first, 2.. = repairs).
+    Generating { attempt: u32 },
+    /// A piece of the model's reply.
+    Token(String),
+    /// The pieces since the last `Generating` are void: that call failed and is retried, or
+    /// its reply broke the contract and a repair follows.
+    Discard(String),
+}
+
+/// Receives [`Progress`] events.
+pub type ProgressSink = dyn Fn(Progress) + Send + Sync;
+
 pub struct Answerer {
     router: Router,
     settings: AnswerSettings,
@@ -126,6 +145,22 @@ impl Answerer {
     }
 
     pub async fn answer(&self, engine: &Engine, req: AnswerRequest) -> Result<AnswerOutcome> {
+        self.answer_with(engine, req, None).await
+    }
+
+    /// Like [`Self::answer`], reporting progress and the reply's tokens to `progress` as they
+    /// come (the router is asked to stream).
+    pub async fn answer_with(
+        &self,
+        engine: &Engine,
+        req: AnswerRequest,
+        progress: Option<&ProgressSink>,
+    ) -> Result<AnswerOutcome> {
+        let emit = |p: Progress| {
+            if let Some(f) = progress {
+                f(p)
+            }
+        };
         if req.question.trim().is_empty() {
             return Err(Error::invalid("the question must not be empty"));
         }
@@ -143,6 +178,10 @@ impl Answerer {
         }
         let retrieval = engine.search(&req.collection, params).await?;
         let retrieve_ms = started.elapsed().as_secs_f64() * 1000.0;
+        emit(Progress::Retrieved {
+            hits: retrieval.hits.len(),
+            ms: retrieve_ms,
+        });
 
         let best_dense = retrieval
             .hits
@@ -197,6 +236,10 @@ impl Answerer {
             out.left_out = packed.left_out;
             return Ok(out);
         }
+        emit(Progress::Packed {
+            sources: packed.sources.len(),
+            left_out: packed.left_out.len(),
+        });
         let mut messages: Vec<Message> = prompt::messages(
             &self.settings.instructions,
             contract.schema(),
@@ -220,13 +263,23 @@ impl Answerer {
         let mut attempts = 0;
         let (answer, model) = loop {
             attempts += 1;
-            let c = self.router.complete(&messages, &wire_schema, &gen).await?;
+            emit(Progress::Generating { attempt: attempts });
+            let forward = |e: StreamEvent<'_>| match e {
+                StreamEvent::Token(t) => emit(Progress::Token(t.to_string())),
+                StreamEvent::Discard(why) => emit(Progress::Discard(why.to_string())),
+            };
+            let sink: Option<router::StreamSink<'_>> = progress.map(|_| &forward as _);
+            let c = self
+                .router
+                .complete(&messages, &wire_schema, &gen, sink)
+                .await?;
             requests += c.requests;
             usage.prompt_tokens += c.usage.prompt_tokens;
             usage.completion_tokens += c.usage.completion_tokens;
             match contract.check(&c.content) {
                 Ok(v) => break (v, c.model),
                 Err(why) if attempts <= self.settings.max_repairs => {
+                    emit(Progress::Discard(why.clone()));
                     tracing::info!(attempt = attempts, %why, "answer broke the contract; asking for a repair");
                     messages.push(Message::new("assistant", c.content));
                     messages.push(Message::new(

@@ -144,6 +144,19 @@ pub struct Completion {
     pub requests: u32,
 }
 
+/// What a streaming completion reports as it goes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum StreamEvent<'a> {
+    /// A piece of the reply.
+    Token(&'a str),
+    /// The pieces reported so far belong to an attempt that failed and will be retried:
+    /// discard them.
+    Discard(&'a str),
+}
+
+/// Receives [`StreamEvent`]s.
+pub type StreamSink<'a> = &'a (dyn Fn(StreamEvent<'_>) + Send + Sync);
+
 pub struct Router {
     endpoints: Vec<Endpoint>,
     policy: RetryPolicy,
@@ -206,12 +219,15 @@ impl Router {
         Duration::from_millis(rand::rng().random_range(exp / 2..=exp.max(1)))
     }
 
-    /// Sends a chat completion with a structured-output contract for `schema`.
+    /// Sends a chat completion with a structured-output contract for `schema`. With `sink`, the
+    /// reply is streamed (`stream: true`) and its pieces are reported as they arrive; a stream
+    /// cut midway is retried like any other transient failure.
     pub async fn complete(
         &self,
         messages: &[Message],
         schema: &Value,
         gen: &Generation,
+        sink: Option<StreamSink<'_>>,
     ) -> Result<Completion> {
         let deadline = Instant::now() + Duration::from_millis(self.policy.deadline_ms);
         let mut requests = 0;
@@ -242,7 +258,7 @@ impl Router {
                 let remaining = deadline - now;
                 let attempt = tokio::time::timeout(
                     remaining,
-                    self.attempt(i, endpoint, mode, messages, schema, gen),
+                    self.attempt(i, endpoint, mode, messages, schema, gen, sink),
                 )
                 .await
                 .unwrap_or_else(|_| Attempt::Retry("overall deadline reached".into(), None));
@@ -296,6 +312,7 @@ impl Router {
         )))
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn attempt(
         &self,
         index: usize,
@@ -304,6 +321,7 @@ impl Router {
         messages: &[Message],
         schema: &Value,
         gen: &Generation,
+        sink: Option<StreamSink<'_>>,
     ) -> Attempt {
         let model = gen
             .model
@@ -314,7 +332,7 @@ impl Router {
             "messages": messages,
             "max_tokens": gen.max_tokens,
             "temperature": gen.temperature,
-            "stream": false,
+            "stream": sink.is_some(),
         });
         if !model.is_empty() {
             body["model"] = json!(model);
@@ -348,6 +366,11 @@ impl Router {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
+        if status.is_success() {
+            if let Some(sink) = sink {
+                return read_stream(response, sink, index, mode, &model).await;
+            }
+        }
         let text = match response.text().await {
             Ok(t) => t,
             Err(e) if e.is_timeout() => return Attempt::Retry(format!("timed out: {e}"), None),
@@ -400,6 +423,79 @@ impl Router {
             requests: 0,
         })
     }
+}
+
+/// Reads a server-sent-events chat completion stream (`data: {...}` lines, `data: [DONE]`).
+async fn read_stream(
+    response: reqwest::Response,
+    sink: StreamSink<'_>,
+    index: usize,
+    mode: StructuredMode,
+    requested_model: &str,
+) -> Attempt {
+    use futures::StreamExt;
+    let mut stream = response.bytes_stream();
+    let mut buffer: Vec<u8> = Vec::new();
+    let mut content = String::new();
+    let mut model = requested_model.to_string();
+    let mut usage = Usage::default();
+    let mut done = false;
+    let fail = |content: &str, why: String| {
+        if !content.is_empty() {
+            sink(StreamEvent::Discard(&why));
+        }
+        Attempt::Retry(why, None)
+    };
+    while !done {
+        let chunk = match stream.next().await {
+            Some(Ok(c)) => c,
+            Some(Err(e)) => return fail(&content, format!("stream cut midway: {e}")),
+            None => break,
+        };
+        buffer.extend_from_slice(&chunk);
+        while let Some(pos) = buffer.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buffer.drain(..=pos).collect();
+            let line = String::from_utf8_lossy(&line);
+            let Some(data) = line.trim().strip_prefix("data:") else {
+                continue;
+            };
+            let data = data.trim();
+            if data == "[DONE]" {
+                done = true;
+                break;
+            }
+            let Ok(event) = serde_json::from_str::<Value>(data) else {
+                return fail(
+                    &content,
+                    format!("malformed stream event: {}", snippet(data)),
+                );
+            };
+            if let Some(m) = event["model"].as_str() {
+                model = m.to_string();
+            }
+            if let Some(u) = event.get("usage").filter(|u| u.is_object()) {
+                usage.prompt_tokens = u["prompt_tokens"].as_u64().unwrap_or(0);
+                usage.completion_tokens = u["completion_tokens"].as_u64().unwrap_or(0);
+            }
+            if let Some(piece) = event["choices"][0]["delta"]["content"].as_str() {
+                if !piece.is_empty() {
+                    content.push_str(piece);
+                    sink(StreamEvent::Token(piece));
+                }
+            }
+        }
+    }
+    if !done {
+        return fail(&content, "stream cut midway: no [DONE]".to_string());
+    }
+    Attempt::Done(Completion {
+        content,
+        model,
+        usage,
+        endpoint: index,
+        mode,
+        requests: 0,
+    })
 }
 
 fn snippet(s: &str) -> String {

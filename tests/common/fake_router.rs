@@ -29,6 +29,27 @@ pub fn chat(content: &str) -> Behaviour {
     Behaviour::Reply(200, vec![], body.to_string())
 }
 
+/// An SSE chat-completion stream of `content` in 5-character pieces, closed with [DONE] or not.
+fn sse(content: &str, complete: bool) -> Vec<u8> {
+    let mut out = String::from(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n",
+    );
+    let chars: Vec<char> = content.chars().collect();
+    for piece in chars.chunks(5) {
+        let piece: String = piece.iter().collect();
+        let event = serde_json::json!({
+            "model": "fake-model",
+            "choices": [{"index": 0, "delta": {"content": piece}}]
+        });
+        out.push_str(&format!("data: {event}\n\n"));
+    }
+    if complete {
+        out.push_str("data: {\"model\": \"fake-model\", \"choices\": [{\"index\": 0, \"delta\": {}, \"finish_reason\": \"stop\"}], \"usage\": {\"prompt_tokens\": 100, \"completion_tokens\": 10}}\n\n");
+        out.push_str("data: [DONE]\n\n");
+    }
+    out.into_bytes()
+}
+
 pub fn status(code: u16, body: &str) -> Behaviour {
     Behaviour::Reply(code, vec![], body.to_string())
 }
@@ -82,10 +103,33 @@ impl FakeRouter {
                     }
                     let body: serde_json::Value =
                         serde_json::from_slice(&buf[head_end..]).unwrap_or(serde_json::Value::Null);
+                    let streaming = body["stream"] == serde_json::json!(true);
                     r.lock().unwrap().push(body);
                     let mut behaviour = s.lock().unwrap().pop_front().unwrap_or(fallback);
                     loop {
                         match behaviour {
+                            // Streamed requests get server-sent events: the content in pieces,
+                            // then [DONE] (or, for Cut, two pieces and a closed connection).
+                            Behaviour::Reply(200, _, ref body) if streaming => {
+                                let content = serde_json::from_str::<serde_json::Value>(body)
+                                    .ok()
+                                    .and_then(|v| {
+                                        v["choices"][0]["message"]["content"]
+                                            .as_str()
+                                            .map(str::to_string)
+                                    })
+                                    .unwrap_or_default();
+                                let _ = socket.write_all(&sse(&content, true)).await;
+                                let _ = socket.shutdown().await;
+                                return;
+                            }
+                            Behaviour::Cut if streaming => {
+                                let _ = socket
+                                    .write_all(&sse("{\"answer\": \"partial", false))
+                                    .await;
+                                let _ = socket.shutdown().await;
+                                return;
+                            }
                             Behaviour::Delay(d, next) => {
                                 tokio::time::sleep(d).await;
                                 behaviour = *next;
