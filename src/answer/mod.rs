@@ -47,6 +47,9 @@ pub struct AnswerSettings {
     /// System instructions; `{schema}` is replaced by the answer's JSON Schema.
     pub instructions: String,
     pub max_tokens: u32,
+    /// With the default schema, the longest answer text the response format allows (0: no
+    /// bound). Grammar-constrained routers then always close the JSON.
+    pub max_answer_chars: usize,
 }
 
 impl Default for AnswerSettings {
@@ -60,6 +63,7 @@ impl Default for AnswerSettings {
             strict_citations: false,
             instructions: prompt::DEFAULT_INSTRUCTIONS.to_string(),
             max_tokens: 512,
+            max_answer_chars: 600,
         }
     }
 }
@@ -248,7 +252,9 @@ impl Answerer {
         );
         // With the default schema, the response format also bounds citation numbers.
         let wire_schema = match &req.schema {
-            None => schema::default_schema_for(packed.sources.len()),
+            None => {
+                schema::default_schema_for(packed.sources.len(), self.settings.max_answer_chars)
+            }
             Some(s) => s.clone(),
         };
         let gen = Generation {

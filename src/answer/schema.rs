@@ -23,13 +23,18 @@ pub fn default_schema() -> Value {
     })
 }
 
-/// The default schema with citations restricted to the supplied source numbers `1..=sources`.
-/// It is sent as the router's response format only (routers with constrained decoding then
-/// cannot cite a source that does not exist); the prompt shows the general schema, so the
-/// prompt prefix stays the same whatever the number of sources.
-pub fn default_schema_for(sources: usize) -> Value {
+/// The default schema with citations restricted to the supplied source numbers `1..=sources`
+/// and, when `max_chars > 0`, the answer text to `max_chars` characters. It is sent as the
+/// router's response format only: routers with constrained decoding then cannot cite a source
+/// that does not exist, and a small model that starts repeating itself still closes its JSON
+/// before `max_tokens` (llama.cpp accepts a bound of 600; it rejects the grammar for 2,000).
+/// The prompt shows the general schema, so the prompt prefix stays the same across requests.
+pub fn default_schema_for(sources: usize, max_chars: usize) -> Value {
     let mut s = default_schema();
     s["properties"]["citations"]["items"]["maximum"] = json!(sources.max(1));
+    if max_chars > 0 {
+        s["properties"]["answer"]["maxLength"] = json!(max_chars);
+    }
     s
 }
 
@@ -57,9 +62,9 @@ impl Contract {
 
     /// Parses and validates a reply. The error says what is wrong, for the repair prompt.
     pub fn check(&self, reply: &str) -> std::result::Result<Value, String> {
-        let text = strip_fences(reply);
-        let value: Value =
-            serde_json::from_str(text).map_err(|e| format!("the reply is not valid JSON ({e})"))?;
+        let text = escape_control_chars(strip_fences(reply));
+        let value: Value = serde_json::from_str(&text)
+            .map_err(|e| format!("the reply is not valid JSON ({e})"))?;
         let errors: Vec<String> = self
             .validator
             .iter_errors(&value)
@@ -85,6 +90,47 @@ impl Contract {
             ))
         }
     }
+}
+
+/// Escapes raw control characters inside JSON strings. llama.cpp's JSON grammar lets a model
+/// put a literal newline inside a string, which strict JSON forbids; the meaning is
+/// unambiguous, so it is repaired here rather than rejected.
+fn escape_control_chars(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in s.chars() {
+        if in_string {
+            if escaped {
+                escaped = false;
+                // A backslash followed by a raw control character: escape the character.
+                if (c as u32) < 0x20 {
+                    match c {
+                        '\n' => out.push('n'),
+                        '\r' => out.push('r'),
+                        '\t' => out.push('t'),
+                        c => out.push_str(&format!("u{:04x}", c as u32)),
+                    }
+                    continue;
+                }
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            } else if (c as u32) < 0x20 {
+                match c {
+                    '\n' => out.push_str("\\n"),
+                    '\r' => out.push_str("\\r"),
+                    '\t' => out.push_str("\\t"),
+                    c => out.push_str(&format!("\\u{:04x}", c as u32)),
+                }
+                continue;
+            }
+        } else if c == '"' {
+            in_string = true;
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Models under instructions-only mode often wrap JSON in a markdown code fence.

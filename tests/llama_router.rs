@@ -1,0 +1,182 @@
+//! Grounded answers against a real OpenAI-compatible server: llama.cpp (llama-cpp-python's
+//! server) running SmolLM2-135M-Instruct, provisioned by `scripts/provision-llama.sh` (cached).
+//! A 135M model writes poor prose; the contract must hold anyway: every answer validates
+//! against its schema and cites only supplied sources.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{fixture_dir, fixture_docs, test_config, TestServer};
+use quarry::answer::router::{Endpoint, RetryPolicy};
+use quarry::grpc::pb;
+
+/// Kills the llama.cpp server when the test ends, however it ends.
+struct Llama(Child);
+
+impl Drop for Llama {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn provision() -> (String, String) {
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/provision-llama.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "provision-llama.sh failed");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut lines = text.lines();
+    (
+        lines.next().unwrap().to_string(),
+        lines.next().unwrap().to_string(),
+    )
+}
+
+async fn start_llama(python: &str, gguf: &str) -> (Llama, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(python)
+        .args([
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            gguf,
+            "--host",
+            "127.0.0.1",
+        ])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--n_ctx",
+            "4096",
+            "--n_threads",
+            "2",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start llama_cpp.server");
+    let llama = Llama(child);
+    let url = format!("http://127.0.0.1:{port}/v1");
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    loop {
+        if let Ok(r) = http.get(format!("{url}/models")).send().await {
+            if r.status().is_success() {
+                break;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "llama.cpp server did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    (llama, url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_from_a_real_llama_cpp_server_hold_the_contract() {
+    let (python, gguf) = provision();
+    let (_llama, url) = start_llama(&python, &gguf).await;
+
+    let data = tempfile::tempdir().unwrap();
+    let mut config = test_config(data.path());
+    config.answer.routers = vec![Endpoint::from_url(&url)];
+    config.answer.retry = RetryPolicy {
+        request_timeout_ms: 120_000,
+        deadline_ms: 300_000,
+        ..RetryPolicy::default()
+    };
+    let server = TestServer::start(config).await;
+    let channel = server.channel().await;
+    pb::collections_client::CollectionsClient::new(channel.clone())
+        .create_collection(pb::CreateCollectionRequest {
+            name: "mini".into(),
+            config: None,
+        })
+        .await
+        .unwrap();
+    pb::documents_client::DocumentsClient::new(channel.clone())
+        .upsert_documents(pb::UpsertDocumentsRequest {
+            collection: "mini".into(),
+            documents: fixture_docs(),
+        })
+        .await
+        .unwrap();
+
+    let validator = jsonschema::validator_for(&quarry::answer::schema::default_schema()).unwrap();
+    let queries = std::fs::read_to_string(fixture_dir().join("queries.jsonl")).unwrap();
+    let mut client = pb::answers_client::AnswersClient::new(channel);
+    let (mut asked, mut schema_valid, mut citation_valid, mut repaired) = (0, 0, 0, 0);
+    let mut latencies = Vec::new();
+    let mut models = std::collections::BTreeSet::new();
+    for line in queries.lines() {
+        let q: serde_json::Value = serde_json::from_str(line).unwrap();
+        let started = Instant::now();
+        let r = client
+            .answer(pb::AnswerRequest {
+                collection: "mini".into(),
+                question: q["text"].as_str().unwrap().to_string(),
+                top_k: 3,
+                max_tokens: 400,
+                ..Default::default()
+            })
+            .await;
+        latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+        asked += 1;
+        let r = match r {
+            Ok(r) => r.into_inner(),
+            Err(e) => {
+                eprintln!("{}: {} {}", q["_id"], e.code(), e.message());
+                continue;
+            }
+        };
+        assert!(r.grounded, "{}: {}", q["_id"], r.no_answer_reason);
+        let answer: serde_json::Value = serde_json::from_str(&r.answer_json).unwrap();
+        if validator.is_valid(&answer) {
+            schema_valid += 1;
+        }
+        if r.invalid_citations.is_empty()
+            && r.citations
+                .iter()
+                .all(|c| (1..=r.sources.len() as u32).contains(&c.source))
+        {
+            citation_valid += 1;
+        }
+        if r.attempts > 1 {
+            repaired += 1;
+        }
+        models.insert(r.model.clone());
+        eprintln!("{} [{} attempt(s)] {}", q["_id"], r.attempts, r.answer_json);
+    }
+    latencies.sort_by(f64::total_cmp);
+    let p = |x: f64| latencies[((latencies.len() - 1) as f64 * x).round() as usize];
+    println!(
+        "llama.cpp (SmolLM2-135M-Instruct Q4_1, {models:?}): {asked} questions, schema-valid {schema_valid}/{asked}, \
+         citation-valid {citation_valid}/{asked}, repaired {repaired}, latency p50 {:.0} ms p95 {:.0} ms max {:.0} ms",
+        p(0.5),
+        p(0.95),
+        p(1.0)
+    );
+    assert_eq!(
+        schema_valid, asked,
+        "every answer must validate against its schema"
+    );
+    assert_eq!(
+        citation_valid, asked,
+        "every answer must cite only supplied sources"
+    );
+    drop(client);
+    server.stop().await;
+}
