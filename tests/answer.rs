@@ -19,10 +19,19 @@ async fn server_with(
     routers: Vec<Endpoint>,
     policy: RetryPolicy,
 ) -> (TestServer, tempfile::TempDir) {
+    server_configured(routers, policy, |_| {}).await
+}
+
+async fn server_configured(
+    routers: Vec<Endpoint>,
+    policy: RetryPolicy,
+    adjust: impl FnOnce(&mut quarry::answer::AnswerSettings),
+) -> (TestServer, tempfile::TempDir) {
     let data = tempfile::tempdir().unwrap();
     let mut config = test_config(data.path());
     config.answer.routers = routers;
     config.answer.retry = policy;
+    adjust(&mut config.answer);
     let server = TestServer::start(config).await;
     let channel = server.channel().await;
     pb::collections_client::CollectionsClient::new(channel.clone())
@@ -408,6 +417,44 @@ async fn custom_schemas_no_grounded_answer_and_bad_requests() {
     let mut r = question("q");
     r.collection = "nope".into();
     assert_eq!(ask(&server, r).await.unwrap_err().code(), Code::NotFound);
+    server.stop().await;
+
+    // Retrieved, but nothing relevant enough: no grounded answer, no model call.
+    let fake = FakeRouter::start(vec![], chat(GOOD)).await;
+    let (server, _data) =
+        server_configured(vec![Endpoint::from_url(&fake.url)], fast_policy(), |a| {
+            a.min_relevance = 0.99
+        })
+        .await;
+    let a = ask(&server, question("Which organelle makes ATP?"))
+        .await
+        .unwrap();
+    assert!(!a.grounded);
+    assert!(
+        a.no_answer_reason.contains("min_relevance"),
+        "{}",
+        a.no_answer_reason
+    );
+    assert_eq!(fake.request_count(), 0);
+    server.stop().await;
+
+    // Configured templates shape the prompt.
+    let fake = FakeRouter::start(vec![], chat(GOOD)).await;
+    let (server, _data) =
+        server_configured(vec![Endpoint::from_url(&fake.url)], fast_policy(), |a| {
+            a.source_template = "<doc n={number} id={document_id}>{text}</doc>".into();
+            a.question_template = "Q: {question}".into();
+        })
+        .await;
+    ask(&server, question("Which organelle makes ATP?"))
+        .await
+        .unwrap();
+    let user = fake.request(0)["messages"][1]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(user.contains("<doc n=1 id=bio-mitochondria>"), "{user}");
+    assert!(user.ends_with("Q: Which organelle makes ATP?"));
     server.stop().await;
 
     // No router configured.

@@ -11,10 +11,15 @@ const BIN: &str = env!("CARGO_BIN_EXE_quarry");
 
 /// Starts `quarry serve` on a free loopback port; returns the child and its URL.
 fn start_server(data: &Path) -> (Child, String) {
+    start_server_with(data, &[])
+}
+
+fn start_server_with(data: &Path, extra: &[&str]) -> (Child, String) {
     let models = common::provision();
     let mut server = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data)
+        .args(extra)
         .arg("--models-dir")
         .arg(&models)
         .env("QUARRY_EMBED_WORKERS", "2")
@@ -220,5 +225,64 @@ fn writes_after_a_checkpoint_are_replayed_after_sigkill() {
         .map(|q| hits(&search_json(&url, q)))
         .collect();
     assert_eq!(before, after, "results changed after replay");
+    stop_gracefully(server);
+}
+
+/// `quarry serve --router URL` and `quarry ask --json`: the validated answer exactly as the
+/// schema describes it, and citations resolved to source number, document, chunk and text.
+#[test]
+fn ask_prints_the_validated_answer_and_resolved_citations() {
+    use common::fake_router::{chat, FakeRouter};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let fake = rt.block_on(FakeRouter::start(
+        vec![],
+        chat(r#"{"answer": "Mitochondria make ATP.", "citations": [1]}"#),
+    ));
+    let data = tempfile::tempdir().unwrap();
+    let (server, url) = start_server_with(data.path(), &["--router", &fake.url]);
+    ingest_fixture(&url);
+    let out = Command::new(BIN)
+        .args(["ask", "--json", "--server", &url, "--collection", "mini"])
+        .arg("Which organelle makes ATP?")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        json["answer"],
+        serde_json::json!({"answer": "Mitochondria make ATP.", "citations": [1]})
+    );
+    let c = &json["citations"][0];
+    assert_eq!(
+        (c["source"].as_u64(), c["document_id"].as_str()),
+        (Some(1), Some("bio-mitochondria"))
+    );
+    assert!(c["text"]
+        .as_str()
+        .unwrap()
+        .contains("adenosine triphosphate"));
+    assert!(c["chunk_id"].is_u64());
+    assert_eq!(json["model"], "fake-model");
+    assert!(json["latency_ms"]["retrieve"].as_f64().unwrap() > 0.0);
+
+    // A custom schema file.
+    let schema = data.path().join("schema.json");
+    std::fs::write(&schema, r#"{"type": "object", "required": ["answer"]}"#).unwrap();
+    let out = Command::new(BIN)
+        .args(["ask", "--server", &url, "--collection", "mini", "--schema"])
+        .arg(&schema)
+        .arg("Which organelle makes ATP?")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Mitochondria make ATP."));
     stop_gracefully(server);
 }

@@ -46,6 +46,10 @@ pub struct AnswerSettings {
     pub strict_citations: bool,
     /// System instructions; `{schema}` is replaced by the answer's JSON Schema.
     pub instructions: String,
+    /// One source in the prompt; `{number}`, `{document_id}`, `{title}`, `{text}` are replaced.
+    pub source_template: String,
+    /// The question; `{question}` is replaced.
+    pub question_template: String,
     pub max_tokens: u32,
     /// With the default schema, the longest answer text the response format allows (0: no
     /// bound). Grammar-constrained routers then always close the JSON.
@@ -62,6 +66,8 @@ impl Default for AnswerSettings {
             min_relevance: 0.2,
             strict_citations: false,
             instructions: prompt::DEFAULT_INSTRUCTIONS.to_string(),
+            source_template: prompt::DEFAULT_SOURCE_TEMPLATE.to_string(),
+            question_template: prompt::DEFAULT_QUESTION_TEMPLATE.to_string(),
             max_tokens: 512,
             max_answer_chars: 600,
         }
@@ -223,12 +229,22 @@ impl Answerer {
         }
 
         let tokenizer = collection.embedder().tokenizer().clone();
-        let packed = prompt::pack(retrieval.hits.clone(), self.settings.token_budget, |t| {
-            tokenizer
-                .encode(t, false)
-                .map(|e| e.len())
-                .unwrap_or(t.len() / 4)
-        });
+        let templates = prompt::Templates {
+            instructions: &self.settings.instructions,
+            source: &self.settings.source_template,
+            question: &self.settings.question_template,
+        };
+        let packed = prompt::pack(
+            retrieval.hits.clone(),
+            self.settings.token_budget,
+            templates.source,
+            |t| {
+                tokenizer
+                    .encode(t, false)
+                    .map(|e| e.len())
+                    .unwrap_or(t.len() / 4)
+            },
+        );
         if packed.sources.is_empty() {
             let mut out = empty(
                 format!(
@@ -244,12 +260,8 @@ impl Answerer {
             sources: packed.sources.len(),
             left_out: packed.left_out.len(),
         });
-        let mut messages: Vec<Message> = prompt::messages(
-            &self.settings.instructions,
-            contract.schema(),
-            &packed,
-            &req.question,
-        );
+        let mut messages: Vec<Message> =
+            prompt::messages(&templates, contract.schema(), &packed, &req.question);
         // With the default schema, the response format also bounds citation numbers.
         let wire_schema = match &req.schema {
             None => {

@@ -17,6 +17,32 @@ pub const DEFAULT_INSTRUCTIONS: &str =
 If the sources do not contain the answer, say so. Cite the numbers of the sources you use. \
 Reply with one JSON object and nothing else; it must match this JSON Schema:\n{schema}";
 
+/// Default rendering of one source: `{number}`, `{document_id}`, `{title}` and `{text}` are
+/// replaced; trailing spaces on each line are removed (so an empty title leaves none).
+pub const DEFAULT_SOURCE_TEMPLATE: &str = "[{number}] ({document_id}) {title}\n{text}\n";
+
+/// Default rendering of the question; `{question}` is replaced.
+pub const DEFAULT_QUESTION_TEMPLATE: &str = "Question: {question}";
+
+/// How the prompt is written (configurable in `[answer]`).
+#[derive(Debug, Clone)]
+pub struct Templates<'a> {
+    /// System message; `{schema}` is replaced by the JSON Schema.
+    pub instructions: &'a str,
+    pub source: &'a str,
+    pub question: &'a str,
+}
+
+impl Default for Templates<'static> {
+    fn default() -> Self {
+        Templates {
+            instructions: DEFAULT_INSTRUCTIONS,
+            source: DEFAULT_SOURCE_TEMPLATE,
+            question: DEFAULT_QUESTION_TEMPLATE,
+        }
+    }
+}
+
 /// A chunk given to the model as source number `number`.
 #[derive(Debug, Clone)]
 pub struct Source {
@@ -47,7 +73,12 @@ fn normalized(s: &str) -> String {
 }
 
 /// Packs `hits` (best first) into `budget` tokens as counted by `count`.
-pub fn pack(hits: Vec<Hit>, budget: usize, count: impl Fn(&str) -> usize) -> Packed {
+pub fn pack(
+    hits: Vec<Hit>,
+    budget: usize,
+    template: &str,
+    count: impl Fn(&str) -> usize,
+) -> Packed {
     let mut sources: Vec<Source> = Vec::new();
     let mut left_out = Vec::new();
     let mut used = 0;
@@ -72,7 +103,7 @@ pub fn pack(hits: Vec<Hit>, budget: usize, count: impl Fn(&str) -> usize) -> Pac
             });
             continue;
         }
-        let tokens = count(&source_block(sources.len() + 1, &hit));
+        let tokens = count(&source_block(template, sources.len() + 1, &hit));
         if used + tokens > budget {
             left_out.push(LeftOut {
                 chunk_id: hit.chunk_id,
@@ -98,31 +129,35 @@ pub fn pack(hits: Vec<Hit>, budget: usize, count: impl Fn(&str) -> usize) -> Pac
     }
 }
 
-fn source_block(number: usize, hit: &Hit) -> String {
-    let title = if hit.title.is_empty() {
-        String::new()
-    } else {
-        format!(" {}", hit.title)
-    };
-    format!("[{number}] ({}){title}\n{}\n", hit.doc_id, hit.text)
+fn source_block(template: &str, number: usize, hit: &Hit) -> String {
+    let rendered = template
+        .replace("{number}", &number.to_string())
+        .replace("{document_id}", &hit.doc_id)
+        .replace("{title}", &hit.title)
+        .replace("{text}", &hit.text);
+    let mut out: Vec<&str> = rendered.split('\n').map(str::trim_end).collect();
+    if out.last() == Some(&"") {
+        out.pop();
+        return out.join("\n") + "\n";
+    }
+    out.join("\n")
 }
 
 /// The chat messages: stable system prefix, then sources, then the question.
 pub fn messages(
-    instructions: &str,
+    templates: &Templates<'_>,
     schema: &Value,
     packed: &Packed,
     question: &str,
 ) -> Vec<Message> {
     let schema_text = serde_json::to_string_pretty(schema).unwrap_or_else(|_| schema.to_string());
-    let system = instructions.replace("{schema}", &schema_text);
+    let system = templates.instructions.replace("{schema}", &schema_text);
     let mut user = String::from("Sources:\n\n");
     for s in &packed.sources {
-        user.push_str(&source_block(s.number, &s.hit));
+        user.push_str(&source_block(templates.source, s.number, &s.hit));
         user.push('\n');
     }
-    user.push_str("Question: ");
-    user.push_str(question);
+    user.push_str(&templates.question.replace("{question}", question));
     vec![Message::new("system", system), Message::new("user", user)]
 }
 
@@ -156,7 +191,7 @@ mod tests {
             hit(4, "c", 0, 10, &"long ".repeat(50)),
             hit(5, "d", 0, 10, "short one"),
         ];
-        let packed = pack(hits, 20, words);
+        let packed = pack(hits, 20, DEFAULT_SOURCE_TEMPLATE, words);
         let numbers: Vec<(usize, u64)> = packed
             .sources
             .iter()
@@ -172,10 +207,11 @@ mod tests {
     #[test]
     fn layout_is_prefix_stable() {
         let schema = serde_json::json!({"type": "object"});
-        let p1 = pack(vec![hit(1, "a", 0, 1, "one")], 100, |s| s.len());
-        let p2 = pack(vec![hit(2, "b", 0, 1, "two")], 100, |s| s.len());
-        let m1 = messages(DEFAULT_INSTRUCTIONS, &schema, &p1, "q1");
-        let m2 = messages(DEFAULT_INSTRUCTIONS, &schema, &p2, "q2");
+        let t = DEFAULT_SOURCE_TEMPLATE;
+        let p1 = pack(vec![hit(1, "a", 0, 1, "one")], 100, t, |s| s.len());
+        let p2 = pack(vec![hit(2, "b", 0, 1, "two")], 100, t, |s| s.len());
+        let m1 = messages(&Templates::default(), &schema, &p1, "q1");
+        let m2 = messages(&Templates::default(), &schema, &p2, "q2");
         assert_eq!(
             m1[0], m2[0],
             "the system prefix does not depend on the request"
@@ -183,5 +219,15 @@ mod tests {
         assert!(m1[0].content.contains("\"type\": \"object\""));
         assert!(m1[1].content.starts_with("Sources:") && m1[1].content.ends_with("Question: q1"));
         assert!(m1[1].content.contains("[1] (a)\none"));
+        // Custom templates.
+        let custom = Templates {
+            instructions: "Answer. {schema}",
+            source: "<source id={number} doc={document_id}>{text}</source>",
+            question: "Q: {question}",
+        };
+        let m = messages(&custom, &schema, &p1, "why?");
+        assert!(m[0].content.starts_with("Answer. {"));
+        assert!(m[1].content.contains("<source id=1 doc=a>one</source>"));
+        assert!(m[1].content.ends_with("Q: why?"));
     }
 }
