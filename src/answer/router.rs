@@ -182,9 +182,15 @@ impl Router {
             ));
         }
         for e in &endpoints {
-            if !(e.url.starts_with("http://") || e.url.starts_with("https://")) {
+            if e.url.starts_with("https://") {
                 return Err(Error::invalid(format!(
-                    "router URL {:?} must start with http:// or https://",
+                    "router URL {:?}: this build has no TLS stack; reach the router over http:// (for example through a local proxy)",
+                    e.url
+                )));
+            }
+            if !e.url.starts_with("http://") {
+                return Err(Error::invalid(format!(
+                    "router URL {:?} must start with http://",
                     e.url
                 )));
             }
@@ -501,4 +507,47 @@ async fn read_stream(
 fn snippet(s: &str) -> String {
     let s: String = s.chars().take(300).collect();
     s.replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn router_urls_are_checked() {
+        let policy = RetryPolicy::default();
+        assert!(Router::new(vec![], policy.clone()).is_err());
+        let err = Router::new(
+            vec![Endpoint::from_url("https://api.example/v1")],
+            policy.clone(),
+        )
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains("TLS"));
+        assert!(Router::new(vec![Endpoint::from_url("ftp://x")], policy.clone()).is_err());
+        assert!(Router::new(vec![Endpoint::from_url("http://127.0.0.1:1/v1")], policy).is_ok());
+    }
+
+    #[test]
+    fn backoff_is_capped_and_honours_retry_after() {
+        let policy = RetryPolicy {
+            backoff_base_ms: 100,
+            backoff_cap_ms: 1_000,
+            ..RetryPolicy::default()
+        };
+        let r = Router::new(vec![Endpoint::from_url("http://127.0.0.1:1/v1")], policy).unwrap();
+        for retry in 0..20 {
+            let d = r.backoff(retry, None);
+            assert!(d <= Duration::from_millis(1_000), "{d:?}");
+        }
+        assert!(r.backoff(0, None) >= Duration::from_millis(50));
+        assert_eq!(
+            r.backoff(0, Some(Duration::from_secs(3))),
+            Duration::from_millis(1_000)
+        );
+        assert_eq!(
+            r.backoff(0, Some(Duration::from_millis(200))),
+            Duration::from_millis(200)
+        );
+    }
 }
