@@ -239,9 +239,7 @@ pub fn print_response(r: &pb::SearchResponse, explain: bool) {
         "{} hits in {:.2} ms ({})",
         r.hits.len(),
         r.took_micros as f64 / 1000.0,
-        pb::SearchMode::try_from(r.mode)
-            .map(|m| m.as_str_name())
-            .unwrap_or("?")
+        mode_name(r.mode)
     );
 }
 
