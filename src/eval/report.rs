@@ -258,6 +258,21 @@ pub fn markdown(ctx: &Context, outcome: &EvalOutcome) -> String {
     s
 }
 
+/// Markdown `code` spans as HTML.
+fn code_spans(s: &str) -> String {
+    let mut out = String::new();
+    for (i, part) in s.split('`').enumerate() {
+        if i % 2 == 1 {
+            out.push_str("<code>");
+            out.push_str(part);
+            out.push_str("</code>");
+        } else {
+            out.push_str(part);
+        }
+    }
+    out
+}
+
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -383,7 +398,7 @@ pub fn html(ctx: &Context, outcome: &EvalOutcome) -> String {
             if let Some(h) = line.strip_prefix("## ") {
                 let _ = write!(s, "<h3>{}</h3>", escape(h));
             } else if !line.starts_with("# ") && !line.is_empty() {
-                let _ = write!(s, "<p>{}</p>", escape(line));
+                let _ = write!(s, "<p>{}</p>", code_spans(&escape(line)));
             }
         }
     }
