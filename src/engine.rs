@@ -12,7 +12,7 @@
 //! Checkpoints (periodic and at shutdown) persist the HNSW graph and trim the log.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -1128,9 +1128,4 @@ pub fn spawn_checkpointer(
             }
         }
     })
-}
-
-/// Paths used by a data directory (for docs and tools).
-pub fn sled_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("sled")
 }

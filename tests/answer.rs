@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::fake_router::{chat, status, Behaviour, FakeRouter};
-use common::{fixture_docs, test_config, TestServer};
+use common::{test_config, TestServer};
 use quarry::answer::router::{Endpoint, RetryPolicy, StructuredMode};
 use quarry::grpc::pb;
 use tonic::Code;
@@ -34,20 +34,7 @@ async fn server_configured(
     adjust(&mut config.answer);
     let server = TestServer::start(config).await;
     let channel = server.channel().await;
-    pb::collections_client::CollectionsClient::new(channel.clone())
-        .create_collection(pb::CreateCollectionRequest {
-            name: "mini".into(),
-            config: None,
-        })
-        .await
-        .unwrap();
-    pb::documents_client::DocumentsClient::new(channel)
-        .upsert_documents(pb::UpsertDocumentsRequest {
-            collection: "mini".into(),
-            documents: fixture_docs(),
-        })
-        .await
-        .unwrap();
+    common::create_fixture_collection(&channel, "mini").await;
     (server, data)
 }
 

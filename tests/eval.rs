@@ -5,7 +5,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{fixture_docs, test_config, TestServer};
+use common::{test_config, TestServer};
 use quarry::grpc::pb;
 use tonic::Code;
 
@@ -106,20 +106,7 @@ async fn eval_rpc_evaluates_a_live_collection() {
     let data = tempfile::tempdir().unwrap();
     let server = TestServer::start(test_config(data.path())).await;
     let channel = server.channel().await;
-    pb::collections_client::CollectionsClient::new(channel.clone())
-        .create_collection(pb::CreateCollectionRequest {
-            name: "live".into(),
-            config: None,
-        })
-        .await
-        .unwrap();
-    pb::documents_client::DocumentsClient::new(channel.clone())
-        .upsert_documents(pb::UpsertDocumentsRequest {
-            collection: "live".into(),
-            documents: fixture_docs(),
-        })
-        .await
-        .unwrap();
+    common::create_fixture_collection(&channel, "live").await;
     let query = |id: &str, text: &str, rel: &[(&str, i32)]| pb::EvalQuery {
         id: id.into(),
         text: text.into(),

@@ -8,7 +8,7 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{fixture_dir, fixture_docs, test_config, TestServer};
+use common::{fixture_dir, test_config, TestServer};
 use quarry::answer::router::{Endpoint, RetryPolicy};
 use quarry::grpc::pb;
 
@@ -100,20 +100,7 @@ async fn answers_from_a_real_llama_cpp_server_hold_the_contract() {
     };
     let server = TestServer::start(config).await;
     let channel = server.channel().await;
-    pb::collections_client::CollectionsClient::new(channel.clone())
-        .create_collection(pb::CreateCollectionRequest {
-            name: "mini".into(),
-            config: None,
-        })
-        .await
-        .unwrap();
-    pb::documents_client::DocumentsClient::new(channel.clone())
-        .upsert_documents(pb::UpsertDocumentsRequest {
-            collection: "mini".into(),
-            documents: fixture_docs(),
-        })
-        .await
-        .unwrap();
+    common::create_fixture_collection(&channel, "mini").await;
 
     let validator = jsonschema::validator_for(&quarry::answer::schema::default_schema()).unwrap();
     let queries = std::fs::read_to_string(fixture_dir().join("queries.jsonl")).unwrap();

@@ -315,27 +315,24 @@ impl Embedder {
     /// (batch 1 is as fast as larger batches here and keeps each vector independent of what
     /// else was in the batch). Blocking: call it off the async runtime.
     pub fn embed_documents(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
-        self.documents_embedded
-            .fetch_add(texts.len() as u64, Ordering::Relaxed);
-        let mut results: Vec<Option<Vec<f32>>> = vec![None; texts.len()];
+        // Workers take the next text from a shared counter and keep their own results, so a
+        // slow text never leaves a session idle.
         let next = AtomicUsize::new(0);
-        let slots: Vec<Mutex<Option<Vec<f32>>>> =
-            results.iter().map(|_| Mutex::new(None)).collect();
         let threads = self.workers.len().min(texts.len()).max(1);
-        std::thread::scope(|scope| -> Result<()> {
+        let per_worker: Vec<Vec<(usize, Vec<f32>)>> = std::thread::scope(|scope| {
             let handles: Vec<_> = self.workers[..threads]
                 .iter()
                 .map(|worker| {
                     let next = &next;
-                    let slots = &slots;
-                    scope.spawn(move || -> Result<()> {
+                    scope.spawn(move || -> Result<Vec<(usize, Vec<f32>)>> {
                         let mut session = worker
                             .lock()
                             .map_err(|_| Error::internal("embedding session poisoned"))?;
+                        let mut done = Vec::new();
                         loop {
                             let i = next.fetch_add(1, Ordering::Relaxed);
                             if i >= texts.len() {
-                                return Ok(());
+                                return Ok(done);
                             }
                             let input = format!("{}{}", self.spec.document_prefix, texts[i]);
                             let mut out = session
@@ -345,24 +342,25 @@ impl Embedder {
                                 Error::Embedding("model returned no vector".into())
                             })?;
                             normalize(&mut v);
-                            *slots[i]
-                                .lock()
-                                .map_err(|_| Error::internal("result slot poisoned"))? = Some(v);
+                            done.push((i, v));
                         }
                     })
                 })
                 .collect();
-            for h in handles {
-                h.join()
-                    .map_err(|_| Error::internal("embedding thread panicked"))??;
-            }
-            Ok(())
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .map_err(|_| Error::internal("embedding thread panicked"))?
+                })
+                .collect::<Result<Vec<_>>>()
         })?;
-        for (slot, out) in slots.into_iter().zip(results.iter_mut()) {
-            *out = slot
-                .into_inner()
-                .map_err(|_| Error::internal("result slot poisoned"))?;
+        let mut results: Vec<Option<Vec<f32>>> = vec![None; texts.len()];
+        for (i, v) in per_worker.into_iter().flatten() {
+            results[i] = Some(v);
         }
+        self.documents_embedded
+            .fetch_add(texts.len() as u64, Ordering::Relaxed);
         results
             .into_iter()
             .map(|v| v.ok_or_else(|| Error::Embedding("a text was not embedded".into())))

@@ -114,6 +114,24 @@ pub fn fixture_docs() -> Vec<pb::Document> {
     quarry::client::load::load_jsonl(&fixture_dir().join("corpus.jsonl")).unwrap()
 }
 
+/// Creates `name` with default settings and upserts the fixture corpus into it.
+pub async fn create_fixture_collection(channel: &Channel, name: &str) {
+    pb::collections_client::CollectionsClient::new(channel.clone())
+        .create_collection(pb::CreateCollectionRequest {
+            name: name.into(),
+            config: None,
+        })
+        .await
+        .expect("create the fixture collection");
+    pb::documents_client::DocumentsClient::new(channel.clone())
+        .upsert_documents(pb::UpsertDocumentsRequest {
+            collection: name.into(),
+            documents: fixture_docs(),
+        })
+        .await
+        .expect("upsert the fixture corpus");
+}
+
 pub fn doc(id: &str, text: &str) -> pb::Document {
     pb::Document {
         id: id.into(),
