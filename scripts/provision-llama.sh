@@ -14,12 +14,14 @@ gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 # A portable build (no -march=native): a native build enables every instruction set the CPU
 # reports, and on this workplace's VMs it crashed with a general protection fault in
 # libggml-cpu on the first completion (AMX/AVX-512 advertised but unusable).
-ready="$venv/.ready-0.3.36-portable"
+# LLAVA_BUILD=OFF skips the multimodal library (mtmd: clip, audio): the server imports it only
+# for multimodal chat handlers, and the text-only test never loads it.
+ready="$venv/.ready-0.3.36-portable-text"
 if [ ! -f "$ready" ]; then
   echo "building llama-cpp-python[server]==0.3.36 (compiles llama.cpp; ~9 min once)" >&2
   rm -rf "$venv"
   python3 -m venv "$venv"
-  CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF" \
+  CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DLLAVA_BUILD=OFF" \
     "$venv/bin/pip" install --quiet --no-cache-dir --disable-pip-version-check \
     'llama-cpp-python[server]==0.3.36' >&2
   touch "$ready"
