@@ -13,9 +13,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+use quarry::chunk::titled;
 use quarry::chunk::{self, ChunkSettings};
 use quarry::config::Config;
-use quarry::engine::{embedding_text, Engine};
+use quarry::eval::run::percentile;
 use quarry::eval::{beir::Dataset, metrics};
 use quarry::grpc::pb;
 use quarry::model::{catalog, fetch, init_runtime, ModelFiles};
@@ -42,11 +43,6 @@ fn peak_rss_mib() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
 fn main() -> anyhow::Result<()> {
     let Some(dir) = dataset_dir() else {
         eprintln!("!!! SKIPPED: SciFact not found (set QUARRY_SCIFACT or provide ../shared/datasets/scifact)");
@@ -71,11 +67,11 @@ async fn run(dir: PathBuf) -> anyhow::Result<()> {
         ..Config::default()
     };
     let cores = config.effective_embed_workers();
-    let engine = Arc::new(tokio::task::spawn_blocking(move || Engine::open(config)).await??);
+    let engine = Arc::new(tokio::task::spawn_blocking(move || config.open_engine()).await??);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(quarry::grpc::serve(engine.clone(), listener, async {
+    let server = tokio::spawn(quarry::grpc::serve(engine.clone(), None, listener, async {
         let _ = stop_rx.await;
     }));
     let channel = quarry::client::connect(&url).await?;
@@ -106,7 +102,7 @@ async fn run(dir: PathBuf) -> anyhow::Result<()> {
     let mut texts = Vec::new();
     for d in &docs {
         for s in chunk::chunk(&d.text, false, settings, &tokenizer)? {
-            texts.push(embedding_text(&d.title, &d.text[s.start..s.end]));
+            texts.push(titled(&d.title, &d.text[s.start..s.end]));
         }
     }
     let env = init_runtime(&fetch::onnxruntime_path(&models_dir))?;

@@ -46,6 +46,17 @@ impl ChunkSettings {
     }
 }
 
+/// A chunk's text as both retrievers see it: the document title, when there is one, on its
+/// own line before the chunk ("flat" indexing: the title gives short chunks context). The one
+/// place this rule lives: the embedder input and the BM25 body are both built with it.
+pub fn titled(title: &str, chunk: &str) -> String {
+    if title.is_empty() {
+        chunk.to_string()
+    } else {
+        format!("{title}\n{chunk}")
+    }
+}
+
 /// Splits `text` into token-bounded chunks. `markdown` selects the markdown-aware splitter.
 pub fn chunk(
     text: &str,

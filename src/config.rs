@@ -3,12 +3,21 @@
 //! Precedence, lowest first: built-in defaults < TOML config file < environment (`QUARRY_*`) <
 //! command-line flags (applied by `main`). Every limit the server enforces lives in [`Limits`]
 //! so it is explicit, documented in README.md, and named in the error a caller gets.
+//!
+//! The libraries never see the whole of it: [`Config::engine`] is the engine's slice,
+//! [`Config::models`] says where embedding models come from, and `answer` goes to the
+//! [`crate::answer::Answerer`]. Only the binary (and tests standing in for it) hold a `Config`.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::answer::AnswerSettings;
+use crate::engine::EngineConfig;
 use crate::error::{Error, Result};
+use crate::model::LocalModels;
+
+pub use crate::engine::{IndexSettings, Limits};
 
 /// Default gRPC listen address: loopback only, so a fresh install exposes nothing.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
@@ -35,43 +44,7 @@ pub struct Config {
     pub limits: Limits,
     pub index: IndexSettings,
     /// Grounded answers: inference routers, retries, packing, contract enforcement.
-    pub answer: crate::answer::AnswerSettings,
-}
-
-/// Explicit limits. A request over a limit fails with INVALID_ARGUMENT naming the limit.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Limits {
-    /// Largest gRPC message the server decodes or encodes.
-    pub max_message_bytes: usize,
-    /// Largest document text, in bytes.
-    pub max_document_bytes: usize,
-    /// Most documents in one UpsertDocuments request.
-    pub max_batch_documents: usize,
-    /// Largest document id, in bytes.
-    pub max_id_bytes: usize,
-    /// Most metadata entries per document.
-    pub max_metadata_entries: usize,
-    /// Largest query text, in bytes.
-    pub max_query_bytes: usize,
-    /// Largest `top_k` (and candidate depth) a search may ask for.
-    pub max_top_k: usize,
-}
-
-/// Index tuning.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct IndexSettings {
-    /// HNSW links per node (M).
-    pub hnsw_m: usize,
-    /// HNSW candidate list size while building.
-    pub hnsw_ef_construction: usize,
-    /// HNSW candidate list size while searching (raised to the requested depth when smaller).
-    pub hnsw_ef_search: usize,
-    /// Seconds between background checkpoints of the HNSW graph.
-    pub checkpoint_interval_secs: u64,
-    /// Rebuild the HNSW graph when deleted points exceed this fraction of all points.
-    pub rebuild_tombstone_ratio: f32,
+    pub answer: AnswerSettings,
 }
 
 impl Default for Config {
@@ -86,33 +59,7 @@ impl Default for Config {
             embed_workers: 0,
             limits: Limits::default(),
             index: IndexSettings::default(),
-            answer: crate::answer::AnswerSettings::default(),
-        }
-    }
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_message_bytes: 64 * 1024 * 1024,
-            max_document_bytes: 4 * 1024 * 1024,
-            max_batch_documents: 1000,
-            max_id_bytes: 512,
-            max_metadata_entries: 64,
-            max_query_bytes: 8 * 1024,
-            max_top_k: 1000,
-        }
-    }
-}
-
-impl Default for IndexSettings {
-    fn default() -> Self {
-        IndexSettings {
-            hnsw_m: 16,
-            hnsw_ef_construction: 200,
-            hnsw_ef_search: 128,
-            checkpoint_interval_secs: 30,
-            rebuild_tombstone_ratio: 0.2,
+            answer: AnswerSettings::default(),
         }
     }
 }
@@ -181,19 +128,33 @@ impl Config {
                 self.listen
             )));
         }
-        let l = &self.limits;
-        if l.max_batch_documents == 0 || l.max_document_bytes == 0 || l.max_top_k == 0 {
-            return Err(Error::invalid("limits must be positive"));
+        self.engine().validate()
+    }
+
+    /// The engine's slice of the configuration.
+    pub fn engine(&self) -> EngineConfig {
+        EngineConfig {
+            data_dir: self.data_dir.clone(),
+            default_model: self.default_model.clone(),
+            limits: self.limits.clone(),
+            index: self.index.clone(),
         }
-        if l.max_document_bytes > l.max_message_bytes {
-            return Err(Error::invalid(
-                "limits.max_document_bytes cannot exceed limits.max_message_bytes",
-            ));
+    }
+
+    /// Where the engine's embedding models come from.
+    pub fn models(&self) -> LocalModels {
+        LocalModels {
+            models_dir: self.models_dir.clone(),
+            onnxruntime_library: self.onnxruntime_library.clone(),
+            auto_fetch: self.auto_fetch_model,
+            workers: self.effective_embed_workers(),
         }
-        if self.index.hnsw_m == 0 || self.index.hnsw_m > 255 {
-            return Err(Error::invalid("index.hnsw_m must be in 1..=255"));
-        }
-        Ok(())
+    }
+
+    /// Opens the engine this configuration describes. Blocking.
+    pub fn open_engine(&self) -> Result<crate::engine::Engine> {
+        self.validate()?;
+        crate::engine::Engine::open(self.engine(), std::sync::Arc::new(self.models()))
     }
 
     /// Number of ingestion embedding sessions.

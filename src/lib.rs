@@ -5,18 +5,22 @@
 //! runs on one machine, offline.
 //!
 //! # Layout
-//! - [`config`]: one validated [`config::Config`]; defaults < file < environment < flags.
+//! - [`config`]: one validated [`config::Config`]; defaults < file < environment < flags. It
+//!   hands the engine and the answerer their own slices; nothing below `grpc` reads it whole.
 //! - [`error`]: the core's error type; user errors versus internal faults.
-//! - [`model`]: model provisioning from pinned PyPI packages, and the embedding session pool.
+//! - [`model`]: the [`model::Embedder`] trait, the ONNX implementation (a session pool), model
+//!   provisioning from pinned PyPI packages, and a deterministic hash embedder for tests.
 //! - [`chunk`]: token-aware, markdown-aware chunking with byte offsets.
 //! - [`store`]: sled, the only source of truth (documents, chunks, vectors, operation log).
 //! - [`index`]: derived indexes: tantivy BM25 and hnsw_rs, plus an exact-search oracle.
-//! - [`retrieve`]: search requests and results, fusion (RRF and weighted).
+//! - [`retrieve`]: search requests and results, fusion (RRF and weighted), and the pure hybrid
+//!   orchestration (single-retriever path, per-document grouping, degradation).
 //! - [`answer`]: grounded answers through an OpenAI-compatible inference router.
-//! - [`engine`]: collections, the ingest pipeline, search, recovery and checkpoints.
+//! - [`engine`]: collections, the ingest pipeline, search, recovery and checkpoints, one
+//!   concern per file.
 //! - [`eval`]: BEIR collections and trec_eval-compatible metrics.
 //! - [`grpc`]: the transport; the only module that knows the wire protocol.
-//! - [`client`]: the CLI's client side (`quarry ingest`, `quarry search`).
+//! - [`client`]: the CLI's client commands (`ingest`, `search`, `ask`, `eval`).
 //!
 //! The retrieval core (everything but `grpc` and `client`) knows nothing of gRPC.
 

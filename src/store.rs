@@ -23,6 +23,24 @@ use sled::Transactional;
 
 use crate::error::{Error, Result};
 
+/// Chunk ids are `document-version key << CHUNK_BITS | ordinal`. The key is a fresh id
+/// ([`Store::next_id`]) for every stored version of a document, so chunk ids are never reused
+/// (HNSW tombstones can never hide a live chunk), and a chunk's document is known from its id
+/// alone, which lets search collapse candidates per document without a lookup.
+pub const CHUNK_BITS: u32 = 20;
+/// Most chunks one document may have.
+pub const MAX_CHUNKS_PER_DOCUMENT: u64 = 1 << CHUNK_BITS;
+
+/// The id of chunk `ordinal` of the document version `key`.
+pub fn chunk_id(key: u64, ordinal: u32) -> u64 {
+    key << CHUNK_BITS | u64::from(ordinal)
+}
+
+/// The document-version key of a chunk id.
+pub fn doc_key(chunk_id: u64) -> u64 {
+    chunk_id >> CHUNK_BITS
+}
+
 /// Settings and identity of a collection.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CollectionRecord {
@@ -141,13 +159,6 @@ impl Store {
             .values()
             .map(|v| decode(&v?, "collection record"))
             .collect()
-    }
-
-    pub fn get_collection(&self, name: &str) -> Result<Option<CollectionRecord>> {
-        self.collections
-            .get(name.as_bytes())?
-            .map(|v| decode(&v, "collection record"))
-            .transpose()
     }
 
     /// Inserts a collection record unless the name is taken.

@@ -286,3 +286,118 @@ fn ask_prints_the_validated_answer_and_resolved_citations() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("Mitochondria make ATP."));
     stop_gracefully(server);
 }
+
+/// The arguments of every `cargo run --release -- ...` command in README.md's `sh` blocks
+/// (continuation lines joined, shell quoting undone).
+fn readme_commands(readme: &str) -> Vec<Vec<String>> {
+    let mut commands = Vec::new();
+    let mut in_sh = false;
+    let mut pending = String::new();
+    for line in readme.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with("```") {
+            in_sh = trimmed == "```sh";
+            continue;
+        }
+        if !in_sh || trimmed.starts_with('#') {
+            continue;
+        }
+        pending.push_str(trimmed.trim_end_matches('\\'));
+        pending.push(' ');
+        if trimmed.ends_with('\\') {
+            continue;
+        }
+        let command = std::mem::take(&mut pending);
+        if let Some(rest) = command.trim().strip_prefix("cargo run --release -- ") {
+            commands.push(shell_words(rest));
+        }
+    }
+    commands
+}
+
+/// Splits a command line as a POSIX shell would for plain words and '...' / "..." quotes.
+fn shell_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut in_word = false;
+    let mut quote: Option<char> = None;
+    for c in line.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => word.push(c),
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                in_word = true;
+            }
+            (None, c) if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            (None, c) => {
+                word.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if in_word {
+        words.push(word);
+    }
+    words
+}
+
+#[test]
+fn shell_words_undoes_quoting() {
+    assert_eq!(
+        shell_words(r#"search --collection x "two words" 'it''s' plain"#),
+        vec!["search", "--collection", "x", "two words", "its", "plain"]
+    );
+}
+
+/// Every README example that needs only a fresh clone runs as written against a real server
+/// (`QUARRY_SERVER` points the client commands at it). Not run, by design: `serve` (this test
+/// starts the server), `ask` (needs an inference router; covered above with a fake one) and
+/// evaluations of `../shared` datasets (CI runs the SciFact evaluation itself).
+#[test]
+fn readme_examples_run_as_written() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let commands = readme_commands(&readme);
+    let data = tempfile::tempdir().unwrap();
+    let (server, url) = start_server(data.path());
+    let mut ran = Vec::new();
+    for args in &commands {
+        let needs_more = matches!(args[0].as_str(), "serve" | "ask")
+            || args.iter().any(|a| a.starts_with("../shared"));
+        if needs_more {
+            continue;
+        }
+        let out = Command::new(BIN)
+            .args(args)
+            .current_dir(root)
+            .env("QUARRY_SERVER", &url)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "README example failed: quarry {}\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if args[0] == "search" {
+            assert!(
+                !out.stdout.is_empty(),
+                "no results: quarry {}",
+                args.join(" ")
+            );
+        }
+        ran.push(args[0].clone());
+    }
+    assert!(
+        ran.iter().filter(|c| *c == "ingest").count() >= 2
+            && ran.iter().filter(|c| *c == "search").count() >= 2,
+        "the quickstart's ingest and search examples were found and run: {ran:?}"
+    );
+    stop_gracefully(server);
+}

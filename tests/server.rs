@@ -4,6 +4,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use common::{doc, fixture_docs, test_config, TestServer};
 use quarry::grpc::pb;
@@ -324,26 +325,6 @@ async fn upsert_replace_delete_filter_group_and_fusion() {
         );
     }
 
-    // When the query cannot be embedded, hybrid degrades to lexical and says so.
-    let c = server.engine.collection("docs").unwrap();
-    c.embedder().inject_query_failure(true);
-    let r = search(
-        &server,
-        request("docs", "volcano lava", pb::SearchMode::Hybrid),
-    )
-    .await
-    .unwrap();
-    assert!(r.degraded);
-    assert_eq!(r.mode, pb::SearchMode::Lexical as i32);
-    assert!(r.warning.contains("lexical"), "{}", r.warning);
-    assert_eq!(r.hits[0].document_id, "b");
-    let err = search(&server, request("docs", "volcano", pb::SearchMode::Dense))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::Unavailable);
-    c.embedder().inject_query_failure(false);
-    drop(c);
-
     // Deleting the collection.
     CollectionsClient::new(server.channel().await)
         .delete_collection(pb::DeleteCollectionRequest {
@@ -585,5 +566,51 @@ async fn health_and_reflection_work_for_standard_tools() {
             "{expected} missing from {names:?}"
         );
     }
+    server.stop().await;
+}
+
+/// When the query cannot be embedded, hybrid search degrades to lexical and says so on the
+/// wire; dense search fails with UNAVAILABLE. The model failure is injected through the hash
+/// embedder (a broken ONNX session cannot be produced on demand).
+#[tokio::test]
+async fn hybrid_degrades_to_lexical_over_grpc_when_the_model_fails() {
+    use quarry::model::hashed::{HashEmbedder, HashModels};
+    let data = tempfile::tempdir().unwrap();
+    let embedder = Arc::new(HashEmbedder::new(64).unwrap());
+    let config = quarry::engine::EngineConfig::new(data.path(), "hash");
+    let engine =
+        quarry::engine::Engine::open(config, Arc::new(HashModels(embedder.clone()))).unwrap();
+    let server = TestServer::serve(engine).await;
+    create(&server, "docs").await;
+    DocumentsClient::new(server.channel().await)
+        .upsert_documents(pb::UpsertDocumentsRequest {
+            collection: "docs".into(),
+            documents: vec![
+                doc("a", "kangaroos are marsupials"),
+                doc("b", "volcano lava flows"),
+            ],
+        })
+        .await
+        .unwrap();
+    embedder.fail_queries(true);
+    let r = search(
+        &server,
+        request("docs", "volcano lava", pb::SearchMode::Hybrid),
+    )
+    .await
+    .unwrap();
+    assert!(r.degraded);
+    assert_eq!(r.mode, pb::SearchMode::Lexical as i32);
+    assert!(r.warning.contains("lexical"), "{}", r.warning);
+    assert_eq!(r.hits[0].document_id, "b");
+    let err = search(&server, request("docs", "volcano", pb::SearchMode::Dense))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    embedder.fail_queries(false);
+    let r = search(&server, request("docs", "volcano", pb::SearchMode::Hybrid))
+        .await
+        .unwrap();
+    assert!(!r.degraded);
     server.stop().await;
 }

@@ -150,6 +150,14 @@ impl Answerer {
         })
     }
 
+    /// An answerer for `settings`, or `None` when no router is configured.
+    pub fn configured(settings: AnswerSettings) -> Result<Option<std::sync::Arc<Answerer>>> {
+        if settings.routers.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(std::sync::Arc::new(Answerer::new(settings)?)))
+    }
+
     pub fn settings(&self) -> &AnswerSettings {
         &self.settings
     }

@@ -207,10 +207,6 @@ impl Router {
         })
     }
 
-    pub fn endpoints(&self) -> &[Endpoint] {
-        &self.endpoints
-    }
-
     fn backoff(&self, retry: u32, hint: Option<Duration>) -> Duration {
         let cap = Duration::from_millis(self.policy.backoff_cap_ms);
         if let Some(h) = hint {

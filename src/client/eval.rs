@@ -85,7 +85,10 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<EvalOutcome> {
     let queries = dataset.queries()?;
     let qrels = dataset.qrels(&args.split)?;
     let modes = if args.modes.is_empty() {
-        vec!["lexical".into(), "dense".into(), "hybrid".into()]
+        crate::eval::run::DEFAULT_RUNS
+            .split(',')
+            .map(str::to_string)
+            .collect()
     } else {
         args.modes.clone()
     };
@@ -120,9 +123,8 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<EvalOutcome> {
             let mut config = crate::config::Config::load(None)?;
             config.data_dir = args.data_dir.clone();
             config.listen = "127.0.0.1:0".into();
-            let engine =
-                tokio::task::spawn_blocking(move || crate::engine::Engine::open(config)).await??;
-            Some(grpc::LocalServer::start(std::sync::Arc::new(engine)).await?)
+            let engine = tokio::task::spawn_blocking(move || config.open_engine()).await??;
+            Some(grpc::LocalServer::start(std::sync::Arc::new(engine), None).await?)
         }
     };
     let url = match (&args.server, &local) {

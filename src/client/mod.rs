@@ -1,6 +1,12 @@
-//! The command-line client: `quarry ingest` and `quarry search` talk to a running server over
-//! gRPC, like any application backend would. Loading files into documents lives in [`load`].
+//! The command-line client: `quarry ingest`, `search`, `ask` and `eval` talk to a server over
+//! gRPC, like any application backend would.
+//!
+//! - [`commands`]: each command's arguments and body (the binary only parses and dispatches).
+//! - this module: connecting, creating collections, streaming ingestion, printing results.
+//! - [`load`]: files, directories and BEIR jsonl into documents.
+//! - [`eval`]: `quarry eval` (ingest a BEIR collection, run the Eval RPC, write reports).
 
+pub mod commands;
 pub mod eval;
 pub mod load;
 
@@ -27,11 +33,17 @@ pub async fn connect(server: &str) -> anyhow::Result<Channel> {
         })
 }
 
-/// Settings for a collection the ingest command creates.
-#[derive(Debug, Clone, Default)]
+/// Settings for a collection a client command creates (when it does not exist yet).
+#[derive(clap::Args, Debug, Clone, Default)]
 pub struct NewCollection {
+    /// Embedding model of a collection created by this command (default: the server's).
+    #[arg(long)]
     pub model: Option<String>,
+    /// Chunk size in tokens of a collection created by this command.
+    #[arg(long)]
     pub chunk_tokens: Option<u32>,
+    /// Chunk overlap in tokens of a collection created by this command.
+    #[arg(long)]
     pub chunk_overlap: Option<u32>,
 }
 
@@ -43,6 +55,27 @@ pub struct IngestReport {
     pub by_status: HashMap<String, usize>,
     pub rejected: Vec<(String, String)>,
     pub seconds: f64,
+}
+
+impl IngestReport {
+    /// One line: documents by status, new chunks, time and throughput.
+    pub fn summary(&self) -> String {
+        let mut statuses: Vec<_> = self.by_status.iter().collect();
+        statuses.sort();
+        format!(
+            "ingested {} documents ({}) -> {} new chunks in {:.1} s: {:.1} docs/s, {:.1} chunks/s",
+            self.documents,
+            statuses
+                .iter()
+                .map(|(k, v)| format!("{v} {k}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            self.chunks,
+            self.seconds,
+            self.documents as f64 / self.seconds.max(1e-9),
+            self.chunks as f64 / self.seconds.max(1e-9),
+        )
+    }
 }
 
 /// Creates `collection` unless it exists.
@@ -157,15 +190,9 @@ pub async fn search(
         .into_inner())
 }
 
-/// `lexical`, `dense` or `hybrid`.
+/// `lexical`, `dense` or `hybrid` (the core mode's name).
 fn mode_name(mode: i32) -> String {
-    pb::SearchMode::try_from(mode)
-        .map(|m| {
-            m.as_str_name()
-                .trim_start_matches("SEARCH_MODE_")
-                .to_lowercase()
-        })
-        .unwrap_or_else(|_| "unknown".into())
+    crate::grpc::mode_from_pb(mode).map_or_else(|_| "unknown".into(), |m| m.as_str().to_string())
 }
 
 /// A search response as JSON (for `quarry search --json`).

@@ -76,8 +76,8 @@ impl RunSpec {
     }
 
     pub fn defaults() -> Vec<RunSpec> {
-        ["lexical", "dense", "hybrid"]
-            .iter()
+        DEFAULT_RUNS
+            .split(',')
             .filter_map(|s| RunSpec::parse(s).ok())
             .collect()
     }
@@ -118,6 +118,9 @@ pub struct EvalOutcome {
     pub runs: Vec<RunOutcome>,
     pub skipped_queries: usize,
 }
+
+/// The runs evaluated when none are named: each retriever alone, then the default fusion.
+pub const DEFAULT_RUNS: &str = "lexical,dense,hybrid";
 
 /// Nearest-rank percentile of sorted values.
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {

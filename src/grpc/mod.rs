@@ -5,7 +5,10 @@
 //! - `convert`: wire <-> core types. `status`: the single core-error -> `tonic::Status` mapping.
 //! - [`serve`]: wires Quarry's services, `grpc.health.v1` and server reflection onto a listener
 //!   and runs until the shutdown future resolves, then finishes in-flight requests and
-//!   checkpoints the engine.
+//!   checkpoints the engine. It receives the engine and, separately, the [`Answerer`] (with its
+//!   settings): nothing below this layer sees the whole server configuration.
+//! - [`LocalServer`]: the same server on a loopback port inside this process, for `quarry eval`,
+//!   benchmarks and tests.
 
 mod answer_service;
 mod convert;
@@ -18,9 +21,10 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
+use crate::answer::Answerer;
 use crate::engine::{spawn_checkpointer, Engine};
 
-pub use convert::{eval_outcome, fusion_to_pb, mode_to_pb};
+pub use convert::{eval_outcome, fusion_to_pb, mode as mode_from_pb, mode_to_pb};
 pub use status::to_status;
 
 /// Generated protobuf and gRPC code.
@@ -32,9 +36,11 @@ pub mod pb {
         include_bytes!(concat!(env!("OUT_DIR"), "/quarry_descriptor.bin"));
 }
 
-/// Runs the gRPC server on `listener` until `shutdown` resolves.
+/// Runs the gRPC server on `listener` until `shutdown` resolves. Without an `answerer` (no
+/// router configured) the Answers service refuses requests with FAILED_PRECONDITION.
 pub async fn serve(
     engine: Arc<Engine>,
+    answerer: Option<Arc<Answerer>>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -59,16 +65,16 @@ pub async fn serve(
     let eval = pb::eval_server::EvalServer::new(eval_service::EvalService::new(engine.clone()))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    let answerer = if engine.config().answer.routers.is_empty() {
-        tracing::info!("no inference router configured: the Answers service will refuse requests");
-        None
-    } else {
-        let a = crate::answer::Answerer::new(engine.config().answer.clone())?;
-        for e in a.settings().routers.iter() {
-            tracing::info!(router = %e.url, "inference router");
+    match &answerer {
+        None => tracing::info!(
+            "no inference router configured: the Answers service will refuse requests"
+        ),
+        Some(a) => {
+            for e in a.settings().routers.iter() {
+                tracing::info!(router = %e.url, "inference router");
+            }
         }
-        Some(Arc::new(a))
-    };
+    }
     let answers = pb::answers_server::AnswersServer::new(answer_service::AnswerService::new(
         engine.clone(),
         answerer,
@@ -130,11 +136,14 @@ pub struct LocalServer {
 }
 
 impl LocalServer {
-    pub async fn start(engine: Arc<Engine>) -> anyhow::Result<LocalServer> {
+    pub async fn start(
+        engine: Arc<Engine>,
+        answerer: Option<Arc<Answerer>>,
+    ) -> anyhow::Result<LocalServer> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
         let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-        let handle = tokio::spawn(serve(engine.clone(), listener, async {
+        let handle = tokio::spawn(serve(engine.clone(), answerer, listener, async {
             let _ = rx.await;
         }));
         Ok(LocalServer {
@@ -145,10 +154,44 @@ impl LocalServer {
         })
     }
 
-    /// Graceful shutdown (in-flight requests finish, state is checkpointed).
+    /// A channel to the server (it may take a moment to accept the first connection).
+    pub async fn channel(&self) -> anyhow::Result<tonic::transport::Channel> {
+        let mut last = None;
+        for _ in 0..50 {
+            match tonic::transport::Channel::from_shared(self.url.clone())?
+                .connect()
+                .await
+            {
+                Ok(c) => return Ok(c),
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        Err(anyhow::anyhow!(
+            "server at {} never accepted a connection: {last:?}",
+            self.url
+        ))
+    }
+
+    /// Graceful shutdown: in-flight requests finish, state is checkpointed, and this returns
+    /// once the engine is released (sled's lock on the data directory with it), so the same
+    /// directory can be opened again at once.
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.stop.send(());
         self.handle.await??;
-        Ok(())
+        let mut engine = self.engine;
+        for _ in 0..400 {
+            match Arc::try_unwrap(engine) {
+                Ok(e) => {
+                    drop(e);
+                    return Ok(());
+                }
+                Err(e) => engine = e,
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        Err(anyhow::anyhow!(
+            "the engine is still referenced 10 s after shutdown"
+        ))
     }
 }

@@ -142,11 +142,7 @@ impl LexicalIndex {
         for d in add {
             // The title is part of every chunk's text ("flat" indexing, as for embeddings);
             // the title field alone serves optional title boosts.
-            let body = if d.title.is_empty() {
-                d.body.to_string()
-            } else {
-                format!("{}\n{}", d.title, d.body)
-            };
+            let body = crate::chunk::titled(d.title, d.body);
             let mut document = doc!(
                 self.chunk_id => d.chunk_id,
                 self.title => d.title,

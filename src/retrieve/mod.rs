@@ -1,21 +1,27 @@
 //! Search requests and results, and how lexical and dense candidates become one ranking.
 //!
 //! The engine (`crate::engine`) gathers candidates from each retriever; this module defines the
-//! request and result types and the fusion rules ([`fusion`]). Everything here is plain data:
+//! request and result types, the fusion rules ([`fusion`]) and how candidates become one
+//! ranking ([`hybrid`]: single-retriever path, per-document grouping, degradation). Everything here is plain data:
 //! the gRPC layer converts to and from it at the edge.
 
 pub mod fusion;
+pub mod hybrid;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub use fusion::{fuse, Fused, Fusion, RetrieverHit};
 
-/// Which retrievers a search uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Which retrievers a search uses. Its names (`lexical`, `dense`, `hybrid`) are the ones the
+/// CLI accepts and prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Mode {
+    /// BM25 only.
     Lexical,
+    /// Vector similarity only.
     Dense,
+    /// Both, fused.
     #[default]
     Hybrid,
 }
@@ -30,17 +36,9 @@ impl Mode {
     }
 }
 
-impl std::str::FromStr for Mode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "lexical" => Ok(Mode::Lexical),
-            "dense" => Ok(Mode::Dense),
-            "hybrid" => Ok(Mode::Hybrid),
-            other => Err(format!(
-                "unknown mode {other:?} (expected lexical, dense or hybrid)"
-            )),
-        }
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -88,10 +86,4 @@ pub struct SearchOutcome {
     /// Set when hybrid fell back to lexical; says why.
     pub warning: Option<String>,
     pub took: Duration,
-}
-
-impl SearchOutcome {
-    pub fn degraded(&self) -> bool {
-        self.warning.is_some()
-    }
 }

@@ -7,11 +7,12 @@ pub mod fake_router;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
+use quarry::answer::Answerer;
 use quarry::config::Config;
 use quarry::engine::Engine;
 use quarry::grpc::pb;
+use quarry::grpc::LocalServer;
 use quarry::model::{catalog, fetch};
-use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
 /// Provisions ONNX Runtime and the default model once per test process (cached on disk).
@@ -40,69 +41,60 @@ pub fn test_config(data_dir: &Path) -> Config {
     config
 }
 
+/// The library's in-process server ([`LocalServer`]) with test-friendly signatures: starting
+/// and stopping panic on failure.
 pub struct TestServer {
     pub url: String,
     pub engine: Arc<Engine>,
-    stop: Option<oneshot::Sender<()>>,
-    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+    inner: LocalServer,
 }
 
 impl TestServer {
+    /// Opens the engine `config` describes and serves it, with the Answers service when
+    /// `config.answer` names routers.
     pub async fn start(config: Config) -> TestServer {
+        let answerer = Answerer::configured(config.answer.clone()).expect("answer settings");
         let engine = Arc::new(
-            tokio::task::spawn_blocking(move || Engine::open(config))
+            tokio::task::spawn_blocking(move || config.open_engine())
                 .await
                 .unwrap()
                 .expect("engine opens"),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (tx, rx) = oneshot::channel::<()>();
-        let handle = tokio::spawn(quarry::grpc::serve(engine.clone(), listener, async {
-            let _ = rx.await;
-        }));
+        let inner = LocalServer::start(engine.clone(), answerer)
+            .await
+            .expect("server starts");
         TestServer {
-            url,
+            url: inner.url.clone(),
             engine,
-            stop: Some(tx),
-            handle,
+            inner,
+        }
+    }
+
+    /// Serves an engine opened by the test (for example over the hash embedder).
+    pub async fn serve(engine: Engine) -> TestServer {
+        let engine = Arc::new(engine);
+        let inner = LocalServer::start(engine.clone(), None)
+            .await
+            .expect("server starts");
+        TestServer {
+            url: inner.url.clone(),
+            engine,
+            inner,
         }
     }
 
     pub async fn channel(&self) -> Channel {
-        for _ in 0..50 {
-            if let Ok(c) = Channel::from_shared(self.url.clone())
-                .unwrap()
-                .connect()
-                .await
-            {
-                return c;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        panic!("server at {} never accepted a connection", self.url);
+        self.inner
+            .channel()
+            .await
+            .expect("server accepts connections")
     }
 
-    /// Graceful shutdown: in-flight requests finish, state is checkpointed.
-    pub async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        self.handle.await.unwrap().expect("server exits cleanly");
-        // Wait for connection tasks to release the engine, so the data directory is closed
-        // (sled holds a lock on it) before a test reopens it.
-        let mut engine = self.engine;
-        for _ in 0..200 {
-            match Arc::try_unwrap(engine) {
-                Ok(e) => {
-                    drop(e);
-                    return;
-                }
-                Err(e) => engine = e,
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-        }
-        panic!("the engine is still referenced after shutdown");
+    /// Graceful shutdown: in-flight requests finish, state is checkpointed, and the data
+    /// directory is released before this returns.
+    pub async fn stop(self) {
+        drop(self.engine);
+        self.inner.stop().await.expect("server exits cleanly");
     }
 }
 

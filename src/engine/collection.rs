@@ -1,0 +1,115 @@
+//! One open collection: its sled trees, its two derived indexes, its embedding model, and the
+//! lock that makes it single-writer.
+//!
+//! The behaviour lives next door, each file an `impl Collection` block for one concern:
+//! `ingest.rs` (writes), `search.rs` (reads), `recovery.rs` (applying logged operations to the
+//! indexes, replay, checkpoints).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::chunk::ChunkSettings;
+use crate::index::{DenseIndex, LexicalIndex};
+use crate::model::Embedder;
+use crate::store::{CollectionRecord, CollectionTrees, Op};
+
+/// Default chunk size: 254 tokens leaves room for the two special tokens in a 256-token model
+/// window.
+pub const DEFAULT_CHUNK_TOKENS: usize = 254;
+pub const DEFAULT_CHUNK_OVERLAP: usize = 32;
+
+/// Settings given when creating a collection; `None` means the server default.
+#[derive(Debug, Clone, Default)]
+pub struct CollectionSettings {
+    pub model: Option<String>,
+    pub chunk_tokens: Option<usize>,
+    pub chunk_overlap: Option<usize>,
+}
+
+/// A collection as reported to callers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CollectionInfo {
+    pub record: CollectionRecord,
+    pub document_count: u64,
+    pub chunk_count: u64,
+}
+
+/// One open collection.
+pub struct Collection {
+    pub(super) record: CollectionRecord,
+    pub(super) trees: CollectionTrees,
+    pub(super) embedder: Arc<dyn Embedder>,
+    pub(super) lexical: LexicalIndex,
+    pub(super) dense: DenseIndex,
+    /// Serializes writes (and checkpoints) to this collection; searches never take it.
+    pub(super) write_lock: tokio::sync::Mutex<()>,
+    /// `collections/<id>/`: the index files.
+    pub(super) dir: PathBuf,
+    /// Document and chunk counts, maintained by every commit: sled's `len()` walks the whole
+    /// tree, too slow for every GetCollection on a large collection.
+    documents: AtomicU64,
+    chunks: AtomicU64,
+}
+
+fn add_signed(counter: &AtomicU64, delta: i64) {
+    let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+        Some(n.saturating_add_signed(delta))
+    });
+}
+
+impl Collection {
+    /// Wraps opened parts; counts the documents and chunks once.
+    pub(super) fn new(
+        record: CollectionRecord,
+        trees: CollectionTrees,
+        embedder: Arc<dyn Embedder>,
+        lexical: LexicalIndex,
+        dense: DenseIndex,
+        dir: PathBuf,
+    ) -> Collection {
+        let documents = AtomicU64::new(trees.doc_count() as u64);
+        let chunks = AtomicU64::new(trees.chunk_count() as u64);
+        Collection {
+            record,
+            trees,
+            embedder,
+            lexical,
+            dense,
+            write_lock: tokio::sync::Mutex::new(()),
+            dir,
+            documents,
+            chunks,
+        }
+    }
+
+    pub fn record(&self) -> &CollectionRecord {
+        &self.record
+    }
+
+    pub fn embedder(&self) -> &Arc<dyn Embedder> {
+        &self.embedder
+    }
+
+    pub fn info(&self) -> CollectionInfo {
+        CollectionInfo {
+            record: self.record.clone(),
+            document_count: self.documents.load(Ordering::Relaxed),
+            chunk_count: self.chunks.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(super) fn chunk_settings(&self) -> ChunkSettings {
+        ChunkSettings {
+            max_tokens: self.record.chunk_tokens,
+            overlap: self.record.chunk_overlap,
+        }
+    }
+
+    /// Updates the maintained counts after a committed operation that changed the number of
+    /// documents by `documents`.
+    pub(super) fn count(&self, documents: i64, op: &Op) {
+        add_signed(&self.documents, documents);
+        add_signed(&self.chunks, op.add.len() as i64 - op.remove.len() as i64);
+    }
+}

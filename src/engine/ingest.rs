@@ -1,0 +1,377 @@
+//! The write path: validate -> skip documents whose content hash is unchanged -> chunk -> embed
+//! -> commit durably -> apply to the indexes. Deletes share the last two steps.
+//!
+//! "Commit durably, then apply" ([`Collection::commit_and_apply`]) is the one place a write
+//! becomes acknowledged: one sled transaction stores documents, chunks and vectors and logs the
+//! operation; the flush makes it durable; only then are tantivy and HNSW updated, and a failure
+//! there is repaired by replaying the log at the next start-up.
+
+use std::collections::{BTreeMap, HashSet};
+
+use sha2::{Digest, Sha256};
+
+use super::{Collection, Engine};
+use crate::chunk::{self, titled};
+use crate::error::{Error, Result};
+use crate::model::fetch;
+use crate::store::{
+    chunk_id, ChunkRecord, DocRecord, NewDocument, Op, Store, MAX_CHUNKS_PER_DOCUMENT,
+};
+
+/// A document to upsert.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DocumentInput {
+    pub id: String,
+    pub text: String,
+    pub title: String,
+    pub metadata: BTreeMap<String, String>,
+    pub markdown: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpsertStatus {
+    Created,
+    Updated,
+    Unchanged,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpsertOutcome {
+    pub id: String,
+    pub status: UpsertStatus,
+    pub chunk_count: usize,
+}
+
+/// A stored document with, optionally, its chunks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredDocument {
+    pub input: DocumentInput,
+    pub content_hash: String,
+    pub chunk_ids: Vec<u64>,
+    pub chunks: Vec<(u64, ChunkRecord)>,
+}
+
+/// Hash of everything that determines a document's chunks and index entries.
+pub fn content_hash(doc: &DocumentInput) -> String {
+    let mut h = Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    };
+    field(&[doc.markdown as u8]);
+    field(doc.title.as_bytes());
+    field(doc.text.as_bytes());
+    for (k, v) in &doc.metadata {
+        field(k.as_bytes());
+        field(v.as_bytes());
+    }
+    fetch::hex(&h.finalize())
+}
+
+impl Engine {
+    /// Upserts a batch atomically. Returns one outcome per input document, in order.
+    pub async fn upsert(
+        &self,
+        collection: &str,
+        docs: Vec<DocumentInput>,
+    ) -> Result<Vec<UpsertOutcome>> {
+        let collection = self.collection(collection)?;
+        self.validate_batch(&docs)?;
+        let _guard = collection.write_lock.lock().await;
+        let store = self.store.clone();
+        let c = collection.clone();
+        tokio::task::spawn_blocking(move || c.upsert_blocking(&store, docs))
+            .await
+            .map_err(|e| Error::internal(format!("ingest task failed: {e}")))?
+    }
+
+    /// Checks one document against the limits (also used per document by streaming ingest).
+    pub fn validate_document(&self, doc: &DocumentInput) -> Result<()> {
+        let limits = &self.config.limits;
+        if doc.id.is_empty() {
+            return Err(Error::invalid("document id must not be empty"));
+        }
+        if doc.id.len() > limits.max_id_bytes {
+            return Err(Error::invalid(format!(
+                "document id is {} bytes, over the limit max_id_bytes = {}",
+                doc.id.len(),
+                limits.max_id_bytes
+            )));
+        }
+        if doc.text.trim().is_empty() {
+            return Err(Error::invalid(format!(
+                "document {:?} has empty text",
+                doc.id
+            )));
+        }
+        let size = doc.text.len() + doc.title.len();
+        if size > limits.max_document_bytes {
+            return Err(Error::invalid(format!(
+                "document {:?} is {size} bytes, over the limit max_document_bytes = {}",
+                doc.id, limits.max_document_bytes
+            )));
+        }
+        if doc.metadata.len() > limits.max_metadata_entries {
+            return Err(Error::invalid(format!(
+                "document {:?} has {} metadata entries, over the limit max_metadata_entries = {}",
+                doc.id,
+                doc.metadata.len(),
+                limits.max_metadata_entries
+            )));
+        }
+        if doc
+            .metadata
+            .keys()
+            .any(|k| k.is_empty() || k.contains('\u{1f}'))
+        {
+            return Err(Error::invalid(format!(
+                "document {:?} has an empty metadata key or one containing U+001F",
+                doc.id
+            )));
+        }
+        Ok(())
+    }
+
+    fn validate_batch(&self, docs: &[DocumentInput]) -> Result<()> {
+        let limits = &self.config.limits;
+        if docs.is_empty() {
+            return Err(Error::invalid("the batch has no documents"));
+        }
+        if docs.len() > limits.max_batch_documents {
+            return Err(Error::invalid(format!(
+                "the batch has {} documents, over the limit max_batch_documents = {}",
+                docs.len(),
+                limits.max_batch_documents
+            )));
+        }
+        let mut seen = HashSet::new();
+        for doc in docs {
+            self.validate_document(doc)?;
+            if !seen.insert(doc.id.as_str()) {
+                return Err(Error::invalid(format!(
+                    "document id {:?} appears twice in the batch",
+                    doc.id
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads documents by id; returns them and the ids that do not exist.
+    pub fn get_documents(
+        &self,
+        collection: &str,
+        ids: &[String],
+        include_chunks: bool,
+    ) -> Result<(Vec<StoredDocument>, Vec<String>)> {
+        let c = self.collection(collection)?;
+        let mut found = Vec::new();
+        let mut missing = Vec::new();
+        for id in ids {
+            let (Some(rec), Some(text)) = (c.trees.get_doc(id)?, c.trees.get_text(id)?) else {
+                missing.push(id.clone());
+                continue;
+            };
+            let chunks = if include_chunks {
+                rec.chunk_ids
+                    .iter()
+                    .filter_map(|cid| {
+                        c.trees
+                            .get_chunk(*cid)
+                            .transpose()
+                            .map(|r| r.map(|r| (*cid, r)))
+                    })
+                    .collect::<Result<Vec<_>>>()?
+            } else {
+                Vec::new()
+            };
+            found.push(StoredDocument {
+                input: DocumentInput {
+                    id: rec.id,
+                    text,
+                    title: rec.title,
+                    metadata: rec.metadata,
+                    markdown: rec.markdown,
+                },
+                content_hash: rec.content_hash,
+                chunk_ids: rec.chunk_ids,
+                chunks,
+            });
+        }
+        Ok((found, missing))
+    }
+
+    /// Deletes documents by id; returns how many existed and which did not.
+    pub async fn delete_documents(
+        &self,
+        collection: &str,
+        ids: Vec<String>,
+    ) -> Result<(usize, Vec<String>)> {
+        let c = self.collection(collection)?;
+        if ids.len() > self.config.limits.max_batch_documents {
+            return Err(Error::invalid(format!(
+                "{} ids, over the limit max_batch_documents = {}",
+                ids.len(),
+                self.config.limits.max_batch_documents
+            )));
+        }
+        let _guard = c.write_lock.lock().await;
+        let store = self.store.clone();
+        let c2 = c.clone();
+        tokio::task::spawn_blocking(move || c2.delete_blocking(&store, ids))
+            .await
+            .map_err(|e| Error::internal(format!("delete task failed: {e}")))?
+    }
+}
+
+impl Collection {
+    /// Commits one operation to sled and flushes it (from here on it is acknowledged and
+    /// survives any crash), updates the counts, then applies it to both indexes. `documents`
+    /// is the change in the number of documents.
+    pub(super) fn commit_and_apply(
+        &self,
+        store: &Store,
+        upserts: &[NewDocument],
+        deletes: &[String],
+        documents: i64,
+    ) -> Result<Op> {
+        let seq = store.next_id()?;
+        let op = self.trees.commit(seq, upserts, deletes)?;
+        store.flush_blocking()?;
+        self.count(documents, &op);
+        // Durable from here on: a failure below is repaired by replay at the next start-up.
+        self.apply_with(seq, &op, upserts)?;
+        Ok(op)
+    }
+
+    fn delete_blocking(&self, store: &Store, ids: Vec<String>) -> Result<(usize, Vec<String>)> {
+        let mut present = Vec::new();
+        let mut missing = Vec::new();
+        for id in ids {
+            if self.trees.get_doc(&id)?.is_some() {
+                present.push(id);
+            } else {
+                missing.push(id);
+            }
+        }
+        if !present.is_empty() {
+            self.commit_and_apply(store, &[], &present, -(present.len() as i64))?;
+        }
+        Ok((present.len(), missing))
+    }
+
+    pub(super) fn upsert_blocking(
+        &self,
+        store: &Store,
+        docs: Vec<DocumentInput>,
+    ) -> Result<Vec<UpsertOutcome>> {
+        let (mut outcomes, changed) = self.classify(docs)?;
+        if changed.is_empty() {
+            return Ok(outcomes);
+        }
+        let created = outcomes
+            .iter()
+            .filter(|o| o.status == UpsertStatus::Created)
+            .count() as i64;
+        let new_docs = self.prepare(store, changed, &mut outcomes)?;
+        self.commit_and_apply(store, &new_docs, &[], created)?;
+        Ok(outcomes)
+    }
+
+    /// One outcome per document, and the documents whose content changed (with their position
+    /// in the outcomes and their content hash).
+    #[allow(clippy::type_complexity)]
+    fn classify(
+        &self,
+        docs: Vec<DocumentInput>,
+    ) -> Result<(Vec<UpsertOutcome>, Vec<(usize, DocumentInput, String)>)> {
+        let mut outcomes = Vec::with_capacity(docs.len());
+        let mut changed = Vec::new();
+        for doc in docs {
+            let hash = content_hash(&doc);
+            let existing = self.trees.get_doc(&doc.id)?;
+            let status = match &existing {
+                Some(old) if old.content_hash == hash => UpsertStatus::Unchanged,
+                Some(_) => UpsertStatus::Updated,
+                None => UpsertStatus::Created,
+            };
+            outcomes.push(UpsertOutcome {
+                id: doc.id.clone(),
+                status,
+                chunk_count: existing.map_or(0, |e| e.chunk_ids.len()),
+            });
+            if status != UpsertStatus::Unchanged {
+                changed.push((outcomes.len() - 1, doc, hash));
+            }
+        }
+        Ok((outcomes, changed))
+    }
+
+    /// Chunks the changed documents, embeds all their chunks in one pass over the pool, and
+    /// assembles what to commit (recording each document's chunk count in `outcomes`).
+    fn prepare(
+        &self,
+        store: &Store,
+        changed: Vec<(usize, DocumentInput, String)>,
+        outcomes: &mut [UpsertOutcome],
+    ) -> Result<Vec<NewDocument>> {
+        let settings = self.chunk_settings();
+        let tokenizer = self.embedder.tokenizer();
+        let spans: Vec<Vec<chunk::Span>> = changed
+            .iter()
+            .map(|(_, doc, _)| chunk::chunk(&doc.text, doc.markdown, settings, tokenizer))
+            .collect::<Result<_>>()?;
+        for ((_, doc, _), s) in changed.iter().zip(&spans) {
+            if s.len() as u64 >= MAX_CHUNKS_PER_DOCUMENT {
+                return Err(Error::invalid(format!(
+                    "document {:?} splits into {} chunks, over the limit of {MAX_CHUNKS_PER_DOCUMENT}: raise chunk_tokens or split the document",
+                    doc.id,
+                    s.len()
+                )));
+            }
+        }
+        let texts: Vec<String> = changed
+            .iter()
+            .zip(&spans)
+            .flat_map(|((_, doc, _), spans)| {
+                spans
+                    .iter()
+                    .map(|s| titled(&doc.title, &doc.text[s.start..s.end]))
+            })
+            .collect();
+        let mut vectors = self.embedder.embed_documents(&texts)?.into_iter();
+        let mut new_docs = Vec::with_capacity(changed.len());
+        for ((pos, doc, hash), spans) in changed.into_iter().zip(spans) {
+            // All chunks of one document version share a key (see `store::chunk_id`).
+            let key = store.next_id()?;
+            let mut chunks = Vec::with_capacity(spans.len());
+            for s in &spans {
+                let vector = vectors
+                    .next()
+                    .ok_or_else(|| Error::internal("fewer vectors than chunks"))?;
+                let record = ChunkRecord {
+                    doc_id: doc.id.clone(),
+                    ordinal: s.ordinal,
+                    start: s.start,
+                    end: s.end,
+                    text: doc.text[s.start..s.end].to_string(),
+                };
+                chunks.push((chunk_id(key, s.ordinal), record, vector));
+            }
+            outcomes[pos].chunk_count = chunks.len();
+            new_docs.push(NewDocument {
+                record: DocRecord {
+                    id: doc.id,
+                    title: doc.title,
+                    metadata: doc.metadata,
+                    markdown: doc.markdown,
+                    content_hash: hash,
+                    chunk_ids: chunks.iter().map(|c| c.0).collect(),
+                },
+                text: doc.text,
+                chunks,
+            });
+        }
+        Ok(new_docs)
+    }
+}

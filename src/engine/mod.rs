@@ -1,0 +1,249 @@
+//! The retrieval engine: collections, the ingest pipeline and search, independent of any
+//! transport. Everything here speaks core types ([`DocumentInput`], [`SearchParams`],
+//! [`SearchOutcome`]); the gRPC layer converts at the edge.
+//!
+//! One concern per file, each an `impl` block on [`Engine`] or [`Collection`]:
+//! - `mod.rs` (this file): opening the data directory, the model cache, the collection
+//!   registry (create, list, delete).
+//! - `collection.rs`: one open collection's parts, settings and maintained counts.
+//! - `ingest.rs`: the write path, and "commit durably, then apply", the one place a write
+//!   becomes acknowledged.
+//! - `search.rs`: the read path; fusion and grouping rules live in `retrieve::hybrid`.
+//! - `recovery.rs`: applying logged operations to the indexes, replay at start-up, checkpoints.
+//! - `settings.rs`: [`EngineConfig`], [`Limits`], [`IndexSettings`].
+//!
+//! Invariants: sled is the only source of truth (the indexes are derived and repaired from its
+//! operation log); a write is acknowledged only after its sled transaction is flushed; writes to
+//! one collection are serialized by its write lock, and searches never take it.
+//!
+//! [`SearchParams`]: crate::retrieve::SearchParams
+//! [`SearchOutcome`]: crate::retrieve::SearchOutcome
+
+mod collection;
+mod ingest;
+mod recovery;
+mod search;
+mod settings;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::chunk::ChunkSettings;
+use crate::error::{Error, Result};
+use crate::index::{DenseIndex, HnswParams, LexicalIndex};
+use crate::model::{Embedder, ModelSource};
+use crate::store::{CollectionRecord, Store};
+
+pub use collection::{
+    Collection, CollectionInfo, CollectionSettings, DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_TOKENS,
+};
+pub use ingest::{content_hash, DocumentInput, StoredDocument, UpsertOutcome, UpsertStatus};
+pub use recovery::spawn_checkpointer;
+pub use settings::{EngineConfig, IndexSettings, Limits};
+
+pub struct Engine {
+    config: EngineConfig,
+    store: Store,
+    /// Where models come from (the models directory in production, a hash embedder in tests).
+    source: Arc<dyn ModelSource>,
+    /// Loaded models by name: one per name, shared by every collection that uses it.
+    models: Mutex<HashMap<String, Arc<dyn Embedder>>>,
+    collections: RwLock<HashMap<String, Arc<Collection>>>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn valid_collection_name(name: &str) -> Result<()> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(Error::invalid(format!(
+            "invalid collection name {name:?}: use 1-64 characters of [A-Za-z0-9_-]"
+        )));
+    }
+    Ok(())
+}
+
+impl Engine {
+    /// Opens the data directory, every collection in it, and their models. Blocking.
+    pub fn open(config: EngineConfig, source: Arc<dyn ModelSource>) -> Result<Engine> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.data_dir)?;
+        let store = Store::open(&config.data_dir.join("sled"))?;
+        store.drop_orphan_trees()?;
+        let engine = Engine {
+            config,
+            store,
+            source,
+            models: Mutex::new(HashMap::new()),
+            collections: RwLock::new(HashMap::new()),
+        };
+        let records = engine.store.list_collections()?;
+        engine.remove_orphan_files(&records)?;
+        for record in records {
+            let collection = engine.open_collection(record)?;
+            engine
+                .collections
+                .write()
+                .map_err(|_| Error::internal("collection map poisoned"))?
+                .insert(collection.record.name.clone(), Arc::new(collection));
+        }
+        Ok(engine)
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    fn collections_dir(&self) -> PathBuf {
+        self.config.data_dir.join("collections")
+    }
+
+    /// Removes index directories of collections that no longer exist (a delete that crashed
+    /// before removing its files).
+    fn remove_orphan_files(&self, records: &[CollectionRecord]) -> Result<()> {
+        let live: HashSet<String> = records.iter().map(|r| r.id.to_string()).collect();
+        let root = self.collections_dir();
+        if !root.exists() {
+            return Ok(());
+        }
+        for entry in std::fs::read_dir(&root)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            if !live.contains(&name) {
+                tracing::info!(dir = %entry.path().display(), "removing files of a deleted collection");
+                std::fs::remove_dir_all(entry.path())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads (and caches) an embedding model by name. Blocking.
+    pub fn embedder(&self, name: &str) -> Result<Arc<dyn Embedder>> {
+        let mut models = self
+            .models
+            .lock()
+            .map_err(|_| Error::internal("model cache poisoned"))?;
+        if let Some(e) = models.get(name) {
+            return Ok(e.clone());
+        }
+        let embedder = self.source.load(name)?;
+        models.insert(name.to_string(), embedder.clone());
+        Ok(embedder)
+    }
+
+    fn open_collection(&self, record: CollectionRecord) -> Result<Collection> {
+        let embedder = self.embedder(&record.model)?;
+        if embedder.dimension() != record.dimension {
+            return Err(Error::FailedPrecondition(format!(
+                "collection {:?} was built with {}-d vectors but model {:?} now produces {}",
+                record.name,
+                record.dimension,
+                record.model,
+                embedder.dimension()
+            )));
+        }
+        let dir = self.collections_dir().join(record.id.to_string());
+        std::fs::create_dir_all(&dir)?;
+        let trees = self.store.trees(&record)?;
+        let lexical = LexicalIndex::open(&dir.join("lexical"))?;
+        let ix = &self.config.index;
+        let params = HnswParams {
+            m: ix.hnsw_m,
+            ef_construction: ix.hnsw_ef_construction,
+            ef_search: ix.hnsw_ef_search,
+        };
+        let dense = DenseIndex::open(&dir, record.dimension, params)?;
+        let collection = Collection::new(record, trees, embedder, lexical, dense, dir);
+        collection.recover()?;
+        Ok(collection)
+    }
+
+    /// An open collection, or NOT_FOUND.
+    pub fn collection(&self, name: &str) -> Result<Arc<Collection>> {
+        self.collections
+            .read()
+            .map_err(|_| Error::internal("collection map poisoned"))?
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::CollectionNotFound(name.to_string()))
+    }
+
+    /// Creates a collection. Blocking (may load a model).
+    pub fn create_collection(
+        &self,
+        name: &str,
+        settings: CollectionSettings,
+    ) -> Result<CollectionInfo> {
+        valid_collection_name(name)?;
+        if self.collection(name).is_ok() {
+            return Err(Error::CollectionExists(name.to_string()));
+        }
+        let model = settings
+            .model
+            .filter(|m| !m.is_empty())
+            .unwrap_or_else(|| self.config.default_model.clone());
+        let chunking = ChunkSettings {
+            max_tokens: settings.chunk_tokens.unwrap_or(DEFAULT_CHUNK_TOKENS),
+            overlap: settings.chunk_overlap.unwrap_or(DEFAULT_CHUNK_OVERLAP),
+        };
+        chunking.validate()?;
+        let embedder = self.embedder(&model)?;
+        let record = CollectionRecord {
+            name: name.to_string(),
+            id: self.store.next_id()?,
+            model,
+            dimension: embedder.dimension(),
+            chunk_tokens: chunking.max_tokens,
+            chunk_overlap: chunking.overlap,
+            created_unix_ms: now_ms(),
+        };
+        self.store.create_collection(&record)?;
+        self.store.flush_blocking()?;
+        let collection = Arc::new(self.open_collection(record)?);
+        let info = collection.info();
+        self.collections
+            .write()
+            .map_err(|_| Error::internal("collection map poisoned"))?
+            .insert(name.to_string(), collection);
+        Ok(info)
+    }
+
+    pub fn list_collections(&self) -> Result<Vec<CollectionInfo>> {
+        let map = self
+            .collections
+            .read()
+            .map_err(|_| Error::internal("collection map poisoned"))?;
+        let mut out: Vec<CollectionInfo> = map.values().map(|c| c.info()).collect();
+        out.sort_by(|a, b| a.record.name.cmp(&b.record.name));
+        Ok(out)
+    }
+
+    /// Deletes a collection and its files.
+    pub async fn delete_collection(&self, name: &str) -> Result<()> {
+        let collection = self
+            .collections
+            .write()
+            .map_err(|_| Error::internal("collection map poisoned"))?
+            .remove(name)
+            .ok_or_else(|| Error::CollectionNotFound(name.to_string()))?;
+        let _guard = collection.write_lock.lock().await;
+        self.store.delete_collection(&collection.record)?;
+        if let Err(e) = std::fs::remove_dir_all(&collection.dir) {
+            // Removed again at the next start-up.
+            tracing::warn!(error = %e, "could not remove collection files");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,236 @@
+//! Keeping the derived indexes in step with sled: applying logged operations, start-up
+//! recovery, and checkpoints.
+//!
+//! Every committed operation carries a sequence number. Each index records the last sequence
+//! it applied (tantivy in its commit payload, HNSW in its checkpoint's `meta.json`), and
+//! [`Collection::index_op`] applies an operation only to the indexes that have not seen it.
+//! At start-up ([`Collection::recover`]) logged operations after an index's sequence are
+//! replayed; an index that is missing is rebuilt from sled. Nothing is re-embedded: vectors
+//! live in sled. Checkpoints (periodic and at shutdown) persist the HNSW graph, rebuild it when
+//! tombstones pile up, and trim the log up to what every index has applied.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{Collection, Engine};
+use crate::error::{Error, Result};
+use crate::index::LexicalDoc;
+use crate::store::{ChunkRecord, DocRecord, NewDocument, Op, Store};
+
+/// Which indexes an operation is applied to.
+#[derive(Debug, Clone, Copy)]
+struct Targets {
+    lexical: bool,
+    dense: bool,
+}
+
+impl Targets {
+    const BOTH: Targets = Targets {
+        lexical: true,
+        dense: true,
+    };
+    const LEXICAL: Targets = Targets {
+        lexical: true,
+        dense: false,
+    };
+}
+
+impl Engine {
+    /// Persists every collection's HNSW graph, rebuilding graphs with too many tombstones, and
+    /// trims the operation logs.
+    pub async fn checkpoint(&self) -> Result<()> {
+        let collections: Vec<Arc<Collection>> = self
+            .collections
+            .read()
+            .map_err(|_| Error::internal("collection map poisoned"))?
+            .values()
+            .cloned()
+            .collect();
+        for c in collections {
+            let _guard = c.write_lock.lock().await;
+            let ratio = self.config.index.rebuild_tombstone_ratio;
+            let store = self.store.clone();
+            let c2 = c.clone();
+            tokio::task::spawn_blocking(move || c2.checkpoint_blocking(&store, ratio))
+                .await
+                .map_err(|e| Error::internal(format!("checkpoint task failed: {e}")))??;
+        }
+        self.store.flush().await
+    }
+}
+
+impl Collection {
+    /// Applies a logged operation to both indexes, reading what it needs from sled.
+    fn apply(&self, seq: u64, op: &Op) -> Result<()> {
+        self.index_op(seq, op, &[], Targets::BOTH)
+    }
+
+    /// Like [`Self::apply`], using `fresh` (just-written documents) instead of re-reading them.
+    pub(super) fn apply_with(&self, seq: u64, op: &Op, fresh: &[NewDocument]) -> Result<()> {
+        self.index_op(seq, op, fresh, Targets::BOTH)
+    }
+
+    /// Applies `op` to the `targets` indexes that have not applied `seq` yet. Chunks come from
+    /// `fresh` when they are there, else from sled; chunks already gone were removed by a later
+    /// operation and are skipped.
+    fn index_op(&self, seq: u64, op: &Op, fresh: &[NewDocument], targets: Targets) -> Result<()> {
+        let lexical_due = targets.lexical && seq > self.lexical.applied_seq()?;
+        let dense_due = targets.dense && seq > self.dense.applied_seq()?;
+        if !lexical_due && !dense_due {
+            return Ok(());
+        }
+        let mut docs: HashMap<String, DocRecord> = fresh
+            .iter()
+            .map(|d| (d.record.id.clone(), d.record.clone()))
+            .collect();
+        let mut chunk_records: Vec<(u64, ChunkRecord)> = Vec::new();
+        let mut vectors: Vec<(u64, Vec<f32>)> = Vec::new();
+        let fresh_chunks: HashMap<u64, (&ChunkRecord, &Vec<f32>)> = fresh
+            .iter()
+            .flat_map(|d| d.chunks.iter().map(|(id, c, v)| (*id, (c, v))))
+            .collect();
+        for id in &op.add {
+            if let Some((c, v)) = fresh_chunks.get(id) {
+                chunk_records.push((*id, (*c).clone()));
+                if dense_due {
+                    vectors.push((*id, (*v).clone()));
+                }
+                continue;
+            }
+            let Some(c) = self.trees.get_chunk(*id)? else {
+                continue;
+            };
+            if dense_due {
+                let Some(v) = self.trees.get_vector(*id)? else {
+                    continue;
+                };
+                vectors.push((*id, v));
+            }
+            if !docs.contains_key(&c.doc_id) {
+                if let Some(d) = self.trees.get_doc(&c.doc_id)? {
+                    docs.insert(c.doc_id.clone(), d);
+                }
+            }
+            chunk_records.push((*id, c));
+        }
+        let empty = BTreeMap::new();
+        let lex_docs: Vec<LexicalDoc<'_>> = chunk_records
+            .iter()
+            .map(|(id, c)| {
+                let d = docs.get(&c.doc_id);
+                LexicalDoc {
+                    chunk_id: *id,
+                    title: d.map_or("", |d| d.title.as_str()),
+                    body: &c.text,
+                    metadata: d.map_or(&empty, |d| &d.metadata),
+                }
+            })
+            .collect();
+        if lexical_due {
+            self.lexical.apply(seq, &lex_docs, &op.remove)?;
+        }
+        if dense_due {
+            self.dense.apply(seq, &vectors, &op.remove)?;
+        }
+        Ok(())
+    }
+
+    /// Brings both indexes up to date with sled (see the module docs).
+    pub(super) fn recover(&self) -> Result<()> {
+        let last = self.trees.last_seq()?;
+        let chunks = self.trees.chunk_count();
+        let lex = self.lexical.applied_seq()?;
+        let dense = self.dense.applied_seq()?;
+        let started = Instant::now();
+        // An index that has never applied anything while sled has chunks was lost or never
+        // written: rebuild it from sled rather than trusting a possibly trimmed log.
+        if chunks > 0 && (lex == 0 || dense == 0) {
+            let all: Vec<u64> = self
+                .trees
+                .chunks
+                .iter()
+                .keys()
+                .map(|k| {
+                    let k = k?;
+                    Ok(u64::from_be_bytes(
+                        k.as_ref()
+                            .try_into()
+                            .map_err(|_| Error::internal("corrupt chunk key"))?,
+                    ))
+                })
+                .collect::<Result<_>>()?;
+            let op = Op {
+                add: all,
+                remove: Vec::new(),
+            };
+            let seq = last.max(1);
+            if lex == 0 {
+                self.index_op(seq, &op, &[], Targets::LEXICAL)?;
+            }
+            if dense == 0 {
+                let vectors = self.trees.all_vectors().collect::<Result<Vec<_>>>()?;
+                self.dense.rebuild(vectors)?;
+                self.dense.apply(seq, &[], &[])?;
+            }
+            tracing::info!(collection = %self.record.name, chunks, "rebuilt indexes from sled in {:?}", started.elapsed());
+        }
+        // Replay logged operations the indexes have not applied, merged into one.
+        let from = self.lexical.applied_seq()?.min(self.dense.applied_seq()?);
+        let mut merged = Op::default();
+        let mut upto = 0;
+        let mut removed = HashSet::new();
+        for entry in self.trees.ops_after(from) {
+            let (seq, op) = entry?;
+            merged.add.extend(op.add);
+            removed.extend(op.remove.iter().copied());
+            merged.remove.extend(op.remove);
+            upto = seq;
+        }
+        if upto > 0 {
+            merged.add.retain(|id| !removed.contains(id));
+            self.apply(upto, &merged)?;
+            tracing::info!(collection = %self.record.name, upto, "replayed logged operations in {:?}", started.elapsed());
+        }
+        Ok(())
+    }
+
+    pub(super) fn checkpoint_blocking(&self, store: &Store, rebuild_ratio: f32) -> Result<()> {
+        if self.dense.tombstone_ratio()? > rebuild_ratio {
+            let vectors = self.trees.all_vectors().collect::<Result<Vec<_>>>()?;
+            tracing::info!(collection = %self.record.name, points = vectors.len(), "rebuilding HNSW graph to drop deleted points");
+            self.dense.rebuild(vectors)?;
+        }
+        if self.dense.is_dirty()? {
+            self.dense.checkpoint()?;
+        }
+        // Keep the newest entry so an index can always tell how far it is behind.
+        let upto = self.lexical.applied_seq()?.min(self.dense.applied_seq()?);
+        if upto > 0 {
+            self.trees.trim_oplog(upto.saturating_sub(1))?;
+        }
+        store.flush_blocking()
+    }
+}
+
+/// Spawns the periodic checkpoint task; it stops when `shutdown` resolves.
+pub fn spawn_checkpointer(
+    engine: Arc<Engine>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let every = Duration::from_secs(engine.config().index.checkpoint_interval_secs.max(1));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if let Err(e) = engine.checkpoint().await {
+                        tracing::error!(error = %e, "checkpoint failed");
+                    }
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    })
+}

@@ -1,0 +1,193 @@
+//! The read path: validate, fetch candidates from the retrievers the mode needs, combine them
+//! (`retrieve::hybrid`, pure), and turn the ranking into hits with text and metadata from sled.
+//!
+//! In hybrid mode the lexical retriever runs while the query is embedded: the two are
+//! independent and embedding dominates the latency. Dense candidates are planned by filter
+//! selectivity ([`Collection::dense_candidates`]).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Instant;
+
+use super::{Collection, Engine, Limits};
+use crate::error::{Error, Result};
+use crate::index::exact_search;
+use crate::model;
+use crate::retrieve::hybrid::{self, Ranked};
+use crate::retrieve::{Fused, Fusion, Hit, Mode, SearchOutcome, SearchParams};
+use crate::store::DocRecord;
+
+/// Filtered dense searches that allow at most this many chunks are answered exactly.
+const EXACT_FILTER_LIMIT: usize = 4096;
+
+impl Engine {
+    /// Runs a search.
+    pub async fn search(&self, collection: &str, params: SearchParams) -> Result<SearchOutcome> {
+        let c = self.collection(collection)?;
+        self.validate_search(&params)?;
+        let limits = self.config.limits.clone();
+        tokio::task::spawn_blocking(move || c.search_blocking(params, &limits))
+            .await
+            .map_err(|e| Error::internal(format!("search task failed: {e}")))?
+    }
+
+    fn validate_search(&self, p: &SearchParams) -> Result<()> {
+        let limits = &self.config.limits;
+        if p.query.len() > limits.max_query_bytes {
+            return Err(Error::invalid(format!(
+                "query is {} bytes, over the limit max_query_bytes = {}",
+                p.query.len(),
+                limits.max_query_bytes
+            )));
+        }
+        if p.query.trim().is_empty() && (p.query_vector.is_none() || p.mode != Mode::Dense) {
+            return Err(Error::invalid(
+                "query must not be empty (only a dense search with query_vector may omit it)",
+            ));
+        }
+        if p.top_k > limits.max_top_k || p.candidates > limits.max_top_k {
+            return Err(Error::invalid(format!(
+                "top_k and candidates must be at most max_top_k = {}",
+                limits.max_top_k
+            )));
+        }
+        if p.filter.keys().any(|k| k.is_empty()) {
+            return Err(Error::invalid("filter keys must not be empty"));
+        }
+        if let Fusion::Rrf { k, .. } = p.fusion {
+            if !(k >= 0.0 && k.is_finite()) {
+                return Err(Error::invalid("RRF k must be a finite number >= 0"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Collection {
+    pub(super) fn search_blocking(
+        &self,
+        p: SearchParams,
+        limits: &Limits,
+    ) -> Result<SearchOutcome> {
+        let started = Instant::now();
+        let top_k = if p.top_k == 0 { 10 } else { p.top_k };
+        let depth = if p.candidates > 0 {
+            p.candidates.max(top_k)
+        } else {
+            (2 * top_k).max(100).min(limits.max_top_k.max(top_k))
+        };
+        let lexical_side = || -> Result<Ranked> {
+            if p.mode == Mode::Dense {
+                return Ok(Vec::new());
+            }
+            self.lexical
+                .search(&p.query, depth, &p.filter, p.title_boost)
+        };
+        let dense_side = || -> Result<Ranked> {
+            if p.mode == Mode::Lexical {
+                return Ok(Vec::new());
+            }
+            let q = self.query_vector(&p)?;
+            self.dense_candidates(&q, depth, &p.filter)
+        };
+        let (lexical, dense) = if p.mode == Mode::Hybrid {
+            rayon::join(lexical_side, dense_side)
+        } else {
+            (lexical_side(), dense_side())
+        };
+        let lexical = lexical?;
+        let (mode, dense, warning) = hybrid::settle_dense(p.mode, dense)?;
+        let fused = hybrid::combine(mode, lexical, dense, p.fusion, p.group_by_document);
+        let hits = self.hits(fused, top_k, p.group_by_document)?;
+        Ok(SearchOutcome {
+            hits,
+            mode,
+            warning,
+            took: started.elapsed(),
+        })
+    }
+
+    /// The caller's vector (checked and normalized) or the embedded query.
+    fn query_vector(&self, p: &SearchParams) -> Result<Vec<f32>> {
+        match &p.query_vector {
+            Some(v) => {
+                if v.len() != self.record.dimension {
+                    return Err(Error::invalid(format!(
+                        "query_vector has dimension {}, collection {:?} uses {}",
+                        v.len(),
+                        self.record.name,
+                        self.record.dimension
+                    )));
+                }
+                let mut v = v.clone();
+                model::normalize(&mut v);
+                Ok(v)
+            }
+            None => self.embedder.embed_query(&p.query),
+        }
+    }
+
+    /// The first `top_k` entries of a ranking as hits, with text and metadata from sled.
+    /// Chunks deleted since they were indexed are skipped.
+    fn hits(&self, fused: Vec<Fused>, top_k: usize, one_per_document: bool) -> Result<Vec<Hit>> {
+        let mut hits = Vec::with_capacity(top_k);
+        let mut docs: HashMap<String, Option<DocRecord>> = HashMap::new();
+        let mut seen_docs = HashSet::new();
+        for f in fused {
+            if hits.len() >= top_k {
+                break;
+            }
+            let Some(chunk) = self.trees.get_chunk(f.chunk_id)? else {
+                continue;
+            };
+            if one_per_document && !seen_docs.insert(chunk.doc_id.clone()) {
+                continue;
+            }
+            if !docs.contains_key(&chunk.doc_id) {
+                docs.insert(chunk.doc_id.clone(), self.trees.get_doc(&chunk.doc_id)?);
+            }
+            let Some(d) = docs.get(&chunk.doc_id).and_then(|d| d.as_ref()) else {
+                continue;
+            };
+            hits.push(Hit {
+                title: d.title.clone(),
+                metadata: d.metadata.clone(),
+                doc_id: chunk.doc_id,
+                chunk_id: f.chunk_id,
+                ordinal: chunk.ordinal,
+                text: chunk.text,
+                start: chunk.start,
+                end: chunk.end,
+                score: f.score,
+                lexical: f.lexical,
+                dense: f.dense,
+            });
+        }
+        Ok(hits)
+    }
+
+    /// Dense candidates, planned by filter selectivity: HNSW when unfiltered or when the
+    /// filter allows many chunks, exact scoring of the allowed chunks when it allows few
+    /// (HNSW's filtered search loses its early termination and gets slow there).
+    fn dense_candidates(
+        &self,
+        q: &[f32],
+        depth: usize,
+        filter: &BTreeMap<String, String>,
+    ) -> Result<Ranked> {
+        if filter.is_empty() {
+            return self.dense.search(q, depth, None);
+        }
+        let allowed = self.lexical.matching_chunks(filter)?;
+        if allowed.len() <= EXACT_FILTER_LIMIT {
+            let mut vectors = Vec::with_capacity(allowed.len());
+            for id in &allowed {
+                if let Some(v) = self.trees.get_vector(*id)? {
+                    vectors.push((*id, v));
+                }
+            }
+            Ok(exact_search(q, vectors.into_iter(), depth))
+        } else {
+            self.dense.search(q, depth, Some(&allowed))
+        }
+    }
+}

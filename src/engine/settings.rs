@@ -1,0 +1,114 @@
+//! What the engine is configured with: its own slice of the server configuration.
+//!
+//! The engine never sees the whole server [`crate::config::Config`] (listen address, answer
+//! routers): `Config::engine` hands it an [`EngineConfig`], and the models come separately as
+//! a [`crate::model::ModelSource`]. That keeps the dependency graph one-way
+//! (`config -> engine`, `answer -> engine`) and lets tests build an engine from plain data.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The engine's configuration.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Where sled, tantivy and HNSW files live.
+    pub data_dir: PathBuf,
+    /// Model used by collections that do not name one.
+    pub default_model: String,
+    pub limits: Limits,
+    pub index: IndexSettings,
+}
+
+/// Explicit limits. A request over a limit fails with INVALID_ARGUMENT naming the limit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest gRPC message the server decodes or encodes.
+    pub max_message_bytes: usize,
+    /// Largest document text, in bytes.
+    pub max_document_bytes: usize,
+    /// Most documents in one UpsertDocuments request.
+    pub max_batch_documents: usize,
+    /// Largest document id, in bytes.
+    pub max_id_bytes: usize,
+    /// Most metadata entries per document.
+    pub max_metadata_entries: usize,
+    /// Largest query text, in bytes.
+    pub max_query_bytes: usize,
+    /// Largest `top_k` (and candidate depth) a search may ask for.
+    pub max_top_k: usize,
+}
+
+/// Index tuning.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IndexSettings {
+    /// HNSW links per node (M).
+    pub hnsw_m: usize,
+    /// HNSW candidate list size while building.
+    pub hnsw_ef_construction: usize,
+    /// HNSW candidate list size while searching (raised to the requested depth when smaller).
+    pub hnsw_ef_search: usize,
+    /// Seconds between background checkpoints of the HNSW graph.
+    pub checkpoint_interval_secs: u64,
+    /// Rebuild the HNSW graph when deleted points exceed this fraction of all points.
+    pub rebuild_tombstone_ratio: f32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: 64 * 1024 * 1024,
+            max_document_bytes: 4 * 1024 * 1024,
+            max_batch_documents: 1000,
+            max_id_bytes: 512,
+            max_metadata_entries: 64,
+            max_query_bytes: 8 * 1024,
+            max_top_k: 1000,
+        }
+    }
+}
+
+impl Default for IndexSettings {
+    fn default() -> Self {
+        IndexSettings {
+            hnsw_m: 16,
+            hnsw_ef_construction: 200,
+            hnsw_ef_search: 128,
+            checkpoint_interval_secs: 30,
+            rebuild_tombstone_ratio: 0.2,
+        }
+    }
+}
+
+impl EngineConfig {
+    /// An engine over `data_dir` with default limits and index settings.
+    pub fn new(data_dir: impl Into<PathBuf>, default_model: impl Into<String>) -> EngineConfig {
+        EngineConfig {
+            data_dir: data_dir.into(),
+            default_model: default_model.into(),
+            limits: Limits::default(),
+            index: IndexSettings::default(),
+        }
+    }
+
+    /// Checks values that would otherwise fail later, less clearly.
+    pub fn validate(&self) -> Result<()> {
+        let l = &self.limits;
+        if l.max_batch_documents == 0 || l.max_document_bytes == 0 || l.max_top_k == 0 {
+            return Err(Error::invalid("limits must be positive"));
+        }
+        if l.max_document_bytes > l.max_message_bytes {
+            return Err(Error::invalid(
+                "limits.max_document_bytes cannot exceed limits.max_message_bytes",
+            ));
+        }
+        if self.index.hnsw_m == 0 || self.index.hnsw_m > 255 {
+            return Err(Error::invalid("index.hnsw_m must be in 1..=255"));
+        }
+        Ok(())
+    }
+}

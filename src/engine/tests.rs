@@ -1,0 +1,300 @@
+//! Engine behaviour with the deterministic hash embedder: no model, no provisioning, real sled,
+//! tantivy and HNSW. (The integration tests in `tests/` run the same paths with the real model
+//! through gRPC.)
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::*;
+use crate::model::hashed::{HashEmbedder, HashModels};
+use crate::retrieve::{Mode, SearchParams};
+
+fn open(dir: &Path, embedder: &Arc<HashEmbedder>) -> Engine {
+    Engine::open(
+        EngineConfig::new(dir, "hash"),
+        Arc::new(HashModels(embedder.clone())),
+    )
+    .expect("engine opens")
+}
+
+fn doc(id: &str, text: &str) -> DocumentInput {
+    DocumentInput {
+        id: id.into(),
+        text: text.into(),
+        ..Default::default()
+    }
+}
+
+fn search(mode: Mode, query: &str) -> SearchParams {
+    SearchParams {
+        query: query.into(),
+        mode,
+        top_k: 10,
+        ..Default::default()
+    }
+}
+
+/// The document ids `query` finds in `mode`.
+async fn found(engine: &Engine, mode: Mode, query: &str) -> Vec<String> {
+    let out = engine.search("c", search(mode, query)).await.unwrap();
+    out.hits.into_iter().map(|h| h.doc_id).collect()
+}
+
+const MODES: [Mode; 3] = [Mode::Lexical, Mode::Dense, Mode::Hybrid];
+
+fn small_chunks() -> CollectionSettings {
+    CollectionSettings {
+        chunk_tokens: Some(8),
+        chunk_overlap: Some(0),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn recovers_a_write_committed_but_not_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let embedder = Arc::new(HashEmbedder::new(32).unwrap());
+    {
+        let engine = open(dir.path(), &embedder);
+        engine.create_collection("c", Default::default()).unwrap();
+        engine
+            .upsert("c", vec![doc("a", "granite quarry blasting")])
+            .await
+            .unwrap();
+        // Persist the HNSW graph so that both indexes must *replay* (not rebuild) below.
+        engine.checkpoint().await.unwrap();
+        // Simulate a crash between the durable commit and the index updates: commit and
+        // flush "b" exactly as the write path does, never apply it, drop the engine.
+        let c = engine.collection("c").unwrap();
+        let vectors = embedder
+            .embed_documents(&["marble sculpture workshop".into()])
+            .unwrap();
+        let key = engine.store.next_id().unwrap();
+        let chunk = crate::store::ChunkRecord {
+            doc_id: "b".into(),
+            ordinal: 0,
+            start: 0,
+            end: 25,
+            text: "marble sculpture workshop".into(),
+        };
+        let new = crate::store::NewDocument {
+            record: crate::store::DocRecord {
+                id: "b".into(),
+                title: String::new(),
+                metadata: BTreeMap::new(),
+                markdown: false,
+                content_hash: content_hash(&doc("b", "marble sculpture workshop")),
+                chunk_ids: vec![crate::store::chunk_id(key, 0)],
+            },
+            text: "marble sculpture workshop".into(),
+            chunks: vec![(crate::store::chunk_id(key, 0), chunk, vectors[0].clone())],
+        };
+        let seq = engine.store.next_id().unwrap();
+        c.trees.commit(seq, &[new], &[]).unwrap();
+        engine.store.flush_blocking().unwrap();
+        for mode in MODES {
+            assert!(!found(&engine, mode, "marble sculpture")
+                .await
+                .contains(&"b".into()));
+        }
+    }
+    let embedded = embedder.documents_embedded();
+    let engine = open(dir.path(), &embedder);
+    for mode in MODES {
+        assert_eq!(
+            found(&engine, mode, "marble sculpture").await.first(),
+            Some(&"b".to_string()),
+            "{mode:?} finds the replayed write"
+        );
+        assert!(found(&engine, mode, "granite quarry")
+            .await
+            .contains(&"a".into()));
+    }
+    assert_eq!(
+        embedder.documents_embedded(),
+        embedded,
+        "replay re-embeds nothing"
+    );
+    let info = engine.collection("c").unwrap().info();
+    assert_eq!((info.document_count, info.chunk_count), (2, 2));
+}
+
+#[tokio::test]
+async fn rebuilds_a_lost_dense_index_from_sled() {
+    let dir = tempfile::tempdir().unwrap();
+    let embedder = Arc::new(HashEmbedder::new(32).unwrap());
+    {
+        let engine = open(dir.path(), &embedder);
+        engine.create_collection("c", Default::default()).unwrap();
+        engine
+            .upsert(
+                "c",
+                vec![doc("a", "granite quarry"), doc("b", "marble statue")],
+            )
+            .await
+            .unwrap();
+        // No checkpoint: the HNSW graph only ever lived in memory.
+    }
+    let engine = open(dir.path(), &embedder);
+    assert_eq!(found(&engine, Mode::Dense, "marble statue").await[0], "b");
+}
+
+#[tokio::test]
+async fn grouping_returns_one_hit_per_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let embedder = Arc::new(HashEmbedder::new(64).unwrap());
+    let engine = open(dir.path(), &embedder);
+    engine.create_collection("c", small_chunks()).unwrap();
+    let long = "basalt columns form as lava cools. basalt columns are hexagonal. \
+                basalt columns appear on coasts. basalt quarries cut columns.";
+    engine
+        .upsert(
+            "c",
+            vec![doc("long", long), doc("other", "basalt columns in iceland")],
+        )
+        .await
+        .unwrap();
+    let chunks = engine.collection("c").unwrap().info().chunk_count;
+    assert!(
+        chunks >= 4,
+        "the long document splits into several chunks: {chunks}"
+    );
+    for mode in MODES {
+        let mut p = search(mode, "basalt columns");
+        let all = engine.search("c", p.clone()).await.unwrap();
+        let long_hits = all.hits.iter().filter(|h| h.doc_id == "long").count();
+        assert!(
+            long_hits > 1,
+            "{mode:?} without grouping: {long_hits} chunks of one document"
+        );
+        p.group_by_document = true;
+        let grouped = engine.search("c", p).await.unwrap();
+        let ids: Vec<&str> = grouped.hits.iter().map(|h| h.doc_id.as_str()).collect();
+        assert_eq!(ids.len(), 2, "{mode:?} grouped: {ids:?}");
+        assert!(ids.contains(&"long") && ids.contains(&"other"));
+    }
+}
+
+#[tokio::test]
+async fn hybrid_degrades_to_lexical_when_the_query_cannot_be_embedded() {
+    let dir = tempfile::tempdir().unwrap();
+    let embedder = Arc::new(HashEmbedder::new(32).unwrap());
+    let engine = open(dir.path(), &embedder);
+    engine.create_collection("c", Default::default()).unwrap();
+    engine
+        .upsert("c", vec![doc("a", "slate roof tiles")])
+        .await
+        .unwrap();
+    embedder.fail_queries(true);
+    let out = engine
+        .search("c", search(Mode::Hybrid, "slate roof"))
+        .await
+        .unwrap();
+    assert_eq!(out.mode, Mode::Lexical);
+    assert!(out.warning.unwrap().contains("could not be embedded"));
+    assert_eq!(out.hits[0].doc_id, "a");
+    assert!(out.hits[0].dense.is_none());
+    let dense = engine.search("c", search(Mode::Dense, "slate roof")).await;
+    assert!(matches!(dense, Err(Error::Embedding(_))));
+    embedder.fail_queries(false);
+    let out = engine
+        .search("c", search(Mode::Hybrid, "slate roof"))
+        .await
+        .unwrap();
+    assert_eq!((out.mode, out.warning), (Mode::Hybrid, None));
+}
+
+#[tokio::test]
+async fn deletes_are_immediate_counted_and_survive_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let embedder = Arc::new(HashEmbedder::new(32).unwrap());
+    {
+        let engine = open(dir.path(), &embedder);
+        engine.create_collection("c", small_chunks()).unwrap();
+        engine
+            .upsert(
+                "c",
+                vec![
+                    doc("keep", "limestone kiln firing"),
+                    doc(
+                        "gone",
+                        "limestone caves and limestone pavements and more limestone",
+                    ),
+                ],
+            )
+            .await
+            .unwrap();
+        let (deleted, missing) = engine
+            .delete_documents("c", vec!["gone".into(), "never".into()])
+            .await
+            .unwrap();
+        assert_eq!((deleted, missing), (1, vec!["never".to_string()]));
+        for mode in MODES {
+            assert_eq!(
+                found(&engine, mode, "limestone").await,
+                vec!["keep"],
+                "{mode:?}"
+            );
+        }
+        let info = engine.collection("c").unwrap().info();
+        let c = engine.collection("c").unwrap();
+        assert_eq!(info.document_count, c.trees.doc_count() as u64);
+        assert_eq!(info.chunk_count, c.trees.chunk_count() as u64);
+        assert_eq!(info.document_count, 1);
+        let (docs, missing) = engine.get_documents("c", &["gone".into()], false).unwrap();
+        assert!(docs.is_empty() && missing == ["gone"]);
+    }
+    let engine = open(dir.path(), &embedder);
+    for mode in MODES {
+        assert_eq!(
+            found(&engine, mode, "limestone").await,
+            vec!["keep"],
+            "{mode:?}"
+        );
+    }
+    assert_eq!(engine.collection("c").unwrap().info().document_count, 1);
+}
+
+#[tokio::test]
+async fn updates_replace_chunks_and_unchanged_documents_are_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let embedder = Arc::new(HashEmbedder::new(32).unwrap());
+    let engine = open(dir.path(), &embedder);
+    engine.create_collection("c", Default::default()).unwrap();
+    let first = engine
+        .upsert("c", vec![doc("a", "sandstone arches")])
+        .await
+        .unwrap();
+    assert_eq!(first[0].status, UpsertStatus::Created);
+    let embedded = embedder.documents_embedded();
+    let again = engine
+        .upsert("c", vec![doc("a", "sandstone arches")])
+        .await
+        .unwrap();
+    assert_eq!(again[0].status, UpsertStatus::Unchanged);
+    assert_eq!(
+        embedder.documents_embedded(),
+        embedded,
+        "unchanged: not re-embedded"
+    );
+    let changed = engine
+        .upsert("c", vec![doc("a", "gneiss outcrops")])
+        .await
+        .unwrap();
+    assert_eq!(changed[0].status, UpsertStatus::Updated);
+    for mode in MODES {
+        let out = engine
+            .search("c", search(mode, "sandstone gneiss"))
+            .await
+            .unwrap();
+        let texts: Vec<&str> = out.hits.iter().map(|h| h.text.as_str()).collect();
+        assert_eq!(
+            texts,
+            vec!["gneiss outcrops"],
+            "{mode:?}: the old chunk is gone"
+        );
+    }
+    let info = engine.collection("c").unwrap().info();
+    assert_eq!((info.document_count, info.chunk_count), (1, 1));
+}
