@@ -7,6 +7,20 @@
 
 use thiserror::Error;
 
+/// How user input appears in messages and logs: escaped (`{:?}`: quotes, no raw control
+/// characters or newlines, so it cannot forge log lines) and cut to 200 characters, so an
+/// oversized name cannot blow up a status message past clients' metadata limits.
+pub fn quote(input: &str) -> String {
+    const MAX_CHARS: usize = 200;
+    let mut chars = input.chars();
+    let head: String = chars.by_ref().take(MAX_CHARS).collect();
+    if chars.next().is_none() {
+        format!("{head:?}")
+    } else {
+        format!("{head:?}... ({} bytes in all)", input.len())
+    }
+}
+
 /// Result alias used throughout the core.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -16,9 +30,9 @@ pub enum Error {
     /// Input that violates the contract or a documented limit. The message names the limit.
     #[error("{0}")]
     InvalidArgument(String),
-    #[error("collection {0:?} not found")]
+    #[error("collection {} not found", quote(.0))]
     CollectionNotFound(String),
-    #[error("collection {0:?} already exists")]
+    #[error("collection {} already exists", quote(.0))]
     CollectionExists(String),
     /// The request is well-formed but the server cannot serve it in its current state, for
     /// example because the embedding model is not provisioned.
@@ -33,9 +47,16 @@ pub enum Error {
     #[error("{0}")]
     DeadlineExceeded(String),
     /// The model's reply broke the structured-output contract (after repair attempts), or cited
-    /// sources that were not supplied in strict mode. `raw` is the last reply.
-    #[error("{message}; the model's last reply was: {raw}")]
+    /// sources that were not supplied in strict mode. `raw` is the last reply: it goes to the
+    /// debug log (quoted, cut), never into the caller's status message, which a model's reply
+    /// could otherwise blow past clients' metadata limits or fill with forged lines.
+    #[error("{message}")]
     ContractViolation { message: String, raw: String },
+
+    /// The caller went away (cancelled, deadline passed, connection closed) and the work
+    /// stopped before it committed anything.
+    #[error("the request was cancelled")]
+    Cancelled,
 
     // ---- internal faults ---------------------------------------------------------------
     #[error("storage error: {0}")]
@@ -67,6 +88,7 @@ impl Error {
                 | Error::CollectionNotFound(_)
                 | Error::CollectionExists(_)
                 | Error::FailedPrecondition(_)
+                | Error::Cancelled
         )
     }
 }
@@ -83,5 +105,20 @@ impl From<sled::transaction::TransactionError<Error>> for Error {
             sled::transaction::TransactionError::Abort(e) => e,
             sled::transaction::TransactionError::Storage(e) => Error::Storage(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quote_escapes_and_truncates() {
+        assert_eq!(quote("a\nb"), "\"a\\nb\"");
+        let long = "x".repeat(20_000);
+        let q = quote(&long);
+        assert!(q.len() < 250 && q.ends_with("(20000 bytes in all)"), "{q}");
+        let e = Error::CollectionNotFound(long);
+        assert!(e.to_string().len() < 300);
     }
 }

@@ -6,7 +6,7 @@
 //! indexes, replay, checkpoints).
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::chunk::ChunkSettings;
@@ -42,8 +42,16 @@ pub struct Collection {
     pub(super) embedder: Arc<dyn Embedder>,
     pub(super) lexical: LexicalIndex,
     pub(super) dense: DenseIndex,
-    /// Serializes writes (and checkpoints) to this collection; searches never take it.
-    pub(super) write_lock: tokio::sync::Mutex<()>,
+    /// Serializes writes (and checkpoints) to this collection; searches never take it. The
+    /// guard is moved into the blocking task that does the work, so a write whose caller goes
+    /// away still holds the lock until it has finished (see [`Collection::write_guard`]).
+    pub(super) write_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Set when an index update failed after its operation was committed to sled: the
+    /// operation is kept in the log (checkpoints never trim past an index's applied sequence)
+    /// and the indexes catch up from the log before the next write applies anything.
+    pub(super) stale: AtomicBool,
+    /// Set once the collection is deleted: work still holding it reports NOT_FOUND.
+    pub(super) deleted: AtomicBool,
     /// `collections/<id>/`: the index files.
     pub(super) dir: PathBuf,
     /// Document and chunk counts, maintained by every commit: sled's `len()` walks the whole
@@ -76,11 +84,30 @@ impl Collection {
             embedder,
             lexical,
             dense,
-            write_lock: tokio::sync::Mutex::new(()),
+            write_lock: Arc::new(tokio::sync::Mutex::new(())),
+            stale: AtomicBool::new(false),
+            deleted: AtomicBool::new(false),
             dir,
             documents,
             chunks,
         }
+    }
+
+    /// Waits for this collection's write lock. The guard is owned: move it into the task
+    /// that does the write, so the lock is released when the work ends, not when the request
+    /// does.
+    pub(super) async fn write_guard(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.write_lock.clone().lock_owned().await
+    }
+
+    /// NOT_FOUND once the collection has been deleted (for work that still holds it).
+    pub(super) fn ensure_live(&self) -> crate::error::Result<()> {
+        if self.deleted.load(Ordering::Acquire) {
+            return Err(crate::error::Error::CollectionNotFound(
+                self.record.name.clone(),
+            ));
+        }
+        Ok(())
     }
 
     pub fn record(&self) -> &CollectionRecord {

@@ -10,13 +10,20 @@ use std::collections::{BTreeMap, HashSet};
 
 use sha2::{Digest, Sha256};
 
-use super::{Collection, Engine};
+use std::sync::atomic::Ordering;
+
+use super::{Cancel, Collection, Engine};
 use crate::chunk::{self, titled};
-use crate::error::{Error, Result};
+use crate::error::{quote, Error, Result};
 use crate::model::fetch;
 use crate::store::{
     chunk_id, ChunkRecord, DocRecord, NewDocument, Op, Store, MAX_CHUNKS_PER_DOCUMENT,
 };
+
+/// Chunk texts embedded between two checks for cancellation: small enough that a cancelled
+/// upsert frees the embedding sessions within a fraction of a second, large enough to keep
+/// every session of the pool busy.
+const EMBED_SLICE: usize = 32;
 
 /// A document to upsert.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -77,12 +84,21 @@ impl Engine {
     ) -> Result<Vec<UpsertOutcome>> {
         let collection = self.collection(collection)?;
         self.validate_batch(&docs)?;
-        let _guard = collection.write_lock.lock().await;
+        // If this future is dropped (the caller went away), `_stop` raises the flag and the
+        // work stops before it commits; once committing, it runs to completion, still holding
+        // the write lock it was given.
+        let cancel = Cancel::new();
+        let _stop = cancel.on_drop();
+        let guard = collection.write_guard().await;
         let store = self.store.clone();
         let c = collection.clone();
-        tokio::task::spawn_blocking(move || c.upsert_blocking(&store, docs))
-            .await
-            .map_err(|e| Error::internal(format!("ingest task failed: {e}")))?
+        tokio::task::spawn_blocking(move || {
+            let _guard = guard;
+            c.ensure_live()?;
+            c.upsert_blocking(&store, docs, &cancel)
+        })
+        .await
+        .map_err(|e| Error::internal(format!("ingest task failed: {e}")))?
     }
 
     /// Checks one document against the limits (also used per document by streaming ingest).
@@ -100,21 +116,28 @@ impl Engine {
         }
         if doc.text.trim().is_empty() {
             return Err(Error::invalid(format!(
-                "document {:?} has empty text",
-                doc.id
+                "document {} has empty text",
+                quote(&doc.id)
             )));
         }
-        let size = doc.text.len() + doc.title.len();
+        let size = doc.text.len()
+            + doc.title.len()
+            + doc
+                .metadata
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>();
         if size > limits.max_document_bytes {
             return Err(Error::invalid(format!(
-                "document {:?} is {size} bytes, over the limit max_document_bytes = {}",
-                doc.id, limits.max_document_bytes
+                "document {} is {size} bytes (text, title and metadata), over the limit max_document_bytes = {}",
+                quote(&doc.id),
+                limits.max_document_bytes
             )));
         }
         if doc.metadata.len() > limits.max_metadata_entries {
             return Err(Error::invalid(format!(
-                "document {:?} has {} metadata entries, over the limit max_metadata_entries = {}",
-                doc.id,
+                "document {} has {} metadata entries, over the limit max_metadata_entries = {}",
+                quote(&doc.id),
                 doc.metadata.len(),
                 limits.max_metadata_entries
             )));
@@ -125,8 +148,8 @@ impl Engine {
             .any(|k| k.is_empty() || k.contains('\u{1f}'))
         {
             return Err(Error::invalid(format!(
-                "document {:?} has an empty metadata key or one containing U+001F",
-                doc.id
+                "document {} has an empty metadata key or one containing U+001F",
+                quote(&doc.id)
             )));
         }
         Ok(())
@@ -149,8 +172,8 @@ impl Engine {
             self.validate_document(doc)?;
             if !seen.insert(doc.id.as_str()) {
                 return Err(Error::invalid(format!(
-                    "document id {:?} appears twice in the batch",
-                    doc.id
+                    "document id {} appears twice in the batch",
+                    quote(&doc.id)
                 )));
             }
         }
@@ -165,9 +188,18 @@ impl Engine {
         include_chunks: bool,
     ) -> Result<(Vec<StoredDocument>, Vec<String>)> {
         let c = self.collection(collection)?;
+        let max = self.config.limits.max_batch_documents;
+        if ids.len() > max {
+            return Err(Error::invalid(format!(
+                "{} ids, over the limit max_batch_documents = {max}",
+                ids.len()
+            )));
+        }
         let mut found = Vec::new();
         let mut missing = Vec::new();
-        for id in ids {
+        let mut seen = HashSet::new();
+        // Each id once: repeating an id must not multiply the reply.
+        for id in ids.iter().filter(|id| seen.insert(id.as_str())) {
             let (Some(rec), Some(text)) = (c.trees.get_doc(id)?, c.trees.get_text(id)?) else {
                 missing.push(id.clone());
                 continue;
@@ -215,12 +247,16 @@ impl Engine {
                 self.config.limits.max_batch_documents
             )));
         }
-        let _guard = c.write_lock.lock().await;
+        let guard = c.write_guard().await;
         let store = self.store.clone();
         let c2 = c.clone();
-        tokio::task::spawn_blocking(move || c2.delete_blocking(&store, ids))
-            .await
-            .map_err(|e| Error::internal(format!("delete task failed: {e}")))?
+        tokio::task::spawn_blocking(move || {
+            let _guard = guard;
+            c2.ensure_live()?;
+            c2.delete_blocking(&store, ids)
+        })
+        .await
+        .map_err(|e| Error::internal(format!("delete task failed: {e}")))?
     }
 }
 
@@ -228,6 +264,10 @@ impl Collection {
     /// Commits one operation to sled and flushes it (from here on it is acknowledged and
     /// survives any crash), updates the counts, then applies it to both indexes. `documents`
     /// is the change in the number of documents.
+    ///
+    /// An index update that fails after the commit does not fail the write (it is durable):
+    /// the collection is marked stale, the operation stays in the log, and the indexes catch up
+    /// from the log before the next write applies anything, so no operation is ever skipped.
     pub(super) fn commit_and_apply(
         &self,
         store: &Store,
@@ -235,19 +275,32 @@ impl Collection {
         deletes: &[String],
         documents: i64,
     ) -> Result<Op> {
+        self.catch_up_if_stale();
         let seq = store.next_id()?;
         let op = self.trees.commit(seq, upserts, deletes)?;
         store.flush_blocking()?;
         self.count(documents, &op);
-        // Durable from here on: a failure below is repaired by replay at the next start-up.
-        self.apply_with(seq, &op, upserts)?;
+        if self.stale.load(Ordering::Acquire) {
+            // Earlier operations are still unapplied: this one waits in the log with them.
+            return Ok(op);
+        }
+        if let Err(e) = self.apply_with(seq, &op, upserts) {
+            tracing::error!(
+                collection = %self.record.name,
+                seq,
+                error = %e,
+                "index update failed after a durable commit; kept in the log for replay"
+            );
+            self.stale.store(true, Ordering::Release);
+        }
         Ok(op)
     }
 
     fn delete_blocking(&self, store: &Store, ids: Vec<String>) -> Result<(usize, Vec<String>)> {
         let mut present = Vec::new();
         let mut missing = Vec::new();
-        for id in ids {
+        let mut seen = HashSet::new();
+        for id in ids.into_iter().filter(|id| seen.insert(id.clone())) {
             if self.trees.get_doc(&id)?.is_some() {
                 present.push(id);
             } else {
@@ -264,6 +317,7 @@ impl Collection {
         &self,
         store: &Store,
         docs: Vec<DocumentInput>,
+        cancel: &Cancel,
     ) -> Result<Vec<UpsertOutcome>> {
         let (mut outcomes, changed) = self.classify(docs)?;
         if changed.is_empty() {
@@ -273,7 +327,9 @@ impl Collection {
             .iter()
             .filter(|o| o.status == UpsertStatus::Created)
             .count() as i64;
-        let new_docs = self.prepare(store, changed, &mut outcomes)?;
+        let new_docs = self.prepare(store, changed, &mut outcomes, cancel)?;
+        // Past this point the write runs to completion, whatever the caller does.
+        cancel.check()?;
         self.commit_and_apply(store, &new_docs, &[], created)?;
         Ok(outcomes)
     }
@@ -314,6 +370,7 @@ impl Collection {
         store: &Store,
         changed: Vec<(usize, DocumentInput, String)>,
         outcomes: &mut [UpsertOutcome],
+        cancel: &Cancel,
     ) -> Result<Vec<NewDocument>> {
         let settings = self.chunk_settings();
         let tokenizer = self.embedder.tokenizer();
@@ -324,8 +381,8 @@ impl Collection {
         for ((_, doc, _), s) in changed.iter().zip(&spans) {
             if s.len() as u64 >= MAX_CHUNKS_PER_DOCUMENT {
                 return Err(Error::invalid(format!(
-                    "document {:?} splits into {} chunks, over the limit of {MAX_CHUNKS_PER_DOCUMENT}: raise chunk_tokens or split the document",
-                    doc.id,
+                    "document {} splits into {} chunks, over the limit of {MAX_CHUNKS_PER_DOCUMENT}: raise chunk_tokens or split the document",
+                    quote(&doc.id),
                     s.len()
                 )));
             }
@@ -339,7 +396,12 @@ impl Collection {
                     .map(|s| titled(&doc.title, &doc.text[s.start..s.end]))
             })
             .collect();
-        let mut vectors = self.embedder.embed_documents(&texts)?.into_iter();
+        let mut vectors = Vec::with_capacity(texts.len());
+        for slice in texts.chunks(EMBED_SLICE) {
+            cancel.check()?;
+            vectors.extend(self.embedder.embed_documents(slice)?);
+        }
+        let mut vectors = vectors.into_iter();
         let mut new_docs = Vec::with_capacity(changed.len());
         for ((pos, doc, hash), spans) in changed.into_iter().zip(spans) {
             // All chunks of one document version share a key (see `store::chunk_id`).

@@ -19,6 +19,7 @@
 //! [`SearchParams`]: crate::retrieve::SearchParams
 //! [`SearchOutcome`]: crate::retrieve::SearchOutcome
 
+mod cancel;
 mod collection;
 mod ingest;
 mod recovery;
@@ -29,14 +30,16 @@ mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::chunk::ChunkSettings;
-use crate::error::{Error, Result};
+use crate::error::{quote, Error, Result};
 use crate::index::{DenseIndex, HnswParams, LexicalIndex};
 use crate::model::{Embedder, ModelSource};
 use crate::store::{CollectionRecord, Store};
 
+pub use cancel::{Cancel, CancelOnDrop};
 pub use collection::{
     Collection, CollectionInfo, CollectionSettings, DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_TOKENS,
 };
@@ -69,7 +72,8 @@ fn valid_collection_name(name: &str) -> Result<()> {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
     {
         return Err(Error::invalid(format!(
-            "invalid collection name {name:?}: use 1-64 characters of [A-Za-z0-9_-]"
+            "invalid collection name {}: use 1-64 characters of [A-Za-z0-9_-]",
+            quote(name)
         )));
     }
     Ok(())
@@ -230,20 +234,42 @@ impl Engine {
         Ok(out)
     }
 
-    /// Deletes a collection and its files.
-    pub async fn delete_collection(&self, name: &str) -> Result<()> {
-        let collection = self
-            .collections
-            .write()
-            .map_err(|_| Error::internal("collection map poisoned"))?
-            .remove(name)
-            .ok_or_else(|| Error::CollectionNotFound(name.to_string()))?;
-        let _guard = collection.write_lock.lock().await;
-        self.store.delete_collection(&collection.record)?;
-        if let Err(e) = std::fs::remove_dir_all(&collection.dir) {
-            // Removed again at the next start-up.
-            tracing::warn!(error = %e, "could not remove collection files");
-        }
-        Ok(())
+    /// Deletes a collection and its files. Runs to completion once started, whatever the
+    /// caller does: the deletion is a task of its own, holding the collection's write lock (so
+    /// it waits for a write in progress and no write starts after it), and the name disappears
+    /// from the registry only together with its durable record.
+    pub async fn delete_collection(self: &Arc<Self>, name: &str) -> Result<()> {
+        let collection = self.collection(name)?;
+        let engine = self.clone();
+        tokio::spawn(async move {
+            let _guard = collection.write_guard().await;
+            if collection.deleted.load(Ordering::Acquire) {
+                // Another delete got here first.
+                return Err(Error::CollectionNotFound(collection.record.name.clone()));
+            }
+            // From here on, work that still holds the collection reports NOT_FOUND.
+            collection.deleted.store(true, Ordering::Release);
+            let (store, c) = (engine.store.clone(), collection.clone());
+            let dropped = tokio::task::spawn_blocking(move || store.delete_collection(&c.record))
+                .await
+                .map_err(|e| Error::internal(format!("delete task failed: {e}")))
+                .and_then(|r| r);
+            if let Err(e) = dropped {
+                collection.deleted.store(false, Ordering::Release);
+                return Err(e);
+            }
+            engine
+                .collections
+                .write()
+                .map_err(|_| Error::internal("collection map poisoned"))?
+                .remove(&collection.record.name);
+            if let Err(e) = std::fs::remove_dir_all(&collection.dir) {
+                // Removed again at the next start-up.
+                tracing::warn!(error = %e, "could not remove collection files");
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| Error::internal(format!("delete task failed: {e}")))?
     }
 }

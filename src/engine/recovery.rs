@@ -10,6 +10,7 @@
 //! tombstones pile up, and trim the log up to what every index has applied.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,6 +35,10 @@ impl Targets {
         lexical: true,
         dense: false,
     };
+    const DENSE: Targets = Targets {
+        lexical: false,
+        dense: true,
+    };
 }
 
 impl Engine {
@@ -48,25 +53,27 @@ impl Engine {
             .cloned()
             .collect();
         for c in collections {
-            let _guard = c.write_lock.lock().await;
+            let guard = c.write_guard().await;
             let ratio = self.config.index.rebuild_tombstone_ratio;
             let store = self.store.clone();
             let c2 = c.clone();
-            tokio::task::spawn_blocking(move || c2.checkpoint_blocking(&store, ratio))
-                .await
-                .map_err(|e| Error::internal(format!("checkpoint task failed: {e}")))??;
+            tokio::task::spawn_blocking(move || {
+                let _guard = guard;
+                if c2.deleted.load(Ordering::Acquire) {
+                    return Ok(());
+                }
+                c2.checkpoint_blocking(&store, ratio)
+            })
+            .await
+            .map_err(|e| Error::internal(format!("checkpoint task failed: {e}")))??;
         }
         self.store.flush().await
     }
 }
 
 impl Collection {
-    /// Applies a logged operation to both indexes, reading what it needs from sled.
-    fn apply(&self, seq: u64, op: &Op) -> Result<()> {
-        self.index_op(seq, op, &[], Targets::BOTH)
-    }
-
-    /// Like [`Self::apply`], using `fresh` (just-written documents) instead of re-reading them.
+    /// Applies a just-committed operation to both indexes, taking its documents from `fresh`
+    /// instead of re-reading them from sled.
     pub(super) fn apply_with(&self, seq: u64, op: &Op, fresh: &[NewDocument]) -> Result<()> {
         self.index_op(seq, op, fresh, Targets::BOTH)
     }
@@ -175,27 +182,60 @@ impl Collection {
             }
             tracing::info!(collection = %self.record.name, chunks, "rebuilt indexes from sled in {:?}", started.elapsed());
         }
-        // Replay logged operations the indexes have not applied, merged into one.
-        let from = self.lexical.applied_seq()?.min(self.dense.applied_seq()?);
-        let mut merged = Op::default();
-        let mut upto = 0;
-        let mut removed = HashSet::new();
-        for entry in self.trees.ops_after(from) {
-            let (seq, op) = entry?;
-            merged.add.extend(op.add);
-            removed.extend(op.remove.iter().copied());
-            merged.remove.extend(op.remove);
-            upto = seq;
-        }
-        if upto > 0 {
-            merged.add.retain(|id| !removed.contains(id));
-            self.apply(upto, &merged)?;
-            tracing::info!(collection = %self.record.name, upto, "replayed logged operations in {:?}", started.elapsed());
+        self.catch_up()?;
+        if self.trees.last_seq()? > 0 {
+            tracing::info!(collection = %self.record.name, "indexes up to date in {:?}", started.elapsed());
         }
         Ok(())
     }
 
+    /// Applies to each index the logged operations after the last one it applied, merged into
+    /// one operation (a later removal cancels an earlier addition). Per index, so an index that
+    /// is ahead of the other never applies an operation twice.
+    pub(super) fn catch_up(&self) -> Result<()> {
+        let plan = [
+            (Targets::LEXICAL, self.lexical.applied_seq()?),
+            (Targets::DENSE, self.dense.applied_seq()?),
+        ];
+        for (targets, from) in plan {
+            let mut merged = Op::default();
+            let mut upto = 0;
+            let mut removed = HashSet::new();
+            for entry in self.trees.ops_after(from) {
+                let (seq, op) = entry?;
+                merged.add.extend(op.add);
+                removed.extend(op.remove.iter().copied());
+                merged.remove.extend(op.remove);
+                upto = seq;
+            }
+            if upto > 0 {
+                merged.add.retain(|id| !removed.contains(id));
+                self.index_op(upto, &merged, &[], targets)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// After an index update failed (see `commit_and_apply`): tries to bring the indexes up to
+    /// date from the log; the collection stays stale, and writes keep their operations in the
+    /// log, until that succeeds.
+    pub(super) fn catch_up_if_stale(&self) {
+        if !self.stale.load(Ordering::Acquire) {
+            return;
+        }
+        match self.catch_up() {
+            Ok(()) => {
+                self.stale.store(false, Ordering::Release);
+                tracing::info!(collection = %self.record.name, "indexes caught up with the log");
+            }
+            Err(e) => {
+                tracing::error!(collection = %self.record.name, error = %e, "indexes are still behind the log")
+            }
+        }
+    }
+
     pub(super) fn checkpoint_blocking(&self, store: &Store, rebuild_ratio: f32) -> Result<()> {
+        self.catch_up_if_stale();
         if self.dense.tombstone_ratio()? > rebuild_ratio {
             let vectors = self.trees.all_vectors().collect::<Result<Vec<_>>>()?;
             tracing::info!(collection = %self.record.name, points = vectors.len(), "rebuilding HNSW graph to drop deleted points");

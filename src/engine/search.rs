@@ -25,9 +25,13 @@ impl Engine {
         let c = self.collection(collection)?;
         self.validate_search(&params)?;
         let limits = self.config.limits.clone();
-        tokio::task::spawn_blocking(move || c.search_blocking(params, &limits))
-            .await
-            .map_err(|e| Error::internal(format!("search task failed: {e}")))?
+        tokio::task::spawn_blocking(move || {
+            // A collection deleted under a running search: NOT_FOUND, not a storage error.
+            c.search_blocking(params, &limits)
+                .map_err(|e| c.ensure_live().err().unwrap_or(e))
+        })
+        .await
+        .map_err(|e| Error::internal(format!("search task failed: {e}")))?
     }
 
     fn validate_search(&self, p: &SearchParams) -> Result<()> {
@@ -50,8 +54,31 @@ impl Engine {
                 limits.max_top_k
             )));
         }
-        if p.filter.keys().any(|k| k.is_empty()) {
-            return Err(Error::invalid("filter keys must not be empty"));
+        if p.filter
+            .keys()
+            .any(|k| k.is_empty() || k.contains('\u{1f}'))
+        {
+            return Err(Error::invalid(
+                "filter keys must not be empty or contain U+001F",
+            ));
+        }
+        if p.filter.len() > limits.max_metadata_entries {
+            return Err(Error::invalid(format!(
+                "the filter has {} entries, over the limit max_metadata_entries = {}",
+                p.filter.len(),
+                limits.max_metadata_entries
+            )));
+        }
+        if let Some(v) = &p.query_vector {
+            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                return Err(Error::invalid(format!(
+                    "query_vector[{i}] is {}: every component must be finite",
+                    v[i]
+                )));
+            }
+            if v.iter().all(|x| *x == 0.0) {
+                return Err(Error::invalid("query_vector must not be all zeros"));
+            }
         }
         if let Fusion::Rrf { k, .. } = p.fusion {
             if !(k >= 0.0 && k.is_finite()) {

@@ -298,3 +298,117 @@ async fn updates_replace_chunks_and_unchanged_documents_are_skipped() {
     let info = engine.collection("c").unwrap().info();
     assert_eq!((info.document_count, info.chunk_count), (1, 1));
 }
+
+#[tokio::test]
+async fn an_index_failure_after_commit_is_repaired_never_skipped() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let embedder = Arc::new(HashEmbedder::new(32).unwrap());
+    {
+        let engine = open(dir.path(), &embedder);
+        engine.create_collection("c", Default::default()).unwrap();
+        engine
+            .upsert("c", vec![doc("a", "granite quarry")])
+            .await
+            .unwrap();
+        let c = engine.collection("c").unwrap();
+        // The lexical commit fails after sled committed "b": the write is still acknowledged.
+        c.lexical.fail_applies.store(1, Ordering::Relaxed);
+        let out = engine
+            .upsert("c", vec![doc("b", "marble sculpture")])
+            .await
+            .unwrap();
+        assert_eq!(out[0].status, UpsertStatus::Created);
+        assert!(c.stale.load(Ordering::Relaxed));
+        assert!(found(&engine, Mode::Lexical, "marble").await.is_empty());
+        // The next write first replays "b" from the log, then applies itself.
+        engine
+            .upsert("c", vec![doc("d", "slate roof")])
+            .await
+            .unwrap();
+        assert!(!c.stale.load(Ordering::Relaxed));
+        for mode in MODES {
+            assert_eq!(
+                found(&engine, mode, "marble sculpture").await[0],
+                "b",
+                "{mode:?}"
+            );
+            assert_eq!(found(&engine, mode, "slate roof").await[0], "d", "{mode:?}");
+        }
+        // A retry finds it stored and searchable.
+        let again = engine
+            .upsert("c", vec![doc("b", "marble sculpture")])
+            .await
+            .unwrap();
+        assert_eq!(again[0].status, UpsertStatus::Unchanged);
+        // Fail both the write's apply and the checkpoint's repair: the checkpoint must not
+        // trim the unapplied operation from the log, so a restart still applies it.
+        c.lexical.fail_applies.store(2, Ordering::Relaxed);
+        engine
+            .upsert("c", vec![doc("e", "basalt columns")])
+            .await
+            .unwrap();
+        engine.checkpoint().await.unwrap();
+        assert!(c.stale.load(Ordering::Relaxed));
+        assert!(found(&engine, Mode::Lexical, "basalt").await.is_empty());
+    }
+    let engine = open(dir.path(), &embedder);
+    for mode in MODES {
+        assert_eq!(
+            found(&engine, mode, "basalt columns").await[0],
+            "e",
+            "{mode:?}"
+        );
+    }
+    assert_eq!(engine.collection("c").unwrap().info().document_count, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_write_keeps_the_lock_until_its_work_stops_and_never_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let embedder = Arc::new(
+        HashEmbedder::new(32)
+            .unwrap()
+            .with_delay(std::time::Duration::from_millis(5)),
+    );
+    let engine = Arc::new(open(dir.path(), &embedder));
+    engine.create_collection("c", small_chunks()).unwrap();
+    // About 100 chunks: half a second of embedding.
+    let long = (0..100)
+        .map(|i| format!("sentence number {i} about granite."))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let slow = engine.upsert("c", vec![doc("slow", &long)]);
+    // The caller gives up while the write is embedding.
+    let abandoned = tokio::time::timeout(std::time::Duration::from_millis(100), slow).await;
+    assert!(abandoned.is_err());
+    // The next write waits until the abandoned one's work has stopped: two writes never
+    // embed (or commit) at the same time.
+    engine
+        .upsert("c", vec![doc("next", "basalt columns")])
+        .await
+        .unwrap();
+    assert_eq!(embedder.max_concurrent_batches(), 1);
+    // The abandoned write stopped before committing: nothing of it is stored or indexed.
+    let (docs, _) = engine.get_documents("c", &["slow".into()], false).unwrap();
+    assert!(docs.is_empty());
+    assert_eq!(engine.collection("c").unwrap().info().document_count, 1);
+    assert!(
+        embedder.documents_embedded() < 100,
+        "embedding stopped early: {} texts",
+        embedder.documents_embedded()
+    );
+    for mode in MODES {
+        assert_eq!(
+            found(&engine, mode, "granite")
+                .await
+                .first()
+                .map(String::as_str),
+            if mode == Mode::Lexical {
+                None
+            } else {
+                Some("next")
+            }
+        );
+    }
+}

@@ -154,7 +154,9 @@ impl pb::documents_server::Documents for DocumentsService {
                 (Some(c), name) if c == name => {}
                 (Some(c), name) => {
                     return Err(Status::invalid_argument(format!(
-                        "a stream writes to one collection: got {name:?} after {c:?}"
+                        "a stream writes to one collection: got {} after {}",
+                        crate::error::quote(name),
+                        crate::error::quote(c)
                     )))
                 }
             }

@@ -15,6 +15,7 @@ pub fn to_status(e: Error) -> Status {
         Error::Embedding(_) => Code::Unavailable,
         Error::Upstream(_) | Error::ContractViolation { .. } => Code::Unavailable,
         Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
+        Error::Cancelled => Code::Cancelled,
         Error::Storage(_) | Error::Lexical(_) | Error::Io(_) | Error::Internal(_) => Code::Internal,
     };
     if !e.is_user_error() {

@@ -157,6 +157,7 @@ impl DenseIndex {
     }
 
     /// Points in the graph that are not tombstoned.
+    #[cfg(test)]
     pub fn live_points(&self) -> Result<usize> {
         let s = self.read()?;
         Ok(s.points.saturating_sub(s.tombstones.len()))

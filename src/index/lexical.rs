@@ -69,6 +69,9 @@ pub struct LexicalIndex {
     title: Field,
     body: Field,
     meta: Field,
+    /// Tests only: the next applies fail after staging their documents, as a full disk would.
+    #[cfg(test)]
+    pub(crate) fail_applies: std::sync::atomic::AtomicUsize,
 }
 
 fn schema() -> Schema {
@@ -116,6 +119,8 @@ impl LexicalIndex {
             title,
             body,
             meta,
+            #[cfg(test)]
+            fail_applies: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -136,6 +141,24 @@ impl LexicalIndex {
             .writer
             .lock()
             .map_err(|_| Error::internal("lexical writer poisoned"))?;
+        if let Err(e) = self.stage_and_commit(&mut writer, seq, add, remove) {
+            // Drop what was staged, so a later commit cannot publish half of this operation
+            // under another sequence; the operation stays in sled's log for replay.
+            let _ = writer.rollback();
+            return Err(e);
+        }
+        drop(writer);
+        self.reader.reload()?;
+        Ok(())
+    }
+
+    fn stage_and_commit(
+        &self,
+        writer: &mut IndexWriter,
+        seq: u64,
+        add: &[LexicalDoc<'_>],
+        remove: &[u64],
+    ) -> Result<()> {
         for id in remove.iter().chain(add.iter().map(|d| &d.chunk_id)) {
             writer.delete_term(Term::from_field_u64(self.chunk_id, *id));
         }
@@ -153,11 +176,21 @@ impl LexicalIndex {
             }
             writer.add_document(document)?;
         }
+        #[cfg(test)]
+        if self
+            .fail_applies
+            .fetch_update(
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+                |n| n.checked_sub(1),
+            )
+            .is_ok()
+        {
+            return Err(Error::Io(std::io::Error::other("injected: no space left")));
+        }
         let mut prepared = writer.prepare_commit()?;
         prepared.set_payload(&seq.to_string());
         prepared.commit()?;
-        drop(writer);
-        self.reader.reload()?;
         Ok(())
     }
 

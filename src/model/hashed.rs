@@ -10,9 +10,12 @@
 //! word-level model), so the chunker sizes chunks in words exactly as it would in model tokens.
 //!
 //! Fault injection for tests: [`HashEmbedder::fail_queries`] makes query embedding fail, as a
-//! broken model would.
+//! broken model would; [`HashEmbedder::with_delay`] makes each document take time, as a real
+//! model does, and [`HashEmbedder::max_concurrent_batches`] tells whether two writes ever
+//! embedded at once.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use super::{normalize, Embedder, ModelSource};
 use crate::error::{Error, Result};
@@ -36,6 +39,9 @@ pub struct HashEmbedder {
     tokenizer: tokenizers::Tokenizer,
     documents_embedded: AtomicU64,
     fail_queries: AtomicBool,
+    delay_per_document: Duration,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
 }
 
 impl std::fmt::Debug for HashEmbedder {
@@ -67,7 +73,21 @@ impl HashEmbedder {
             tokenizer,
             documents_embedded: AtomicU64::new(0),
             fail_queries: AtomicBool::new(false),
+            delay_per_document: Duration::ZERO,
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
         })
+    }
+
+    /// Each document text takes `delay` to embed.
+    pub fn with_delay(mut self, delay: Duration) -> HashEmbedder {
+        self.delay_per_document = delay;
+        self
+    }
+
+    /// The most `embed_documents` calls that ever ran at the same time.
+    pub fn max_concurrent_batches(&self) -> usize {
+        self.max_in_flight.load(Ordering::Relaxed)
     }
 
     /// While `fail` is set, [`Embedder::embed_query`] fails as a broken model would.
@@ -111,9 +131,14 @@ impl Embedder for HashEmbedder {
     }
 
     fn embed_documents(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        std::thread::sleep(self.delay_per_document * texts.len() as u32);
         self.documents_embedded
             .fetch_add(texts.len() as u64, Ordering::Relaxed);
-        Ok(texts.iter().map(|t| self.embed(t)).collect())
+        let out = texts.iter().map(|t| self.embed(t)).collect();
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        Ok(out)
     }
 
     fn documents_embedded(&self) -> u64 {

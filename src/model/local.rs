@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::{catalog, fetch, init_runtime, Embedder, ModelSource, OnnxEmbedder};
-use crate::error::{Error, Result};
+use crate::error::{quote, Error, Result};
 
 /// Where models live and how they are loaded.
 #[derive(Debug, Clone)]
@@ -65,12 +65,12 @@ impl LocalModels {
                 Ok(dir)
             }
             Some(_) => Err(Error::FailedPrecondition(format!(
-                "model {name:?} is not provisioned in {}: run `quarry model fetch {name}`",
-                self.models_dir.display()
+                "model {} is not provisioned: run `quarry model fetch {name}`",
+                quote(name)
             ))),
             None => Err(Error::FailedPrecondition(format!(
-                "unknown embedding model {name:?}: not in {} and not a known model ({})",
-                self.models_dir.display(),
+                "unknown embedding model {}: not a provisioned model and not a known one ({})",
+                quote(name),
                 catalog::MODELS
                     .iter()
                     .map(|m| m.name)
