@@ -217,7 +217,7 @@ async fn a_router_that_never_answers_hits_the_deadline() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn contract_violations_are_repaired_or_reported_with_the_raw_output() {
+async fn contract_violations_are_repaired_or_reported_without_the_raw_output() {
     // Not JSON, then a schema violation, then valid.
     let fake = FakeRouter::start(
         vec![
@@ -245,7 +245,8 @@ async fn contract_violations_are_repaired_or_reported_with_the_raw_output() {
     assert!(feedback.contains("/answer"), "{feedback}");
     server.stop().await;
 
-    // A model that never complies: a clear error with its raw reply, after 1 + max_repairs calls.
+    // A model that never complies: a clear error after 1 + max_repairs calls, naming what was
+    // wrong; the raw reply goes to the debug log, not into the status message.
     let fake = FakeRouter::start(vec![], chat(r#"{"answer": "no citations field"}"#)).await;
     let (server, _data) = server_with(vec![Endpoint::from_url(&fake.url)], fast_policy()).await;
     let err = ask(&server, question("Which organelle makes ATP?"))
@@ -258,8 +259,13 @@ async fn contract_violations_are_repaired_or_reported_with_the_raw_output() {
         err.message()
     );
     assert!(
-        err.message().contains("no citations field"),
-        "raw output missing: {}",
+        err.message().contains("citations"),
+        "the violation is named: {}",
+        err.message()
+    );
+    assert!(
+        !err.message().contains("no citations field"),
+        "the raw reply leaked into the status: {}",
         err.message()
     );
     assert_eq!(fake.request_count(), 3);
@@ -507,5 +513,71 @@ async fn streamed_answers_report_progress_tokens_and_survive_a_stream_cut_midway
     assert!(r.grounded);
     assert_eq!((r.attempts, r.requests), (1, 2));
     assert_eq!(r.citations[0].source, 1);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_cannot_raise_max_tokens_pick_models_or_send_huge_schemas() {
+    let fake = FakeRouter::start(vec![], chat(GOOD)).await;
+    let (server, _data) =
+        server_configured(vec![Endpoint::from_url(&fake.url)], fast_policy(), |a| {
+            a.allowed_models = vec!["small".into()]
+        })
+        .await;
+    let invalid = |r: Result<pb::AnswerResponse, tonic::Status>, needle: &str| {
+        let s = r.expect_err("must be rejected");
+        assert_eq!(s.code(), Code::InvalidArgument, "{}", s.message());
+        assert!(s.message().contains(needle), "{}", s.message());
+    };
+    let mut r = question("Which organelle makes ATP?");
+    r.max_tokens = u32::MAX;
+    invalid(ask(&server, r).await, "answer.max_tokens");
+    let mut r = question("Which organelle makes ATP?");
+    r.model = "gpt-expensive".into();
+    invalid(ask(&server, r).await, "allowed_models");
+    let mut r = question("Which organelle makes ATP?");
+    r.schema_json = format!("{{\"description\": \"{}\"}}", "x".repeat(2 << 20));
+    invalid(ask(&server, r).await, "schema_json");
+    assert_eq!(fake.request_count(), 0, "nothing reached the router");
+    // Within the limits the request goes through, with the chosen model.
+    let mut r = question("Which organelle makes ATP?");
+    r.model = "small".into();
+    r.max_tokens = 100;
+    ask(&server, r).await.unwrap();
+    assert_eq!(fake.request(0)["model"], "small");
+    assert_eq!(fake.request(0)["max_tokens"], 100);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_answer_stream_stops_calling_the_router() {
+    // Every call is slow and fails, so the answerer would retry for seconds.
+    let slow_failure = Behaviour::Delay(
+        Duration::from_millis(1500),
+        Box::new(status(500, "overloaded")),
+    );
+    let fake = FakeRouter::start(vec![], slow_failure).await;
+    let (server, _data) = server_with(vec![Endpoint::from_url(&fake.url)], fast_policy()).await;
+    let mut stream = pb::answers_client::AnswersClient::new(server.channel().await)
+        .answer_stream(question("Which organelle makes ATP?"))
+        .await
+        .unwrap()
+        .into_inner();
+    // Wait until generation has started, then walk away.
+    loop {
+        let event = stream.message().await.unwrap().unwrap();
+        if let Some(pb::answer_event::Event::Stage(s)) = event.event {
+            if s.stage == "generating" {
+                break;
+            }
+        }
+    }
+    drop(stream);
+    tokio::time::sleep(Duration::from_millis(5000)).await;
+    assert!(
+        fake.request_count() <= 1,
+        "{} router calls after the client left",
+        fake.request_count()
+    );
     server.stop().await;
 }

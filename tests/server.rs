@@ -12,7 +12,6 @@ use tonic::Code;
 
 use pb::collections_client::CollectionsClient;
 use pb::documents_client::DocumentsClient;
-use pb::search_client::SearchClient;
 
 async fn create(server: &TestServer, name: &str) -> pb::Collection {
     CollectionsClient::new(server.channel().await)
@@ -58,10 +57,7 @@ async fn search(
     server: &TestServer,
     r: pb::SearchRequest,
 ) -> Result<pb::SearchResponse, tonic::Status> {
-    SearchClient::new(server.channel().await)
-        .search(r)
-        .await
-        .map(|r| r.into_inner())
+    server.search(r).await
 }
 
 /// (query, mode, expected top document)

@@ -21,11 +21,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::engine::Engine;
-use crate::error::{Error, Result};
+use crate::error::{quote, Error, Result};
 use crate::retrieve::{Hit, SearchOutcome, SearchParams};
 use prompt::{LeftOut, Source};
 use router::{Endpoint, Generation, Message, RetryPolicy, Router, StreamEvent, Usage};
 use schema::Contract;
+
+/// Largest `schema_json` a request may send.
+pub const MAX_SCHEMA_BYTES: usize = 64 * 1024;
 
 /// `[answer]` settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -50,7 +53,11 @@ pub struct AnswerSettings {
     pub source_template: String,
     /// The question; `{question}` is replaced.
     pub question_template: String,
+    /// Tokens the model may generate per call: the default, and the most a request may ask for.
     pub max_tokens: u32,
+    /// Model names a request may choose (sent to the router under the server's key). Empty:
+    /// requests cannot choose; each router's configured model is used.
+    pub allowed_models: Vec<String>,
     /// With the default schema, the longest answer text the response format allows (0: no
     /// bound). Grammar-constrained routers then always close the JSON.
     pub max_answer_chars: usize,
@@ -69,6 +76,7 @@ impl Default for AnswerSettings {
             source_template: prompt::DEFAULT_SOURCE_TEMPLATE.to_string(),
             question_template: prompt::DEFAULT_QUESTION_TEMPLATE.to_string(),
             max_tokens: 512,
+            allowed_models: Vec::new(),
             max_answer_chars: 600,
         }
     }
@@ -184,6 +192,22 @@ impl Answerer {
         }
         if !(0.0..=2.0).contains(&req.temperature) {
             return Err(Error::invalid("temperature must be in 0..=2"));
+        }
+        if let Some(n) = req.max_tokens.filter(|n| *n > self.settings.max_tokens) {
+            return Err(Error::invalid(format!(
+                "max_tokens {n} is over the server's limit answer.max_tokens = {}",
+                self.settings.max_tokens
+            )));
+        }
+        if let Some(m) = req
+            .model
+            .as_ref()
+            .filter(|m| !self.settings.allowed_models.contains(m))
+        {
+            return Err(Error::invalid(format!(
+                "model {} is not one the server lets requests choose (answer.allowed_models)",
+                quote(m)
+            )));
         }
         let contract = Contract::new(req.schema.clone().unwrap_or_else(schema::default_schema))?;
         let collection = engine.collection(&req.collection)?;
@@ -314,10 +338,14 @@ impl Answerer {
                     ));
                 }
                 Err(why) => {
+                    tracing::debug!(reply = %quote(&c.content), "the model's last reply");
                     return Err(Error::ContractViolation {
-                        message: format!("the model's reply broke the answer contract after {attempts} attempts: {why}"),
+                        message: format!(
+                            "the model's reply broke the answer contract after {attempts} attempts: {}",
+                            quote(&why)
+                        ),
                         raw: c.content,
-                    })
+                    });
                 }
             }
         };

@@ -209,24 +209,34 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<EvalOutcome> {
 }
 
 /// The summary table printed at the end of `quarry eval`.
+/// The summary table (the same columns as report.md), aligned for a terminal.
 pub fn print_table(outcome: &EvalOutcome) {
-    println!(
-        "{:<28} {:>8} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8}",
-        "run", "nDCG@10", "recall@10", "recall@100", "MRR@10", "MAP@100", "p50 ms", "p99 ms"
-    );
-    for r in &outcome.runs {
-        let m = &r.mean;
-        println!(
-            "{:<28} {:>8.4} {:>9.4} {:>10.4} {:>8.4} {:>8.4} {:>8.2} {:>8.2}",
-            r.spec.name,
-            m.ndcg_10,
-            m.recall_10,
-            m.recall_100,
-            m.mrr_10,
-            m.map_100,
-            r.latency_ms[0],
-            r.latency_ms[2]
-        );
+    let rows = report::summary_rows(outcome);
+    let width = |i: usize| {
+        rows.iter()
+            .map(|r| r[i].len())
+            .chain([report::SUMMARY_COLUMNS[i].len()])
+            .max()
+            .unwrap_or(0)
+    };
+    let widths: Vec<usize> = (0..report::SUMMARY_COLUMNS.len()).map(width).collect();
+    let line = |cells: Vec<&str>| {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i == 0 {
+                    format!("{c:<w$}", w = widths[i])
+                } else {
+                    format!("{c:>w$}", w = widths[i])
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("  ")
+    };
+    println!("{}", line(report::SUMMARY_COLUMNS.to_vec()));
+    for r in &rows {
+        println!("{}", line(r.iter().map(String::as_str).collect()));
     }
 }
 

@@ -38,6 +38,41 @@ fn run_file_name(run: &RunOutcome) -> String {
 }
 
 /// Writes every output file into `out`.
+/// The summary table's columns: report.md and the console (`quarry eval`) both print them.
+pub const SUMMARY_COLUMNS: [&str; 9] = [
+    "run",
+    "nDCG@10",
+    "recall@10",
+    "recall@100",
+    "MRR@10",
+    "MAP@100",
+    "p50 ms",
+    "p95 ms",
+    "p99 ms",
+];
+
+/// One formatted row of [`SUMMARY_COLUMNS`] per run.
+pub fn summary_rows(outcome: &EvalOutcome) -> Vec<[String; 9]> {
+    outcome
+        .runs
+        .iter()
+        .map(|r| {
+            let m = &r.mean;
+            [
+                r.spec.name.clone(),
+                format!("{:.4}", m.ndcg_10),
+                format!("{:.4}", m.recall_10),
+                format!("{:.4}", m.recall_100),
+                format!("{:.4}", m.mrr_10),
+                format!("{:.4}", m.map_100),
+                format!("{:.2}", r.latency_ms[0]),
+                format!("{:.2}", r.latency_ms[1]),
+                format!("{:.2}", r.latency_ms[2]),
+            ]
+        })
+        .collect()
+}
+
 pub fn write_all(out: &Path, ctx: &Context, outcome: &EvalOutcome) -> Result<()> {
     std::fs::create_dir_all(out)?;
     std::fs::write(
@@ -165,26 +200,10 @@ pub fn markdown(ctx: &Context, outcome: &EvalOutcome) -> String {
         outcome.runs.first().map_or(0, |r| r.queries.len()),
         outcome.skipped_queries
     );
-    let _ = writeln!(
-        s,
-        "| run | nDCG@10 | recall@10 | recall@100 | MRR@10 | MAP@100 | p50 ms | p95 ms | p99 ms |"
-    );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
-    for r in &outcome.runs {
-        let m = &r.mean;
-        let _ = writeln!(
-            s,
-            "| {} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.2} | {:.2} | {:.2} |",
-            r.spec.name,
-            m.ndcg_10,
-            m.recall_10,
-            m.recall_100,
-            m.mrr_10,
-            m.map_100,
-            r.latency_ms[0],
-            r.latency_ms[1],
-            r.latency_ms[2]
-        );
+    let _ = writeln!(s, "| {} |", SUMMARY_COLUMNS.join(" | "));
+    let _ = writeln!(s, "|{}", "---|".repeat(SUMMARY_COLUMNS.len()));
+    for row in summary_rows(outcome) {
+        let _ = writeln!(s, "| {} |", row.join(" | "));
     }
     // Where relevant documents were lost, by retriever.
     let _ = writeln!(s, "\n## Missed relevant documents (not in the top 10)\n");

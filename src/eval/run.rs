@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use super::metrics::{self, QueryMetrics};
-use crate::engine::Engine;
+use crate::engine::{Cancel, Engine};
 use crate::error::{Error, Result};
 use crate::retrieve::{Fusion, Mode, SearchParams};
 
@@ -119,6 +119,9 @@ pub struct EvalOutcome {
     pub skipped_queries: usize,
 }
 
+/// Most run configurations in one evaluation.
+pub const MAX_RUNS: usize = 16;
+
 /// The runs evaluated when none are named: each retriever alone, then the default fusion.
 pub const DEFAULT_RUNS: &str = "lexical,dense,hybrid";
 
@@ -148,8 +151,30 @@ impl Engine {
         runs: &[RunSpec],
         depth: usize,
         progress: &mut (dyn FnMut(usize, usize) + Send),
+        cancel: &Cancel,
     ) -> Result<EvalOutcome> {
         self.collection(collection)?;
+        let limits = &self.config().limits;
+        if queries.len() > limits.max_eval_queries {
+            return Err(Error::invalid(format!(
+                "{} queries, over the limit max_eval_queries = {}",
+                queries.len(),
+                limits.max_eval_queries
+            )));
+        }
+        let judgments: usize = queries.iter().map(|q| q.judgments.len()).sum();
+        if judgments > limits.max_eval_judgments {
+            return Err(Error::invalid(format!(
+                "{judgments} judgments, over the limit max_eval_judgments = {}",
+                limits.max_eval_judgments
+            )));
+        }
+        if runs.len() > MAX_RUNS {
+            return Err(Error::invalid(format!(
+                "{} runs, over the limit of {MAX_RUNS}",
+                runs.len()
+            )));
+        }
         let depth = if depth == 0 { 100 } else { depth };
         if depth > self.config().limits.max_top_k {
             return Err(Error::invalid(format!(
@@ -188,6 +213,8 @@ impl Engine {
                 ..Default::default()
             };
             async move {
+                // The caller may have gone: stop between queries.
+                cancel.check()?;
                 let started = Instant::now();
                 let outcome = self.search(collection, params).await?;
                 let ms = started.elapsed().as_secs_f64() * 1000.0;

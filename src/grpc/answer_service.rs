@@ -84,7 +84,13 @@ impl pb::answers_server::Answers for AnswerService {
                 };
                 let _ = events.send(Ok(pb::AnswerEvent { event: Some(event) }));
             };
-            let last = match answerer.answer_with(&engine, req, Some(&sink)).await {
+            // When the client goes away the stream's receiver is dropped: stop, dropping the
+            // answer future and with it any router call in flight.
+            let outcome = tokio::select! {
+                o = answerer.answer_with(&engine, req, Some(&sink)) => o,
+                _ = tx.closed() => return,
+            };
+            let last = match outcome {
                 Ok(o) => Ok(pb::AnswerEvent {
                     event: Some(pb::answer_event::Event::Result(convert::answer_response(o))),
                 }),
@@ -110,6 +116,13 @@ impl AnswerService {
 
 /// Wire request -> core request.
 fn core_request(r: pb::AnswerRequest) -> Result<AnswerRequest, Status> {
+    if r.schema_json.len() > crate::answer::MAX_SCHEMA_BYTES {
+        return Err(to_status(Error::invalid(format!(
+            "schema_json is {} bytes, over the limit of {}",
+            r.schema_json.len(),
+            crate::answer::MAX_SCHEMA_BYTES
+        ))));
+    }
     let schema = if r.schema_json.trim().is_empty() {
         None
     } else {

@@ -100,21 +100,30 @@ pub fn mode_to_pb(m: Mode) -> pb::SearchMode {
     }
 }
 
-fn weight(w: Option<f32>, default: f32, name: &str) -> Result<f32> {
+/// Largest fusion weight, title boost and RRF k a request may set: far beyond any useful
+/// value, small enough that every fused score stays finite.
+pub const MAX_WEIGHT: f32 = 1000.0;
+pub const MAX_RRF_K: f32 = 1_000_000.0;
+
+fn bounded(w: Option<f32>, default: f32, max: f32, name: &str) -> Result<f32> {
     let w = w.unwrap_or(default);
-    if !(w.is_finite() && w >= 0.0) {
+    if !(w.is_finite() && (0.0..=max).contains(&w)) {
         return Err(Error::invalid(format!(
-            "{name} must be a finite number >= 0, got {w}"
+            "{name} must be a finite number in 0..={max}, got {w}"
         )));
     }
     Ok(w)
+}
+
+fn weight(w: Option<f32>, default: f32, name: &str) -> Result<f32> {
+    bounded(w, default, MAX_WEIGHT, name)
 }
 
 pub fn fusion(f: Option<pb::Fusion>) -> Result<Fusion> {
     match f.and_then(|f| f.method) {
         None => Ok(Fusion::default()),
         Some(pb::fusion::Method::Rrf(r)) => Ok(Fusion::Rrf {
-            k: weight(r.k, 60.0, "rrf.k")?,
+            k: bounded(r.k, 60.0, MAX_RRF_K, "rrf.k")?,
             lexical_weight: weight(r.lexical_weight, 1.0, "rrf.lexical_weight")?,
             dense_weight: weight(r.dense_weight, 1.0, "rrf.dense_weight")?,
         }),

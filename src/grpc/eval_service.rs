@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use super::pb;
 use super::status::to_status;
-use crate::engine::Engine;
+use crate::engine::{Cancel, Engine};
 use crate::error::Error;
 use crate::eval::run::{EvalQuery, RunSpec};
 
@@ -65,10 +65,18 @@ impl pb::eval_server::Eval for EvalService {
             .map_err(to_status)?;
         let (tx, rx) = mpsc::channel(16);
         let engine = self.engine.clone();
+        // When the client goes away the stream's receiver is dropped: the progress callback
+        // (after every query) notices and the evaluation stops before its next query.
+        let cancel = Cancel::new();
+        let client_gone = cancel.clone();
         tokio::spawn(async move {
             let progress_tx = tx.clone();
             let mut last = 0;
             let mut progress = move |done: usize, total: usize| {
+                if progress_tx.is_closed() {
+                    client_gone.cancel();
+                    return;
+                }
                 // Report about every 1% so the stream stays small.
                 if done == total || done >= last + (total / 100).max(1) {
                     last = done;
@@ -86,6 +94,7 @@ impl pb::eval_server::Eval for EvalService {
                     &runs,
                     r.depth as usize,
                     &mut progress,
+                    &cancel,
                 )
                 .await;
             let message = match outcome {

@@ -54,12 +54,20 @@ impl TestServer {
     /// `config.answer` names routers.
     pub async fn start(config: Config) -> TestServer {
         let answerer = Answerer::configured(config.answer.clone()).expect("answer settings");
-        let engine = Arc::new(
-            tokio::task::spawn_blocking(move || config.open_engine())
-                .await
-                .unwrap()
-                .expect("engine opens"),
-        );
+        let engine = tokio::task::spawn_blocking(move || config.open_engine())
+            .await
+            .unwrap()
+            .expect("engine opens");
+        Self::serve_with(engine, answerer).await
+    }
+
+    /// Serves an engine opened by the test (for example over the hash embedder).
+    pub async fn serve(engine: Engine) -> TestServer {
+        Self::serve_with(engine, None).await
+    }
+
+    async fn serve_with(engine: Engine, answerer: Option<Arc<Answerer>>) -> TestServer {
+        let engine = Arc::new(engine);
         let inner = LocalServer::start(engine.clone(), answerer)
             .await
             .expect("server starts");
@@ -70,17 +78,12 @@ impl TestServer {
         }
     }
 
-    /// Serves an engine opened by the test (for example over the hash embedder).
-    pub async fn serve(engine: Engine) -> TestServer {
-        let engine = Arc::new(engine);
-        let inner = LocalServer::start(engine.clone(), None)
+    /// One search over a fresh client.
+    pub async fn search(&self, r: pb::SearchRequest) -> Result<pb::SearchResponse, tonic::Status> {
+        pb::search_client::SearchClient::new(self.channel().await)
+            .search(r)
             .await
-            .expect("server starts");
-        TestServer {
-            url: inner.url.clone(),
-            engine,
-            inner,
-        }
+            .map(|r| r.into_inner())
     }
 
     pub async fn channel(&self) -> Channel {

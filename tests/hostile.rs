@@ -1,0 +1,292 @@
+//! What a hostile or careless client sends, through the real server and model: each gets a
+//! clear status with the right code, never INTERNAL, never a non-finite score, never a reply
+//! or message that grows with the abuse.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::{doc, test_config, TestServer};
+use quarry::grpc::pb;
+use tonic::Code;
+
+use pb::collections_client::CollectionsClient;
+use pb::documents_client::DocumentsClient;
+use pb::search_client::SearchClient;
+
+async fn server_with_docs() -> (TestServer, tempfile::TempDir) {
+    let data = tempfile::tempdir().unwrap();
+    let server = TestServer::start(test_config(data.path())).await;
+    CollectionsClient::new(server.channel().await)
+        .create_collection(pb::CreateCollectionRequest {
+            name: "c".into(),
+            config: None,
+        })
+        .await
+        .unwrap();
+    let mut tagged = doc("b", "volcanoes erupt lava and ash");
+    tagged.metadata.insert("kind".into(), "geo".into());
+    DocumentsClient::new(server.channel().await)
+        .upsert_documents(pb::UpsertDocumentsRequest {
+            collection: "c".into(),
+            documents: vec![doc("a", "kangaroos are marsupials"), tagged],
+        })
+        .await
+        .unwrap();
+    (server, data)
+}
+
+fn search_request(query: &str) -> pb::SearchRequest {
+    pb::SearchRequest {
+        collection: "c".into(),
+        query: query.into(),
+        top_k: 5,
+        mode: pb::SearchMode::Hybrid as i32,
+        explain: true,
+        ..Default::default()
+    }
+}
+
+async fn search(
+    server: &TestServer,
+    r: pb::SearchRequest,
+) -> Result<pb::SearchResponse, tonic::Status> {
+    server.search(r).await
+}
+
+fn assert_invalid(r: Result<impl std::fmt::Debug, tonic::Status>, needle: &str) {
+    let s = r.expect_err("must be rejected");
+    assert_eq!(s.code(), Code::InvalidArgument, "{}", s.message());
+    assert!(
+        s.message().contains(needle),
+        "{:?} lacks {needle:?}",
+        s.message()
+    );
+    assert!(
+        s.message().len() < 400,
+        "message too long: {}",
+        s.message().len()
+    );
+}
+
+#[tokio::test]
+async fn non_finite_numbers_are_rejected_and_scores_stay_finite() {
+    let (server, _data) = server_with_docs().await;
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        for filtered in [false, true] {
+            let mut r = search_request("");
+            r.mode = pb::SearchMode::Dense as i32;
+            r.query_vector = vec![0.1; 384];
+            r.query_vector[7] = bad;
+            if filtered {
+                r.filter.insert("kind".into(), "geo".into());
+            }
+            assert_invalid(search(&server, r).await, "query_vector[7]");
+        }
+    }
+    let mut r = search_request("");
+    r.mode = pb::SearchMode::Dense as i32;
+    r.query_vector = vec![0.0; 384];
+    assert_invalid(search(&server, r).await, "all zeros");
+
+    let mut r = search_request("lava");
+    r.title_boost = Some(3.4e38);
+    assert_invalid(search(&server, r).await, "title_boost");
+    let mut r = search_request("lava");
+    r.fusion = Some(pb::Fusion {
+        method: Some(pb::fusion::Method::Weighted(pb::WeightedFusion {
+            lexical_weight: Some(3.4e38),
+            dense_weight: Some(3.4e38),
+        })),
+    });
+    assert_invalid(search(&server, r).await, "lexical_weight");
+    // The largest allowed values still give finite scores, in both fusions.
+    for method in [
+        pb::fusion::Method::Weighted(pb::WeightedFusion {
+            lexical_weight: Some(1000.0),
+            dense_weight: Some(1000.0),
+        }),
+        pb::fusion::Method::Rrf(pb::RrfFusion {
+            k: Some(0.0),
+            lexical_weight: Some(1000.0),
+            dense_weight: Some(1000.0),
+        }),
+    ] {
+        let mut r = search_request("lava volcanoes");
+        r.title_boost = Some(1000.0);
+        r.fusion = Some(pb::Fusion {
+            method: Some(method),
+        });
+        let out = search(&server, r).await.unwrap();
+        assert!(!out.hits.is_empty());
+        for h in &out.hits {
+            assert!(h.score.is_finite(), "{h:?}");
+            let e = h.explanation.as_ref().unwrap();
+            for rh in [&e.lexical, &e.dense].into_iter().flatten() {
+                assert!(rh.score.is_finite(), "{h:?}");
+            }
+        }
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn repeated_and_excess_ids_do_not_multiply_work() {
+    let (server, _data) = server_with_docs().await;
+    let mut docs = DocumentsClient::new(server.channel().await);
+    let r = docs
+        .get_documents(pb::GetDocumentsRequest {
+            collection: "c".into(),
+            ids: vec!["a".to_string(); 40],
+            include_chunks: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.documents.len(), 1, "each id answered once");
+    let over = docs
+        .get_documents(pb::GetDocumentsRequest {
+            collection: "c".into(),
+            ids: (0..41).map(|i| format!("x{i}")).collect(),
+            include_chunks: false,
+        })
+        .await;
+    assert_invalid(over, "max_batch_documents");
+    let d = docs
+        .delete_documents(pb::DeleteDocumentsRequest {
+            collection: "c".into(),
+            ids: vec!["a".into(), "a".into(), "a".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (d.deleted, d.missing.len()),
+        (1, 0),
+        "a repeated id counts once"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn metadata_counts_against_the_document_size_limit() {
+    let (server, _data) = server_with_docs().await;
+    // test_config sets max_document_bytes to 64 KiB.
+    let mut big = doc("m", "a short text of twenty-four");
+    big.metadata.insert("blob".into(), "x".repeat(70 * 1024));
+    let r = DocumentsClient::new(server.channel().await)
+        .upsert_documents(pb::UpsertDocumentsRequest {
+            collection: "c".into(),
+            documents: vec![big],
+        })
+        .await;
+    assert_invalid(r, "max_document_bytes");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_names_and_bad_filter_keys_get_short_clear_errors() {
+    let (server, _data) = server_with_docs().await;
+    let long = "n".repeat(20_000);
+    let mut collections = CollectionsClient::new(server.channel().await);
+    let created = collections
+        .create_collection(pb::CreateCollectionRequest {
+            name: long.clone(),
+            config: None,
+        })
+        .await;
+    assert_invalid(created, "invalid collection name");
+    let got = collections
+        .get_collection(pb::GetCollectionRequest { name: long.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(got.code(), Code::NotFound);
+    assert!(got.message().len() < 400, "{}", got.message().len());
+    let mut r = search_request("lava");
+    r.collection = format!("{long}\nforged log line");
+    let s = search(&server, r).await.unwrap_err();
+    assert_eq!(s.code(), Code::NotFound);
+    assert!(!s.message().contains('\n') && s.message().len() < 400);
+
+    // U+001F separates key and value in the index: a key containing it must not match
+    // another entry ("kind" = "geo" is stored; "kind\u{1f}geo" = "" must not find it).
+    let mut r = search_request("lava");
+    r.filter = HashMap::from([("kind\u{1f}geo".to_string(), String::new())]);
+    assert_invalid(search(&server, r).await, "U+001F");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_collection_under_load_leaves_no_ghost() {
+    let data = tempfile::tempdir().unwrap();
+    let server = TestServer::start(test_config(data.path())).await;
+    let mut collections = CollectionsClient::new(server.channel().await);
+    for round in 0..3 {
+        collections
+            .create_collection(pb::CreateCollectionRequest {
+                name: "c".into(),
+                config: None,
+            })
+            .await
+            .unwrap();
+        // A long write holds the collection's write lock while the delete arrives.
+        let channel = server.channel().await;
+        let documents: Vec<pb::Document> = common::fixture_docs()
+            .into_iter()
+            .map(|mut d| {
+                d.text = vec![d.text; 8].join("\n\n");
+                d
+            })
+            .collect();
+        let long_write = tokio::spawn(async move {
+            DocumentsClient::new(channel)
+                .upsert_documents(pb::UpsertDocumentsRequest {
+                    collection: "c".into(),
+                    documents,
+                })
+                .await
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        // Searches race the delete: each succeeds or says NOT_FOUND, never INTERNAL.
+        let channel = server.channel().await;
+        let searches = tokio::spawn(async move {
+            for _ in 0..20 {
+                let r = SearchClient::new(channel.clone())
+                    .search(search_request("mitochondria"))
+                    .await;
+                if let Err(s) = r {
+                    assert_eq!(s.code(), Code::NotFound, "{}", s.message());
+                }
+            }
+        });
+        // The caller of the delete gives up while it waits for the lock; the delete still
+        // completes once the write is done.
+        let delete =
+            collections.delete_collection(pb::DeleteCollectionRequest { name: "c".into() });
+        let abandoned = tokio::time::timeout(std::time::Duration::from_millis(50), delete).await;
+        assert!(
+            abandoned.is_err(),
+            "round {round}: the delete waited for the write"
+        );
+        let written = long_write.await.unwrap();
+        assert!(written.is_ok(), "the write that held the lock completes");
+        searches.await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let got = collections
+            .get_collection(pb::GetCollectionRequest { name: "c".into() })
+            .await
+            .unwrap_err();
+        assert_eq!(got.code(), Code::NotFound, "round {round}");
+        // The next round creates "c" again: no half-deleted collection holds the name.
+    }
+    server.stop().await;
+    // Nothing comes back after a restart: the last round's deletion was durable.
+    let server = TestServer::start(test_config(data.path())).await;
+    let listed = CollectionsClient::new(server.channel().await)
+        .list_collections(pb::ListCollectionsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.collections.is_empty(), "{:?}", listed.collections);
+    server.stop().await;
+}
