@@ -41,6 +41,9 @@ pub struct Config {
     pub auto_fetch_model: bool,
     /// Embedding sessions used for ingestion (each single-threaded). 0: one per core.
     pub embed_workers: usize,
+    /// Directories under which a collection may name its model by absolute path. Empty:
+    /// models are only names under `models_dir` (catalog models included).
+    pub model_roots: Vec<PathBuf>,
     pub limits: Limits,
     pub index: IndexSettings,
     /// Grounded answers: inference routers, retries, packing, contract enforcement.
@@ -57,6 +60,7 @@ impl Default for Config {
             default_model: DEFAULT_MODEL.to_string(),
             auto_fetch_model: true,
             embed_workers: 0,
+            model_roots: Vec::new(),
             limits: Limits::default(),
             index: IndexSettings::default(),
             answer: AnswerSettings::default(),
@@ -105,6 +109,8 @@ impl Config {
                 "QUARRY_DEFAULT_MODEL" => self.default_model = value,
                 "QUARRY_AUTO_FETCH_MODEL" => self.auto_fetch_model = parse_env(&key, &value)?,
                 "QUARRY_EMBED_WORKERS" => self.embed_workers = parse_env(&key, &value)?,
+                // Colon-separated directories.
+                "QUARRY_MODEL_ROOTS" => self.model_roots = std::env::split_paths(&value).collect(),
                 // Comma-separated router base URLs, in failover order.
                 "QUARRY_ROUTER" => {
                     self.answer.routers = value
@@ -143,12 +149,13 @@ impl Config {
 
     /// Where the engine's embedding models come from.
     pub fn models(&self) -> LocalModels {
-        LocalModels {
-            models_dir: self.models_dir.clone(),
-            onnxruntime_library: self.onnxruntime_library.clone(),
-            auto_fetch: self.auto_fetch_model,
-            workers: self.effective_embed_workers(),
-        }
+        LocalModels::new(
+            self.models_dir.clone(),
+            self.onnxruntime_library.clone(),
+            self.auto_fetch_model,
+            self.effective_embed_workers(),
+            self.model_roots.clone(),
+        )
     }
 
     /// Opens the engine this configuration describes. Blocking.

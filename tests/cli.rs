@@ -401,3 +401,43 @@ fn readme_examples_run_as_written() {
     );
     stop_gracefully(server);
 }
+
+/// A client that opens an upsert stream and then sends nothing does not keep the server from
+/// exiting on SIGTERM: after the shutdown grace period its connection is closed, the state is
+/// checkpointed, and the process exits 0.
+#[test]
+fn an_idle_client_stream_does_not_block_shutdown() {
+    use futures::StreamExt;
+    use quarry::grpc::pb;
+    let data = tempfile::tempdir().unwrap();
+    let (mut server, url) = start_server(data.path());
+    ingest_fixture(&url);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // The stream sends its first message, then waits forever.
+    let channel = rt.block_on(quarry::client::connect(&url)).unwrap();
+    let first = pb::StreamUpsertRequest {
+        collection: "mini".into(),
+        document: Some(common::doc("idle", "an idle stream")),
+    };
+    let requests = futures::stream::iter([first]).chain(futures::stream::pending());
+    let mut client = pb::documents_client::DocumentsClient::new(channel);
+    let _idle = rt.spawn(async move { client.stream_upsert_documents(requests).await });
+    std::thread::sleep(Duration::from_millis(500));
+    let status = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let started = Instant::now();
+    loop {
+        if let Some(status) = server.try_wait().unwrap() {
+            assert!(status.success(), "server exited with {status}");
+            break;
+        }
+        assert!(
+            started.elapsed() < quarry::grpc::SHUTDOWN_GRACE + Duration::from_secs(20),
+            "an idle stream blocked shutdown"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

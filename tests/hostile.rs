@@ -290,3 +290,160 @@ async fn deleting_a_collection_under_load_leaves_no_ghost() {
     assert!(listed.collections.is_empty(), "{:?}", listed.collections);
     server.stop().await;
 }
+
+/// One collection whose files are corrupt does not stop the server: the others serve, and the
+/// broken one says why (FAILED_PRECONDITION, health NOT_SERVING) until it is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collection_that_cannot_open_does_not_stop_the_server() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::{health_check_response::ServingStatus, HealthCheckRequest};
+    let data = tempfile::tempdir().unwrap();
+    let server = TestServer::start(test_config(data.path())).await;
+    let mut collections = CollectionsClient::new(server.channel().await);
+    for name in ["broken", "fine"] {
+        collections
+            .create_collection(pb::CreateCollectionRequest {
+                name: name.into(),
+                config: None,
+            })
+            .await
+            .unwrap();
+        DocumentsClient::new(server.channel().await)
+            .upsert_documents(pb::UpsertDocumentsRequest {
+                collection: name.into(),
+                documents: vec![doc("a", "kangaroos are marsupials")],
+            })
+            .await
+            .unwrap();
+    }
+    server.stop().await;
+    // "broken" was created first, so it has the smaller numeric id on disk.
+    let mut dirs: Vec<u64> = std::fs::read_dir(data.path().join("collections"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().parse().unwrap())
+        .collect();
+    dirs.sort();
+    let meta = data
+        .path()
+        .join("collections")
+        .join(dirs[0].to_string())
+        .join("dense/meta.json");
+    std::fs::write(&meta, b"{ not json").unwrap();
+
+    let server = TestServer::start(test_config(data.path())).await;
+    let mut r = search_request("kangaroo");
+    r.collection = "fine".into();
+    assert_eq!(search(&server, r).await.unwrap().hits[0].document_id, "a");
+    let mut collections = CollectionsClient::new(server.channel().await);
+    let s = collections
+        .get_collection(pb::GetCollectionRequest {
+            name: "broken".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::FailedPrecondition, "{}", s.message());
+    assert!(
+        s.message().contains("could not be opened"),
+        "{}",
+        s.message()
+    );
+    let health = HealthClient::new(server.channel().await)
+        .check(HealthCheckRequest {
+            service: quarry::grpc::collection_health_name("broken"),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(health.status, ServingStatus::NotServing as i32);
+    // Deleting it frees the name.
+    collections
+        .delete_collection(pb::DeleteCollectionRequest {
+            name: "broken".into(),
+        })
+        .await
+        .unwrap();
+    collections
+        .create_collection(pb::CreateCollectionRequest {
+            name: "broken".into(),
+            config: None,
+        })
+        .await
+        .unwrap();
+    server.stop().await;
+}
+
+/// A request shaped to break SearchRequest's decoding: `collection` (field 1) as raw bytes,
+/// `top_k` (field 3, a varint) as a string.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Garbled {
+    #[prost(bytes = "vec", tag = "1")]
+    collection: Vec<u8>,
+    #[prost(string, optional, tag = "3")]
+    top_k: Option<String>,
+}
+
+/// Malformed protobuf and invalid UTF-8 are the caller's fault: INVALID_ARGUMENT, not INTERNAL.
+#[tokio::test]
+async fn undecodable_requests_are_invalid_arguments() {
+    let (server, _data) = server_with_docs().await;
+    let cases = [
+        Garbled {
+            collection: vec![b'c', 0xff, 0xfe],
+            top_k: None,
+        },
+        Garbled {
+            collection: b"c".to_vec(),
+            top_k: Some("ten".into()),
+        },
+    ];
+    for garbled in cases {
+        let mut grpc = tonic::client::Grpc::new(server.channel().await);
+        grpc.ready().await.unwrap();
+        let codec = tonic_prost::ProstCodec::<Garbled, pb::SearchResponse>::default();
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static("/quarry.v1.Search/Search");
+        let s = grpc
+            .unary(tonic::Request::new(garbled.clone()), path, codec)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            s.code(),
+            Code::InvalidArgument,
+            "{garbled:?}: {}",
+            s.message()
+        );
+    }
+    server.stop().await;
+}
+
+/// Model names come from clients: no paths out of the models directory, no second copy of a
+/// loaded model through another spelling, and no server path in the error.
+#[tokio::test]
+async fn model_names_cannot_be_paths() {
+    let (server, _data) = server_with_docs().await;
+    let models_dir = common::provision();
+    let mut collections = CollectionsClient::new(server.channel().await);
+    for bad in [
+        "../../../../etc".to_string(),
+        "./all-minilm-l6-v2/.".to_string(),
+        models_dir.join("all-minilm-l6-v2").display().to_string(),
+        "/etc".to_string(),
+    ] {
+        let s = collections
+            .create_collection(pb::CreateCollectionRequest {
+                name: "m".into(),
+                config: Some(pb::CollectionConfig {
+                    embedding_model: bad.clone(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(s.code(), Code::InvalidArgument, "{bad}: {}", s.message());
+        assert!(
+            !s.message().contains(&models_dir.display().to_string()) || bad.starts_with('/'),
+            "{bad}: the models directory leaked: {}",
+            s.message()
+        );
+    }
+    server.stop().await;
+}

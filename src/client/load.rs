@@ -1,6 +1,7 @@
 //! Turning paths into documents: a text or markdown file, a directory of them (recursively), or
 //! a BEIR-style `corpus.jsonl` / `corpus.jsonl.gz` (`_id`, `title`, `text`, optional `metadata`).
 
+use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
@@ -19,7 +20,7 @@ pub fn load_paths(paths: &[PathBuf]) -> anyhow::Result<Vec<pb::Document>> {
     for path in paths {
         if path.is_dir() {
             let mut files = Vec::new();
-            collect_files(path, &mut files)?;
+            collect_files(path, &mut files, &mut Seen::default())?;
             files.sort();
             for f in files {
                 out.push(load_text_file(&f, path)?);
@@ -36,16 +37,35 @@ pub fn load_paths(paths: &[PathBuf]) -> anyhow::Result<Vec<pb::Document>> {
     Ok(out)
 }
 
-fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+/// Directories and files already collected, by canonical path: symlinks that loop back, or
+/// that reach the same file twice, add nothing.
+#[derive(Default)]
+struct Seen {
+    dirs: HashSet<PathBuf>,
+    files: HashSet<PathBuf>,
+}
+
+fn collect_files(dir: &Path, out: &mut Vec<PathBuf>, seen: &mut Seen) -> anyhow::Result<()> {
+    let canonical = dir
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", dir.display()))?;
+    if !seen.dirs.insert(canonical) {
+        return Ok(());
+    }
     for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
         let path = entry?.path();
         if path.is_dir() {
-            collect_files(&path, out)?;
+            collect_files(&path, out, seen)?;
         } else if matches!(
             path.extension().and_then(|e| e.to_str()),
             Some("txt" | "md" | "markdown")
         ) {
-            out.push(path);
+            // A dangling symlink has no canonical path: it is skipped like any unreadable entry.
+            if let Ok(file) = path.canonicalize() {
+                if seen.files.insert(file) {
+                    out.push(path);
+                }
+            }
         }
     }
     Ok(())
@@ -157,5 +177,23 @@ mod tests {
         assert_eq!(docs[0].metadata.get("k").map(String::as_str), Some("v"));
         assert_eq!(docs[1].id, "7");
         assert!(load_paths(&[dir.path().join("missing")]).is_err());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn symlink_loops_and_aliases_add_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/a.txt"), "plain").unwrap();
+        std::os::unix::fs::symlink(dir.path(), dir.path().join("sub/loop")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("sub/a.txt"), dir.path().join("alias.txt"))
+            .unwrap();
+        let docs = load_paths(&[dir.path().to_path_buf()]).unwrap();
+        assert_eq!(
+            docs.len(),
+            1,
+            "{:?}",
+            docs.iter().map(|d| &d.id).collect::<Vec<_>>()
+        );
     }
 }

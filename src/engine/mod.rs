@@ -55,6 +55,9 @@ pub struct Engine {
     /// Loaded models by name: one per name, shared by every collection that uses it.
     models: Mutex<HashMap<String, Arc<dyn Embedder>>>,
     collections: RwLock<HashMap<String, Arc<Collection>>>,
+    /// Collections whose files could not be opened at start-up, with the reason: the server
+    /// serves the others, and these answer FAILED_PRECONDITION until deleted or repaired.
+    unavailable: RwLock<HashMap<String, (CollectionRecord, String)>>,
 }
 
 fn now_ms() -> u64 {
@@ -92,16 +95,29 @@ impl Engine {
             source,
             models: Mutex::new(HashMap::new()),
             collections: RwLock::new(HashMap::new()),
+            unavailable: RwLock::new(HashMap::new()),
         };
         let records = engine.store.list_collections()?;
         engine.remove_orphan_files(&records)?;
         for record in records {
-            let collection = engine.open_collection(record)?;
-            engine
-                .collections
-                .write()
-                .map_err(|_| Error::internal("collection map poisoned"))?
-                .insert(collection.record.name.clone(), Arc::new(collection));
+            let name = record.name.clone();
+            match engine.open_collection(record.clone()) {
+                Ok(collection) => {
+                    engine
+                        .collections
+                        .write()
+                        .map_err(|_| Error::internal("collection map poisoned"))?
+                        .insert(name, Arc::new(collection));
+                }
+                Err(e) => {
+                    tracing::error!(collection = %quote(&name), error = %e, "collection cannot be opened; serving the others");
+                    engine
+                        .unavailable
+                        .write()
+                        .map_err(|_| Error::internal("collection map poisoned"))?
+                        .insert(name, (record, e.to_string()));
+                }
+            }
         }
         Ok(engine)
     }
@@ -133,18 +149,27 @@ impl Engine {
         Ok(())
     }
 
-    /// Loads (and caches) an embedding model by name. Blocking.
+    /// Loads (and caches) an embedding model by name. Blocking. The cache's lock is not held
+    /// while a model loads (or is provisioned with pip), so one slow model never stalls the
+    /// others.
     pub fn embedder(&self, name: &str) -> Result<Arc<dyn Embedder>> {
-        let mut models = self
+        let cached = self
             .models
             .lock()
-            .map_err(|_| Error::internal("model cache poisoned"))?;
-        if let Some(e) = models.get(name) {
-            return Ok(e.clone());
+            .map_err(|_| Error::internal("model cache poisoned"))?
+            .get(name)
+            .cloned();
+        if let Some(e) = cached {
+            return Ok(e);
         }
         let embedder = self.source.load(name)?;
-        models.insert(name.to_string(), embedder.clone());
-        Ok(embedder)
+        Ok(self
+            .models
+            .lock()
+            .map_err(|_| Error::internal("model cache poisoned"))?
+            .entry(name.to_string())
+            .or_insert(embedder)
+            .clone())
     }
 
     fn open_collection(&self, record: CollectionRecord) -> Result<Collection> {
@@ -174,14 +199,49 @@ impl Engine {
         Ok(collection)
     }
 
-    /// An open collection, or NOT_FOUND.
+    /// An open collection; NOT_FOUND, or FAILED_PRECONDITION with the reason when it exists
+    /// but could not be opened.
     pub fn collection(&self, name: &str) -> Result<Arc<Collection>> {
-        self.collections
+        let open = self
+            .collections
             .read()
             .map_err(|_| Error::internal("collection map poisoned"))?
             .get(name)
-            .cloned()
-            .ok_or_else(|| Error::CollectionNotFound(name.to_string()))
+            .cloned();
+        if let Some(c) = open {
+            return Ok(c);
+        }
+        match self.unavailable(name)? {
+            Some(reason) => Err(Error::FailedPrecondition(format!(
+                "collection {} could not be opened at start-up ({reason}); delete it, or repair its files and restart",
+                quote(name)
+            ))),
+            None => Err(Error::CollectionNotFound(name.to_string())),
+        }
+    }
+
+    /// Why `name` could not be opened, if it is one of the collections that could not.
+    fn unavailable(&self, name: &str) -> Result<Option<String>> {
+        Ok(self
+            .unavailable
+            .read()
+            .map_err(|_| Error::internal("collection map poisoned"))?
+            .get(name)
+            .map(|(_, reason)| reason.clone()))
+    }
+
+    /// Names of the collections that could not be opened, with the reason.
+    pub fn unavailable_collections(&self) -> Result<Vec<(String, String)>> {
+        let map = self
+            .unavailable
+            .read()
+            .map_err(|_| Error::internal("collection map poisoned"))?;
+        let mut out: Vec<_> = map
+            .iter()
+            .map(|(n, (_, why))| (n.clone(), why.clone()))
+            .collect();
+        out.sort();
+        Ok(out)
     }
 
     /// Creates a collection. Blocking (may load a model).
@@ -191,7 +251,7 @@ impl Engine {
         settings: CollectionSettings,
     ) -> Result<CollectionInfo> {
         valid_collection_name(name)?;
-        if self.collection(name).is_ok() {
+        if self.collection(name).is_ok() || self.unavailable(name)?.is_some() {
             return Err(Error::CollectionExists(name.to_string()));
         }
         let model = settings
@@ -239,6 +299,9 @@ impl Engine {
     /// it waits for a write in progress and no write starts after it), and the name disappears
     /// from the registry only together with its durable record.
     pub async fn delete_collection(self: &Arc<Self>, name: &str) -> Result<()> {
+        if self.unavailable(name)?.is_some() {
+            return self.delete_unavailable(name).await;
+        }
         let collection = self.collection(name)?;
         let engine = self.clone();
         tokio::spawn(async move {
@@ -271,5 +334,30 @@ impl Engine {
         })
         .await
         .map_err(|e| Error::internal(format!("delete task failed: {e}")))?
+    }
+
+    /// Deletes a collection that could not be opened: its record, trees and files.
+    async fn delete_unavailable(&self, name: &str) -> Result<()> {
+        let record = self
+            .unavailable
+            .read()
+            .map_err(|_| Error::internal("collection map poisoned"))?
+            .get(name)
+            .map(|(r, _)| r.clone())
+            .ok_or_else(|| Error::CollectionNotFound(name.to_string()))?;
+        let store = self.store.clone();
+        let r = record.clone();
+        tokio::task::spawn_blocking(move || store.delete_collection(&r))
+            .await
+            .map_err(|e| Error::internal(format!("delete task failed: {e}")))??;
+        self.unavailable
+            .write()
+            .map_err(|_| Error::internal("collection map poisoned"))?
+            .remove(name);
+        let dir = self.collections_dir().join(record.id.to_string());
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!(error = %e, "could not remove collection files");
+        }
+        Ok(())
     }
 }

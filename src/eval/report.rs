@@ -34,7 +34,30 @@ fn metrics_json(m: &QueryMetrics) -> serde_json::Value {
 }
 
 fn run_file_name(run: &RunOutcome) -> String {
-    format!("{}.run", run.spec.name)
+    format!("{}.run", file_stem(&run.spec.name))
+}
+
+/// A run's name (which may come from a remote server) as a file stem: `[A-Za-z0-9._-]` only,
+/// no leading dots, at most 100 characters, so it always names a file inside the output
+/// directory.
+fn file_stem(name: &str) -> String {
+    let safe: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(100)
+        .collect();
+    let safe = safe.trim_start_matches('.');
+    if safe.is_empty() {
+        "run".to_string()
+    } else {
+        safe.to_string()
+    }
 }
 
 /// Writes every output file into `out`.
@@ -426,4 +449,18 @@ pub fn html(ctx: &Context, outcome: &EvalOutcome) -> String {
     }
     s.push_str("</body></html>\n");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::file_stem;
+
+    #[test]
+    fn run_names_cannot_leave_the_output_directory() {
+        assert_eq!(file_stem("hybrid-rrf-60"), "hybrid-rrf-60");
+        assert_eq!(file_stem("../../etc/cron.d/x"), "_.._etc_cron.d_x");
+        assert_eq!(file_stem("..."), "run");
+        assert_eq!(file_stem("/abs"), "_abs");
+        assert!(file_stem(&"a".repeat(1000)).len() <= 100);
+    }
 }

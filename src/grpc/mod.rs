@@ -3,6 +3,7 @@
 //! - [`pb`]: code generated from `proto/quarry/v1/quarry.proto` by `build.rs`.
 //! - `services`: one type per service, each a thin adapter over [`crate::engine::Engine`].
 //! - `convert`: wire <-> core types. `status`: the single core-error -> `tonic::Status` mapping.
+//! - [`codec`]: prost's codec, with undecodable requests reported as INVALID_ARGUMENT.
 //! - [`serve`]: wires Quarry's services, `grpc.health.v1` and server reflection onto a listener
 //!   and runs until the shutdown future resolves, then finishes in-flight requests and
 //!   checkpoints the engine. It receives the engine and, separately, the [`Answerer`] (with its
@@ -11,6 +12,7 @@
 //!   benchmarks and tests.
 
 mod answer_service;
+pub mod codec;
 mod convert;
 mod eval_service;
 mod services;
@@ -34,6 +36,15 @@ pub mod pb {
     /// Encoded descriptor set of the Quarry protos (served by reflection).
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/quarry_descriptor.bin"));
+}
+
+/// How long shutdown waits for open requests and streams before closing their connections.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The `grpc.health.v1` service name under which a collection that could not be opened at
+/// start-up reports NOT_SERVING.
+pub fn collection_health_name(collection: &str) -> String {
+    format!("quarry.v1.Collection/{collection}")
 }
 
 /// Runs the gRPC server on `listener` until `shutdown` resolves. Without an `answerer` (no
@@ -99,12 +110,32 @@ pub async fn serve(
     health_reporter
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
+    // A collection that could not be opened is NOT_SERVING under its own health name; the
+    // server and the other collections serve.
+    for (name, why) in engine.unavailable_collections().unwrap_or_default() {
+        tracing::warn!(collection = %crate::error::quote(&name), reason = %why, "collection unavailable");
+        health_reporter
+            .set_service_status(
+                collection_health_name(&name),
+                tonic_health::ServingStatus::NotServing,
+            )
+            .await;
+    }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let checkpointer = spawn_checkpointer(engine.clone(), stop_rx);
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "quarry listening");
-    tonic::transport::Server::builder()
+    // Shutdown: stop accepting, let in-flight requests finish, but not forever: a client that
+    // holds a stream open and idle would otherwise block the exit. Work cut off here is safe:
+    // a write that is committing finishes in its own task and holds the write lock, which the
+    // final checkpoint below waits for.
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let signal = async move {
+        shutdown.await;
+        let _ = stopping_tx.send(());
+    };
+    let server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
         .add_service(collections)
@@ -115,9 +146,22 @@ pub async fn serve(
         // TCP_NODELAY: without it, small replies wait for delayed ACKs (~40 ms per request).
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
-        .await?;
+            signal,
+        );
+    let grace_over = async move {
+        if stopping_rx.await.is_ok() {
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        served = server => served?,
+        _ = grace_over => tracing::warn!(
+            "requests still open {} s after shutdown began; closing their connections",
+            SHUTDOWN_GRACE.as_secs()
+        ),
+    }
     tracing::info!("in-flight requests finished; checkpointing");
     let _ = stop_tx.send(true);
     let _ = checkpointer.await;
