@@ -196,3 +196,83 @@ async fn eval_rpc_evaluates_a_live_collection() {
     drop(client);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eval_requests_are_bounded_and_stop_when_the_client_leaves() {
+    let data = tempfile::tempdir().unwrap();
+    let server = TestServer::start(test_config(data.path())).await;
+    let channel = server.channel().await;
+    common::create_fixture_collection(&channel, "live").await;
+    let query = |i: usize, judgments: usize| pb::EvalQuery {
+        id: format!("q{i}"),
+        text: format!("organelle that makes ATP, variant {i}"),
+        judgments: (0..judgments)
+            .map(|j| (format!("d{j}"), 1))
+            .chain([("bio-mitochondria".to_string(), 2)])
+            .collect(),
+    };
+    let mut client = pb::eval_client::EvalClient::new(channel.clone());
+    let first_error = |mut s: tonic::Streaming<pb::EvalProgress>| async move {
+        loop {
+            match s.message().await {
+                Err(e) => break e,
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the request was accepted"),
+            }
+        }
+    };
+    // Over max_eval_queries (2000).
+    let many = pb::EvalRequest {
+        collection: "live".into(),
+        queries: (0..2001).map(|i| query(i, 0)).collect(),
+        runs: vec![],
+        depth: 10,
+    };
+    let err = first_error(client.evaluate(many).await.unwrap().into_inner()).await;
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("max_eval_queries"),
+        "{}",
+        err.message()
+    );
+    // Over max_eval_judgments (200000), in a single query.
+    let heavy = pb::EvalRequest {
+        collection: "live".into(),
+        queries: vec![query(0, 200_000)],
+        runs: vec![],
+        depth: 10,
+    };
+    let err = first_error(client.evaluate(heavy).await.unwrap().into_inner()).await;
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("max_eval_judgments"),
+        "{}",
+        err.message()
+    );
+
+    // A long evaluation whose client leaves after the first progress report stops.
+    let long = pb::EvalRequest {
+        collection: "live".into(),
+        queries: (0..1500).map(|i| query(i, 0)).collect(),
+        runs: vec![],
+        depth: 10,
+    };
+    let mut stream = client.evaluate(long).await.unwrap().into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert!(first.result.is_none() && first.total > 0);
+    drop(stream);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let after_leaving = server.engine.searches();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(
+        server.engine.searches(),
+        after_leaving,
+        "the evaluation kept searching after its client left"
+    );
+    assert!(
+        after_leaving < 1500 * 5,
+        "it stopped early: {after_leaving} searches"
+    );
+    drop(client);
+    server.stop().await;
+}

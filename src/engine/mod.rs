@@ -58,6 +58,8 @@ pub struct Engine {
     /// Collections whose files could not be opened at start-up, with the reason: the server
     /// serves the others, and these answer FAILED_PRECONDITION until deleted or repaired.
     unavailable: RwLock<HashMap<String, (CollectionRecord, String)>>,
+    /// Searches started since the engine opened (lets tests see that abandoned work stopped).
+    searches: std::sync::atomic::AtomicU64,
 }
 
 fn now_ms() -> u64 {
@@ -96,6 +98,7 @@ impl Engine {
             models: Mutex::new(HashMap::new()),
             collections: RwLock::new(HashMap::new()),
             unavailable: RwLock::new(HashMap::new()),
+            searches: std::sync::atomic::AtomicU64::new(0),
         };
         let records = engine.store.list_collections()?;
         engine.remove_orphan_files(&records)?;
@@ -124,6 +127,11 @@ impl Engine {
 
     pub fn config(&self) -> &EngineConfig {
         &self.config
+    }
+
+    /// Searches started since the engine opened.
+    pub fn searches(&self) -> u64 {
+        self.searches.load(Ordering::Relaxed)
     }
 
     fn collections_dir(&self) -> PathBuf {

@@ -24,6 +24,8 @@ impl Engine {
     pub async fn search(&self, collection: &str, params: SearchParams) -> Result<SearchOutcome> {
         let c = self.collection(collection)?;
         self.validate_search(&params)?;
+        self.searches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let limits = self.config.limits.clone();
         tokio::task::spawn_blocking(move || {
             // A collection deleted under a running search: NOT_FOUND, not a storage error.
