@@ -21,6 +21,18 @@ pub fn quote(input: &str) -> String {
     }
 }
 
+/// The longest prefix of `s` of at most `max_bytes` bytes that ends on a character boundary.
+pub fn clip(s: &str, max_bytes: usize) -> &str {
+    if s.len() <= max_bytes {
+        return s;
+    }
+    let mut end = max_bytes;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// Result alias used throughout the core.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -120,5 +132,8 @@ mod tests {
         assert!(q.len() < 250 && q.ends_with("(20000 bytes in all)"), "{q}");
         let e = Error::CollectionNotFound(long);
         assert!(e.to_string().len() < 300);
+        assert_eq!(clip("héllo", 2), "h");
+        assert_eq!(clip("héllo", 3), "hé");
+        assert_eq!(clip("abc", 10), "abc");
     }
 }

@@ -447,3 +447,47 @@ async fn model_names_cannot_be_paths() {
     }
     server.stop().await;
 }
+
+/// A stream of rejected documents is bounded: past max_stream_documents the stream is refused,
+/// and each rejection's id and message are cut, so the reply cannot outgrow the message limit.
+#[tokio::test]
+async fn a_stream_of_rejected_documents_is_bounded() {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = test_config(data.path());
+    config.limits.max_stream_documents = 100;
+    let server = TestServer::start(config).await;
+    CollectionsClient::new(server.channel().await)
+        .create_collection(pb::CreateCollectionRequest {
+            name: "c".into(),
+            config: None,
+        })
+        .await
+        .unwrap();
+    let stream = |n: usize, id: String| {
+        futures::stream::iter((0..n).map(move |i| pb::StreamUpsertRequest {
+            collection: "c".into(),
+            // Empty text: every document is rejected.
+            document: Some(doc(&format!("{id}{i}"), "")),
+        }))
+    };
+    let long_id = "i".repeat(100_000);
+    let mut docs = DocumentsClient::new(server.channel().await);
+    let within = docs
+        .stream_upsert_documents(stream(100, long_id.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(within.results.len(), 100);
+    for r in &within.results {
+        assert_eq!(r.status, pb::UpsertStatus::Rejected as i32);
+        assert!(
+            r.id.len() <= 512 && r.error.len() <= 256,
+            "{} {}",
+            r.id.len(),
+            r.error.len()
+        );
+    }
+    let over = docs.stream_upsert_documents(stream(101, "d".into())).await;
+    assert_invalid(over, "max_stream_documents");
+    server.stop().await;
+}

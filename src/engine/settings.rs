@@ -40,6 +40,8 @@ pub struct Limits {
     pub max_query_bytes: usize,
     /// Largest `top_k` (and candidate depth) a search may ask for.
     pub max_top_k: usize,
+    /// Most documents in one StreamUpsertDocuments call (its reply has a result for each).
+    pub max_stream_documents: usize,
     /// Most queries in one Eval request (its reply carries a ranking per query and run).
     pub max_eval_queries: usize,
     /// Most relevance judgments in one Eval request.
@@ -72,6 +74,7 @@ impl Default for Limits {
             max_metadata_entries: 64,
             max_query_bytes: 8 * 1024,
             max_top_k: 1000,
+            max_stream_documents: 50_000,
             max_eval_queries: 2000,
             max_eval_judgments: 200_000,
         }

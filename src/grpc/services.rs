@@ -8,10 +8,13 @@ use super::convert;
 use super::pb;
 use super::status::to_status;
 use crate::engine::{CollectionSettings, DocumentInput, Engine};
+use crate::error::clip;
 
 /// Documents a streaming upsert groups into one engine batch (one sled transaction, one
 /// tantivy commit); large enough to amortize commits, small enough to acknowledge promptly.
 const STREAM_BATCH: usize = 64;
+/// Longest error message in a per-document result.
+const MAX_RESULT_ERROR_BYTES: usize = 256;
 
 pub struct CollectionsService {
     engine: Arc<Engine>,
@@ -166,13 +169,23 @@ impl pb::documents_server::Documents for DocumentsService {
             };
             let doc = convert::document(doc);
             let pos = results.len();
+            let limits = &self.engine.config().limits;
+            if pos >= limits.max_stream_documents {
+                return Err(Status::invalid_argument(format!(
+                    "the stream has more than max_stream_documents = {} documents; batches \
+                     already written are stored (sending them again is cheap: unchanged \
+                     documents are skipped)",
+                    limits.max_stream_documents
+                )));
+            }
             match self.engine.validate_document(&doc) {
                 Err(e) => {
+                    // Both are bounded, so the reply stays within max_message_bytes.
                     results.push(Some(pb::DocumentResult {
-                        id: doc.id,
+                        id: clip(&doc.id, limits.max_id_bytes).to_string(),
                         status: pb::UpsertStatus::Rejected as i32,
                         chunk_count: 0,
-                        error: e.to_string(),
+                        error: clip(&e.to_string(), MAX_RESULT_ERROR_BYTES).to_string(),
                     }));
                 }
                 Ok(()) => {
