@@ -57,6 +57,21 @@ pub fn titled(title: &str, chunk: &str) -> String {
     }
 }
 
+/// Text-splitter's cost grows faster than linearly with the length of text that has few good
+/// boundaries: measured with the MiniLM tokenizer, runs of punctuation took 0.9 s for 64 KiB
+/// and 8 s for 256 KiB, CJK without spaces 0.4 s and 4.4 s, nested markdown quotes 0.6 s for
+/// 32 KiB and 8 s for 128 KiB. Documents are therefore chunked in windows of at most this many
+/// bytes, each cut at the best boundary near its end (blank line, line, sentence, space), so
+/// chunking costs time linear in a document's length. A window edge is also a chunk edge.
+const WINDOW_BYTES: usize = 16 * 1024;
+
+/// A chunk may be at most this many bytes per token of the budget: a "word" the tokenizer
+/// reads as one unknown token (a 256 KiB run of letters) would otherwise be a single chunk.
+const MAX_BYTES_PER_TOKEN: usize = 16;
+
+/// Byte ranges of the chunks of one window.
+type SplitFn<'a> = dyn Fn(&str) -> Vec<(usize, usize)> + 'a;
+
 /// Splits `text` into token-bounded chunks. `markdown` selects the markdown-aware splitter.
 pub fn chunk(
     text: &str,
@@ -69,20 +84,96 @@ pub fn chunk(
         .with_sizer(tokenizer)
         .with_overlap(settings.overlap)
         .map_err(|e| Error::invalid(format!("chunk settings: {e}")))?;
-    let spans: Vec<(usize, &str)> = if markdown {
-        MarkdownSplitter::new(config).chunk_indices(text).collect()
-    } else {
-        TextSplitter::new(config).chunk_indices(text).collect()
-    };
-    Ok(spans
-        .into_iter()
-        .enumerate()
-        .map(|(i, (start, s))| Span {
-            ordinal: i as u32,
-            start,
-            end: start + s.len(),
+    let mut ranges: Vec<(usize, usize)> = Vec::new();
+    let splitter: Box<SplitFn<'_>> = if markdown {
+        let s = MarkdownSplitter::new(config);
+        Box::new(move |w: &str| {
+            s.chunk_indices(w)
+                .map(|(start, c)| (start, start + c.len()))
+                .collect()
         })
-        .collect())
+    } else {
+        let s = TextSplitter::new(config);
+        Box::new(move |w: &str| {
+            s.chunk_indices(w)
+                .map(|(start, c)| (start, start + c.len()))
+                .collect()
+        })
+    };
+    for (offset, window) in windows(text, WINDOW_BYTES) {
+        ranges.extend(
+            splitter(window)
+                .into_iter()
+                .map(|(s, e)| (offset + s, offset + e)),
+        );
+    }
+    let max_bytes = settings.max_tokens * MAX_BYTES_PER_TOKEN;
+    let mut spans = Vec::with_capacity(ranges.len());
+    for (start, end) in ranges {
+        let mut s = start;
+        while s < end {
+            let e = if end - s <= max_bytes {
+                end
+            } else {
+                floor_boundary(text, s + max_bytes).max(next_boundary(text, s))
+            };
+            spans.push(Span {
+                ordinal: spans.len() as u32,
+                start: s,
+                end: e,
+            });
+            s = e;
+        }
+    }
+    Ok(spans)
+}
+
+/// The largest character boundary at or before `i`.
+fn floor_boundary(text: &str, mut i: usize) -> usize {
+    i = i.min(text.len());
+    while !text.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+/// The character boundary just after the character starting at `i`.
+fn next_boundary(text: &str, i: usize) -> usize {
+    text[i..].chars().next().map_or(i, |c| i + c.len_utf8())
+}
+
+/// `text` in consecutive windows of at most `max` bytes (see [`WINDOW_BYTES`]), as (offset,
+/// window) pairs covering all of it.
+fn windows(text: &str, max: usize) -> Vec<(usize, &str)> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < text.len() {
+        if text.len() - start <= max {
+            out.push((start, &text[start..]));
+            break;
+        }
+        let limit = floor_boundary(text, start + max);
+        let slice = &text[start..limit];
+        // The last good boundary in the window's second half, best kind first.
+        let half = slice.len() / 2;
+        let cut = ["\n\n", "\n", ". ", " "]
+            .iter()
+            .find_map(|sep| {
+                slice
+                    .rfind(sep)
+                    .filter(|&i| i >= half)
+                    .map(|i| i + sep.len())
+            })
+            .unwrap_or(slice.len());
+        let end = if cut == 0 {
+            next_boundary(text, start)
+        } else {
+            start + cut
+        };
+        out.push((start, &text[start..end]));
+        start = end;
+    }
+    out
 }
 
 #[cfg(test)]
@@ -206,6 +297,83 @@ mod tests {
             let text = words.join(" ");
             let overlap = max_tokens * overlap_frac / 8;
             check(&text, markdown, ChunkSettings { max_tokens, overlap });
+        }
+    }
+}
+
+#[cfg(test)]
+mod pathological {
+    use super::*;
+
+    /// Times chunking of pathological inputs with the real model tokenizer (run by hand:
+    /// `cargo test --lib pathological -- --ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn time_pathological_inputs() {
+        let dir = crate::config::default_models_dir().join("all-minilm-l6-v2");
+        let mut tok = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
+        tok.with_truncation(None).unwrap();
+        tok.with_padding(None);
+        let settings = ChunkSettings {
+            max_tokens: 254,
+            overlap: 32,
+        };
+        let n: usize = std::env::var("QUARRY_PATHOLOGICAL_BYTES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(256 * 1024);
+        let cases: Vec<(&str, String, bool)> = vec![
+            (
+                "prose",
+                "The cell is a unit of life. ".repeat(n / 28),
+                false,
+            ),
+            ("punctuation runs", "!?.,;:".repeat(n / 6), false),
+            (
+                "CJK without spaces",
+                "细胞是生命的基本单位".repeat(n / 30),
+                false,
+            ),
+            (
+                "nested quotes (md)",
+                format!("{}x\n", "> ".repeat(n / 4)),
+                true,
+            ),
+            ("one long word", "a".repeat(n), false),
+        ];
+        for (name, text, md) in cases {
+            let t = std::time::Instant::now();
+            let spans = chunk(&text, md, settings, &tok).unwrap();
+            eprintln!(
+                "{name:<22} {:>7} bytes -> {:>5} chunks in {:.2?}",
+                text.len(),
+                spans.len(),
+                t.elapsed()
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod window_tests {
+    use super::*;
+
+    #[test]
+    fn windows_cover_the_text_and_cut_at_boundaries() {
+        let text = format!("{}\n\n{}", "word ".repeat(5000), "x".repeat(40_000));
+        let w = windows(&text, 16 * 1024);
+        assert!(w.len() >= 3);
+        let mut next = 0;
+        for (offset, window) in &w {
+            assert_eq!(*offset, next);
+            assert!(window.len() <= 16 * 1024 && !window.is_empty());
+            next = offset + window.len();
+        }
+        assert_eq!(next, text.len());
+        assert!(w[0].1.ends_with(' '), "cut at a space");
+        let cjk = "细胞".repeat(20_000);
+        for (_, window) in windows(&cjk, 1000) {
+            assert!(window.len() <= 1000);
         }
     }
 }
