@@ -57,6 +57,64 @@ pub fn titled(title: &str, chunk: &str) -> String {
     }
 }
 
+/// How a document's title shares a chunk's token budget when it is embedded with the chunk
+/// (see [`titled`]): the chunk's own text comes first, and the title gets only the tokens the
+/// chunk leaves free, and at most a quarter of the budget. A short chunk carries its whole
+/// (short) title; a chunk that fills the budget carries less of it, or none. Without this a long title filled the model's window and the
+/// chunk's own text was never embedded; chunk boundaries do not depend on the title.
+pub struct TitleFit<'t> {
+    title: &'t str,
+    /// Byte offset where each of the title's tokens ends.
+    token_ends: Vec<usize>,
+}
+
+impl<'t> TitleFit<'t> {
+    pub fn new(title: &'t str, tokenizer: &tokenizers::Tokenizer) -> Result<TitleFit<'t>> {
+        let token_ends = if title.is_empty() {
+            Vec::new()
+        } else {
+            tokenizer
+                .encode(title, false)
+                .map_err(|e| Error::internal(format!("tokenizer: {e}")))?
+                .get_offsets()
+                .iter()
+                .map(|&(_, end)| end.min(title.len()))
+                .collect()
+        };
+        Ok(TitleFit { title, token_ends })
+    }
+
+    /// The part of the title that fits beside `chunk` in `max_tokens`.
+    pub fn for_chunk(
+        &self,
+        chunk: &str,
+        max_tokens: usize,
+        tokenizer: &tokenizers::Tokenizer,
+    ) -> Result<&'t str> {
+        if self.token_ends.is_empty() {
+            return Ok("");
+        }
+        let used = tokenizer
+            .encode(chunk, false)
+            .map_err(|e| Error::internal(format!("tokenizer: {e}")))?
+            .len();
+        // At most a quarter of the budget, so a long title cannot dominate the chunk's vector
+        // either (mean pooling weighs every token alike).
+        let room = max_tokens.saturating_sub(used).min(max_tokens / 4);
+        if room >= self.token_ends.len() {
+            return Ok(self.title);
+        }
+        if room == 0 {
+            return Ok("");
+        }
+        let mut end = self.token_ends[room - 1];
+        while !self.title.is_char_boundary(end) {
+            end -= 1;
+        }
+        Ok(&self.title[..end])
+    }
+}
+
 /// Text-splitter's cost grows faster than linearly with the length of text that has few good
 /// boundaries: measured with the MiniLM tokenizer, runs of punctuation took 0.9 s for 64 KiB
 /// and 8 s for 256 KiB, CJK without spaces 0.4 s and 4.4 s, nested markdown quotes 0.6 s for
@@ -310,7 +368,13 @@ mod pathological {
     #[test]
     #[ignore]
     fn time_pathological_inputs() {
-        let dir = crate::config::default_models_dir().join("all-minilm-l6-v2");
+        let models = std::env::var_os("QUARRY_MODELS_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                    .join(".cache/quarry/models")
+            });
+        let dir = models.join("all-minilm-l6-v2");
         let mut tok = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
         tok.with_truncation(None).unwrap();
         tok.with_padding(None);
@@ -375,5 +439,75 @@ mod window_tests {
         for (_, window) in windows(&cjk, 1000) {
             assert!(window.len() <= 1000);
         }
+    }
+}
+
+#[cfg(test)]
+mod title_tests {
+    use super::*;
+
+    fn words() -> tokenizers::Tokenizer {
+        use crate::model::Embedder;
+        crate::model::hashed::HashEmbedder::new(8)
+            .unwrap()
+            .tokenizer()
+            .clone()
+    }
+
+    #[test]
+    fn the_chunk_comes_first_and_the_title_gets_what_is_left() {
+        let tok = words();
+        let fit = TitleFit::new("a three word title", &tok).unwrap();
+        assert_eq!(
+            fit.for_chunk("short", 40, &tok).unwrap(),
+            "a three word title"
+        );
+        let full = "body ".repeat(38);
+        assert_eq!(fit.for_chunk(&full, 40, &tok).unwrap(), "a three");
+        let long_title = TitleFit::new(
+            "one two three four five six seven eight nine ten eleven twelve",
+            &tok,
+        )
+        .unwrap();
+        assert_eq!(
+            long_title.for_chunk("short", 40, &tok).unwrap(),
+            "one two three four five six seven eight nine ten",
+            "a quarter of the budget at most"
+        );
+        assert_eq!(fit.for_chunk(&"body ".repeat(40), 40, &tok).unwrap(), "");
+        let long = (0..500)
+            .map(|i| format!("w{i}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let fit = TitleFit::new(&long, &tok).unwrap();
+        let text = "body ".repeat(500);
+        for span in chunk(
+            &text,
+            false,
+            ChunkSettings {
+                max_tokens: 40,
+                overlap: 4,
+            },
+            &tok,
+        )
+        .unwrap()
+        {
+            let piece = &text[span.start..span.end];
+            let title = fit.for_chunk(piece, 40, &tok).unwrap();
+            let n = tok
+                .encode(titled(title, piece).as_str(), false)
+                .unwrap()
+                .len();
+            assert!(n <= 40, "{n}");
+            let own = tok.encode(piece, false).unwrap().len();
+            assert!(own > 0 && n >= own, "the chunk's own text is all there");
+        }
+        assert_eq!(
+            TitleFit::new("", &tok)
+                .unwrap()
+                .for_chunk("x", 40, &tok)
+                .unwrap(),
+            ""
+        );
     }
 }

@@ -421,7 +421,15 @@ mod tests {
             assert_eq!((op.add, op.remove), (vec![12], vec![10, 11]));
             store.flush_blocking().unwrap();
         }
-        let store = Store::open(dir.path()).unwrap();
+        // sled releases its lock on the directory a moment after the last handle is dropped.
+        let store = (0..100)
+            .find_map(|_| {
+                Store::open(dir.path()).ok().or_else(|| {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    None
+                })
+            })
+            .expect("the store reopens");
         let trees = store.trees(&record(1)).unwrap();
         assert_eq!(trees.chunk_count(), 1);
         assert_eq!(trees.get_vector(12).unwrap(), Some(vec![1.0, 0.0]));

@@ -610,3 +610,62 @@ async fn hybrid_degrades_to_lexical_over_grpc_when_the_model_fails() {
     assert!(!r.degraded);
     server.stop().await;
 }
+
+/// A long title must not push a chunk's own text out of the model's window: the text is
+/// embedded first and the title gets at most a quarter of the budget. (Before, the title was
+/// prepended whole and the model truncated the text away, so the chunk's vector was the
+/// title's alone: exactly what document "t" below, the title as its text, gets.)
+#[tokio::test]
+async fn a_long_title_does_not_hide_the_text_from_dense_search() {
+    let data = tempfile::tempdir().unwrap();
+    let server = TestServer::start(test_config(data.path())).await;
+    create(&server, "docs").await;
+    let title =
+        "Annual report of the standing committee on maritime shipping regulations. ".repeat(30);
+    let mut titled = doc(
+        "a",
+        "Mitochondria produce most of the cell's ATP through oxidative phosphorylation.",
+    );
+    titled.title = title.clone();
+    DocumentsClient::new(server.channel().await)
+        .upsert_documents(pb::UpsertDocumentsRequest {
+            collection: "docs".into(),
+            documents: vec![
+                titled,
+                doc("t", &title),
+                doc("b", "Volcanoes erupt lava and ash."),
+            ],
+        })
+        .await
+        .unwrap();
+    let r = search(
+        &server,
+        request(
+            "docs",
+            "how do mitochondria make ATP",
+            pb::SearchMode::Dense,
+        ),
+    )
+    .await
+    .unwrap();
+    let score = |id: &str| {
+        r.hits
+            .iter()
+            .find(|h| h.document_id == id)
+            .and_then(|h| h.explanation.as_ref()?.dense)
+            .map_or(0.0, |d| d.score)
+    };
+    eprintln!(
+        "cosine: text with title {}, title alone {}",
+        score("a"),
+        score("t")
+    );
+    assert_eq!(r.hits[0].document_id, "a");
+    assert!(
+        score("a") > score("t") + 0.1,
+        "the text was not embedded: cosine {} against {} for the title alone",
+        score("a"),
+        score("t")
+    );
+    server.stop().await;
+}

@@ -387,15 +387,18 @@ impl Collection {
                 )));
             }
         }
-        let texts: Vec<String> = changed
-            .iter()
-            .zip(&spans)
-            .flat_map(|((_, doc, _), spans)| {
-                spans
-                    .iter()
-                    .map(|s| titled(&doc.title, &doc.text[s.start..s.end]))
-            })
-            .collect();
+        // What the model embeds: each chunk with as much of its title as fits beside it.
+        let mut texts: Vec<String> = Vec::new();
+        for ((_, doc, _), spans) in changed.iter().zip(&spans) {
+            let fit = chunk::TitleFit::new(&doc.title, tokenizer)?;
+            for s in spans {
+                let piece = &doc.text[s.start..s.end];
+                texts.push(titled(
+                    fit.for_chunk(piece, settings.max_tokens, tokenizer)?,
+                    piece,
+                ));
+            }
+        }
         let mut vectors = Vec::with_capacity(texts.len());
         for slice in texts.chunks(EMBED_SLICE) {
             cancel.check()?;
