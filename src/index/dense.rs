@@ -251,19 +251,31 @@ impl DenseIndex {
     }
 
     /// Writes the graph and its metadata durably (see the module docs).
+    ///
+    /// The dump runs on a snapshot of the state taken under a short read lock, so searches go
+    /// on while it writes: the caller holds the collection's write lock, so no insertion or
+    /// rebuild can change the graph meanwhile.
     pub fn checkpoint(&self) -> Result<()> {
-        let mut s = self.write()?;
-        if !s.dirty {
-            return Ok(());
-        }
+        let (hnsw, meta) = {
+            let s = self.read()?;
+            if !s.dirty {
+                return Ok(());
+            }
+            let meta = Meta {
+                applied_seq: s.applied_seq,
+                points: s.points,
+                dimension: self.dimension,
+                tombstones: s.tombstones.iter().copied().collect(),
+            };
+            (s.hnsw.clone(), meta)
+        };
         let tmp = self.dir.join("dense.tmp");
         let live = self.dir.join("dense");
         let old = self.dir.join("dense.old");
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp)?;
-        if s.points > 0 {
-            let name = s
-                .hnsw
+        if meta.points > 0 {
+            let name = hnsw
                 .file_dump(&tmp, BASENAME)
                 .map_err(|e| Error::internal(format!("HNSW dump failed: {e}")))?;
             if name != BASENAME {
@@ -272,12 +284,6 @@ impl DenseIndex {
                 )));
             }
         }
-        let meta = Meta {
-            applied_seq: s.applied_seq,
-            points: s.points,
-            dimension: self.dimension,
-            tombstones: s.tombstones.iter().copied().collect(),
-        };
         std::fs::write(tmp.join("meta.json"), serde_json::to_vec(&meta)?)?;
         for entry in std::fs::read_dir(&tmp)? {
             std::fs::File::open(entry?.path())?.sync_all()?;
@@ -289,7 +295,10 @@ impl DenseIndex {
         std::fs::rename(&tmp, &live)?;
         std::fs::File::open(&self.dir)?.sync_all()?;
         let _ = std::fs::remove_dir_all(&old);
-        s.dirty = false;
+        let mut s = self.write()?;
+        if s.applied_seq == meta.applied_seq && s.points == meta.points {
+            s.dirty = false;
+        }
         Ok(())
     }
 
@@ -434,5 +443,37 @@ mod tests {
             index.search(&[1.0; 3], 1, None),
             Err(Error::InvalidArgument(_))
         ));
+    }
+
+    #[test]
+    fn searches_go_on_while_a_checkpoint_writes() {
+        let data = clustered(5000, 384, 40, 3);
+        let dir = tempfile::tempdir().unwrap();
+        let index = std::sync::Arc::new(DenseIndex::open(dir.path(), 384, params()).unwrap());
+        index.apply(1, &data, &[]).unwrap();
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (i2, d2) = (index.clone(), done.clone());
+        let writer = std::thread::spawn(move || {
+            i2.checkpoint().unwrap();
+            d2.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        // Searches complete while the dump is still being written.
+        let mut during = 0;
+        let q = &data[0].1;
+        while !done.load(std::sync::atomic::Ordering::SeqCst) {
+            index.search(q, 10, None).unwrap();
+            if !done.load(std::sync::atomic::Ordering::SeqCst) {
+                during += 1;
+            }
+        }
+        writer.join().unwrap();
+        // (Holding the state's write lock through the dump let at most a search or two through.)
+        assert!(
+            during >= 10,
+            "only {during} searches completed during the checkpoint"
+        );
+        assert!(!index.is_dirty().unwrap());
+        let reopened = DenseIndex::open(dir.path(), 384, params()).unwrap();
+        assert_eq!(reopened.applied_seq().unwrap(), 1);
     }
 }
