@@ -491,3 +491,64 @@ async fn a_stream_of_rejected_documents_is_bounded() {
     assert_invalid(over, "max_stream_documents");
     server.stop().await;
 }
+
+/// Number of threads of this process.
+fn threads() -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap()
+}
+
+/// Collections cost no threads while idle: each BM25 writer's threads are released at the
+/// next checkpoint once it has been idle (here at once), so thousands of collections cannot
+/// exhaust the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_collections_hold_no_writer_threads() {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = test_config(data.path());
+    config.index.writer_idle_secs = 0;
+    let server = TestServer::start(config).await;
+    let mut collections = CollectionsClient::new(server.channel().await);
+    let mut docs = DocumentsClient::new(server.channel().await);
+    let before = threads();
+    const N: usize = 20;
+    for i in 0..N {
+        let name = format!("c{i}");
+        collections
+            .create_collection(pb::CreateCollectionRequest {
+                name: name.clone(),
+                config: None,
+            })
+            .await
+            .unwrap();
+        docs.upsert_documents(pb::UpsertDocumentsRequest {
+            collection: name,
+            documents: vec![doc("a", "kangaroos are marsupials")],
+        })
+        .await
+        .unwrap();
+    }
+    let writing = threads();
+    server.engine.checkpoint().await.unwrap();
+    let idle = threads();
+    eprintln!("threads: {before} before, {writing} with {N} writers, {idle} after closing them");
+    assert!(writing >= before + 2 * N, "each open writer has threads");
+    assert!(
+        idle + 2 * N <= writing,
+        "closing idle writers released their threads"
+    );
+    // A closed writer reopens on the next write.
+    docs.upsert_documents(pb::UpsertDocumentsRequest {
+        collection: "c0".into(),
+        documents: vec![doc("b", "wombats dig burrows")],
+    })
+    .await
+    .unwrap();
+    let mut r = search_request("wombats");
+    r.collection = "c0".into();
+    assert_eq!(search(&server, r).await.unwrap().hits[0].document_id, "b");
+    server.stop().await;
+}

@@ -55,6 +55,7 @@ impl Engine {
         for c in collections {
             let guard = c.write_guard().await;
             let ratio = self.config.index.rebuild_tombstone_ratio;
+            let idle = Duration::from_secs(self.config.index.writer_idle_secs);
             let store = self.store.clone();
             let c2 = c.clone();
             tokio::task::spawn_blocking(move || {
@@ -62,7 +63,7 @@ impl Engine {
                 if c2.deleted.load(Ordering::Acquire) {
                     return Ok(());
                 }
-                c2.checkpoint_blocking(&store, ratio)
+                c2.checkpoint_blocking(&store, ratio, idle)
             })
             .await
             .map_err(|e| Error::internal(format!("checkpoint task failed: {e}")))??;
@@ -234,8 +235,14 @@ impl Collection {
         }
     }
 
-    pub(super) fn checkpoint_blocking(&self, store: &Store, rebuild_ratio: f32) -> Result<()> {
+    pub(super) fn checkpoint_blocking(
+        &self,
+        store: &Store,
+        rebuild_ratio: f32,
+        writer_idle: Duration,
+    ) -> Result<()> {
         self.catch_up_if_stale();
+        self.lexical.close_idle_writer(writer_idle)?;
         if self.dense.tombstone_ratio()? > rebuild_ratio {
             let vectors = self.trees.all_vectors().collect::<Result<Vec<_>>>()?;
             tracing::info!(collection = %self.record.name, points = vectors.len(), "rebuilding HNSW graph to drop deleted points");

@@ -62,6 +62,9 @@ pub struct IndexSettings {
     pub checkpoint_interval_secs: u64,
     /// Rebuild the HNSW graph when deleted points exceed this fraction of all points.
     pub rebuild_tombstone_ratio: f32,
+    /// A collection's BM25 index writer (and its threads) is closed at the next checkpoint
+    /// once nothing was written for this long.
+    pub writer_idle_secs: u64,
 }
 
 impl Default for Limits {
@@ -89,6 +92,7 @@ impl Default for IndexSettings {
             hnsw_ef_search: 128,
             checkpoint_interval_secs: 30,
             rebuild_tombstone_ratio: 0.2,
+            writer_idle_secs: 60,
         }
     }
 }

@@ -64,7 +64,10 @@ impl<'a> ChunkIds<'a> {
 pub struct LexicalIndex {
     index: Index,
     reader: IndexReader,
-    writer: std::sync::Mutex<IndexWriter>,
+    /// Open only while the collection is being written: an index writer keeps threads (an
+    /// indexing worker, a segment updater, a merger), so idle collections close theirs
+    /// ([`LexicalIndex::close_idle_writer`]) and a server can hold thousands of collections.
+    writer: std::sync::Mutex<Option<(IndexWriter, std::time::Instant)>>,
     chunk_id: Field,
     title: Field,
     body: Field,
@@ -106,7 +109,6 @@ impl LexicalIndex {
             field("body")?,
             field("meta")?,
         );
-        let writer = index.writer_with_num_threads(1, 50_000_000)?;
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
@@ -114,7 +116,7 @@ impl LexicalIndex {
         Ok(LexicalIndex {
             index,
             reader,
-            writer: std::sync::Mutex::new(writer),
+            writer: std::sync::Mutex::new(None),
             chunk_id,
             title,
             body,
@@ -137,19 +139,56 @@ impl LexicalIndex {
     /// Removes `remove`, adds `add` (idempotent: an added chunk id replaces any copy), and
     /// commits with `seq` as payload. New documents are searchable when this returns.
     pub fn apply(&self, seq: u64, add: &[LexicalDoc<'_>], remove: &[u64]) -> Result<()> {
-        let mut writer = self
+        let mut slot = self
             .writer
             .lock()
             .map_err(|_| Error::internal("lexical writer poisoned"))?;
-        if let Err(e) = self.stage_and_commit(&mut writer, seq, add, remove) {
+        if slot.is_none() {
+            *slot = Some((self.new_writer()?, std::time::Instant::now()));
+        }
+        let Some((writer, last_used)) = slot.as_mut() else {
+            return Err(Error::internal("lexical writer missing"));
+        };
+        *last_used = std::time::Instant::now();
+        if let Err(e) = self.stage_and_commit(writer, seq, add, remove) {
             // Drop what was staged, so a later commit cannot publish half of this operation
             // under another sequence; the operation stays in sled's log for replay.
             let _ = writer.rollback();
+            // A writer whose commit failed is not reused.
+            *slot = None;
             return Err(e);
         }
-        drop(writer);
+        drop(slot);
         self.reader.reload()?;
         Ok(())
+    }
+
+    /// One indexing thread and one merge thread: a collection is written by one batch at a
+    /// time, and tantivy's default of four mergers per writer adds up over many collections.
+    fn new_writer(&self) -> Result<IndexWriter> {
+        let options = tantivy::indexer::IndexWriterOptions::builder()
+            .num_worker_threads(1)
+            .num_merge_threads(1)
+            .memory_budget_per_thread(50_000_000)
+            .build();
+        Ok(self.index.writer_with_options(options)?)
+    }
+
+    /// Closes the writer (and its threads) if nothing was written for `idle`, after letting
+    /// its merges finish. Returns whether it closed one.
+    pub fn close_idle_writer(&self, idle: std::time::Duration) -> Result<bool> {
+        let mut slot = self
+            .writer
+            .lock()
+            .map_err(|_| Error::internal("lexical writer poisoned"))?;
+        match slot.as_ref() {
+            Some((_, last_used)) if last_used.elapsed() >= idle => {}
+            _ => return Ok(false),
+        }
+        if let Some((writer, _)) = slot.take() {
+            writer.wait_merging_threads()?;
+        }
+        Ok(true)
     }
 
     fn stage_and_commit(
