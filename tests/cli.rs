@@ -59,12 +59,28 @@ fn ingest_file(url: &str, corpus: &Path) -> String {
 }
 
 fn stop_gracefully(mut server: Child) {
+    terminate_within(&mut server, Duration::from_secs(120));
+}
+
+/// Sends SIGTERM and asserts the server exits 0 within `limit`.
+fn terminate_within(server: &mut Child, limit: Duration) {
     let status = Command::new("kill")
         .args(["-TERM", &server.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
-    assert!(server.wait().unwrap().success());
+    let started = Instant::now();
+    loop {
+        if let Some(status) = server.try_wait().unwrap() {
+            assert!(status.success(), "server exited with {status}");
+            return;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "server did not stop within {limit:?} of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn search_json(url: &str, query: &str) -> serde_json::Value {
@@ -128,23 +144,7 @@ fn serve_ingest_search_and_sigterm() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("NotFound"));
 
     // SIGTERM: finish, flush, exit 0.
-    let status = Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let started = Instant::now();
-    loop {
-        if let Some(status) = server.try_wait().unwrap() {
-            assert!(status.success(), "server exited with {status}");
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "server did not stop on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    terminate_within(&mut server, Duration::from_secs(60));
     assert!(data.path().join("sled").exists());
 }
 
@@ -423,21 +423,8 @@ fn an_idle_client_stream_does_not_block_shutdown() {
     let mut client = pb::documents_client::DocumentsClient::new(channel);
     let _idle = rt.spawn(async move { client.stream_upsert_documents(requests).await });
     std::thread::sleep(Duration::from_millis(500));
-    let status = Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let started = Instant::now();
-    loop {
-        if let Some(status) = server.try_wait().unwrap() {
-            assert!(status.success(), "server exited with {status}");
-            break;
-        }
-        assert!(
-            started.elapsed() < quarry::grpc::SHUTDOWN_GRACE + Duration::from_secs(20),
-            "an idle stream blocked shutdown"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    terminate_within(
+        &mut server,
+        quarry::grpc::SHUTDOWN_GRACE + Duration::from_secs(20),
+    );
 }

@@ -47,13 +47,6 @@ fn search_request(query: &str) -> pb::SearchRequest {
     }
 }
 
-async fn search(
-    server: &TestServer,
-    r: pb::SearchRequest,
-) -> Result<pb::SearchResponse, tonic::Status> {
-    server.search(r).await
-}
-
 fn assert_invalid(r: Result<impl std::fmt::Debug, tonic::Status>, needle: &str) {
     let s = r.expect_err("must be rejected");
     assert_eq!(s.code(), Code::InvalidArgument, "{}", s.message());
@@ -81,17 +74,17 @@ async fn non_finite_numbers_are_rejected_and_scores_stay_finite() {
             if filtered {
                 r.filter.insert("kind".into(), "geo".into());
             }
-            assert_invalid(search(&server, r).await, "query_vector[7]");
+            assert_invalid(server.search(r).await, "query_vector[7]");
         }
     }
     let mut r = search_request("");
     r.mode = pb::SearchMode::Dense as i32;
     r.query_vector = vec![0.0; 384];
-    assert_invalid(search(&server, r).await, "all zeros");
+    assert_invalid(server.search(r).await, "all zeros");
 
     let mut r = search_request("lava");
     r.title_boost = Some(3.4e38);
-    assert_invalid(search(&server, r).await, "title_boost");
+    assert_invalid(server.search(r).await, "title_boost");
     let mut r = search_request("lava");
     r.fusion = Some(pb::Fusion {
         method: Some(pb::fusion::Method::Weighted(pb::WeightedFusion {
@@ -99,7 +92,7 @@ async fn non_finite_numbers_are_rejected_and_scores_stay_finite() {
             dense_weight: Some(3.4e38),
         })),
     });
-    assert_invalid(search(&server, r).await, "lexical_weight");
+    assert_invalid(server.search(r).await, "lexical_weight");
     // The largest allowed values still give finite scores, in both fusions.
     for method in [
         pb::fusion::Method::Weighted(pb::WeightedFusion {
@@ -117,7 +110,7 @@ async fn non_finite_numbers_are_rejected_and_scores_stay_finite() {
         r.fusion = Some(pb::Fusion {
             method: Some(method),
         });
-        let out = search(&server, r).await.unwrap();
+        let out = server.search(r).await.unwrap();
         assert!(!out.hits.is_empty());
         for h in &out.hits {
             assert!(h.score.is_finite(), "{h:?}");
@@ -204,7 +197,7 @@ async fn oversized_names_and_bad_filter_keys_get_short_clear_errors() {
     assert!(got.message().len() < 400, "{}", got.message().len());
     let mut r = search_request("lava");
     r.collection = format!("{long}\nforged log line");
-    let s = search(&server, r).await.unwrap_err();
+    let s = server.search(r).await.unwrap_err();
     assert_eq!(s.code(), Code::NotFound);
     assert!(!s.message().contains('\n') && s.message().len() < 400);
 
@@ -212,7 +205,7 @@ async fn oversized_names_and_bad_filter_keys_get_short_clear_errors() {
     // another entry ("kind" = "geo" is stored; "kind\u{1f}geo" = "" must not find it).
     let mut r = search_request("lava");
     r.filter = HashMap::from([("kind\u{1f}geo".to_string(), String::new())]);
-    assert_invalid(search(&server, r).await, "U+001F");
+    assert_invalid(server.search(r).await, "U+001F");
     server.stop().await;
 }
 
@@ -333,7 +326,7 @@ async fn a_collection_that_cannot_open_does_not_stop_the_server() {
     let server = TestServer::start(test_config(data.path())).await;
     let mut r = search_request("kangaroo");
     r.collection = "fine".into();
-    assert_eq!(search(&server, r).await.unwrap().hits[0].document_id, "a");
+    assert_eq!(server.search(r).await.unwrap().hits[0].document_id, "a");
     let mut collections = CollectionsClient::new(server.channel().await);
     let s = collections
         .get_collection(pb::GetCollectionRequest {
@@ -549,6 +542,6 @@ async fn idle_collections_hold_no_writer_threads() {
     .unwrap();
     let mut r = search_request("wombats");
     r.collection = "c0".into();
-    assert_eq!(search(&server, r).await.unwrap().hits[0].document_id, "b");
+    assert_eq!(server.search(r).await.unwrap().hits[0].document_id, "b");
     server.stop().await;
 }
