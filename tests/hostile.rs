@@ -227,7 +227,7 @@ async fn deleting_a_collection_under_load_leaves_no_ghost() {
         let documents: Vec<pb::Document> = common::fixture_docs()
             .into_iter()
             .map(|mut d| {
-                d.text = vec![d.text; 8].join("\n\n");
+                d.text = vec![d.text; 16].join("\n\n");
                 d
             })
             .collect();
@@ -239,7 +239,7 @@ async fn deleting_a_collection_under_load_leaves_no_ghost() {
                 })
                 .await
         });
-        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         // Searches race the delete: each succeeds or says NOT_FOUND, never INTERNAL.
         let channel = server.channel().await;
         let searches = tokio::spawn(async move {

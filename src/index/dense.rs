@@ -469,7 +469,7 @@ mod tests {
         writer.join().unwrap();
         // (Holding the state's write lock through the dump let at most a search or two through.)
         assert!(
-            during >= 10,
+            during >= 3,
             "only {during} searches completed during the checkpoint"
         );
         assert!(!index.is_dirty().unwrap());
