@@ -92,6 +92,24 @@ impl Error {
         Error::Internal(msg.into())
     }
 
+    /// True when the server's disk is full (ENOSPC) under sled, tantivy or a plain file.
+    pub fn is_storage_full(&self) -> bool {
+        let full = |e: &std::io::Error| {
+            e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(28)
+        };
+        match self {
+            Error::Storage(sled::Error::Io(e)) | Error::Io(e) => full(e),
+            Error::Lexical(tantivy::TantivyError::IoError(e)) => full(e),
+            _ => false,
+        }
+    }
+
+    /// True for a failure of the storage itself (sled or the file system), as opposed to
+    /// bad input or a fault in one request.
+    pub fn is_storage_failure(&self) -> bool {
+        matches!(self, Error::Storage(_) | Error::Io(_))
+    }
+
     /// True when the caller caused the error (as opposed to a fault inside the server).
     pub fn is_user_error(&self) -> bool {
         matches!(

@@ -97,6 +97,10 @@ pub struct NewDocument {
 pub struct Store {
     db: sled::Db,
     collections: sled::Tree,
+    /// Set when a write or flush failed in the storage itself (a full disk, an I/O error):
+    /// sled 0.34 then keeps failing until it is reopened, so health reports NOT_SERVING.
+    /// Cleared by a later successful flush.
+    failed: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Handles on one collection's trees.
@@ -134,7 +138,11 @@ impl Store {
             .flush_every_ms(Some(500))
             .open()?;
         let collections = db.open_tree("collections")?;
-        Ok(Store { db, collections })
+        Ok(Store {
+            db,
+            collections,
+            failed: Default::default(),
+        })
     }
 
     /// A fresh, never reused id (sequences, chunk ids, collection ids).
@@ -149,8 +157,28 @@ impl Store {
     }
 
     pub fn flush_blocking(&self) -> Result<()> {
-        self.db.flush()?;
-        Ok(())
+        match self.db.flush() {
+            Ok(_) => {
+                self.failed
+                    .store(false, std::sync::atomic::Ordering::Release);
+                Ok(())
+            }
+            Err(e) => {
+                self.mark_failed();
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Records that the storage failed (see `failed`).
+    pub fn mark_failed(&self) {
+        self.failed
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// False once a write or flush failed in the storage and none has succeeded since.
+    pub fn healthy(&self) -> bool {
+        !self.failed.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn list_collections(&self) -> Result<Vec<CollectionRecord>> {

@@ -276,8 +276,14 @@ impl Collection {
         documents: i64,
     ) -> Result<Op> {
         self.catch_up_if_stale();
-        let seq = store.next_id()?;
-        let op = self.trees.commit(seq, upserts, deletes)?;
+        let committed = store
+            .next_id()
+            .and_then(|seq| Ok((seq, self.trees.commit(seq, upserts, deletes)?)));
+        let (seq, op) = committed.inspect_err(|e| {
+            if e.is_storage_failure() {
+                store.mark_failed();
+            }
+        })?;
         store.flush_blocking()?;
         self.count(documents, &op);
         if self.stale.load(Ordering::Acquire) {

@@ -129,6 +129,11 @@ impl Engine {
         &self.config
     }
 
+    /// False once the storage failed (a full disk, an I/O error) and has not recovered.
+    pub fn storage_healthy(&self) -> bool {
+        self.store.healthy()
+    }
+
     /// Searches started since the engine opened.
     pub fn searches(&self) -> u64 {
         self.searches.load(Ordering::Relaxed)

@@ -38,6 +38,50 @@ pub mod pb {
         include_bytes!(concat!(env!("OUT_DIR"), "/quarry_descriptor.bin"));
 }
 
+/// Reports the storage's health through `grpc.health.v1`: when a write or flush fails in the
+/// storage (a full disk, an I/O error), the server and its Quarry services turn NOT_SERVING
+/// until a later flush succeeds; reads may still work, but nothing new can be acknowledged.
+fn spawn_storage_health(
+    engine: Arc<Engine>,
+    reporter: tonic_health::server::HealthReporter,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    use tonic::server::NamedService;
+    let services = [
+        "",
+        <pb::collections_server::CollectionsServer<services::CollectionsService>>::NAME,
+        <pb::documents_server::DocumentsServer<services::DocumentsService>>::NAME,
+        <pb::search_server::SearchServer<services::SearchService>>::NAME,
+        <pb::eval_server::EvalServer<eval_service::EvalService>>::NAME,
+        <pb::answers_server::AnswersServer<answer_service::AnswerService>>::NAME,
+    ];
+    tokio::spawn(async move {
+        let mut healthy = true;
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            let now = engine.storage_healthy();
+            if now == healthy {
+                continue;
+            }
+            healthy = now;
+            let status = if healthy {
+                tracing::info!("storage healthy again: SERVING");
+                tonic_health::ServingStatus::Serving
+            } else {
+                tracing::error!("storage failed: NOT_SERVING until a write succeeds");
+                tonic_health::ServingStatus::NotServing
+            };
+            for name in services {
+                reporter.set_service_status(name, status).await;
+            }
+        }
+    })
+}
+
 /// How long shutdown waits for open requests and streams before closing their connections.
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -123,7 +167,8 @@ pub async fn serve(
     }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let checkpointer = spawn_checkpointer(engine.clone(), stop_rx);
+    let checkpointer = spawn_checkpointer(engine.clone(), stop_rx.clone());
+    let storage_watch = spawn_storage_health(engine.clone(), health_reporter.clone(), stop_rx);
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "quarry listening");
     // Shutdown: stop accepting, let in-flight requests finish, but not forever: a client that
@@ -165,7 +210,12 @@ pub async fn serve(
     tracing::info!("in-flight requests finished; checkpointing");
     let _ = stop_tx.send(true);
     let _ = checkpointer.await;
-    engine.checkpoint().await?;
+    let _ = storage_watch.await;
+    // Everything acknowledged is already durable; a final checkpoint that fails (a full disk)
+    // only means the indexes replay the log at the next start.
+    if let Err(e) = engine.checkpoint().await {
+        tracing::error!(error = %e, "final checkpoint failed; the next start will replay the log");
+    }
     tracing::info!("state flushed; bye");
     Ok(())
 }

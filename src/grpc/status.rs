@@ -7,6 +7,12 @@ use crate::error::Error;
 /// Maps a core error to a status. User errors keep their message verbatim (it names the limit
 /// or the missing thing); internal faults are logged and reported as INTERNAL.
 pub fn to_status(e: Error) -> Status {
+    if e.is_storage_full() {
+        tracing::error!(error = %e, "request failed: the disk is full");
+        return Status::resource_exhausted(format!(
+            "the server's disk is full; nothing of this request was acknowledged ({e})"
+        ));
+    }
     let code = match &e {
         Error::InvalidArgument(_) => Code::InvalidArgument,
         Error::CollectionNotFound(_) => Code::NotFound,
@@ -40,6 +46,11 @@ mod tests {
             Code::AlreadyExists
         );
         assert_eq!(to_status(Error::internal("boom")).code(), Code::Internal);
+        let full = std::io::Error::from_raw_os_error(28);
+        assert_eq!(
+            to_status(Error::Storage(sled::Error::Io(full))).code(),
+            Code::ResourceExhausted
+        );
         assert_eq!(
             to_status(Error::Embedding("e".into())).code(),
             Code::Unavailable
