@@ -100,6 +100,24 @@ impl Collection {
         self.write_lock.clone().lock_owned().await
     }
 
+    /// Runs blocking `work` as this collection's one writer. The write lock's guard moves into
+    /// the blocking task with the work, so if the caller goes away the lock is still held
+    /// until the work has ended; a collection deleted meanwhile answers NOT_FOUND.
+    pub(super) async fn run_write<T: Send + 'static>(
+        self: &Arc<Self>,
+        work: impl FnOnce(&Collection) -> crate::error::Result<T> + Send + 'static,
+    ) -> crate::error::Result<T> {
+        let guard = self.write_guard().await;
+        let c = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _guard = guard;
+            c.ensure_live()?;
+            work(&c)
+        })
+        .await
+        .map_err(|e| crate::error::Error::internal(format!("write task failed: {e}")))?
+    }
+
     /// NOT_FOUND once the collection has been deleted (for work that still holds it).
     pub(super) fn ensure_live(&self) -> crate::error::Result<()> {
         if self.deleted.load(Ordering::Acquire) {

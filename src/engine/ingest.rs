@@ -89,16 +89,10 @@ impl Engine {
         // the write lock it was given.
         let cancel = Cancel::new();
         let _stop = cancel.on_drop();
-        let guard = collection.write_guard().await;
         let store = self.store.clone();
-        let c = collection.clone();
-        tokio::task::spawn_blocking(move || {
-            let _guard = guard;
-            c.ensure_live()?;
-            c.upsert_blocking(&store, docs, &cancel)
-        })
-        .await
-        .map_err(|e| Error::internal(format!("ingest task failed: {e}")))?
+        collection
+            .run_write(move |c| c.upsert_blocking(&store, docs, &cancel))
+            .await
     }
 
     /// Checks one document against the limits (also used per document by streaming ingest).
@@ -247,16 +241,8 @@ impl Engine {
                 self.config.limits.max_batch_documents
             )));
         }
-        let guard = c.write_guard().await;
         let store = self.store.clone();
-        let c2 = c.clone();
-        tokio::task::spawn_blocking(move || {
-            let _guard = guard;
-            c2.ensure_live()?;
-            c2.delete_blocking(&store, ids)
-        })
-        .await
-        .map_err(|e| Error::internal(format!("delete task failed: {e}")))?
+        c.run_write(move |c| c.delete_blocking(&store, ids)).await
     }
 }
 

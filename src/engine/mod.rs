@@ -31,7 +31,7 @@ mod tests;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::chunk::ChunkSettings;
 use crate::error::{quote, Error, Result};
@@ -57,9 +57,16 @@ pub struct Engine {
     collections: RwLock<HashMap<String, Arc<Collection>>>,
     /// Collections whose files could not be opened at start-up, with the reason: the server
     /// serves the others, and these answer FAILED_PRECONDITION until deleted or repaired.
-    unavailable: RwLock<HashMap<String, (CollectionRecord, String)>>,
+    unavailable: RwLock<Unavailable>,
     /// Searches started since the engine opened (lets tests see that abandoned work stopped).
     searches: std::sync::atomic::AtomicU64,
+}
+
+/// Collections that could not be opened: name -> (record, reason).
+type Unavailable = HashMap<String, (CollectionRecord, String)>;
+
+fn poisoned() -> Error {
+    Error::internal("collection map poisoned")
 }
 
 fn now_ms() -> u64 {
@@ -106,18 +113,12 @@ impl Engine {
             let name = record.name.clone();
             match engine.open_collection(record.clone()) {
                 Ok(collection) => {
-                    engine
-                        .collections
-                        .write()
-                        .map_err(|_| Error::internal("collection map poisoned"))?
-                        .insert(name, Arc::new(collection));
+                    engine.open_map_mut()?.insert(name, Arc::new(collection));
                 }
                 Err(e) => {
                     tracing::error!(collection = %quote(&name), error = %e, "collection cannot be opened; serving the others");
                     engine
-                        .unavailable
-                        .write()
-                        .map_err(|_| Error::internal("collection map poisoned"))?
+                        .unavailable_map_mut()?
                         .insert(name, (record, e.to_string()));
                 }
             }
@@ -137,6 +138,22 @@ impl Engine {
     /// Searches started since the engine opened.
     pub fn searches(&self) -> u64 {
         self.searches.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn open_map(&self) -> Result<RwLockReadGuard<'_, HashMap<String, Arc<Collection>>>> {
+        self.collections.read().map_err(|_| poisoned())
+    }
+
+    fn open_map_mut(&self) -> Result<RwLockWriteGuard<'_, HashMap<String, Arc<Collection>>>> {
+        self.collections.write().map_err(|_| poisoned())
+    }
+
+    fn unavailable_map(&self) -> Result<RwLockReadGuard<'_, Unavailable>> {
+        self.unavailable.read().map_err(|_| poisoned())
+    }
+
+    fn unavailable_map_mut(&self) -> Result<RwLockWriteGuard<'_, Unavailable>> {
+        self.unavailable.write().map_err(|_| poisoned())
     }
 
     fn collections_dir(&self) -> PathBuf {
@@ -215,12 +232,7 @@ impl Engine {
     /// An open collection; NOT_FOUND, or FAILED_PRECONDITION with the reason when it exists
     /// but could not be opened.
     pub fn collection(&self, name: &str) -> Result<Arc<Collection>> {
-        let open = self
-            .collections
-            .read()
-            .map_err(|_| Error::internal("collection map poisoned"))?
-            .get(name)
-            .cloned();
+        let open = self.open_map()?.get(name).cloned();
         if let Some(c) = open {
             return Ok(c);
         }
@@ -236,19 +248,14 @@ impl Engine {
     /// Why `name` could not be opened, if it is one of the collections that could not.
     fn unavailable(&self, name: &str) -> Result<Option<String>> {
         Ok(self
-            .unavailable
-            .read()
-            .map_err(|_| Error::internal("collection map poisoned"))?
+            .unavailable_map()?
             .get(name)
             .map(|(_, reason)| reason.clone()))
     }
 
     /// Names of the collections that could not be opened, with the reason.
     pub fn unavailable_collections(&self) -> Result<Vec<(String, String)>> {
-        let map = self
-            .unavailable
-            .read()
-            .map_err(|_| Error::internal("collection map poisoned"))?;
+        let map = self.unavailable_map()?;
         let mut out: Vec<_> = map
             .iter()
             .map(|(n, (_, why))| (n.clone(), why.clone()))
@@ -290,18 +297,12 @@ impl Engine {
         self.store.flush_blocking()?;
         let collection = Arc::new(self.open_collection(record)?);
         let info = collection.info();
-        self.collections
-            .write()
-            .map_err(|_| Error::internal("collection map poisoned"))?
-            .insert(name.to_string(), collection);
+        self.open_map_mut()?.insert(name.to_string(), collection);
         Ok(info)
     }
 
     pub fn list_collections(&self) -> Result<Vec<CollectionInfo>> {
-        let map = self
-            .collections
-            .read()
-            .map_err(|_| Error::internal("collection map poisoned"))?;
+        let map = self.open_map()?;
         let mut out: Vec<CollectionInfo> = map.values().map(|c| c.info()).collect();
         out.sort_by(|a, b| a.record.name.cmp(&b.record.name));
         Ok(out)
@@ -334,11 +335,7 @@ impl Engine {
                 collection.deleted.store(false, Ordering::Release);
                 return Err(e);
             }
-            engine
-                .collections
-                .write()
-                .map_err(|_| Error::internal("collection map poisoned"))?
-                .remove(&collection.record.name);
+            engine.open_map_mut()?.remove(&collection.record.name);
             if let Err(e) = std::fs::remove_dir_all(&collection.dir) {
                 // Removed again at the next start-up.
                 tracing::warn!(error = %e, "could not remove collection files");
@@ -352,9 +349,7 @@ impl Engine {
     /// Deletes a collection that could not be opened: its record, trees and files.
     async fn delete_unavailable(&self, name: &str) -> Result<()> {
         let record = self
-            .unavailable
-            .read()
-            .map_err(|_| Error::internal("collection map poisoned"))?
+            .unavailable_map()?
             .get(name)
             .map(|(r, _)| r.clone())
             .ok_or_else(|| Error::CollectionNotFound(name.to_string()))?;
@@ -363,10 +358,7 @@ impl Engine {
         tokio::task::spawn_blocking(move || store.delete_collection(&r))
             .await
             .map_err(|e| Error::internal(format!("delete task failed: {e}")))??;
-        self.unavailable
-            .write()
-            .map_err(|_| Error::internal("collection map poisoned"))?
-            .remove(name);
+        self.unavailable_map_mut()?.remove(name);
         let dir = self.collections_dir().join(record.id.to_string());
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             tracing::warn!(error = %e, "could not remove collection files");

@@ -45,13 +45,7 @@ impl Engine {
     /// Persists every collection's HNSW graph, rebuilding graphs with too many tombstones, and
     /// trims the operation logs.
     pub async fn checkpoint(&self) -> Result<()> {
-        let collections: Vec<Arc<Collection>> = self
-            .collections
-            .read()
-            .map_err(|_| Error::internal("collection map poisoned"))?
-            .values()
-            .cloned()
-            .collect();
+        let collections: Vec<Arc<Collection>> = self.open_map()?.values().cloned().collect();
         for c in collections {
             let guard = c.write_guard().await;
             let ratio = self.config.index.rebuild_tombstone_ratio;
