@@ -17,13 +17,7 @@ use pb::search_client::SearchClient;
 async fn server_with_docs() -> (TestServer, tempfile::TempDir) {
     let data = tempfile::tempdir().unwrap();
     let server = TestServer::start(test_config(data.path())).await;
-    CollectionsClient::new(server.channel().await)
-        .create_collection(pb::CreateCollectionRequest {
-            name: "c".into(),
-            config: None,
-        })
-        .await
-        .unwrap();
+    server.create_collection("c").await;
     let mut tagged = doc("b", "volcanoes erupt lava and ash");
     tagged.metadata.insert("kind".into(), "geo".into());
     DocumentsClient::new(server.channel().await)
@@ -215,13 +209,7 @@ async fn deleting_a_collection_under_load_leaves_no_ghost() {
     let server = TestServer::start(test_config(data.path())).await;
     let mut collections = CollectionsClient::new(server.channel().await);
     for round in 0..3 {
-        collections
-            .create_collection(pb::CreateCollectionRequest {
-                name: "c".into(),
-                config: None,
-            })
-            .await
-            .unwrap();
+        server.create_collection("c").await;
         // A long write holds the collection's write lock while the delete arrives.
         let channel = server.channel().await;
         let documents: Vec<pb::Document> = common::fixture_docs()
@@ -292,15 +280,8 @@ async fn a_collection_that_cannot_open_does_not_stop_the_server() {
     use tonic_health::pb::{health_check_response::ServingStatus, HealthCheckRequest};
     let data = tempfile::tempdir().unwrap();
     let server = TestServer::start(test_config(data.path())).await;
-    let mut collections = CollectionsClient::new(server.channel().await);
     for name in ["broken", "fine"] {
-        collections
-            .create_collection(pb::CreateCollectionRequest {
-                name: name.into(),
-                config: None,
-            })
-            .await
-            .unwrap();
+        server.create_collection(name).await;
         DocumentsClient::new(server.channel().await)
             .upsert_documents(pb::UpsertDocumentsRequest {
                 collection: name.into(),
@@ -355,13 +336,7 @@ async fn a_collection_that_cannot_open_does_not_stop_the_server() {
         })
         .await
         .unwrap();
-    collections
-        .create_collection(pb::CreateCollectionRequest {
-            name: "broken".into(),
-            config: None,
-        })
-        .await
-        .unwrap();
+    server.create_collection("broken").await;
     server.stop().await;
 }
 
@@ -449,13 +424,7 @@ async fn a_stream_of_rejected_documents_is_bounded() {
     let mut config = test_config(data.path());
     config.limits.max_stream_documents = 100;
     let server = TestServer::start(config).await;
-    CollectionsClient::new(server.channel().await)
-        .create_collection(pb::CreateCollectionRequest {
-            name: "c".into(),
-            config: None,
-        })
-        .await
-        .unwrap();
+    server.create_collection("c").await;
     let stream = |n: usize, id: String| {
         futures::stream::iter((0..n).map(move |i| pb::StreamUpsertRequest {
             collection: "c".into(),
@@ -504,19 +473,12 @@ async fn idle_collections_hold_no_writer_threads() {
     let mut config = test_config(data.path());
     config.index.writer_idle_secs = 0;
     let server = TestServer::start(config).await;
-    let mut collections = CollectionsClient::new(server.channel().await);
     let mut docs = DocumentsClient::new(server.channel().await);
     let before = threads();
     const N: usize = 20;
     for i in 0..N {
         let name = format!("c{i}");
-        collections
-            .create_collection(pb::CreateCollectionRequest {
-                name: name.clone(),
-                config: None,
-            })
-            .await
-            .unwrap();
+        server.create_collection(&name).await;
         docs.upsert_documents(pb::UpsertDocumentsRequest {
             collection: name,
             documents: vec![doc("a", "kangaroos are marsupials")],
@@ -579,13 +541,7 @@ async fn a_full_disk_is_resource_exhausted_and_not_serving() {
     }
     let _unmount = Unmount(dir.path().to_path_buf());
     let server = TestServer::start(test_config(&dir.path().join("data"))).await;
-    CollectionsClient::new(server.channel().await)
-        .create_collection(pb::CreateCollectionRequest {
-            name: "c".into(),
-            config: None,
-        })
-        .await
-        .unwrap();
+    server.create_collection("c").await;
     let mut docs = DocumentsClient::new(server.channel().await);
     docs.upsert_documents(pb::UpsertDocumentsRequest {
         collection: "c".into(),

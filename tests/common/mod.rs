@@ -78,6 +78,17 @@ impl TestServer {
         }
     }
 
+    /// Creates `name` with default settings (panics on failure).
+    pub async fn create_collection(&self, name: &str) {
+        pb::collections_client::CollectionsClient::new(self.channel().await)
+            .create_collection(pb::CreateCollectionRequest {
+                name: name.into(),
+                config: None,
+            })
+            .await
+            .expect("create collection");
+    }
+
     /// One search over a fresh client.
     pub async fn search(&self, r: pb::SearchRequest) -> Result<pb::SearchResponse, tonic::Status> {
         pb::search_client::SearchClient::new(self.channel().await)
