@@ -11,6 +11,9 @@
 //! - [`model`]: the [`model::Embedder`] trait, the ONNX implementation (a session pool), model
 //!   provisioning from pinned PyPI packages, and a deterministic hash embedder for tests.
 //! - [`chunk`]: token-aware, markdown-aware chunking with byte offsets.
+//! - [`meta`]: typed metadata values and per-collection key types.
+//! - [`filter`]: filter expressions (tree and text form), resolved against key types, with a
+//!   plain-Rust oracle.
 //! - [`store`]: sled, the only source of truth (documents, chunks, vectors, operation log).
 //! - [`index`]: derived indexes: tantivy BM25 and hnsw_rs, plus an exact-search oracle.
 //! - [`retrieve`]: search requests and results, fusion (RRF and weighted), and the pure hybrid
@@ -31,8 +34,10 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod eval;
+pub mod filter;
 pub mod grpc;
 pub mod index;
+pub mod meta;
 pub mod model;
 pub mod retrieve;
 pub mod store;

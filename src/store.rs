@@ -13,8 +13,9 @@
 //! - `c{id}/chunks`: chunk id (u64 BE) -> [`ChunkRecord`] (JSON)
 //! - `c{id}/vectors`: chunk id (u64 BE) -> f32 little-endian
 //! - `c{id}/oplog`: sequence (u64 BE) -> [`Op`] (JSON); trimmed once every index has it
+//! - `c{id}/schema`: metadata key -> its [`ValueType`] (JSON), written with the first document
+//!   that uses the key, in the same transaction
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -22,6 +23,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use sled::Transactional;
 
 use crate::error::{Error, Result};
+use crate::meta::{Metadata, Schema, ValueType};
 
 /// Chunk ids are `document-version key << CHUNK_BITS | ordinal`. The key is a fresh id
 /// ([`Store::next_id`]) for every stored version of a document, so chunk ids are never reused
@@ -39,6 +41,11 @@ pub fn chunk_id(key: u64, ordinal: u32) -> u64 {
 /// The document-version key of a chunk id.
 pub fn doc_key(chunk_id: u64) -> u64 {
     chunk_id >> CHUNK_BITS
+}
+
+/// The position of a chunk in its document (0: the first chunk).
+pub fn ordinal(chunk_id: u64) -> u64 {
+    chunk_id & (MAX_CHUNKS_PER_DOCUMENT - 1)
 }
 
 /// Settings and identity of a collection.
@@ -60,7 +67,7 @@ pub struct CollectionRecord {
 pub struct DocRecord {
     pub id: String,
     pub title: String,
-    pub metadata: BTreeMap<String, String>,
+    pub metadata: Metadata,
     pub markdown: bool,
     /// SHA-256 over title, text, metadata and format: equal hashes mean nothing to re-index.
     pub content_hash: String,
@@ -111,6 +118,7 @@ pub struct CollectionTrees {
     pub chunks: sled::Tree,
     pub vectors: sled::Tree,
     pub oplog: sled::Tree,
+    pub schema: sled::Tree,
 }
 
 fn be(id: u64) -> [u8; 8] {
@@ -212,8 +220,8 @@ impl Store {
         Ok(())
     }
 
-    fn tree_names(id: u64) -> [String; 5] {
-        ["docs", "texts", "chunks", "vectors", "oplog"].map(|t| format!("c{id}/{t}"))
+    fn tree_names(id: u64) -> [String; 6] {
+        ["docs", "texts", "chunks", "vectors", "oplog", "schema"].map(|t| format!("c{id}/{t}"))
     }
 
     /// Drops trees of collections that no longer exist (left by an interrupted delete).
@@ -235,8 +243,9 @@ impl Store {
     }
 
     pub fn trees(&self, record: &CollectionRecord) -> Result<CollectionTrees> {
-        let [docs, texts, chunks, vectors, oplog] = Self::tree_names(record.id);
+        let [docs, texts, chunks, vectors, oplog, schema] = Self::tree_names(record.id);
         Ok(CollectionTrees {
+            schema: self.db.open_tree(schema)?,
             docs: self.db.open_tree(docs)?,
             texts: self.db.open_tree(texts)?,
             chunks: self.db.open_tree(chunks)?,
@@ -328,15 +337,68 @@ impl CollectionTrees {
 
     /// Atomically writes new and replaced documents, removes deleted ones, and logs the change
     /// under `seq`. Returns the logged operation. Not durable until the store is flushed.
-    pub fn commit(&self, seq: u64, upserts: &[NewDocument], deletes: &[String]) -> Result<Op> {
+    /// The collection's metadata key types. A collection written before types existed has no
+    /// schema tree yet: its keys (all strings then) are recorded on first load.
+    pub fn load_schema(&self) -> Result<Schema> {
+        const SCANNED: &[u8] = b"\0scanned";
+        if self.schema.get(SCANNED)?.is_none() {
+            let mut found = Schema::new();
+            for v in self.docs.iter().values() {
+                let d: DocRecord = decode(&v?, "document record")?;
+                for (k, v) in &d.metadata {
+                    found.entry(k.clone()).or_insert(v.value_type());
+                }
+            }
+            for (k, t) in &found {
+                self.schema.insert(k.as_bytes(), serde_json::to_vec(t)?)?;
+            }
+            self.schema.insert(SCANNED, b"true".to_vec())?;
+        }
+        let mut schema = Schema::new();
+        for kv in self.schema.iter() {
+            let (k, v) = kv?;
+            if k.as_ref() == SCANNED {
+                continue;
+            }
+            schema.insert(
+                String::from_utf8_lossy(&k).into_owned(),
+                decode::<ValueType>(&v, "schema entry")?,
+            );
+        }
+        Ok(schema)
+    }
+
+    /// Records key types declared up front (at creation).
+    pub fn declare(&self, keys: &Schema) -> Result<()> {
+        for (k, t) in keys {
+            self.schema.insert(k.as_bytes(), serde_json::to_vec(t)?)?;
+        }
+        Ok(())
+    }
+
+    /// Commits one operation: `upserts` replace their documents, `deletes` remove theirs, and
+    /// `new_keys` (keys first used by `upserts`) join the schema, all in one transaction.
+    pub fn commit(
+        &self,
+        seq: u64,
+        upserts: &[NewDocument],
+        deletes: &[String],
+        new_keys: &Schema,
+    ) -> Result<Op> {
         let trees = (
             &self.docs,
             &self.texts,
             &self.chunks,
             &self.vectors,
             &self.oplog,
+            &self.schema,
         );
-        let op = trees.transaction(|(docs, texts, chunks, vectors, oplog)| {
+        let op = trees.transaction(|(docs, texts, chunks, vectors, oplog, schema)| {
+            for (k, t) in new_keys {
+                let value = serde_json::to_vec(t)
+                    .map_err(|e| ConflictableTransactionError::Abort(e.into()))?;
+                schema.insert(k.as_bytes(), value)?;
+            }
             let mut op = Op::default();
             let remove_old =
                 |id: &str,
@@ -407,7 +469,7 @@ mod tests {
             record: DocRecord {
                 id: id.into(),
                 title: String::new(),
-                metadata: BTreeMap::new(),
+                metadata: Default::default(),
                 markdown: false,
                 content_hash: "h".into(),
                 chunk_ids: cids.to_vec(),
@@ -443,9 +505,13 @@ mod tests {
                 Err(Error::CollectionExists(_))
             ));
             let trees = store.trees(&record(1)).unwrap();
-            let op = trees.commit(5, &[doc("a", &[10, 11])], &[]).unwrap();
+            let op = trees
+                .commit(5, &[doc("a", &[10, 11])], &[], &Default::default())
+                .unwrap();
             assert_eq!(op.add, vec![10, 11]);
-            let op = trees.commit(6, &[doc("a", &[12])], &[]).unwrap();
+            let op = trees
+                .commit(6, &[doc("a", &[12])], &[], &Default::default())
+                .unwrap();
             assert_eq!((op.add, op.remove), (vec![12], vec![10, 11]));
             store.flush_blocking().unwrap();
         }
@@ -463,7 +529,9 @@ mod tests {
         assert_eq!(trees.get_vector(12).unwrap(), Some(vec![1.0, 0.0]));
         let ops: Vec<u64> = trees.ops_after(5).map(|r| r.unwrap().0).collect();
         assert_eq!(ops, vec![6]);
-        let op = trees.commit(7, &[], &["a".into(), "zz".into()]).unwrap();
+        let op = trees
+            .commit(7, &[], &["a".into(), "zz".into()], &Default::default())
+            .unwrap();
         assert_eq!(op.remove, vec![12]);
         assert_eq!(trees.doc_count(), 0);
         trees.trim_oplog(6).unwrap();

@@ -72,9 +72,16 @@ pub struct SearchArgs {
     /// Extra BM25 weight for title matches (default none: titles are indexed with each chunk).
     #[arg(long)]
     pub title_boost: Option<f32>,
-    /// Metadata filter KEY=VALUE (repeatable; all must match).
+    /// Metadata filter KEY=VALUE on string keys (repeatable; all must match).
     #[arg(long = "filter")]
     pub filters: Vec<String>,
+    /// Filter expression, e.g. 'year >= 2020 AND lang IN ["en","de"] AND NOT draft = true'
+    /// (see README, "Filters").
+    #[arg(long = "where")]
+    pub where_text: Option<String>,
+    /// Hits to skip (pagination).
+    #[arg(long, default_value_t = 0)]
+    pub offset: u32,
     /// List matching chunks, several per document if they match; by default each document
     /// appears once, with its best chunk.
     #[arg(long)]
@@ -113,6 +120,11 @@ pub struct AskArgs {
     /// Reject answers that cite sources that were not supplied.
     #[arg(long)]
     pub strict: bool,
+    /// Filter expression, e.g. 'year >= 2020 AND lang IN ["en","de"] AND NOT draft = true'
+    /// (see README, "Filters").
+    #[arg(long = "where")]
+    pub where_text: Option<String>,
+
     /// Print one JSON object: answer, citations, sources, timings.
     #[arg(long)]
     pub json: bool,
@@ -149,6 +161,10 @@ pub struct EvalCmd {
     pub depth: u32,
     #[arg(long)]
     pub quiet: bool,
+    /// Rank only documents passing this filter expression, e.g. 'year >= 2020 AND lang IN ["en","de"] AND NOT draft = true'
+    /// (see README, "Filters").
+    #[arg(long = "where")]
+    pub where_text: Option<String>,
 }
 
 /// `quarry ingest`: streams local files to the server with a progress bar, then prints a
@@ -223,6 +239,10 @@ pub async fn search(args: SearchArgs) -> anyhow::Result<()> {
         query_vector: Vec::new(),
         candidates: 0,
         title_boost: args.title_boost,
+        r#where: None,
+        where_text: args.where_text.unwrap_or_default(),
+        offset: args.offset,
+        page_token: String::new(),
     };
     let response = super::search(channel, request).await?;
     if args.json {
@@ -261,6 +281,8 @@ pub async fn ask(args: AskArgs) -> anyhow::Result<()> {
         max_tokens: args.max_tokens.unwrap_or(0),
         temperature: args.temperature,
         strict_citations: args.strict.then_some(true),
+        r#where: None,
+        where_text: args.where_text.unwrap_or_default(),
     };
     let response = super::ask(channel, request).await?;
     if args.json {
@@ -288,6 +310,7 @@ pub async fn evaluate(args: EvalCmd) -> anyhow::Result<()> {
         settings: args.new_collection,
         depth: args.depth,
         progress: !args.quiet,
+        where_text: args.where_text.unwrap_or_default(),
     })
     .await?;
     eval::print_table(&outcome);

@@ -32,6 +32,8 @@ pub struct EvalArgs {
     pub settings: NewCollection,
     pub depth: u32,
     pub progress: bool,
+    /// Filter expression applied to every run ("" for none).
+    pub where_text: String,
 }
 
 fn bar(total: u64, what: &str, show: bool) -> anyhow::Result<ProgressBar> {
@@ -164,6 +166,7 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<EvalOutcome> {
                 mode: grpc::mode_to_pb(s.mode) as i32,
                 fusion: Some(grpc::fusion_to_pb(s.fusion)),
                 title_boost: Some(s.title_boost),
+                where_text: args.where_text.clone(),
             })
             .collect(),
         depth: args.depth,

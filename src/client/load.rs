@@ -99,12 +99,40 @@ fn load_text_file(path: &Path, base: &Path) -> anyhow::Result<pb::Document> {
         metadata: [("source".to_string(), path.to_string_lossy().to_string())]
             .into_iter()
             .collect(),
+        typed_metadata: Default::default(),
         format: if markdown {
             pb::DocumentFormat::Markdown as i32
         } else {
             pb::DocumentFormat::Text as i32
         },
     })
+}
+
+/// A JSON metadata value, typed: strings, integers, floats, booleans and arrays of strings
+/// keep their type; other arrays and objects become their JSON text; null is left out.
+/// (A string under a key the collection types as a timestamp is parsed as RFC 3339 there.)
+pub fn json_value(v: &serde_json::Value) -> Option<pb::MetadataValue> {
+    use pb::metadata_value::Kind;
+    use serde_json::Value as J;
+    let kind = match v {
+        J::Null => return None,
+        J::String(s) => Kind::StringValue(s.clone()),
+        J::Bool(b) => Kind::BoolValue(*b),
+        J::Number(n) => match n.as_i64() {
+            Some(i) => Kind::IntValue(i),
+            None => Kind::FloatValue(n.as_f64()?),
+        },
+        J::Array(items) if items.iter().all(|x| x.is_string()) => {
+            Kind::StringList(pb::StringList {
+                values: items
+                    .iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect(),
+            })
+        }
+        other => Kind::StringValue(other.to_string()),
+    };
+    Some(pb::MetadataValue { kind: Some(kind) })
 }
 
 /// Reads a BEIR corpus file (optionally gzipped).
@@ -128,12 +156,12 @@ pub fn load_jsonl(path: &Path) -> anyhow::Result<Vec<pb::Document>> {
         let id = field("_id")
             .or_else(|| v.get("_id").and_then(|x| x.as_i64()).map(|n| n.to_string()))
             .ok_or_else(|| anyhow!("{}: line {} has no _id", path.display(), i + 1))?;
-        let metadata = v
+        let typed_metadata = v
             .get("metadata")
             .and_then(|m| m.as_object())
             .map(|m| {
                 m.iter()
-                    .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
+                    .filter_map(|(k, v)| json_value(v).map(|v| (k.clone(), v)))
                     .collect()
             })
             .unwrap_or_default();
@@ -141,7 +169,8 @@ pub fn load_jsonl(path: &Path) -> anyhow::Result<Vec<pb::Document>> {
             id,
             text: field("text").unwrap_or_default(),
             title: field("title").unwrap_or_default(),
-            metadata,
+            metadata: Default::default(),
+            typed_metadata,
             format: pb::DocumentFormat::Text as i32,
         });
     }
@@ -169,12 +198,32 @@ mod tests {
         let jsonl = dir.path().join("corpus.jsonl");
         std::fs::write(
             &jsonl,
-            "{\"_id\": \"d1\", \"title\": \"T\", \"text\": \"x\", \"metadata\": {\"k\": \"v\"}}\n\n{\"_id\": 7, \"text\": \"y\"}\n",
+            concat!(
+                r#"{"_id": "d1", "title": "T", "text": "x", "metadata": {"k": "v", "n": 3, "f": 0.5, "b": true, "l": ["p", "q"], "o": {"z": 1}, "nil": null}}"#,
+                "\n\n",
+                r#"{"_id": 7, "text": "y"}"#,
+                "\n"
+            ),
         )
         .unwrap();
         let docs = load_paths(&[jsonl]).unwrap();
         assert_eq!(docs.len(), 2);
-        assert_eq!(docs[0].metadata.get("k").map(String::as_str), Some("v"));
+        // JSON types are kept: strings, integers, floats, booleans, string arrays; other
+        // values as their JSON text; null left out.
+        use pb::metadata_value::Kind;
+        let kind = |k: &str| docs[0].typed_metadata.get(k).and_then(|v| v.kind.clone());
+        assert_eq!(kind("k"), Some(Kind::StringValue("v".into())));
+        assert_eq!(kind("n"), Some(Kind::IntValue(3)));
+        assert_eq!(kind("f"), Some(Kind::FloatValue(0.5)));
+        assert_eq!(kind("b"), Some(Kind::BoolValue(true)));
+        assert_eq!(
+            kind("l"),
+            Some(Kind::StringList(pb::StringList {
+                values: vec!["p".into(), "q".into()]
+            }))
+        );
+        assert_eq!(kind("o"), Some(Kind::StringValue(r#"{"z":1}"#.into())));
+        assert_eq!(kind("nil"), None);
         assert_eq!(docs[1].id, "7");
         assert!(load_paths(&[dir.path().join("missing")]).is_err());
     }

@@ -100,6 +100,7 @@ pub async fn ensure_collection(
                         embedding_model: settings.model.clone().unwrap_or_default(),
                         chunk_tokens: settings.chunk_tokens.unwrap_or(0),
                         chunk_overlap: settings.chunk_overlap,
+                        metadata_schema: Default::default(),
                     }),
                 })
                 .await

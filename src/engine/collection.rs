@@ -25,6 +25,8 @@ pub struct CollectionSettings {
     pub model: Option<String>,
     pub chunk_tokens: Option<usize>,
     pub chunk_overlap: Option<usize>,
+    /// Metadata key types declared up front (other keys take the type of their first value).
+    pub metadata_schema: crate::meta::Schema,
 }
 
 /// A collection as reported to callers.
@@ -33,6 +35,8 @@ pub struct CollectionInfo {
     pub record: CollectionRecord,
     pub document_count: u64,
     pub chunk_count: u64,
+    /// Metadata key types.
+    pub schema: crate::meta::Schema,
 }
 
 /// One open collection.
@@ -58,6 +62,9 @@ pub struct Collection {
     /// tree, too slow for every GetCollection on a large collection.
     documents: AtomicU64,
     chunks: AtomicU64,
+    /// Metadata key types (see [`crate::meta`]): loaded at open, extended by each commit
+    /// that introduces keys (under the write lock), read by searches to resolve filters.
+    pub(super) schema: std::sync::RwLock<crate::meta::Schema>,
 }
 
 fn add_signed(counter: &AtomicU64, delta: i64) {
@@ -75,6 +82,7 @@ impl Collection {
         lexical: LexicalIndex,
         dense: DenseIndex,
         dir: PathBuf,
+        schema: crate::meta::Schema,
     ) -> Collection {
         let documents = AtomicU64::new(trees.doc_count() as u64);
         let chunks = AtomicU64::new(trees.chunk_count() as u64);
@@ -90,7 +98,13 @@ impl Collection {
             dir,
             documents,
             chunks,
+            schema: std::sync::RwLock::new(schema),
         }
+    }
+
+    /// A copy of the metadata key types.
+    pub fn schema(&self) -> crate::meta::Schema {
+        self.schema.read().map(|s| s.clone()).unwrap_or_default()
     }
 
     /// Waits for this collection's write lock. The guard is owned: move it into the task
@@ -141,6 +155,7 @@ impl Collection {
             record: self.record.clone(),
             document_count: self.documents.load(Ordering::Relaxed),
             chunk_count: self.chunks.load(Ordering::Relaxed),
+            schema: self.schema(),
         }
     }
 

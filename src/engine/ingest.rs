@@ -6,7 +6,7 @@
 //! operation; the flush makes it durable; only then are tantivy and HNSW updated, and a failure
 //! there is repaired by replaying the log at the next start-up.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
 use sha2::{Digest, Sha256};
 
@@ -15,6 +15,7 @@ use std::sync::atomic::Ordering;
 use super::{Cancel, Collection, Engine};
 use crate::chunk::{self, titled};
 use crate::error::{quote, Error, Result};
+use crate::meta::{self, Metadata, Schema, Value};
 use crate::model::fetch;
 use crate::store::{
     chunk_id, ChunkRecord, DocRecord, NewDocument, Op, Store, MAX_CHUNKS_PER_DOCUMENT,
@@ -31,7 +32,7 @@ pub struct DocumentInput {
     pub id: String,
     pub text: String,
     pub title: String,
-    pub metadata: BTreeMap<String, String>,
+    pub metadata: Metadata,
     pub markdown: bool,
 }
 
@@ -70,7 +71,11 @@ pub fn content_hash(doc: &DocumentInput) -> String {
     field(doc.text.as_bytes());
     for (k, v) in &doc.metadata {
         field(k.as_bytes());
-        field(v.as_bytes());
+        match v {
+            // As before typed metadata, so string-only documents keep their hashes.
+            Value::Str(s) => field(s.as_bytes()),
+            other => field(serde_json::to_string(other).unwrap_or_default().as_bytes()),
+        }
     }
     fetch::hex(&h.finalize())
 }
@@ -119,7 +124,7 @@ impl Engine {
             + doc
                 .metadata
                 .iter()
-                .map(|(k, v)| k.len() + v.len())
+                .map(|(k, v)| k.len() + v.size())
                 .sum::<usize>();
         if size > limits.max_document_bytes {
             return Err(Error::invalid(format!(
@@ -136,16 +141,63 @@ impl Engine {
                 limits.max_metadata_entries
             )));
         }
-        if doc
-            .metadata
-            .keys()
-            .any(|k| k.is_empty() || k.contains('\u{1f}'))
-        {
+        for (k, v) in &doc.metadata {
+            self.check_metadata_key(k)
+                .map_err(|e| Error::invalid(format!("document {}: {e}", quote(&doc.id))))?;
+            let longest = match v {
+                Value::Str(s) => s.len(),
+                Value::List(l) => l.iter().map(String::len).max().unwrap_or(0),
+                _ => 0,
+            };
+            if longest > limits.max_metadata_value_bytes {
+                return Err(Error::invalid(format!(
+                    "document {}: metadata {} has a value of {longest} bytes, over the limit max_metadata_value_bytes = {}",
+                    quote(&doc.id),
+                    quote(k),
+                    limits.max_metadata_value_bytes
+                )));
+            }
+        }
+        meta::check_values(&doc.id, &doc.metadata, limits.max_metadata_list_items)
+    }
+
+    /// A metadata key (in a document or a declared schema): not empty, no U+001F, bounded.
+    pub fn check_metadata_key(&self, key: &str) -> Result<()> {
+        if key.is_empty() || key.contains('\u{1f}') {
+            return Err(Error::invalid(
+                "a metadata key must not be empty or contain U+001F",
+            ));
+        }
+        let max = self.config.limits.max_metadata_key_bytes;
+        if key.len() > max {
             return Err(Error::invalid(format!(
-                "document {} has an empty metadata key or one containing U+001F",
-                quote(&doc.id)
+                "metadata key {} is {} bytes, over the limit max_metadata_key_bytes = {max}",
+                quote(key),
+                key.len()
             )));
         }
+        Ok(())
+    }
+
+    /// Checks a document's metadata types against the collection's and against `pending`
+    /// (types fixed by documents not yet written), recording new keys in `pending`. Streaming
+    /// ingest uses it to reject one document rather than fail its batch.
+    pub fn check_metadata_types(
+        &self,
+        collection: &str,
+        doc: &DocumentInput,
+        pending: &mut Schema,
+    ) -> Result<()> {
+        let c = self.collection(collection)?;
+        let schema = c
+            .schema
+            .read()
+            .map_err(|_| Error::internal("schema lock poisoned"))?;
+        let mut metadata = doc.metadata.clone();
+        meta::coerce_to_schema(&doc.id, &mut metadata, &schema)?;
+        let mut mine = pending.clone();
+        meta::check_types(&doc.id, &metadata, &schema, &mut mine)?;
+        *pending = mine;
         Ok(())
     }
 
@@ -262,15 +314,35 @@ impl Collection {
         documents: i64,
     ) -> Result<Op> {
         self.catch_up_if_stale();
+        // Keys these documents use first (the caller checked their types under the lock).
+        let mut new_keys = Schema::new();
+        {
+            let schema = self
+                .schema
+                .read()
+                .map_err(|_| Error::internal("schema lock poisoned"))?;
+            for d in upserts {
+                for (k, v) in &d.record.metadata {
+                    if !schema.contains_key(k) {
+                        new_keys.entry(k.clone()).or_insert(v.value_type());
+                    }
+                }
+            }
+        }
         let committed = store
             .next_id()
-            .and_then(|seq| Ok((seq, self.trees.commit(seq, upserts, deletes)?)));
+            .and_then(|seq| Ok((seq, self.trees.commit(seq, upserts, deletes, &new_keys)?)));
         let (seq, op) = committed.inspect_err(|e| {
             if e.is_storage_failure() {
                 store.mark_failed();
             }
         })?;
         store.flush_blocking()?;
+        if !new_keys.is_empty() {
+            if let Ok(mut schema) = self.schema.write() {
+                schema.extend(new_keys);
+            }
+        }
         self.count(documents, &op);
         if self.stale.load(Ordering::Acquire) {
             // Earlier operations are still unapplied: this one waits in the log with them.
@@ -311,9 +383,31 @@ impl Collection {
         docs: Vec<DocumentInput>,
         cancel: &Cancel,
     ) -> Result<Vec<UpsertOutcome>> {
+        let mut docs = docs;
+        {
+            let schema = self
+                .schema
+                .read()
+                .map_err(|_| Error::internal("schema lock poisoned"))?;
+            for d in &mut docs {
+                meta::coerce_to_schema(&d.id, &mut d.metadata, &schema)?;
+            }
+        }
         let (mut outcomes, changed) = self.classify(docs)?;
         if changed.is_empty() {
             return Ok(outcomes);
+        }
+        // Metadata types, before any embedding work: the batch fails as a whole, naming the
+        // first document whose value conflicts with its key's type.
+        {
+            let schema = self
+                .schema
+                .read()
+                .map_err(|_| Error::internal("schema lock poisoned"))?;
+            let mut pending = Schema::new();
+            for (_, doc, _) in &changed {
+                meta::check_types(&doc.id, &doc.metadata, &schema, &mut pending)?;
+            }
         }
         let created = outcomes
             .iter()

@@ -21,6 +21,8 @@
 
 mod cancel;
 mod collection;
+#[cfg(test)]
+mod filter_tests;
 mod ingest;
 mod recovery;
 mod search;
@@ -224,7 +226,8 @@ impl Engine {
             ef_search: ix.hnsw_ef_search,
         };
         let dense = DenseIndex::open(&dir, record.dimension, params)?;
-        let collection = Collection::new(record, trees, embedder, lexical, dense, dir);
+        let schema = trees.load_schema()?;
+        let collection = Collection::new(record, trees, embedder, lexical, dense, dir, schema);
         collection.recover()?;
         Ok(collection)
     }
@@ -283,6 +286,9 @@ impl Engine {
             overlap: settings.chunk_overlap.unwrap_or(DEFAULT_CHUNK_OVERLAP),
         };
         chunking.validate()?;
+        for key in settings.metadata_schema.keys() {
+            self.check_metadata_key(key)?;
+        }
         let embedder = self.embedder(&model)?;
         let record = CollectionRecord {
             name: name.to_string(),
@@ -293,6 +299,10 @@ impl Engine {
             chunk_overlap: chunking.overlap,
             created_unix_ms: now_ms(),
         };
+        // Declared types first: a crash before the record leaves orphan trees, dropped at start.
+        self.store
+            .trees(&record)?
+            .declare(&settings.metadata_schema)?;
         self.store.create_collection(&record)?;
         self.store.flush_blocking()?;
         let collection = Arc::new(self.open_collection(record)?);

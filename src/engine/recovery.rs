@@ -121,21 +121,30 @@ impl Collection {
             .iter()
             .map(|(id, c)| {
                 let d = docs.get(&c.doc_id);
+                // The title is indexed once per document, with its first chunk: repeated
+                // in every chunk it would count a long document's title once per chunk and
+                // fill lexical results with that document's chunks.
+                let title = match d {
+                    Some(d) if crate::store::ordinal(*id) == 0 => d.title.as_str(),
+                    _ => "",
+                };
                 LexicalDoc {
                     chunk_id: *id,
-                    title: d.map_or("", |d| d.title.as_str()),
+                    title,
                     body: &c.text,
                     metadata: d.map_or(&empty, |d| &d.metadata),
                 }
             })
             .collect();
-        if lexical_due {
-            self.lexical.apply(seq, &lex_docs, &op.remove)?;
-        }
+        // Each index applies on its own: one that fails does not hold the other back.
+        let lexical = match lexical_due {
+            true => self.lexical.apply(seq, &lex_docs, &op.remove),
+            false => Ok(()),
+        };
         if dense_due {
             self.dense.apply(seq, &vectors, &op.remove)?;
         }
-        Ok(())
+        lexical
     }
 
     /// Brings both indexes up to date with sled (see the module docs).
@@ -186,27 +195,28 @@ impl Collection {
 
     /// Applies to each index the logged operations after the last one it applied, merged into
     /// one operation (a later removal cancels an earlier addition). Per index, so an index that
-    /// is ahead of the other never applies an operation twice.
+    /// is ahead of the other never applies an operation twice, and one that fails does not hold
+    /// the other back.
     pub(super) fn catch_up(&self) -> Result<()> {
-        let plan = [
-            (Targets::LEXICAL, self.lexical.applied_seq()?),
-            (Targets::DENSE, self.dense.applied_seq()?),
-        ];
-        for (targets, from) in plan {
-            let mut merged = Op::default();
-            let mut upto = 0;
-            let mut removed = HashSet::new();
-            for entry in self.trees.ops_after(from) {
-                let (seq, op) = entry?;
-                merged.add.extend(op.add);
-                removed.extend(op.remove.iter().copied());
-                merged.remove.extend(op.remove);
-                upto = seq;
-            }
-            if upto > 0 {
-                merged.add.retain(|id| !removed.contains(id));
-                self.index_op(upto, &merged, &[], targets)?;
-            }
+        let lexical = self.catch_up_one(Targets::LEXICAL, self.lexical.applied_seq()?);
+        self.catch_up_one(Targets::DENSE, self.dense.applied_seq()?)?;
+        lexical
+    }
+
+    fn catch_up_one(&self, targets: Targets, from: u64) -> Result<()> {
+        let mut merged = Op::default();
+        let mut upto = 0;
+        let mut removed = HashSet::new();
+        for entry in self.trees.ops_after(from) {
+            let (seq, op) = entry?;
+            merged.add.extend(op.add);
+            removed.extend(op.remove.iter().copied());
+            merged.remove.extend(op.remove);
+            upto = seq;
+        }
+        if upto > 0 {
+            merged.add.retain(|id| !removed.contains(id));
+            self.index_op(upto, &merged, &[], targets)?;
         }
         Ok(())
     }

@@ -5,19 +5,17 @@
 //! independent and embedding dominates the latency. Dense candidates are planned by filter
 //! selectivity ([`Collection::dense_candidates`]).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use super::{Collection, Engine, Limits};
 use crate::error::{Error, Result};
+use crate::filter::Filter;
 use crate::index::exact_search;
 use crate::model;
 use crate::retrieve::hybrid::{self, Ranked};
 use crate::retrieve::{Fused, Fusion, Hit, Mode, SearchOutcome, SearchParams};
 use crate::store::DocRecord;
-
-/// Filtered dense searches that allow at most this many chunks are answered exactly.
-const EXACT_FILTER_LIMIT: usize = 4096;
 
 impl Engine {
     /// Runs a search.
@@ -27,9 +25,10 @@ impl Engine {
         self.searches
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let limits = self.config.limits.clone();
+        let exact_limit = self.config.index.exact_filter_limit;
         tokio::task::spawn_blocking(move || {
             // A collection deleted under a running search: NOT_FOUND, not a storage error.
-            c.search_blocking(params, &limits)
+            c.search_blocking(params, &limits, exact_limit)
                 .map_err(|e| c.ensure_live().err().unwrap_or(e))
         })
         .await
@@ -56,19 +55,15 @@ impl Engine {
                 limits.max_top_k
             )));
         }
-        if p.filter
-            .keys()
-            .any(|k| k.is_empty() || k.contains('\u{1f}'))
-        {
-            return Err(Error::invalid(
-                "filter keys must not be empty or contain U+001F",
-            ));
+        p.filter.check_limits(limits.filter())?;
+        for key in p.filter.keys() {
+            self.check_metadata_key(key)
+                .map_err(|e| Error::invalid(format!("filter: {e}")))?;
         }
-        if p.filter.len() > limits.max_metadata_entries {
+        if p.offset.saturating_add(p.top_k.max(1)) > limits.max_top_k {
             return Err(Error::invalid(format!(
-                "the filter has {} entries, over the limit max_metadata_entries = {}",
-                p.filter.len(),
-                limits.max_metadata_entries
+                "offset + top_k must be at most max_top_k = {} (page deeper with a narrower filter)",
+                limits.max_top_k
             )));
         }
         if let Some(v) = &p.query_vector {
@@ -96,27 +91,45 @@ impl Collection {
         &self,
         p: SearchParams,
         limits: &Limits,
+        exact_limit: usize,
     ) -> Result<SearchOutcome> {
         let started = Instant::now();
         let top_k = if p.top_k == 0 { 10 } else { p.top_k };
+        // Pages come from one ranking: the candidate depth depends on top_k and candidates,
+        // never on the offset, so the pages of a query on an unchanged collection follow each
+        // other without gaps or repeats. Paging stops at the depth.
         let depth = if p.candidates > 0 {
             p.candidates.max(top_k)
         } else {
             (2 * top_k).max(100).min(limits.max_top_k.max(top_k))
         };
+        let wanted = p.offset + top_k;
+        if wanted > depth {
+            return Err(Error::invalid(format!(
+                "offset + top_k = {wanted} is past the {depth} candidates this search ranks: \
+                 set candidates (up to max_top_k = {}) to page deeper",
+                limits.max_top_k
+            )));
+        }
+        let filter = {
+            let schema = self
+                .schema
+                .read()
+                .map_err(|_| Error::internal("schema lock poisoned"))?;
+            p.filter.resolve(&schema)?
+        };
         let lexical_side = || -> Result<Ranked> {
             if p.mode == Mode::Dense {
                 return Ok(Vec::new());
             }
-            self.lexical
-                .search(&p.query, depth, &p.filter, p.title_boost)
+            self.lexical.search(&p.query, depth, &filter, p.title_boost)
         };
         let dense_side = || -> Result<Ranked> {
             if p.mode == Mode::Lexical {
                 return Ok(Vec::new());
             }
             let q = self.query_vector(&p)?;
-            self.dense_candidates(&q, depth, &p.filter)
+            self.dense_candidates(&q, depth, &filter, exact_limit)
         };
         let (lexical, dense) = if p.mode == Mode::Hybrid {
             rayon::join(lexical_side, dense_side)
@@ -126,12 +139,18 @@ impl Collection {
         let lexical = lexical?;
         let (mode, dense, warning) = hybrid::settle_dense(p.mode, dense)?;
         let fused = hybrid::combine(mode, lexical, dense, p.fusion, p.group_by_document);
-        let hits = self.hits(fused, top_k, p.group_by_document)?;
+        let total_candidates = fused.len();
+        let mut hits = self.hits(fused, wanted + 1, p.group_by_document)?;
+        let has_more = hits.len() > wanted;
+        hits.truncate(wanted);
+        let hits = hits.split_off(p.offset.min(hits.len()));
         Ok(SearchOutcome {
             hits,
             mode,
             warning,
             took: started.elapsed(),
+            total_candidates,
+            has_more,
         })
     }
 
@@ -201,13 +220,14 @@ impl Collection {
         &self,
         q: &[f32],
         depth: usize,
-        filter: &BTreeMap<String, String>,
+        filter: &Filter,
+        exact_limit: usize,
     ) -> Result<Ranked> {
-        if filter.is_empty() {
+        if filter.is_all() {
             return self.dense.search(q, depth, None);
         }
         let allowed = self.lexical.matching_chunks(filter)?;
-        if allowed.len() <= EXACT_FILTER_LIMIT {
+        if allowed.len() <= exact_limit {
             let mut vectors = Vec::with_capacity(allowed.len());
             for id in &allowed {
                 if let Some(v) = self.trees.get_vector(*id)? {

@@ -36,6 +36,15 @@ pub struct Limits {
     pub max_id_bytes: usize,
     /// Most metadata entries per document.
     pub max_metadata_entries: usize,
+    /// Longest metadata key, and longest string value or list item, in bytes.
+    pub max_metadata_key_bytes: usize,
+    pub max_metadata_value_bytes: usize,
+    /// Most items in a string-list metadata value.
+    pub max_metadata_list_items: usize,
+    /// Deepest nesting of and / or / not in a filter.
+    pub max_filter_depth: usize,
+    /// Most conditions plus listed values in a filter.
+    pub max_filter_terms: usize,
     /// Largest query text, in bytes.
     pub max_query_bytes: usize,
     /// Largest `top_k` (and candidate depth) a search may ask for.
@@ -62,6 +71,10 @@ pub struct IndexSettings {
     pub checkpoint_interval_secs: u64,
     /// Rebuild the HNSW graph when deleted points exceed this fraction of all points.
     pub rebuild_tombstone_ratio: f32,
+    /// Filtered dense searches whose filter allows at most this many chunks score those
+    /// chunks exactly; above it, HNSW searches with the filter. Measured by
+    /// `benches/filters.rs` (see its figures in README).
+    pub exact_filter_limit: usize,
     /// A collection's BM25 index writer (and its threads) is closed at the next checkpoint
     /// once nothing was written for this long.
     pub writer_idle_secs: u64,
@@ -75,11 +88,26 @@ impl Default for Limits {
             max_batch_documents: 1000,
             max_id_bytes: 512,
             max_metadata_entries: 64,
+            max_metadata_key_bytes: 256,
+            max_metadata_value_bytes: 8 * 1024,
+            max_metadata_list_items: 256,
+            max_filter_depth: 16,
+            max_filter_terms: 1024,
             max_query_bytes: 8 * 1024,
             max_top_k: 1000,
             max_stream_documents: 50_000,
             max_eval_queries: 2000,
             max_eval_judgments: 200_000,
+        }
+    }
+}
+
+impl Limits {
+    /// The limits on a filter's shape.
+    pub fn filter(&self) -> crate::filter::FilterLimits {
+        crate::filter::FilterLimits {
+            max_depth: self.max_filter_depth,
+            max_terms: self.max_filter_terms,
         }
     }
 }
@@ -92,6 +120,7 @@ impl Default for IndexSettings {
             hnsw_ef_search: 128,
             checkpoint_interval_secs: 30,
             rebuild_tombstone_ratio: 0.2,
+            exact_filter_limit: 4096,
             writer_idle_secs: 60,
         }
     }
@@ -118,6 +147,9 @@ impl EngineConfig {
             return Err(Error::invalid(
                 "limits.max_document_bytes cannot exceed limits.max_message_bytes",
             ));
+        }
+        if l.max_filter_depth == 0 || l.max_filter_terms == 0 {
+            return Err(Error::invalid("filter limits must be positive"));
         }
         if self.index.hnsw_m == 0 || self.index.hnsw_m > 255 {
             return Err(Error::invalid("index.hnsw_m must be in 1..=255"));

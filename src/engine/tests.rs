@@ -91,7 +91,9 @@ async fn recovers_a_write_committed_but_not_applied() {
             chunks: vec![(crate::store::chunk_id(key, 0), chunk, vectors[0].clone())],
         };
         let seq = engine.store.next_id().unwrap();
-        c.trees.commit(seq, &[new], &[]).unwrap();
+        c.trees
+            .commit(seq, &[new], &[], &Default::default())
+            .unwrap();
         engine.store.flush_blocking().unwrap();
         for mode in MODES {
             assert!(!found(&engine, mode, "marble sculpture")
@@ -173,6 +175,95 @@ async fn grouping_returns_one_hit_per_document() {
         let ids: Vec<&str> = grouped.hits.iter().map(|h| h.doc_id.as_str()).collect();
         assert_eq!(ids.len(), 2, "{mode:?} grouped: {ids:?}");
         assert!(ids.contains(&"long") && ids.contains(&"other"));
+    }
+}
+
+#[tokio::test]
+async fn a_title_is_indexed_once_per_document_not_per_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let embedder = Arc::new(HashEmbedder::new(64).unwrap());
+    let titled = |id: &str, title: &str, text: &str| DocumentInput {
+        title: title.into(),
+        ..doc(id, text)
+    };
+    let long = "lava cools slowly. columns form hexagons. coasts show them well. \
+                quarries cut the stone. builders value it highly. tourists visit often.";
+    {
+        let engine = open(dir.path(), &embedder);
+        engine.create_collection("c", small_chunks()).unwrap();
+        engine
+            .upsert(
+                "c",
+                vec![
+                    titled("long", "Obsidian", long),
+                    titled("short", "", "obsidian glass is volcanic"),
+                ],
+            )
+            .await
+            .unwrap();
+        let chunks = engine.collection("c").unwrap().info().chunk_count;
+        assert!(chunks >= 5, "several chunks: {chunks}");
+        let lexical = |engine: Engine| async move {
+            let out = engine
+                .search("c", search(Mode::Lexical, "obsidian"))
+                .await
+                .unwrap();
+            let long: Vec<u32> = out
+                .hits
+                .iter()
+                .filter(|h| h.doc_id == "long")
+                .map(|h| h.ordinal)
+                .collect();
+            (engine, long, out.hits.len())
+        };
+        // The title matches the document once, with its first chunk; the other chunks are
+        // found by their own text.
+        let (engine, long, hits) = lexical(engine).await;
+        assert_eq!((long, hits), (vec![0], 2));
+        assert_eq!(found(&engine, Mode::Lexical, "tourists").await, ["long"]);
+        // An index written by an older version (no format marker) is rebuilt from sled.
+        let c = engine.collection("c").unwrap();
+        let marker = c.dir.join("lexical").join("quarry-format");
+        drop((c, engine));
+        std::fs::remove_file(marker).unwrap();
+    }
+    let engine = open(dir.path(), &embedder);
+    assert_eq!(found(&engine, Mode::Lexical, "tourists").await, ["long"]);
+    assert_eq!(found(&engine, Mode::Lexical, "obsidian").await.len(), 2);
+}
+
+#[tokio::test]
+async fn replay_never_inserts_a_vector_twice() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let embedder = Arc::new(HashEmbedder::new(32).unwrap());
+    {
+        let engine = open(dir.path(), &embedder);
+        engine.create_collection("c", Default::default()).unwrap();
+        engine.upsert("c", vec![doc("a", "granite")]).await.unwrap();
+        // The dense index applies "b" and is checkpointed with it; the lexical index fails
+        // both the write and the checkpoint's repair, so it stays one operation behind.
+        let c = engine.collection("c").unwrap();
+        c.lexical.fail_applies.store(2, Ordering::Relaxed);
+        engine.upsert("c", vec![doc("b", "marble")]).await.unwrap();
+        engine.checkpoint().await.unwrap();
+        assert!(c.lexical.applied_seq().unwrap() < c.dense.applied_seq().unwrap());
+        assert_eq!(c.dense.graph_points().unwrap(), 2);
+    }
+    // Recovery replays "b" into the lexical index only.
+    let engine = open(dir.path(), &embedder);
+    let c = engine.collection("c").unwrap();
+    assert_eq!(
+        c.lexical.applied_seq().unwrap(),
+        c.dense.applied_seq().unwrap()
+    );
+    assert_eq!(
+        c.dense.graph_points().unwrap(),
+        2,
+        "no vector inserted twice"
+    );
+    for mode in MODES {
+        assert_eq!(found(&engine, mode, "marble").await[0], "b", "{mode:?}");
     }
 }
 

@@ -29,6 +29,9 @@ pub struct RunSpec {
     pub fusion: Fusion,
     /// BM25 title-field boost (0: none).
     pub title_boost: f32,
+    /// Only documents passing this filter are ranked (the single-retriever diagnostics that
+    /// explain misses stay unfiltered).
+    pub filter: crate::filter::Filter,
 }
 
 impl RunSpec {
@@ -72,6 +75,7 @@ impl RunSpec {
             mode,
             fusion,
             title_boost,
+            filter: crate::filter::Filter::all(),
         })
     }
 
@@ -201,8 +205,13 @@ impl Engine {
         let single = [Mode::Lexical, Mode::Dense];
         let total = judged.len() * (runs.len() + single.len());
         let mut done = 0;
-        let rank_one = |mode: Mode, fusion: Fusion, title_boost: f32, q: &EvalQuery| {
+        let rank_one = |mode: Mode,
+                        fusion: Fusion,
+                        title_boost: f32,
+                        filter: crate::filter::Filter,
+                        q: &EvalQuery| {
             let params = SearchParams {
+                filter,
                 query: q.text.clone(),
                 top_k: depth,
                 mode,
@@ -239,10 +248,19 @@ impl Engine {
         let mut lexical = Vec::with_capacity(judged.len());
         let mut dense = Vec::with_capacity(judged.len());
         for q in &judged {
-            lexical.push(rank_one(Mode::Lexical, Fusion::default(), 0.0, q).await?.0);
+            let all = crate::filter::Filter::all();
+            lexical.push(
+                rank_one(Mode::Lexical, Fusion::default(), 0.0, all.clone(), q)
+                    .await?
+                    .0,
+            );
             done += 1;
             progress(done, total);
-            dense.push(rank_one(Mode::Dense, Fusion::default(), 0.0, q).await?.0);
+            dense.push(
+                rank_one(Mode::Dense, Fusion::default(), 0.0, all, q)
+                    .await?
+                    .0,
+            );
             done += 1;
             progress(done, total);
         }
@@ -251,7 +269,14 @@ impl Engine {
             let mut queries_out = Vec::with_capacity(judged.len());
             let mut latencies = Vec::with_capacity(judged.len());
             for (i, q) in judged.iter().enumerate() {
-                let (ranking, ms) = rank_one(spec.mode, spec.fusion, spec.title_boost, q).await?;
+                let (ranking, ms) = rank_one(
+                    spec.mode,
+                    spec.fusion,
+                    spec.title_boost,
+                    spec.filter.clone(),
+                    q,
+                )
+                .await?;
                 done += 1;
                 progress(done, total);
                 latencies.push(ms);

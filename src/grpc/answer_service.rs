@@ -136,7 +136,8 @@ fn core_request(r: pb::AnswerRequest) -> Result<AnswerRequest, Status> {
         top_k: r.top_k as usize,
         mode: convert::mode(r.mode).map_err(to_status)?,
         fusion: convert::fusion(r.fusion).map_err(to_status)?,
-        filter: r.filter.into_iter().collect(),
+        filter: super::meta_convert::request_filter(r.filter, r.r#where, &r.where_text)
+            .map_err(to_status)?,
         ..Default::default()
     };
     Ok(AnswerRequest {

@@ -1,8 +1,7 @@
 //! Conversions between the wire types (`pb`) and the core's types. Validation of shapes that
 //! only exist on the wire (enums, oneofs) happens here; limits are checked by the engine.
 
-use std::collections::BTreeMap;
-
+use super::meta_convert as mc;
 use super::pb;
 use crate::engine::{CollectionInfo, DocumentInput, StoredDocument, UpsertOutcome, UpsertStatus};
 use crate::error::{Error, Result};
@@ -18,6 +17,7 @@ pub fn collection(info: CollectionInfo) -> pb::Collection {
             embedding_model: r.model,
             chunk_tokens: r.chunk_tokens as u32,
             chunk_overlap: Some(r.chunk_overlap as u32),
+            metadata_schema: mc::schema_to_pb(info.schema),
         }),
         dimension: r.dimension as u32,
         document_count: info.document_count,
@@ -26,17 +26,22 @@ pub fn collection(info: CollectionInfo) -> pb::Collection {
     }
 }
 
-pub fn document(d: pb::Document) -> DocumentInput {
-    DocumentInput {
-        markdown: d.format() == pb::DocumentFormat::Markdown,
+/// A wire document; fails on malformed typed metadata (a key in both maps, a bad timestamp).
+pub fn document(d: pb::Document) -> Result<DocumentInput> {
+    let markdown = d.format() == pb::DocumentFormat::Markdown;
+    let metadata = mc::metadata_from_pb(d.metadata, d.typed_metadata)
+        .map_err(|e| Error::invalid(format!("document {}: {e}", crate::error::quote(&d.id))))?;
+    Ok(DocumentInput {
+        markdown,
         id: d.id,
         text: d.text,
         title: d.title,
-        metadata: d.metadata.into_iter().collect(),
-    }
+        metadata,
+    })
 }
 
 pub fn document_to_pb(d: DocumentInput) -> pb::Document {
+    let (metadata, typed_metadata) = mc::metadata_to_pb(d.metadata);
     pb::Document {
         format: if d.markdown {
             pb::DocumentFormat::Markdown as i32
@@ -46,7 +51,8 @@ pub fn document_to_pb(d: DocumentInput) -> pb::Document {
         id: d.id,
         text: d.text,
         title: d.title,
-        metadata: d.metadata.into_iter().collect(),
+        metadata,
+        typed_metadata,
     }
 }
 
@@ -158,12 +164,14 @@ pub fn fusion_to_pb(f: Fusion) -> pb::Fusion {
 }
 
 pub fn search_params(r: pb::SearchRequest) -> Result<SearchParams> {
+    let offset = mc::page_offset(&r)?;
     Ok(SearchParams {
         mode: mode(r.mode)?,
         fusion: fusion(r.fusion)?,
+        offset,
+        filter: mc::request_filter(r.filter, r.r#where, &r.where_text)?,
         query: r.query,
         top_k: r.top_k as usize,
-        filter: r.filter.into_iter().collect::<BTreeMap<_, _>>(),
         group_by_document: r.group_by_document,
         query_vector: if r.query_vector.is_empty() {
             None
@@ -183,6 +191,7 @@ fn retriever_hit(h: RetrieverHit) -> pb::RetrieverHit {
 }
 
 pub fn hit(h: Hit, explain: bool) -> pb::Hit {
+    let (metadata, typed_metadata) = mc::metadata_to_pb(h.metadata);
     pb::Hit {
         explanation: explain.then(|| pb::Explanation {
             lexical: h.lexical.map(retriever_hit),
@@ -196,12 +205,20 @@ pub fn hit(h: Hit, explain: bool) -> pb::Hit {
         end_byte: h.end as u64,
         score: h.score,
         title: h.title,
-        metadata: h.metadata.into_iter().collect(),
+        metadata,
+        typed_metadata,
     }
 }
 
-pub fn search_response(o: SearchOutcome, explain: bool) -> pb::SearchResponse {
+/// `next_page_token` is the caller's (it depends on the request).
+pub fn search_response(
+    o: SearchOutcome,
+    explain: bool,
+    next_page_token: String,
+) -> pb::SearchResponse {
     pb::SearchResponse {
+        total_candidates: o.total_candidates as u64,
+        next_page_token,
         mode: mode_to_pb(o.mode) as i32,
         degraded: o.warning.is_some(),
         warning: o.warning.unwrap_or_default(),
@@ -294,6 +311,7 @@ pub fn eval_outcome(r: pb::EvalResult) -> Result<EvalOutcome> {
                         mode: mode(run.mode)?,
                         fusion: Fusion::default(),
                         title_boost: 0.0,
+                        filter: crate::filter::Filter::all(),
                         name: run.name,
                     },
                     mean: metrics_core(run.metrics),

@@ -58,6 +58,11 @@ impl pb::eval_server::Eval for EvalService {
                     mode: convert::mode(s.mode)?,
                     fusion: convert::fusion(s.fusion)?,
                     title_boost: s.title_boost.unwrap_or(0.0).max(0.0),
+                    filter: super::meta_convert::request_filter(
+                        Default::default(),
+                        None,
+                        &s.where_text,
+                    )?,
                     name: s.name,
                 })
             })

@@ -15,6 +15,7 @@ mod answer_service;
 pub mod codec;
 mod convert;
 mod eval_service;
+mod meta_convert;
 mod services;
 mod status;
 

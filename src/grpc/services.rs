@@ -5,6 +5,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert;
+use super::meta_convert;
 use super::pb;
 use super::status::to_status;
 use crate::engine::{CollectionSettings, DocumentInput, Engine};
@@ -47,6 +48,8 @@ impl pb::collections_server::Collections for CollectionsService {
             model: Some(config.embedding_model).filter(|m| !m.is_empty()),
             chunk_tokens: Some(config.chunk_tokens as usize).filter(|&t| t > 0),
             chunk_overlap: config.chunk_overlap.map(|o| o as usize),
+            metadata_schema: meta_convert::schema_from_pb(config.metadata_schema)
+                .map_err(to_status)?,
         };
         let engine = self.engine.clone();
         let info = blocking(move || engine.create_collection(&r.name, settings)).await?;
@@ -103,7 +106,12 @@ impl pb::documents_server::Documents for DocumentsService {
         request: Request<pb::UpsertDocumentsRequest>,
     ) -> Result<Response<pb::UpsertDocumentsResponse>, Status> {
         let r = request.into_inner();
-        let docs = r.documents.into_iter().map(convert::document).collect();
+        let docs = r
+            .documents
+            .into_iter()
+            .map(convert::document)
+            .collect::<crate::Result<_>>()
+            .map_err(to_status)?;
         let outcomes = self
             .engine
             .upsert(&r.collection, docs)
@@ -123,6 +131,8 @@ impl pb::documents_server::Documents for DocumentsService {
         let mut results: Vec<Option<pb::DocumentResult>> = Vec::new();
         // Pending documents with their positions in `results`.
         let mut pending: Vec<(usize, DocumentInput)> = Vec::new();
+        // Metadata key types fixed by documents of this stream not yet written.
+        let mut new_keys = crate::meta::Schema::new();
 
         async fn flush(
             engine: &Engine,
@@ -167,7 +177,6 @@ impl pb::documents_server::Documents for DocumentsService {
             let Some(doc) = message.document else {
                 continue;
             };
-            let doc = convert::document(doc);
             let pos = results.len();
             let limits = &self.engine.config().limits;
             if pos >= limits.max_stream_documents {
@@ -178,17 +187,24 @@ impl pb::documents_server::Documents for DocumentsService {
                     limits.max_stream_documents
                 )));
             }
-            match self.engine.validate_document(&doc) {
+            let id = doc.id.clone();
+            let checked = convert::document(doc).and_then(|doc| {
+                self.engine.validate_document(&doc)?;
+                self.engine
+                    .check_metadata_types(&name, &doc, &mut new_keys)?;
+                Ok(doc)
+            });
+            match checked {
                 Err(e) => {
                     // Both are bounded, so the reply stays within max_message_bytes.
                     results.push(Some(pb::DocumentResult {
-                        id: clip(&doc.id, limits.max_id_bytes).to_string(),
+                        id: clip(&id, limits.max_id_bytes).to_string(),
                         status: pb::UpsertStatus::Rejected as i32,
                         chunk_count: 0,
                         error: clip(&e.to_string(), MAX_RESULT_ERROR_BYTES).to_string(),
                     }));
                 }
-                Ok(()) => {
+                Ok(doc) => {
                     // A batch holds each id once: a repeated id starts a new batch so the
                     // later version wins, as it would sent one by one.
                     if pending.iter().any(|(_, d)| d.id == doc.id) {
@@ -259,13 +275,19 @@ impl pb::search_server::Search for SearchService {
     ) -> Result<Response<pb::SearchResponse>, Status> {
         let r = request.into_inner();
         let explain = r.explain;
-        let collection = r.collection.clone();
-        let params = convert::search_params(r).map_err(to_status)?;
+        let params = convert::search_params(r.clone()).map_err(to_status)?;
+        let next_offset = params.offset + params.top_k.max(1);
         let outcome = self
             .engine
-            .search(&collection, params)
+            .search(&r.collection, params)
             .await
             .map_err(to_status)?;
-        Ok(Response::new(convert::search_response(outcome, explain)))
+        let next = match outcome.has_more {
+            true => meta_convert::page_token(&r, next_offset),
+            false => String::new(),
+        };
+        Ok(Response::new(convert::search_response(
+            outcome, explain, next,
+        )))
     }
 }

@@ -163,6 +163,12 @@ impl DenseIndex {
         Ok(s.points.saturating_sub(s.tombstones.len()))
     }
 
+    /// Points in the graph, tombstoned or not.
+    #[cfg(test)]
+    pub fn graph_points(&self) -> Result<usize> {
+        Ok(self.read()?.points)
+    }
+
     /// Share of graph points that are tombstones.
     pub fn tombstone_ratio(&self) -> Result<f32> {
         let s = self.read()?;

@@ -1,13 +1,13 @@
-//! BM25 over chunks (with their document's title), with tantivy.
+//! BM25 over chunks (a document's title with its first chunk), with tantivy.
 //!
 //! One tantivy index per collection. Each tantivy document is one chunk: `chunk_id` (the join
-//! key back to sled), `body` (title and chunk text: "flat", as Anserini's best BM25 setting on
-//! BEIR) and `title` (for optional title boosts), analysed with tantivy's English stemming
-//! analyzer (`en_stem`), and `meta` holding one `key\u{1f}value` term per metadata entry for exact-match
-//! filters. Every commit carries the last applied operation sequence as its payload, so on
+//! key back to sled), `body` (the chunk text, after the title for a document's first chunk:
+//! "flat", as Anserini's best BM25 setting on BEIR) and `title` (for optional title boosts),
+//! analysed with tantivy's English stemming
+//! analyzer (`en_stem`), and `meta` holding typed metadata terms for filters
+//! (`index::filter_query`). Every commit carries the last applied operation sequence as its payload, so on
 //! start-up the engine knows which logged operations to replay.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use tantivy::collector::{DocSetCollector, TopDocs};
@@ -18,18 +18,21 @@ use tantivy::schema::{
 };
 use tantivy::{doc, Index, IndexReader, IndexWriter, ReloadPolicy, Term};
 
+use super::filter_query;
 use crate::error::{Error, Result};
+use crate::filter::Filter;
+use crate::meta::Metadata;
 
 const ANALYZER: &str = "en_stem";
-const META_SEP: char = '\u{1f}';
 
 /// What the lexical index stores of one chunk.
 #[derive(Debug, Clone)]
 pub struct LexicalDoc<'a> {
     pub chunk_id: u64,
+    /// The document's title for its first chunk; empty for the others.
     pub title: &'a str,
     pub body: &'a str,
-    pub metadata: &'a BTreeMap<String, String>,
+    pub metadata: &'a Metadata,
 }
 
 /// Reads chunk ids from the fast field, opening each segment's column once (opening it per
@@ -91,13 +94,40 @@ fn schema() -> Schema {
     builder.build()
 }
 
-fn meta_term(key: &str, value: &str) -> String {
-    format!("{key}{META_SEP}{value}")
+/// What this version writes into an index. An index written under another format is derived
+/// data: [`LexicalIndex::open`] empties it, and the engine rebuilds it from sled at recovery
+/// (an index that applied nothing while sled has chunks is rebuilt).
+/// 2: a document's title is indexed with its first chunk only.
+/// 3: typed metadata terms (`index::filter_query`).
+const FORMAT: &str = "3";
+const FORMAT_FILE: &str = "quarry-format";
+
+/// Empties `dir` when it holds an index of another format (or of no recorded format).
+fn discard_other_format(dir: &Path) -> Result<()> {
+    let marker = dir.join(FORMAT_FILE);
+    let found = std::fs::read_to_string(&marker).ok();
+    if found.as_deref().map(str::trim) == Some(FORMAT) {
+        return Ok(());
+    }
+    if dir.join("meta.json").exists() {
+        tracing::info!(dir = %dir.display(), found = ?found, "lexical index of another format: rebuilding it");
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path)?;
+            } else {
+                std::fs::remove_file(&path)?;
+            }
+        }
+    }
+    std::fs::write(&marker, FORMAT)?;
+    Ok(())
 }
 
 impl LexicalIndex {
     pub fn open(dir: &Path) -> Result<LexicalIndex> {
         std::fs::create_dir_all(dir)?;
+        discard_other_format(dir)?;
         let directory = MmapDirectory::open(dir)
             .map_err(|e| Error::internal(format!("cannot open {}: {e}", dir.display())))?;
         let index = Index::open_or_create(directory, schema())?;
@@ -202,16 +232,17 @@ impl LexicalIndex {
             writer.delete_term(Term::from_field_u64(self.chunk_id, *id));
         }
         for d in add {
-            // The title is part of every chunk's text ("flat" indexing, as for embeddings);
-            // the title field alone serves optional title boosts.
+            // The title is part of the text ("flat" indexing, Anserini's best BM25 setting on
+            // BEIR); the title field alone serves optional title boosts. Callers give a
+            // document's title with its first chunk only.
             let body = crate::chunk::titled(d.title, d.body);
             let mut document = doc!(
                 self.chunk_id => d.chunk_id,
                 self.title => d.title,
                 self.body => body,
             );
-            for (k, v) in d.metadata {
-                document.add_text(self.meta, meta_term(k, v));
+            for term in filter_query::document_terms(d.metadata) {
+                document.add_text(self.meta, term);
             }
             writer.add_document(document)?;
         }
@@ -248,28 +279,14 @@ impl LexicalIndex {
         Ok(out)
     }
 
-    fn filter_clauses(&self, filter: &BTreeMap<String, String>) -> Vec<(Occur, Box<dyn Query>)> {
-        filter
-            .iter()
-            .map(|(k, v)| {
-                let term = Term::from_field_text(self.meta, &meta_term(k, v));
-                let q: Box<dyn Query> = Box::new(BoostQuery::new(
-                    Box::new(TermQuery::new(term, IndexRecordOption::Basic)),
-                    0.0,
-                ));
-                (Occur::Must, q)
-            })
-            .collect()
-    }
-
-    /// BM25 top `limit` chunks for `query`, restricted to chunks whose metadata matches every
-    /// entry of `filter`. `title_boost` > 0 adds title-field matches with that weight on top of
+    /// BM25 top `limit` chunks for `query`, restricted to chunks whose metadata passes the
+    /// (resolved) `filter`. `title_boost` > 0 adds title-field matches with that weight on top of
     /// the flat text (where the title already counts once).
     pub fn search(
         &self,
         query: &str,
         limit: usize,
-        filter: &BTreeMap<String, String>,
+        filter: &Filter,
         title_boost: f32,
     ) -> Result<Vec<(u64, f32)>> {
         let terms = self.analyze(query)?;
@@ -299,13 +316,7 @@ impl LexicalIndex {
             }
         }
         let text_query: Box<dyn Query> = Box::new(BooleanQuery::new(should));
-        let query: Box<dyn Query> = if filter.is_empty() {
-            text_query
-        } else {
-            let mut clauses = vec![(Occur::Must, text_query)];
-            clauses.extend(self.filter_clauses(filter));
-            Box::new(BooleanQuery::new(clauses))
-        };
+        let query = filter_query::restrict(self.meta, text_query, filter);
         let searcher = self.reader.searcher();
         let top = searcher.search(&query, &TopDocs::with_limit(limit).order_by_score())?;
         let mut ids = ChunkIds::new(&searcher);
@@ -318,9 +329,9 @@ impl LexicalIndex {
         Ok(out)
     }
 
-    /// Every chunk id whose metadata matches all of `filter` (for filtered dense search).
-    pub fn matching_chunks(&self, filter: &BTreeMap<String, String>) -> Result<Vec<u64>> {
-        let query = BooleanQuery::new(self.filter_clauses(filter));
+    /// Every chunk id whose metadata passes the (resolved) `filter` (for filtered dense search).
+    pub fn matching_chunks(&self, filter: &Filter) -> Result<Vec<u64>> {
+        let query = filter_query::compile(self.meta, filter);
         let searcher = self.reader.searcher();
         let docs = searcher.search(&query, &DocSetCollector)?;
         let mut ids = ChunkIds::new(&searcher);
@@ -369,8 +380,13 @@ mod tests {
     #[test]
     fn bm25_stemming_filters_and_payload() {
         let dir = tempfile::tempdir().unwrap();
-        let empty = BTreeMap::new();
-        let lang = BTreeMap::from([("lang".to_string(), "en".to_string())]);
+        let empty = Metadata::new();
+        let lang = crate::meta::from_strings([("lang".to_string(), "en".to_string())].into());
+        let all = Filter::all();
+        let en = Filter::cond(
+            "lang",
+            crate::filter::Test::Eq(crate::meta::Value::Str("en".into())),
+        );
         {
             let index = LexicalIndex::open(dir.path()).unwrap();
             assert_eq!(index.applied_seq().unwrap(), 0);
@@ -397,10 +413,10 @@ mod tests {
         }
         let index = LexicalIndex::open(dir.path()).unwrap();
         assert_eq!(index.applied_seq().unwrap(), 3);
-        let hits = index.search("runs", 10, &empty, 1.0).unwrap();
+        let hits = index.search("runs", 10, &all, 1.0).unwrap();
         assert_eq!(hits.iter().map(|h| h.0).collect::<Vec<_>>(), vec![1]);
-        assert!(index.search("walk", 10, &lang, 1.0).unwrap().is_empty());
-        assert_eq!(index.matching_chunks(&lang).unwrap(), vec![1]);
+        assert!(index.search("walk", 10, &en, 1.0).unwrap().is_empty());
+        assert_eq!(index.matching_chunks(&en).unwrap(), vec![1]);
         // Re-adding an id replaces it; removing deletes it.
         index
             .apply(
@@ -416,6 +432,6 @@ mod tests {
             .unwrap();
         assert_eq!(index.stored_ids(), vec![2]);
         assert_eq!(index.applied_seq().unwrap(), 4);
-        assert!(index.search("", 10, &empty, 1.0).unwrap().is_empty());
+        assert!(index.search("", 10, &all, 1.0).unwrap().is_empty());
     }
 }

@@ -2,6 +2,7 @@
 //! approximate nearest neighbours ([`dense`], hnsw_rs), plus an exact-search oracle.
 
 pub mod dense;
+pub mod filter_query;
 pub mod lexical;
 
 pub use dense::{exact_search, DenseIndex, HnswParams};

@@ -8,7 +8,6 @@
 pub mod fusion;
 pub mod hybrid;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub use fusion::{fuse, Fused, Fusion, RetrieverHit};
@@ -50,8 +49,10 @@ pub struct SearchParams {
     pub top_k: usize,
     pub mode: Mode,
     pub fusion: Fusion,
-    /// All-of exact matches on metadata.
-    pub filter: BTreeMap<String, String>,
+    /// Which documents may be returned (unresolved; [`crate::filter::Filter::all`] for any).
+    pub filter: crate::filter::Filter,
+    /// Hits to skip before the first returned (pagination).
+    pub offset: usize,
     pub group_by_document: bool,
     /// Caller-computed query vector; embedded from `query` when absent.
     pub query_vector: Option<Vec<f32>>,
@@ -73,7 +74,7 @@ pub struct Hit {
     /// Fused score (hybrid) or the retriever's raw score (single mode).
     pub score: f32,
     pub title: String,
-    pub metadata: BTreeMap<String, String>,
+    pub metadata: crate::meta::Metadata,
     pub lexical: Option<RetrieverHit>,
     pub dense: Option<RetrieverHit>,
 }
@@ -86,4 +87,8 @@ pub struct SearchOutcome {
     /// Set when hybrid fell back to lexical; says why.
     pub warning: Option<String>,
     pub took: Duration,
+    /// Candidates the ranking was drawn from (after fusion, before grouping and paging).
+    pub total_candidates: usize,
+    /// Whether hits follow past `offset + top_k`.
+    pub has_more: bool,
 }

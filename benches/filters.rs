@@ -1,0 +1,218 @@
+//! Filtered search on SciFact: how the dense planner's threshold was measured (prints figures;
+//! asserts nothing about speed).
+//!
+//! `cargo bench --bench filters` (needs `../shared/datasets/scifact` or QUARRY_SCIFACT; keeps
+//! its collection in QUARRY_BENCH_DATA, default `target/bench-filters`, so later runs skip the
+//! ingest). Every document gets an integer `bucket` in 0..1000 from a hash of its id; the
+//! filters `bucket < 500 / 100 / 10 / 1` allow about 50%, 10%, 1% and 0.1% of the chunks. For
+//! each, the 300 test queries run (top 10, query vectors embedded once beforehand, so the
+//! figures are retrieval only) three ways in one run: exact scoring of the allowed chunks,
+//! HNSW's filtered search, and the planner (`index.exact_filter_limit`), next to the
+//! unfiltered search. Hybrid adds BM25 with the same filter. The planner should be within 20%
+//! of the faster way at every point.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use quarry::config::Config;
+use quarry::engine::{DocumentInput, Engine};
+use quarry::eval::beir::Dataset;
+use quarry::eval::run::percentile;
+use quarry::filter::{Filter, Range, Test};
+use quarry::meta::Value;
+use quarry::model::{catalog, fetch};
+use quarry::retrieve::{Mode, SearchParams};
+
+const COLLECTION: &str = "scifact-buckets";
+
+fn dataset_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("QUARRY_SCIFACT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/scifact")
+        });
+    dir.join("corpus.jsonl.gz").exists().then_some(dir)
+}
+
+fn bucket(id: &str) -> i64 {
+    // FNV-1a: stable across runs and platforms.
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in id.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x100000001b3);
+    }
+    (h % 1000) as i64
+}
+
+fn below(n: i64) -> Filter {
+    Filter::cond(
+        "bucket",
+        Test::Range(Range {
+            lt: Some(Value::Int(n)),
+            ..Default::default()
+        }),
+    )
+}
+
+fn open(config: &Config, exact_limit: usize) -> anyhow::Result<Engine> {
+    let mut config = config.clone();
+    config.index.exact_filter_limit = exact_limit;
+    Ok(config.open_engine()?)
+}
+
+fn main() -> anyhow::Result<()> {
+    let Some(dir) = dataset_dir() else {
+        eprintln!("!!! SKIPPED: SciFact not found (set QUARRY_SCIFACT or provide ../shared/datasets/scifact)");
+        std::process::exit(2);
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run(dir))
+}
+
+async fn run(dir: PathBuf) -> anyhow::Result<()> {
+    let models_dir = quarry::config::default_models_dir();
+    let mut say = |m: &str| eprintln!("{m}");
+    fetch::ensure(&catalog::ONNXRUNTIME, &models_dir, &mut say)?;
+    fetch::ensure(&catalog::MODELS[0], &models_dir, &mut say)?;
+    let data_dir = std::env::var_os("QUARRY_BENCH_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-filters"));
+    let config = Config {
+        data_dir,
+        models_dir,
+        ..Config::default()
+    };
+    let planner_limit = config.index.exact_filter_limit;
+    let dataset = Dataset::open(&dir)?;
+
+    // Ingest once (kept across runs).
+    let engine = open(&config, planner_limit)?;
+    if engine.collection(COLLECTION).is_err() {
+        engine.create_collection(COLLECTION, Default::default())?;
+        let docs = quarry::client::load::load_jsonl(&dataset.corpus_path()?)?;
+        eprintln!("ingesting {} documents with a bucket each ...", docs.len());
+        let started = Instant::now();
+        for batch in docs.chunks(64) {
+            let batch: Vec<DocumentInput> = batch
+                .iter()
+                .map(|d| DocumentInput {
+                    id: d.id.clone(),
+                    title: d.title.clone(),
+                    text: d.text.clone(),
+                    metadata: [("bucket".to_string(), Value::Int(bucket(&d.id)))].into(),
+                    markdown: false,
+                })
+                .collect();
+            engine.upsert(COLLECTION, batch).await?;
+        }
+        engine.checkpoint().await?;
+        eprintln!("ingested in {:.1} s", started.elapsed().as_secs_f64());
+    }
+    let collection = engine.collection(COLLECTION)?;
+    let chunks = collection.info().chunk_count;
+    let queries = dataset.queries()?;
+    let qrels = dataset.qrels("test")?;
+    let mut ids: Vec<&String> = qrels.keys().collect();
+    ids.sort();
+    let texts: Vec<String> = ids
+        .iter()
+        .filter_map(|id| queries.get(*id).cloned())
+        .collect();
+    let vectors: Vec<Vec<f32>> = texts
+        .iter()
+        .map(|t| collection.embedder().embed_query(t))
+        .collect::<quarry::Result<_>>()?;
+    // Chunks each filter allows.
+    let docs = quarry::client::load::load_jsonl(&dataset.corpus_path()?)?;
+    let doc_ids: Vec<String> = docs.iter().map(|d| d.id.clone()).collect();
+    let mut per_doc = Vec::new();
+    for part in doc_ids.chunks(1000) {
+        let (found, _) = engine.get_documents(COLLECTION, part, false)?;
+        per_doc.extend(
+            found
+                .into_iter()
+                .map(|d| (bucket(&d.input.id), d.chunk_ids.len())),
+        );
+    }
+    drop((collection, engine));
+
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    println!(
+        "== filtered search on SciFact: {chunks} chunks, {} test queries, top 10, CPU: {cpu} ==",
+        texts.len()
+    );
+    println!("p50 / p95 in ms, query vectors precomputed; planner = exact scoring when the filter allows <= {planner_limit} chunks");
+
+    let points: [(&str, Option<i64>); 5] = [
+        ("none", None),
+        ("50%", Some(500)),
+        ("10%", Some(100)),
+        ("1%", Some(10)),
+        ("0.1%", Some(1)),
+    ];
+    // One engine per strategy, reopened on the same files.
+    let strategies = [
+        ("exact", usize::MAX),
+        ("hnsw", 0),
+        ("planner", planner_limit),
+    ];
+    let mut table: Vec<Vec<(f64, f64)>> = vec![Vec::new(); points.len()];
+    let mut hybrid: Vec<Vec<(f64, f64)>> = vec![Vec::new(); points.len()];
+    for (_, limit) in strategies {
+        let engine = Arc::new(open(&config, limit)?);
+        for (i, (_, cut)) in points.iter().enumerate() {
+            let filter = cut.map_or_else(Filter::all, below);
+            for (mode, out) in [(Mode::Dense, &mut table), (Mode::Hybrid, &mut hybrid)] {
+                let mut ms = Vec::with_capacity(texts.len());
+                for (t, v) in texts.iter().zip(&vectors) {
+                    let params = SearchParams {
+                        query: t.clone(),
+                        query_vector: Some(v.clone()),
+                        mode,
+                        top_k: 10,
+                        filter: filter.clone(),
+                        ..Default::default()
+                    };
+                    let started = Instant::now();
+                    engine.search(COLLECTION, params).await?;
+                    ms.push(started.elapsed().as_secs_f64() * 1000.0);
+                }
+                ms.sort_by(f64::total_cmp);
+                out[i].push((percentile(&ms, 50.0), percentile(&ms, 95.0)));
+            }
+        }
+    }
+    for (title, rows) in [
+        ("dense", &table),
+        ("hybrid (BM25 + dense, same filter)", &hybrid),
+    ] {
+        println!("\n-- {title} --");
+        println!(
+            "{:<6} {:>8} {:>16} {:>16} {:>16} {:>10}",
+            "allows", "chunks", "exact", "hnsw+filter", "planner", "planner/best"
+        );
+        for (i, (name, cut)) in points.iter().enumerate() {
+            let allowed: usize = per_doc
+                .iter()
+                .filter(|(b, _)| cut.is_none_or(|c| *b < c))
+                .map(|(_, n)| n)
+                .sum();
+            let [exact, hnsw, planner] = [rows[i][0], rows[i][1], rows[i][2]];
+            let best = exact.0.min(hnsw.0);
+            println!(
+                "{name:<6} {allowed:>8} {:>7.2} / {:>6.2} {:>7.2} / {:>6.2} {:>7.2} / {:>6.2} {:>10.2}",
+                exact.0, exact.1, hnsw.0, hnsw.1, planner.0, planner.1, planner.0 / best
+            );
+        }
+    }
+    Ok(())
+}
