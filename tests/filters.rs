@@ -347,3 +347,66 @@ async fn a_stream_rejects_only_the_document_whose_type_conflicts() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn list_documents_and_delete_by_filter_over_the_wire() {
+    let (server, _data) = server().await;
+    let mut docs = DocumentsClient::new(server.channel().await);
+    let list = |token: String, size: u32| pb::ListDocumentsRequest {
+        collection: "c".into(),
+        page_size: size,
+        page_token: token,
+        include_metadata: true,
+        where_text: "year >= 2020".into(),
+        ..Default::default()
+    };
+    let mut listed = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = docs
+            .list_documents(list(token, 1))
+            .await
+            .unwrap()
+            .into_inner();
+        for d in &page.documents {
+            assert!(d.typed_metadata.contains_key("year"), "{d:?}");
+            assert_eq!(d.chunk_count, 1);
+        }
+        listed.extend(page.documents.into_iter().map(|d| d.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(listed, ["k1", "v2", "v3"]);
+    for (token, size) in [("garbage".to_string(), 10), (String::new(), 5000)] {
+        let e = docs.list_documents(list(token, size)).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    }
+
+    let delete = |text: &str, dry_run: bool| pb::DeleteByFilterRequest {
+        collection: "c".into(),
+        where_text: text.into(),
+        dry_run,
+        ..Default::default()
+    };
+    let dry = docs
+        .delete_by_filter(delete("tags CONTAINS \"geo\"", true))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((dry.matched, dry.deleted), (2, 0));
+    let done = docs
+        .delete_by_filter(delete("tags CONTAINS \"geo\"", false))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((done.matched, done.deleted), (2, 2));
+    for mode in MODES {
+        let got = server.search(request(mode, "")).await.unwrap();
+        assert_eq!(ids(&got), ["k1", "v3"], "{mode:?}");
+    }
+    let e = docs.delete_by_filter(delete("", false)).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    server.stop().await;
+}

@@ -371,10 +371,15 @@ impl Collection {
                 missing.push(id);
             }
         }
-        if !present.is_empty() {
-            self.commit_and_apply(store, &[], &present, -(present.len() as i64))?;
+        Ok((self.delete_present(store, present)?, missing))
+    }
+
+    /// Deletes documents known to exist (the caller holds the write lock) as one operation.
+    pub(super) fn delete_present(&self, store: &Store, ids: Vec<String>) -> Result<usize> {
+        if !ids.is_empty() {
+            self.commit_and_apply(store, &[], &ids, -(ids.len() as i64))?;
         }
-        Ok((present.len(), missing))
+        Ok(ids.len())
     }
 
     pub(super) fn upsert_blocking(

@@ -21,6 +21,7 @@
 
 mod cancel;
 mod collection;
+mod documents;
 #[cfg(test)]
 mod filter_tests;
 mod ingest;
@@ -45,6 +46,7 @@ pub use cancel::{Cancel, CancelOnDrop};
 pub use collection::{
     Collection, CollectionInfo, CollectionSettings, DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_TOKENS,
 };
+pub use documents::{DocumentPage, FilterDeletion, ListedDocument, MAX_PAGE, SCAN_BUDGET};
 pub use ingest::{content_hash, DocumentInput, StoredDocument, UpsertOutcome, UpsertStatus};
 pub use recovery::spawn_checkpointer;
 pub use settings::{EngineConfig, IndexSettings, Limits};

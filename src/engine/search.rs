@@ -55,11 +55,7 @@ impl Engine {
                 limits.max_top_k
             )));
         }
-        p.filter.check_limits(limits.filter())?;
-        for key in p.filter.keys() {
-            self.check_metadata_key(key)
-                .map_err(|e| Error::invalid(format!("filter: {e}")))?;
-        }
+        self.check_filter(&p.filter)?;
         if p.offset.saturating_add(p.top_k.max(1)) > limits.max_top_k {
             return Err(Error::invalid(format!(
                 "offset + top_k must be at most max_top_k = {} (page deeper with a narrower filter)",

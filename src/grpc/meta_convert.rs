@@ -239,3 +239,26 @@ pub fn page_offset(r: &pb::SearchRequest) -> Result<usize> {
 pub fn page_token(r: &pb::SearchRequest, next_offset: usize) -> String {
     format!("{next_offset}.{}", fingerprint(r))
 }
+
+/// A ListDocuments page token: the last id returned, hex-encoded behind a version letter.
+pub fn list_token(last_id: &str) -> String {
+    let hex: String = last_id.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("d{hex}")
+}
+
+/// The id a ListDocuments page token continues after.
+pub fn list_after(token: &str) -> Result<Option<String>> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || Error::invalid("page_token is not one ListDocuments issued");
+    let hex = token.strip_prefix('d').ok_or_else(bad)?;
+    if hex.len() % 2 != 0 || hex.len() > 4096 {
+        return Err(bad());
+    }
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2).ok_or_else(bad)?, 16).map_err(|_| bad()))
+        .collect::<Result<Vec<u8>>>()?;
+    String::from_utf8(bytes).map(Some).map_err(|_| bad())
+}

@@ -255,6 +255,70 @@ impl pb::documents_server::Documents for DocumentsService {
             missing,
         }))
     }
+
+    async fn list_documents(
+        &self,
+        request: Request<pb::ListDocumentsRequest>,
+    ) -> Result<Response<pb::ListDocumentsResponse>, Status> {
+        let r = request.into_inner();
+        let filter = meta_convert::request_filter(Default::default(), r.r#where, &r.where_text)
+            .map_err(to_status)?;
+        let after = meta_convert::list_after(&r.page_token).map_err(to_status)?;
+        let page_size = if r.page_size == 0 {
+            100
+        } else {
+            r.page_size as usize
+        };
+        let engine = self.engine.clone();
+        let page = blocking(move || {
+            engine.list_documents(
+                &r.collection,
+                &filter,
+                after.as_deref(),
+                page_size,
+                r.include_metadata,
+            )
+        })
+        .await?;
+        Ok(Response::new(pb::ListDocumentsResponse {
+            next_page_token: page
+                .next_after
+                .map(|id| meta_convert::list_token(&id))
+                .unwrap_or_default(),
+            documents: page
+                .documents
+                .into_iter()
+                .map(|d| {
+                    let (metadata, typed_metadata) = meta_convert::metadata_to_pb(d.metadata);
+                    pb::ListedDocument {
+                        id: d.id,
+                        title: d.title,
+                        chunk_count: d.chunk_count as u32,
+                        metadata,
+                        typed_metadata,
+                    }
+                })
+                .collect(),
+        }))
+    }
+
+    async fn delete_by_filter(
+        &self,
+        request: Request<pb::DeleteByFilterRequest>,
+    ) -> Result<Response<pb::DeleteByFilterResponse>, Status> {
+        let r = request.into_inner();
+        let filter = meta_convert::request_filter(Default::default(), r.r#where, &r.where_text)
+            .map_err(to_status)?;
+        let out = self
+            .engine
+            .delete_by_filter(&r.collection, filter, r.dry_run)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::DeleteByFilterResponse {
+            matched: out.matched as u64,
+            deleted: out.deleted as u64,
+        }))
+    }
 }
 
 pub struct SearchService {
