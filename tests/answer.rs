@@ -129,6 +129,47 @@ async fn valid_answer_with_resolved_citations_and_a_cache_friendly_prompt() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_limits_the_sources_the_router_sees() {
+    let fake = FakeRouter::start(vec![], chat(GOOD)).await;
+    let (server, _data) = server_with(vec![Endpoint::from_url(&fake.url)], fast_policy()).await;
+    // Unfiltered, the tides question's sources are earth-science documents; filtered, none is.
+    let plain = ask(&server, question("What causes spring tides?"))
+        .await
+        .unwrap();
+    let first = plain.sources[0].hit.as_ref().unwrap();
+    assert_eq!(first.metadata["topic"], "earth", "{}", first.document_id);
+    let mut r = question("What causes spring tides?");
+    r.top_k = 8;
+    r.where_text = "topic IN [\"earth\", \"history\"] AND NOT topic = \"history\"".into();
+    let answer = ask(&server, r.clone()).await.unwrap();
+    assert!(!answer.sources.is_empty());
+    for s in &answer.sources {
+        let hit = s.hit.as_ref().unwrap();
+        assert_eq!(hit.metadata["topic"], "earth", "{}", hit.document_id);
+    }
+    let user = fake.request(1)["messages"][1]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        !user.contains("(bio-") && !user.contains("(hist-"),
+        "{user}"
+    );
+    // Filtered to documents that cannot answer: no source is relevant enough, and the router
+    // is not called.
+    r.where_text = "topic = \"cooking\"".into();
+    let answer = ask(&server, r).await.unwrap();
+    assert!(!answer.grounded && answer.sources.is_empty());
+    assert_eq!(fake.request_count(), 2);
+    let mut bad = question("Which organelle makes ATP?");
+    bad.where_text = "topic = ".into();
+    let e = ask(&server, bad).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("column 9"), "{}", e.message());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_failures_are_retried_and_endpoints_fail_over() {
     // 500, then a reply cut midway, then a non-JSON body, then success.
     let fake = FakeRouter::start(

@@ -169,6 +169,30 @@ async fn eval_rpc_evaluates_a_live_collection() {
     let a = hybrid.queries.iter().find(|q| q.query_id == "a").unwrap();
     assert_eq!(a.metrics.as_ref().unwrap().ndcg_at_10, 1.0);
 
+    // A run with a filter ranks only the documents that pass it.
+    let mut filtered = request.clone();
+    filtered.runs = vec![pb::EvalRunSpec {
+        name: "hybrid-history".into(),
+        mode: pb::SearchMode::Hybrid as i32,
+        where_text: "topic = \"history\"".into(),
+        ..Default::default()
+    }];
+    let mut s = client.evaluate(filtered).await.unwrap().into_inner();
+    let mut result = None;
+    while let Some(m) = s.message().await.unwrap() {
+        result = m.result.or(result);
+    }
+    let run = &result.expect("a final result").runs[0];
+    for q in &run.queries {
+        assert!(
+            q.ranking.iter().all(|r| r.document_id.starts_with("hist-")),
+            "{:?}",
+            q.ranking
+        );
+    }
+    let b = run.queries.iter().find(|q| q.query_id == "b").unwrap();
+    assert_eq!(b.ranking[0].document_id, "hist-printing-press");
+
     // Bad requests.
     let mut bad = request.clone();
     bad.collection = "nope".into();
