@@ -14,7 +14,7 @@ use crate::filter::Filter;
 use crate::index::exact_search;
 use crate::model;
 use crate::retrieve::hybrid::{self, Ranked};
-use crate::retrieve::{Fused, Fusion, Hit, Mode, SearchOutcome, SearchParams};
+use crate::retrieve::{DensePlan, Fused, Fusion, Hit, Mode, SearchOutcome, SearchParams};
 use crate::store::DocRecord;
 
 impl Engine {
@@ -125,6 +125,11 @@ impl Collection {
                 return Ok(Vec::new());
             }
             let q = self.query_vector(&p)?;
+            let exact_limit = match p.dense_plan {
+                DensePlan::Auto => exact_limit,
+                DensePlan::Exact => usize::MAX,
+                DensePlan::Graph => 0,
+            };
             self.dense_candidates(&q, depth, &filter, exact_limit)
         };
         let (lexical, dense) = if p.mode == Mode::Hybrid {

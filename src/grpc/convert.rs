@@ -180,6 +180,7 @@ pub fn search_params(r: pb::SearchRequest) -> Result<SearchParams> {
         },
         candidates: r.candidates as usize,
         title_boost: weight(r.title_boost, 0.0, "title_boost")?,
+        dense_plan: Default::default(),
     })
 }
 

@@ -60,6 +60,22 @@ pub struct SearchParams {
     pub candidates: usize,
     /// Weight of title matches relative to body matches in BM25.
     pub title_boost: f32,
+    /// How a filtered dense search finds its candidates (benchmarks and diagnostics; the
+    /// wire always leaves it to the planner).
+    pub dense_plan: DensePlan,
+}
+
+/// How a filtered dense search finds its candidates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DensePlan {
+    /// Exact scoring of the allowed chunks when there are at most
+    /// `index.exact_filter_limit` of them, HNSW with the filter otherwise.
+    #[default]
+    Auto,
+    /// Always score the allowed chunks exactly.
+    Exact,
+    /// Always search HNSW with the filter.
+    Graph,
 }
 
 /// One result.
