@@ -71,10 +71,15 @@ async fn run(dir: PathBuf) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(quarry::grpc::serve(engine.clone(), None, listener, async {
-        let _ = stop_rx.await;
-    }));
-    let channel = quarry::client::connect(&url).await?;
+    let server = tokio::spawn(quarry::grpc::serve(
+        engine.clone(),
+        Default::default(),
+        listener,
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    let channel = quarry::client::connect(&url, &Default::default()).await?;
 
     let dataset = Dataset::open(&dir)?;
     let docs = quarry::client::load::load_jsonl(&dataset.corpus_path()?)?;

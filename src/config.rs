@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::answer::AnswerSettings;
+use crate::auth::{AuthSettings, Keys};
 use crate::engine::EngineConfig;
 use crate::error::{Error, Result};
 use crate::model::LocalModels;
@@ -48,6 +49,8 @@ pub struct Config {
     pub index: IndexSettings,
     /// Grounded answers: inference routers, retries, packing, contract enforcement.
     pub answer: AnswerSettings,
+    /// API keys (`[auth]`); none configured: auth is off.
+    pub auth: AuthSettings,
 }
 
 impl Default for Config {
@@ -64,6 +67,7 @@ impl Default for Config {
             limits: Limits::default(),
             index: IndexSettings::default(),
             answer: AnswerSettings::default(),
+            auth: AuthSettings::default(),
         }
     }
 }
@@ -109,6 +113,8 @@ impl Config {
                 "QUARRY_DEFAULT_MODEL" => self.default_model = value,
                 "QUARRY_AUTO_FETCH_MODEL" => self.auto_fetch_model = parse_env(&key, &value)?,
                 "QUARRY_EMBED_WORKERS" => self.embed_workers = parse_env(&key, &value)?,
+                "QUARRY_API_KEY" => self.auth.api_key = Some(value),
+                "QUARRY_READ_ONLY_API_KEY" => self.auth.read_only_api_key = Some(value),
                 // Colon-separated directories.
                 "QUARRY_MODEL_ROOTS" => self.model_roots = std::env::split_paths(&value).collect(),
                 // Comma-separated router base URLs, in failover order.
@@ -134,7 +140,13 @@ impl Config {
                 self.listen
             )));
         }
+        self.keys()?;
         self.engine().validate()
+    }
+
+    /// The configured API keys, as digests.
+    pub fn keys(&self) -> Result<Keys> {
+        Keys::from_settings(&self.auth)
     }
 
     /// The engine's slice of the configuration.

@@ -5,6 +5,7 @@
 //! runs on one machine, offline.
 //!
 //! # Layout
+//! - [`auth`]: API keys, roles and collection scopes (the policy; `grpc::auth` applies it).
 //! - [`config`]: one validated [`config::Config`]; defaults < file < environment < flags. It
 //!   hands the engine and the answerer their own slices; nothing below `grpc` reads it whole.
 //! - [`error`]: the core's error type; user errors versus internal faults.
@@ -28,6 +29,7 @@
 //! The retrieval core (everything but `grpc` and `client`) knows nothing of gRPC.
 
 pub mod answer;
+pub mod auth;
 pub mod chunk;
 pub mod client;
 pub mod config;

@@ -61,6 +61,16 @@ struct ServeArgs {
     /// (repeatable, in failover order; replaces the configured list).
     #[arg(long = "router")]
     routers: Vec<String>,
+    /// Admin API key (also QUARRY_API_KEY or `[auth] api_key`; `sha256:<hex>` for its hash).
+    #[arg(long)]
+    api_key: Option<String>,
+    /// Read-only API key (also QUARRY_READ_ONLY_API_KEY or `[auth] read_only_api_key`).
+    #[arg(long)]
+    read_only_api_key: Option<String>,
+    /// Serve a non-loopback address without API keys (anyone who can reach the port may
+    /// read, change and delete everything).
+    #[arg(long)]
+    insecure_no_auth: bool,
 }
 
 #[derive(Subcommand)]
@@ -148,7 +158,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .map(|u| quarry::answer::router::Endpoint::from_url(u))
             .collect();
     }
+    if let Some(k) = args.api_key {
+        config.auth.api_key = Some(k);
+    }
+    if let Some(k) = args.read_only_api_key {
+        config.auth.read_only_api_key = Some(k);
+    }
     config.validate()?;
+    let keys = config.keys()?;
+    check_exposure(&config.listen, &keys, args.insecure_no_auth)?;
     let listen = config.listen.clone();
     let default_model = config.default_model.clone();
     let answerer = quarry::answer::Answerer::configured(config.answer.clone())?;
@@ -163,7 +181,29 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    quarry::grpc::serve(Arc::new(engine), answerer, listener, shutdown_signal()).await
+    let options = quarry::grpc::ServeOptions { answerer, keys };
+    quarry::grpc::serve(Arc::new(engine), options, listener, shutdown_signal()).await
+}
+
+/// Refuses to serve a non-loopback address without API keys, unless told to.
+fn check_exposure(listen: &str, keys: &quarry::auth::Keys, insecure: bool) -> anyhow::Result<()> {
+    let loopback = listen
+        .parse::<std::net::SocketAddr>()
+        .map(|a| a.ip().is_loopback())
+        .unwrap_or(false);
+    if loopback || !keys.is_empty() {
+        return Ok(());
+    }
+    if insecure {
+        tracing::warn!(%listen, "serving a non-loopback address without API keys (--insecure-no-auth)");
+        return Ok(());
+    }
+    anyhow::bail!(
+        "refusing to listen on {listen} without API keys: anyone who can reach it could read, \
+         change and delete every collection. Configure keys (`--api-key KEY`, QUARRY_API_KEY, \
+         or `[auth] api_key` in the config file; a read-only key with --read-only-api-key), \
+         listen on 127.0.0.1, or pass --insecure-no-auth to accept the risk"
+    )
 }
 
 fn model(command: ModelCommand) -> anyhow::Result<()> {

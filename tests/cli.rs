@@ -414,7 +414,9 @@ fn an_idle_client_stream_does_not_block_shutdown() {
     ingest_fixture(&url);
     let rt = tokio::runtime::Runtime::new().unwrap();
     // The stream sends its first message, then waits forever.
-    let channel = rt.block_on(quarry::client::connect(&url)).unwrap();
+    let channel = rt
+        .block_on(quarry::client::connect(&url, &Default::default()))
+        .unwrap();
     let first = pb::StreamUpsertRequest {
         collection: "mini".into(),
         document: Some(common::doc("idle", "an idle stream")),

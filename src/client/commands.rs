@@ -20,6 +20,8 @@ pub struct ServerArg {
     /// Quarry server URL.
     #[arg(long, env = "QUARRY_SERVER", default_value = DEFAULT_SERVER)]
     pub server: String,
+    #[command(flatten)]
+    pub access: super::Access,
 }
 
 #[derive(Args, Debug)]
@@ -159,6 +161,8 @@ pub struct EvalCmd {
     /// Documents ranked per query.
     #[arg(long, default_value_t = 100)]
     pub depth: u32,
+    #[command(flatten)]
+    pub access: super::Access,
     #[arg(long)]
     pub quiet: bool,
     /// Rank only documents passing this filter expression, e.g. 'year >= 2020 AND lang IN ["en","de"] AND NOT draft = true'
@@ -176,7 +180,7 @@ pub async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
             "no documents found under the given paths (looked for .txt, .md and corpus.jsonl[.gz])"
         );
     }
-    let channel = super::connect(&args.server.server).await?;
+    let channel = super::connect(&args.server.server, &args.server.access).await?;
     super::ensure_collection(channel.clone(), &args.collection, &args.new_collection).await?;
     let report = super::ingest(channel, &args.collection, docs, !args.quiet).await?;
     eprintln!("{}", report.summary());
@@ -226,7 +230,7 @@ pub async fn search(args: SearchArgs) -> anyhow::Result<()> {
             .with_context(|| format!("filter {f:?} is not KEY=VALUE"))?;
         filter.insert(k.to_string(), v.to_string());
     }
-    let channel = super::connect(&args.server.server).await?;
+    let channel = super::connect(&args.server.server, &args.server.access).await?;
     let request = pb::SearchRequest {
         collection: args.collection,
         query: args.query,
@@ -268,7 +272,7 @@ pub async fn ask(args: AskArgs) -> anyhow::Result<()> {
         }
         None => String::new(),
     };
-    let channel = super::connect(&args.server.server).await?;
+    let channel = super::connect(&args.server.server, &args.server.access).await?;
     let request = pb::AnswerRequest {
         collection: args.collection,
         question: args.question,
@@ -311,6 +315,7 @@ pub async fn evaluate(args: EvalCmd) -> anyhow::Result<()> {
         depth: args.depth,
         progress: !args.quiet,
         where_text: args.where_text.unwrap_or_default(),
+        access: args.access,
     })
     .await?;
     eval::print_table(&outcome);

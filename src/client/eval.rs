@@ -34,6 +34,8 @@ pub struct EvalArgs {
     pub progress: bool,
     /// Filter expression applied to every run ("" for none).
     pub where_text: String,
+    /// The API key for `server`.
+    pub access: client::Access,
 }
 
 fn bar(total: u64, what: &str, show: bool) -> anyhow::Result<ProgressBar> {
@@ -126,7 +128,7 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<EvalOutcome> {
             config.data_dir = args.data_dir.clone();
             config.listen = "127.0.0.1:0".into();
             let engine = tokio::task::spawn_blocking(move || config.open_engine()).await??;
-            Some(grpc::LocalServer::start(std::sync::Arc::new(engine), None).await?)
+            Some(grpc::LocalServer::start(std::sync::Arc::new(engine), Default::default()).await?)
         }
     };
     let url = match (&args.server, &local) {
@@ -134,7 +136,7 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<EvalOutcome> {
         (None, Some(l)) => l.url.clone(),
         (None, None) => unreachable!("a local server was started"),
     };
-    let channel = client::connect(&url).await?;
+    let channel = client::connect(&url, &args.access).await?;
     let collection = args
         .collection
         .clone()

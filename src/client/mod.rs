@@ -15,6 +15,8 @@ use std::time::Instant;
 
 use anyhow::{anyhow, Context};
 use indicatif::{ProgressBar, ProgressStyle};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -23,14 +25,47 @@ use crate::grpc::pb;
 /// Default server URL for client commands.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7070";
 
-pub async fn connect(server: &str) -> anyhow::Result<Channel> {
-    Channel::from_shared(server.to_string())
+/// How a client proves who it is to the server.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct Access {
+    /// API key sent with every call (`authorization: Bearer KEY`).
+    #[arg(long, env = "QUARRY_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+}
+
+/// Adds the API key to every call.
+#[derive(Clone, Default)]
+pub struct KeyHeader(Option<MetadataValue<Ascii>>);
+
+impl tonic::service::Interceptor for KeyHeader {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            r.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(r)
+    }
+}
+
+/// A connection to a Quarry server: a channel that sends the caller's API key.
+pub type Conn = InterceptedService<Channel, KeyHeader>;
+
+pub async fn connect(server: &str, access: &Access) -> anyhow::Result<Conn> {
+    let header = match &access.api_key {
+        Some(k) => Some(
+            format!("Bearer {k}")
+                .parse::<MetadataValue<Ascii>>()
+                .map_err(|_| anyhow!("the API key must be printable ASCII"))?,
+        ),
+        None => None,
+    };
+    let channel = Channel::from_shared(server.to_string())
         .with_context(|| format!("invalid server URL {server:?}"))?
         .connect()
         .await
         .with_context(|| {
             format!("cannot connect to Quarry at {server} (is `quarry serve` running?)")
-        })
+        })?;
+    Ok(InterceptedService::new(channel, KeyHeader(header)))
 }
 
 /// Settings for a collection a client command creates (when it does not exist yet).
@@ -80,7 +115,7 @@ impl IngestReport {
 
 /// Creates `collection` unless it exists.
 pub async fn ensure_collection(
-    channel: Channel,
+    channel: Conn,
     collection: &str,
     settings: &NewCollection,
 ) -> anyhow::Result<()> {
@@ -117,7 +152,7 @@ pub async fn ensure_collection(
 
 /// Streams `docs` into `collection` with a progress bar.
 pub async fn ingest(
-    channel: Channel,
+    channel: Conn,
     collection: &str,
     docs: Vec<pb::Document>,
     show_progress: bool,
@@ -180,7 +215,7 @@ pub async fn ingest(
 
 /// Runs one search.
 pub async fn search(
-    channel: Channel,
+    channel: Conn,
     request: pb::SearchRequest,
 ) -> anyhow::Result<pb::SearchResponse> {
     let mut client = pb::search_client::SearchClient::new(channel);
@@ -272,10 +307,7 @@ pub fn print_response(r: &pb::SearchResponse, explain: bool) {
 }
 
 /// Asks for a grounded answer.
-pub async fn ask(
-    channel: Channel,
-    request: pb::AnswerRequest,
-) -> anyhow::Result<pb::AnswerResponse> {
+pub async fn ask(channel: Conn, request: pb::AnswerRequest) -> anyhow::Result<pb::AnswerResponse> {
     let mut client = pb::answers_client::AnswersClient::new(channel);
     Ok(client
         .answer(request)

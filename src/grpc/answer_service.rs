@@ -34,6 +34,11 @@ impl pb::answers_server::Answers for AnswerService {
         request: Request<pb::AnswerRequest>,
     ) -> Result<Response<pb::AnswerResponse>, Status> {
         let answerer = self.answerer()?;
+        super::auth::authorize(
+            &request,
+            crate::auth::Role::Read,
+            Some(&request.get_ref().collection),
+        )?;
         let req = core_request(request.into_inner())?;
         let outcome = answerer
             .answer(&self.engine, req)
@@ -47,6 +52,11 @@ impl pb::answers_server::Answers for AnswerService {
         request: Request<pb::AnswerRequest>,
     ) -> Result<Response<Self::AnswerStreamStream>, Status> {
         let answerer = self.answerer()?.clone();
+        super::auth::authorize(
+            &request,
+            crate::auth::Role::Read,
+            Some(&request.get_ref().collection),
+        )?;
         let req = core_request(request.into_inner())?;
         // Unbounded: tokens come from a synchronous callback and must not be dropped; their
         // number is bounded by max_tokens.

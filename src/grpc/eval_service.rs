@@ -36,6 +36,11 @@ impl pb::eval_server::Eval for EvalService {
         &self,
         request: Request<pb::EvalRequest>,
     ) -> Result<Response<Self::EvaluateStream>, Status> {
+        super::auth::authorize(
+            &request,
+            crate::auth::Role::Read,
+            Some(&request.get_ref().collection),
+        )?;
         let r = request.into_inner();
         self.engine.collection(&r.collection).map_err(to_status)?;
         if r.queries.is_empty() {

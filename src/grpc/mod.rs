@@ -12,6 +12,7 @@
 //!   benchmarks and tests.
 
 mod answer_service;
+pub mod auth;
 pub mod codec;
 mod convert;
 mod eval_service;
@@ -24,7 +25,10 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
+use tonic::service::interceptor::InterceptedService;
+
 use crate::answer::Answerer;
+use crate::auth::Keys;
 use crate::engine::{spawn_checkpointer, Engine};
 
 pub use convert::{eval_outcome, fusion_to_pb, mode as mode_from_pb, mode_to_pb};
@@ -92,20 +96,39 @@ pub fn collection_health_name(collection: &str) -> String {
     format!("quarry.v1.Collection/{collection}")
 }
 
-/// Runs the gRPC server on `listener` until `shutdown` resolves. Without an `answerer` (no
-/// router configured) the Answers service refuses requests with FAILED_PRECONDITION.
+/// What a server runs with besides the engine.
+#[derive(Default)]
+pub struct ServeOptions {
+    /// Grounded answers; without one (no router configured) the Answers service refuses
+    /// requests with FAILED_PRECONDITION.
+    pub answerer: Option<Arc<Answerer>>,
+    /// API keys; none: auth is off.
+    pub keys: Keys,
+}
+
+/// Runs the gRPC server on `listener` until `shutdown` resolves.
 pub async fn serve(
     engine: Arc<Engine>,
-    answerer: Option<Arc<Answerer>>,
+    options: ServeOptions,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let ServeOptions { answerer, keys } = options;
     let max = engine.config().limits.max_message_bytes;
+    if keys.is_empty() {
+        tracing::info!("no API keys configured: every caller may do everything");
+    }
+    let authn = auth::Authenticator::new(keys);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Reflection in both versions: grpcurl speaks v1, grpcio-reflection and older tools
+    // v1alpha. It needs a key when auth is on (it lists every method).
+    fn reflection() -> tonic_reflection::server::Builder<'static> {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    }
+    let reflection_v1 = InterceptedService::new(reflection().build_v1()?, authn.clone());
+    let reflection_v1alpha = InterceptedService::new(reflection().build_v1alpha()?, authn.clone());
     let collections = pb::collections_server::CollectionsServer::new(
         services::CollectionsService::new(engine.clone()),
     )
@@ -183,12 +206,13 @@ pub async fn serve(
     };
     let server = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(reflection)
-        .add_service(collections)
-        .add_service(documents)
-        .add_service(search)
-        .add_service(eval)
-        .add_service(answers)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(InterceptedService::new(collections, authn.clone()))
+        .add_service(InterceptedService::new(documents, authn.clone()))
+        .add_service(InterceptedService::new(search, authn.clone()))
+        .add_service(InterceptedService::new(eval, authn.clone()))
+        .add_service(InterceptedService::new(answers, authn.clone()))
         // TCP_NODELAY: without it, small replies wait for delayed ACKs (~40 ms per request).
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
@@ -231,14 +255,11 @@ pub struct LocalServer {
 }
 
 impl LocalServer {
-    pub async fn start(
-        engine: Arc<Engine>,
-        answerer: Option<Arc<Answerer>>,
-    ) -> anyhow::Result<LocalServer> {
+    pub async fn start(engine: Arc<Engine>, options: ServeOptions) -> anyhow::Result<LocalServer> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
         let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-        let handle = tokio::spawn(serve(engine.clone(), answerer, listener, async {
+        let handle = tokio::spawn(serve(engine.clone(), options, listener, async {
             let _ = rx.await;
         }));
         Ok(LocalServer {

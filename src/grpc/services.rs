@@ -4,10 +4,12 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status, Streaming};
 
+use super::auth::{authorize, principal};
 use super::convert;
 use super::meta_convert;
 use super::pb;
 use super::status::to_status;
+use crate::auth::Role;
 use crate::engine::{CollectionSettings, DocumentInput, Engine};
 use crate::error::clip;
 
@@ -42,6 +44,7 @@ impl pb::collections_server::Collections for CollectionsService {
         &self,
         request: Request<pb::CreateCollectionRequest>,
     ) -> Result<Response<pb::Collection>, Status> {
+        authorize(&request, Role::Admin, Some(&request.get_ref().name))?;
         let r = request.into_inner();
         let config = r.config.unwrap_or_default();
         let settings = CollectionSettings {
@@ -60,6 +63,7 @@ impl pb::collections_server::Collections for CollectionsService {
         &self,
         request: Request<pb::GetCollectionRequest>,
     ) -> Result<Response<pb::Collection>, Status> {
+        authorize(&request, Role::Read, Some(&request.get_ref().name))?;
         let c = self
             .engine
             .collection(&request.into_inner().name)
@@ -69,11 +73,18 @@ impl pb::collections_server::Collections for CollectionsService {
 
     async fn list_collections(
         &self,
-        _request: Request<pb::ListCollectionsRequest>,
+        request: Request<pb::ListCollectionsRequest>,
     ) -> Result<Response<pb::ListCollectionsResponse>, Status> {
+        authorize(&request, Role::Read, None)?;
+        // A key scoped to some collections sees only those.
+        let who = principal(&request)?;
         let list = self.engine.list_collections().map_err(to_status)?;
         Ok(Response::new(pb::ListCollectionsResponse {
-            collections: list.into_iter().map(convert::collection).collect(),
+            collections: list
+                .into_iter()
+                .filter(|c| who.may_use(&c.record.name))
+                .map(convert::collection)
+                .collect(),
         }))
     }
 
@@ -81,6 +92,7 @@ impl pb::collections_server::Collections for CollectionsService {
         &self,
         request: Request<pb::DeleteCollectionRequest>,
     ) -> Result<Response<pb::DeleteCollectionResponse>, Status> {
+        authorize(&request, Role::Admin, Some(&request.get_ref().name))?;
         self.engine
             .delete_collection(&request.into_inner().name)
             .await
@@ -105,6 +117,7 @@ impl pb::documents_server::Documents for DocumentsService {
         &self,
         request: Request<pb::UpsertDocumentsRequest>,
     ) -> Result<Response<pb::UpsertDocumentsResponse>, Status> {
+        authorize(&request, Role::Write, Some(&request.get_ref().collection))?;
         let r = request.into_inner();
         let docs = r
             .documents
@@ -126,6 +139,10 @@ impl pb::documents_server::Documents for DocumentsService {
         &self,
         request: Request<Streaming<pb::StreamUpsertRequest>>,
     ) -> Result<Response<pb::UpsertDocumentsResponse>, Status> {
+        // The collection arrives with the first message: the role is checked now, the
+        // collection when it is named.
+        authorize(&request, Role::Write, None)?;
+        let who = principal(&request)?.clone();
         let mut stream = request.into_inner();
         let mut collection: Option<String> = None;
         let mut results: Vec<Option<pb::DocumentResult>> = Vec::new();
@@ -160,6 +177,8 @@ impl pb::documents_server::Documents for DocumentsService {
                     ))
                 }
                 (None, name) => {
+                    who.allows(Role::Write, Some(name))
+                        .map_err(Status::permission_denied)?;
                     self.engine.collection(name).map_err(to_status)?;
                     collection = Some(name.to_string());
                 }
@@ -230,6 +249,7 @@ impl pb::documents_server::Documents for DocumentsService {
         &self,
         request: Request<pb::GetDocumentsRequest>,
     ) -> Result<Response<pb::GetDocumentsResponse>, Status> {
+        authorize(&request, Role::Read, Some(&request.get_ref().collection))?;
         let r = request.into_inner();
         let engine = self.engine.clone();
         let (found, missing) =
@@ -244,6 +264,7 @@ impl pb::documents_server::Documents for DocumentsService {
         &self,
         request: Request<pb::DeleteDocumentsRequest>,
     ) -> Result<Response<pb::DeleteDocumentsResponse>, Status> {
+        authorize(&request, Role::Write, Some(&request.get_ref().collection))?;
         let r = request.into_inner();
         let (deleted, missing) = self
             .engine
@@ -260,6 +281,7 @@ impl pb::documents_server::Documents for DocumentsService {
         &self,
         request: Request<pb::ListDocumentsRequest>,
     ) -> Result<Response<pb::ListDocumentsResponse>, Status> {
+        authorize(&request, Role::Read, Some(&request.get_ref().collection))?;
         let r = request.into_inner();
         let filter = meta_convert::request_filter(Default::default(), r.r#where, &r.where_text)
             .map_err(to_status)?;
@@ -306,6 +328,7 @@ impl pb::documents_server::Documents for DocumentsService {
         &self,
         request: Request<pb::DeleteByFilterRequest>,
     ) -> Result<Response<pb::DeleteByFilterResponse>, Status> {
+        authorize(&request, Role::Write, Some(&request.get_ref().collection))?;
         let r = request.into_inner();
         let filter = meta_convert::request_filter(Default::default(), r.r#where, &r.where_text)
             .map_err(to_status)?;
@@ -337,6 +360,7 @@ impl pb::search_server::Search for SearchService {
         &self,
         request: Request<pb::SearchRequest>,
     ) -> Result<Response<pb::SearchResponse>, Status> {
+        authorize(&request, Role::Read, Some(&request.get_ref().collection))?;
         let r = request.into_inner();
         let explain = r.explain;
         let params = convert::search_params(r.clone()).map_err(to_status)?;

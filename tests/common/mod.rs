@@ -11,7 +11,7 @@ use quarry::answer::Answerer;
 use quarry::config::Config;
 use quarry::engine::Engine;
 use quarry::grpc::pb;
-use quarry::grpc::LocalServer;
+use quarry::grpc::{LocalServer, ServeOptions};
 use quarry::model::{catalog, fetch};
 use tonic::transport::Channel;
 
@@ -54,21 +54,22 @@ impl TestServer {
     /// `config.answer` names routers.
     pub async fn start(config: Config) -> TestServer {
         let answerer = Answerer::configured(config.answer.clone()).expect("answer settings");
+        let keys = config.keys().expect("auth settings");
         let engine = tokio::task::spawn_blocking(move || config.open_engine())
             .await
             .unwrap()
             .expect("engine opens");
-        Self::serve_with(engine, answerer).await
+        Self::serve_with(engine, ServeOptions { answerer, keys }).await
     }
 
     /// Serves an engine opened by the test (for example over the hash embedder).
     pub async fn serve(engine: Engine) -> TestServer {
-        Self::serve_with(engine, None).await
+        Self::serve_with(engine, ServeOptions::default()).await
     }
 
-    async fn serve_with(engine: Engine, answerer: Option<Arc<Answerer>>) -> TestServer {
+    async fn serve_with(engine: Engine, options: ServeOptions) -> TestServer {
         let engine = Arc::new(engine);
-        let inner = LocalServer::start(engine.clone(), answerer)
+        let inner = LocalServer::start(engine.clone(), options)
             .await
             .expect("server starts");
         TestServer {
