@@ -51,6 +51,8 @@ pub struct Config {
     pub answer: AnswerSettings,
     /// API keys (`[auth]`); none configured: auth is off.
     pub auth: AuthSettings,
+    /// Server TLS (`[tls]`); none configured: plaintext.
+    pub tls: crate::tls::TlsSettings,
 }
 
 impl Default for Config {
@@ -68,6 +70,7 @@ impl Default for Config {
             index: IndexSettings::default(),
             answer: AnswerSettings::default(),
             auth: AuthSettings::default(),
+            tls: Default::default(),
         }
     }
 }
@@ -115,6 +118,9 @@ impl Config {
                 "QUARRY_EMBED_WORKERS" => self.embed_workers = parse_env(&key, &value)?,
                 "QUARRY_API_KEY" => self.auth.api_key = Some(value),
                 "QUARRY_READ_ONLY_API_KEY" => self.auth.read_only_api_key = Some(value),
+                "QUARRY_TLS_CERT" => self.tls.cert = Some(value.into()),
+                "QUARRY_TLS_KEY" => self.tls.key = Some(value.into()),
+                "QUARRY_TLS_CLIENT_CA" => self.tls.client_ca = Some(value.into()),
                 // Colon-separated directories.
                 "QUARRY_MODEL_ROOTS" => self.model_roots = std::env::split_paths(&value).collect(),
                 // Comma-separated router base URLs, in failover order.
@@ -141,6 +147,7 @@ impl Config {
             )));
         }
         self.keys()?;
+        self.tls.enabled()?;
         self.engine().validate()
     }
 

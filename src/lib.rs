@@ -23,6 +23,7 @@
 //! - [`engine`]: collections, the ingest pipeline, search, recovery and checkpoints, one
 //!   concern per file.
 //! - [`eval`]: BEIR collections and trec_eval-compatible metrics.
+//! - [`tls`]: the process's rustls provider and PEM loading (server, CLI, router client).
 //! - [`grpc`]: the transport; the only module that knows the wire protocol.
 //! - [`client`]: the CLI's client commands (`ingest`, `search`, `ask`, `eval`).
 //!
@@ -43,5 +44,6 @@ pub mod meta;
 pub mod model;
 pub mod retrieve;
 pub mod store;
+pub mod tls;
 
 pub use error::{Error, Result};

@@ -71,6 +71,15 @@ struct ServeArgs {
     /// read, change and delete everything).
     #[arg(long)]
     insecure_no_auth: bool,
+    /// PEM certificate chain: serve TLS (with --tls-key).
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// PEM CA bundle: require client certificates it signed (mutual TLS).
+    #[arg(long)]
+    tls_client_ca: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -164,9 +173,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(k) = args.read_only_api_key {
         config.auth.read_only_api_key = Some(k);
     }
+    if args.tls_cert.is_some() {
+        config.tls.cert = args.tls_cert;
+    }
+    if args.tls_key.is_some() {
+        config.tls.key = args.tls_key;
+    }
+    if args.tls_client_ca.is_some() {
+        config.tls.client_ca = args.tls_client_ca;
+    }
     config.validate()?;
     let keys = config.keys()?;
-    check_exposure(&config.listen, &keys, args.insecure_no_auth)?;
+    let tls = quarry::grpc::server_tls(&config.tls)?;
+    let mutual_tls = config.tls.client_ca.is_some();
+    check_exposure(&config.listen, &keys, mutual_tls, args.insecure_no_auth)?;
     let listen = config.listen.clone();
     let default_model = config.default_model.clone();
     let answerer = quarry::answer::Answerer::configured(config.answer.clone())?;
@@ -181,17 +201,27 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    let options = quarry::grpc::ServeOptions { answerer, keys };
+    let options = quarry::grpc::ServeOptions {
+        answerer,
+        keys,
+        tls,
+    };
     quarry::grpc::serve(Arc::new(engine), options, listener, shutdown_signal()).await
 }
 
-/// Refuses to serve a non-loopback address without API keys, unless told to.
-fn check_exposure(listen: &str, keys: &quarry::auth::Keys, insecure: bool) -> anyhow::Result<()> {
+/// Refuses to serve a non-loopback address without API keys or client certificates, unless
+/// told to.
+fn check_exposure(
+    listen: &str,
+    keys: &quarry::auth::Keys,
+    mutual_tls: bool,
+    insecure: bool,
+) -> anyhow::Result<()> {
     let loopback = listen
         .parse::<std::net::SocketAddr>()
         .map(|a| a.ip().is_loopback())
         .unwrap_or(false);
-    if loopback || !keys.is_empty() {
+    if loopback || !keys.is_empty() || mutual_tls {
         return Ok(());
     }
     if insecure {
@@ -202,7 +232,8 @@ fn check_exposure(listen: &str, keys: &quarry::auth::Keys, insecure: bool) -> an
         "refusing to listen on {listen} without API keys: anyone who can reach it could read, \
          change and delete every collection. Configure keys (`--api-key KEY`, QUARRY_API_KEY, \
          or `[auth] api_key` in the config file; a read-only key with --read-only-api-key), \
-         listen on 127.0.0.1, or pass --insecure-no-auth to accept the risk"
+         require client certificates (--tls-client-ca), listen on 127.0.0.1, or pass \
+         --insecure-no-auth to accept the risk"
     )
 }
 

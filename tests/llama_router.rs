@@ -68,6 +68,7 @@ async fn start_llama(python: &str, gguf: &str) -> (Llama, String) {
         .expect("start llama_cpp.server");
     let llama = Llama(child);
     let url = format!("http://127.0.0.1:{port}/v1");
+    quarry::tls::install_crypto_provider();
     let http = reqwest::Client::new();
     let started = Instant::now();
     loop {

@@ -12,6 +12,7 @@
 //! nothing relevant enough, the model is not called at all.
 
 pub mod prompt;
+pub mod retry;
 pub mod router;
 pub mod schema;
 

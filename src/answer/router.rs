@@ -2,9 +2,12 @@
 //! `llama-server`, Ollama, vLLM, or a router in front of them.
 //!
 //! - Endpoints are tried in failover order. On one endpoint, connection errors, timeouts, 429
-//!   and 5xx are retried with capped exponential backoff and full jitter (429's `Retry-After` is
-//!   honoured, up to the cap), all within one overall deadline. Other 4xx replies are not
-//!   retried: the request itself is wrong.
+//!   and 5xx are retried with capped exponential backoff and full jitter; a `Retry-After` (in
+//!   seconds or as an HTTP date) is honoured as given, beyond the backoff cap, up to the
+//!   overall deadline. Other 4xx replies are not retried: the request itself is wrong.
+//! - `http://` and `https://` (rustls; an endpoint's `ca_cert` adds a private CA). Streamed
+//!   completions ask for usage (`stream_options.include_usage`), so token counts are reported
+//!   by vLLM and OpenAI-style routers too.
 //! - Structured output has three modes. `json_schema` (`response_format: {type: json_schema}`:
 //!   OpenAI, vLLM, Ollama, llama-server), `json_object` with a `schema` field (the
 //!   llama-cpp-python server, which rejects `json_schema`), and `instructions` (the schema is
@@ -17,10 +20,10 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+pub use super::retry::RetryPolicy;
 use crate::error::{Error, Result};
 
 /// How an endpoint is asked for structured output.
@@ -58,6 +61,10 @@ pub struct Endpoint {
     pub model: String,
     #[serde(default)]
     pub structured_output: StructuredMode,
+    /// PEM file of a CA that signs this router's certificate (for `https://` routers with a
+    /// private CA; public CAs and the system's roots are trusted already).
+    #[serde(default)]
+    pub ca_cert: Option<std::path::PathBuf>,
 }
 
 impl Endpoint {
@@ -69,32 +76,7 @@ impl Endpoint {
             api_key: None,
             model: String::new(),
             structured_output: StructuredMode::Auto,
-        }
-    }
-}
-
-/// Timeouts and retry policy.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RetryPolicy {
-    /// Per HTTP request.
-    pub request_timeout_ms: u64,
-    /// For the whole completion, retries and failover included.
-    pub deadline_ms: u64,
-    /// Retries per endpoint after the first attempt.
-    pub max_retries: u32,
-    pub backoff_base_ms: u64,
-    pub backoff_cap_ms: u64,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            request_timeout_ms: 60_000,
-            deadline_ms: 120_000,
-            max_retries: 2,
-            backoff_base_ms: 200,
-            backoff_cap_ms: 5_000,
+            ca_cert: None,
         }
     }
 }
@@ -181,22 +163,25 @@ impl Router {
                 "no inference router is configured (quarry serve --router URL, or [answer] routers in the config file)".into(),
             ));
         }
+        crate::tls::install_crypto_provider();
+        let mut builder =
+            reqwest::Client::builder().timeout(Duration::from_millis(policy.request_timeout_ms));
         for e in &endpoints {
-            if e.url.starts_with("https://") {
+            if !e.url.starts_with("http://") && !e.url.starts_with("https://") {
                 return Err(Error::invalid(format!(
-                    "router URL {:?}: this build has no TLS stack; reach the router over http:// (for example through a local proxy)",
+                    "router URL {:?} must start with http:// or https://",
                     e.url
                 )));
             }
-            if !e.url.starts_with("http://") {
-                return Err(Error::invalid(format!(
-                    "router URL {:?} must start with http://",
-                    e.url
-                )));
+            if let Some(path) = &e.ca_cert {
+                let pem = crate::tls::read_pem(path, "router CA certificate")?;
+                let cert = reqwest::Certificate::from_pem(&pem).map_err(|err| {
+                    Error::invalid(format!("router CA certificate {}: {err}", path.display()))
+                })?;
+                builder = builder.add_root_certificate(cert);
             }
         }
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_millis(policy.request_timeout_ms))
+        let http = builder
             .build()
             .map_err(|e| Error::internal(format!("HTTP client: {e}")))?;
         Ok(Router {
@@ -205,20 +190,6 @@ impl Router {
             http,
             learned: Mutex::new(HashMap::new()),
         })
-    }
-
-    fn backoff(&self, retry: u32, hint: Option<Duration>) -> Duration {
-        let cap = Duration::from_millis(self.policy.backoff_cap_ms);
-        if let Some(h) = hint {
-            return h.min(cap);
-        }
-        let exp = self
-            .policy
-            .backoff_base_ms
-            .saturating_mul(1u64 << retry.min(16))
-            .min(self.policy.backoff_cap_ms);
-        // Full jitter: spreads retries of many clients apart.
-        Duration::from_millis(rand::rng().random_range(exp / 2..=exp.max(1)))
     }
 
     /// Sends a chat completion with a structured-output contract for `schema`. With `sink`, the
@@ -297,7 +268,7 @@ impl Router {
                         if retry >= self.policy.max_retries {
                             break; // fail over to the next endpoint
                         }
-                        let wait = self.backoff(retry, hint);
+                        let wait = super::retry::backoff(&self.policy, retry, hint);
                         retry += 1;
                         if Instant::now() + wait >= deadline {
                             tokio::time::sleep_until(deadline.into()).await;
@@ -336,6 +307,10 @@ impl Router {
             "temperature": gen.temperature,
             "stream": sink.is_some(),
         });
+        if sink.is_some() {
+            // vLLM and OpenAI report token counts in a stream only when asked.
+            body["stream_options"] = json!({"include_usage": true});
+        }
         if !model.is_empty() {
             body["model"] = json!(model);
         }
@@ -366,8 +341,7 @@ impl Router {
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+            .and_then(super::retry::retry_after);
         if status.is_success() {
             if let Some(sink) = sink {
                 return read_stream(response, sink, index, mode, &model).await;
@@ -513,37 +487,16 @@ mod tests {
     fn router_urls_are_checked() {
         let policy = RetryPolicy::default();
         assert!(Router::new(vec![], policy.clone()).is_err());
-        let err = Router::new(
+        assert!(Router::new(
             vec![Endpoint::from_url("https://api.example/v1")],
             policy.clone(),
         )
-        .err()
-        .unwrap();
-        assert!(err.to_string().contains("TLS"));
+        .is_ok());
+        let mut missing_ca = Endpoint::from_url("https://api.example/v1");
+        missing_ca.ca_cert = Some("/nonexistent/ca.pem".into());
+        let err = Router::new(vec![missing_ca], policy.clone()).err().unwrap();
+        assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
         assert!(Router::new(vec![Endpoint::from_url("ftp://x")], policy.clone()).is_err());
         assert!(Router::new(vec![Endpoint::from_url("http://127.0.0.1:1/v1")], policy).is_ok());
-    }
-
-    #[test]
-    fn backoff_is_capped_and_honours_retry_after() {
-        let policy = RetryPolicy {
-            backoff_base_ms: 100,
-            backoff_cap_ms: 1_000,
-            ..RetryPolicy::default()
-        };
-        let r = Router::new(vec![Endpoint::from_url("http://127.0.0.1:1/v1")], policy).unwrap();
-        for retry in 0..20 {
-            let d = r.backoff(retry, None);
-            assert!(d <= Duration::from_millis(1_000), "{d:?}");
-        }
-        assert!(r.backoff(0, None) >= Duration::from_millis(50));
-        assert_eq!(
-            r.backoff(0, Some(Duration::from_secs(3))),
-            Duration::from_millis(1_000)
-        );
-        assert_eq!(
-            r.backoff(0, Some(Duration::from_millis(200))),
-            Duration::from_millis(200)
-        );
     }
 }

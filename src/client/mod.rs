@@ -31,6 +31,15 @@ pub struct Access {
     /// API key sent with every call (`authorization: Bearer KEY`).
     #[arg(long, env = "QUARRY_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// PEM CA that signs an `https://` server's certificate (besides the system's roots).
+    #[arg(long, env = "QUARRY_CA_CERT")]
+    pub ca_cert: Option<std::path::PathBuf>,
+    /// PEM client certificate, for servers that require one (mutual TLS; with --client-key).
+    #[arg(long, env = "QUARRY_CLIENT_CERT")]
+    pub client_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(long, env = "QUARRY_CLIENT_KEY")]
+    pub client_key: Option<std::path::PathBuf>,
 }
 
 /// Adds the API key to every call.
@@ -46,6 +55,31 @@ impl tonic::service::Interceptor for KeyHeader {
     }
 }
 
+/// TLS for an `https://` server: the system's roots, plus `--ca-cert`, plus a client
+/// certificate when given.
+fn client_tls(access: &Access) -> anyhow::Result<tonic::transport::ClientTlsConfig> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    crate::tls::install_crypto_provider();
+    let mut tls = ClientTlsConfig::new().with_native_roots();
+    if let Some(ca) = &access.ca_cert {
+        tls = tls.ca_certificate(Certificate::from_pem(crate::tls::read_pem(
+            ca,
+            "CA certificate",
+        )?));
+    }
+    match (&access.client_cert, &access.client_key) {
+        (Some(cert), Some(key)) => {
+            tls = tls.identity(Identity::from_pem(
+                crate::tls::read_pem(cert, "client certificate")?,
+                crate::tls::read_pem(key, "client key")?,
+            ))
+        }
+        (None, None) => {}
+        _ => anyhow::bail!("--client-cert and --client-key go together"),
+    }
+    Ok(tls)
+}
+
 /// A connection to a Quarry server: a channel that sends the caller's API key.
 pub type Conn = InterceptedService<Channel, KeyHeader>;
 
@@ -58,13 +92,16 @@ pub async fn connect(server: &str, access: &Access) -> anyhow::Result<Conn> {
         ),
         None => None,
     };
-    let channel = Channel::from_shared(server.to_string())
-        .with_context(|| format!("invalid server URL {server:?}"))?
-        .connect()
-        .await
-        .with_context(|| {
-            format!("cannot connect to Quarry at {server} (is `quarry serve` running?)")
-        })?;
+    let mut endpoint = Channel::from_shared(server.to_string())
+        .with_context(|| format!("invalid server URL {server:?}"))?;
+    if server.starts_with("https://") {
+        endpoint = endpoint.tls_config(client_tls(access)?)?;
+    } else if access.ca_cert.is_some() || access.client_cert.is_some() {
+        anyhow::bail!("--ca-cert and --client-cert need an https:// server URL");
+    }
+    let channel = endpoint.connect().await.with_context(|| {
+        format!("cannot connect to Quarry at {server} (is `quarry serve` running?)")
+    })?;
     Ok(InterceptedService::new(channel, KeyHeader(header)))
 }
 

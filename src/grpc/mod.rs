@@ -104,6 +104,35 @@ pub struct ServeOptions {
     pub answerer: Option<Arc<Answerer>>,
     /// API keys; none: auth is off.
     pub keys: Keys,
+    /// Server TLS (see [`server_tls`]); none: plaintext.
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
+}
+
+/// The server TLS configuration `settings` describe (reading the PEM files now, so a bad file
+/// stops start-up with its name), or none when TLS is off.
+pub fn server_tls(
+    settings: &crate::tls::TlsSettings,
+) -> crate::Result<Option<tonic::transport::ServerTlsConfig>> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    if !settings.enabled()? {
+        return Ok(None);
+    }
+    let (Some(cert), Some(key)) = (&settings.cert, &settings.key) else {
+        return Ok(None);
+    };
+    crate::tls::install_crypto_provider();
+    let identity = Identity::from_pem(
+        crate::tls::read_pem(cert, "TLS certificate")?,
+        crate::tls::read_pem(key, "TLS key")?,
+    );
+    let mut config = ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &settings.client_ca {
+        config = config.client_ca_root(Certificate::from_pem(crate::tls::read_pem(
+            ca,
+            "TLS client CA",
+        )?));
+    }
+    Ok(Some(config))
 }
 
 /// Runs the gRPC server on `listener` until `shutdown` resolves.
@@ -113,7 +142,11 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let ServeOptions { answerer, keys } = options;
+    let ServeOptions {
+        answerer,
+        keys,
+        tls,
+    } = options;
     let max = engine.config().limits.max_message_bytes;
     if keys.is_empty() {
         tracing::info!("no API keys configured: every caller may do everything");
@@ -204,7 +237,12 @@ pub async fn serve(
         shutdown.await;
         let _ = stopping_tx.send(());
     };
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+        tracing::info!("TLS on");
+    }
+    let server = builder
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -55,11 +55,20 @@ impl TestServer {
     pub async fn start(config: Config) -> TestServer {
         let answerer = Answerer::configured(config.answer.clone()).expect("answer settings");
         let keys = config.keys().expect("auth settings");
+        let tls = quarry::grpc::server_tls(&config.tls).expect("TLS settings");
         let engine = tokio::task::spawn_blocking(move || config.open_engine())
             .await
             .unwrap()
             .expect("engine opens");
-        Self::serve_with(engine, ServeOptions { answerer, keys }).await
+        Self::serve_with(
+            engine,
+            ServeOptions {
+                answerer,
+                keys,
+                tls,
+            },
+        )
+        .await
     }
 
     /// Serves an engine opened by the test (for example over the hash embedder).
