@@ -53,7 +53,26 @@ pub struct Config {
     pub auth: AuthSettings,
     /// Server TLS (`[tls]`); none configured: plaintext.
     pub tls: crate::tls::TlsSettings,
+    /// `HOST:PORT` of the operations HTTP listener (`/metrics`, `/healthz`, `/readyz`);
+    /// empty: none.
+    pub metrics_listen: String,
+    /// Calls in flight and queued per class (`[admission]`).
+    pub admission: crate::grpc::observe::AdmissionSettings,
+    /// `text` or `json` (one JSON object per line).
+    pub log_format: LogFormat,
 }
+
+/// How the server writes its log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Default operations listener: loopback, the port Prometheus exporters commonly use next.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
 
 impl Default for Config {
     fn default() -> Self {
@@ -71,6 +90,9 @@ impl Default for Config {
             answer: AnswerSettings::default(),
             auth: AuthSettings::default(),
             tls: Default::default(),
+            metrics_listen: DEFAULT_METRICS_LISTEN.to_string(),
+            admission: Default::default(),
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -118,6 +140,7 @@ impl Config {
                 "QUARRY_EMBED_WORKERS" => self.embed_workers = parse_env(&key, &value)?,
                 "QUARRY_API_KEY" => self.auth.api_key = Some(value),
                 "QUARRY_READ_ONLY_API_KEY" => self.auth.read_only_api_key = Some(value),
+                "QUARRY_METRICS_LISTEN" => self.metrics_listen = value,
                 "QUARRY_TLS_CERT" => self.tls.cert = Some(value.into()),
                 "QUARRY_TLS_KEY" => self.tls.key = Some(value.into()),
                 "QUARRY_TLS_CLIENT_CA" => self.tls.client_ca = Some(value.into()),
@@ -148,6 +171,23 @@ impl Config {
         }
         self.keys()?;
         self.tls.enabled()?;
+        if !self.metrics_listen.is_empty()
+            && self.metrics_listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(Error::invalid(format!(
+                "metrics_listen {:?} is not HOST:PORT (or empty for none)",
+                self.metrics_listen
+            )));
+        }
+        let a = &self.admission;
+        if [a.read, a.write, a.eval, a.answer]
+            .iter()
+            .any(|c| c.in_flight == 0)
+        {
+            return Err(Error::invalid(
+                "admission: in_flight must be at least 1 per class",
+            ));
+        }
         self.engine().validate()
     }
 

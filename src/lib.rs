@@ -23,6 +23,7 @@
 //! - [`engine`]: collections, the ingest pipeline, search, recovery and checkpoints, one
 //!   concern per file.
 //! - [`eval`]: BEIR collections and trec_eval-compatible metrics.
+//! - [`metrics`]: process-wide counters and histograms in the Prometheus text format.
 //! - [`tls`]: the process's rustls provider and PEM loading (server, CLI, router client).
 //! - [`grpc`]: the transport; the only module that knows the wire protocol.
 //! - [`client`]: the CLI's client commands (`ingest`, `search`, `ask`, `eval`).
@@ -41,6 +42,7 @@ pub mod filter;
 pub mod grpc;
 pub mod index;
 pub mod meta;
+pub mod metrics;
 pub mod model;
 pub mod retrieve;
 pub mod store;

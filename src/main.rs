@@ -80,6 +80,12 @@ struct ServeArgs {
     /// PEM CA bundle: require client certificates it signed (mutual TLS).
     #[arg(long)]
     tls_client_ca: Option<PathBuf>,
+    /// HOST:PORT for /metrics, /healthz and /readyz (default 127.0.0.1:9464; "" for none).
+    #[arg(long)]
+    metrics_listen: Option<String>,
+    /// Log format.
+    #[arg(long, value_enum)]
+    log_format: Option<quarry::config::LogFormat>,
 }
 
 #[derive(Subcommand)]
@@ -96,15 +102,19 @@ enum ModelCommand {
     List,
 }
 
-fn init_tracing() {
+fn init_tracing(format: quarry::config::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("QUARRY_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,hnsw_rs=warn,tantivy=warn,ort=warn")
     });
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        quarry::config::LogFormat::Json => builder.json().with_current_span(true).init(),
+        quarry::config::LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
 }
 
 #[tokio::main]
@@ -116,7 +126,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Search(args) => commands::search(args).await,
         Command::Eval(args) => {
             if !args.quiet {
-                init_tracing();
+                init_tracing(Default::default());
             }
             commands::evaluate(args).await
         }
@@ -149,8 +159,14 @@ async fn shutdown_signal() {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    init_tracing();
     let mut config = Config::load(args.config.as_deref())?;
+    if let Some(f) = args.log_format {
+        config.log_format = f;
+    }
+    init_tracing(config.log_format);
+    if let Some(m) = args.metrics_listen {
+        config.metrics_listen = m;
+    }
     if let Some(d) = args.data_dir {
         config.data_dir = d;
     }
@@ -189,6 +205,29 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     check_exposure(&config.listen, &keys, mutual_tls, args.insecure_no_auth)?;
     let listen = config.listen.clone();
     let default_model = config.default_model.clone();
+    let admission = config.admission.clone();
+    // The operations endpoint comes up first: live (/healthz) but not ready (/readyz) while
+    // collections recover and models load.
+    let readiness = quarry::grpc::ops::Readiness::new();
+    let (ops_stop, ops_stop_rx) = tokio::sync::watch::channel(false);
+    let ops = if config.metrics_listen.is_empty() {
+        None
+    } else {
+        let listener = tokio::net::TcpListener::bind(&config.metrics_listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} (metrics_listen)",
+                    config.metrics_listen
+                )
+            })?;
+        tracing::info!(metrics_addr = %listener.local_addr()?, "operations endpoint: /metrics /healthz /readyz");
+        Some(tokio::spawn(quarry::grpc::ops::serve_ops(
+            listener,
+            readiness.clone(),
+            ops_stop_rx,
+        )))
+    };
     let answerer = quarry::answer::Answerer::configured(config.answer.clone())?;
     tracing::info!(data_dir = %config.data_dir.display(), models_dir = %config.models_dir.display(), "starting");
     let engine = tokio::task::spawn_blocking(move || -> anyhow::Result<Engine> {
@@ -198,15 +237,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Ok(engine)
     })
     .await??;
+    let engine = Arc::new(engine);
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
+    readiness.set_ready(engine.clone());
     let options = quarry::grpc::ServeOptions {
         answerer,
         keys,
         tls,
+        admission,
+        readiness: Some(readiness),
     };
-    quarry::grpc::serve(Arc::new(engine), options, listener, shutdown_signal()).await
+    let served = quarry::grpc::serve(engine, options, listener, shutdown_signal()).await;
+    let _ = ops_stop.send(true);
+    if let Some(ops) = ops {
+        let _ = ops.await;
+    }
+    served
 }
 
 /// Refuses to serve a non-loopback address without API keys or client certificates, unless

@@ -429,6 +429,8 @@ fn the_cli_sends_its_api_key() {
             "serve",
             "--listen",
             "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
             "--api-key",
             ADMIN,
             "--data-dir",
@@ -444,7 +446,7 @@ fn the_cli_sends_its_api_key() {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("addr=").nth(1) {
+            if let Some(rest) = line.split(" addr=").nth(1) {
                 let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
             }
         }
@@ -473,7 +475,8 @@ fn the_cli_sends_its_api_key() {
     };
     let denied = ingest(None);
     assert!(!denied.status.success());
-    assert!(String::from_utf8_lossy(&denied.stderr).contains("API key"));
+    let why = String::from_utf8_lossy(&denied.stderr);
+    assert!(why.contains("API key"), "{why}");
     assert!(ingest(Some(ADMIN)).status.success());
     let search = Command::new(bin)
         .args([

@@ -17,7 +17,14 @@ fn start_server(data: &Path) -> (Child, String) {
 fn start_server_with(data: &Path, extra: &[&str]) -> (Child, String) {
     let models = common::provision();
     let mut server = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(data)
         .args(extra)
         .arg("--models-dir")
@@ -32,7 +39,7 @@ fn start_server_with(data: &Path, extra: &[&str]) -> (Child, String) {
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             eprintln!("[server] {line}");
-            if let Some(rest) = line.split("addr=").nth(1) {
+            if let Some(rest) = line.split(" addr=").nth(1) {
                 let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
             }
         }

@@ -332,6 +332,7 @@ impl Answerer {
                 Err(why) if attempts <= self.settings.max_repairs => {
                     emit(Progress::Discard(why.clone()));
                     tracing::info!(attempt = attempts, %why, "answer broke the contract; asking for a repair");
+                    crate::metrics::global().answer_repairs.inc(&[]);
                     messages.push(Message::new("assistant", c.content));
                     messages.push(Message::new(
                         "user",

@@ -235,6 +235,15 @@ impl Router {
                 )
                 .await
                 .unwrap_or_else(|_| Attempt::Retry("overall deadline reached".into(), None));
+                let outcome = match &attempt {
+                    Attempt::Done(_) => "ok",
+                    Attempt::Retry(..) => "retry",
+                    Attempt::Unsupported(_) => "rejected",
+                    Attempt::Fatal(_) => "error",
+                };
+                crate::metrics::global()
+                    .router_requests
+                    .inc(&[&endpoint.url, outcome]);
                 match attempt {
                     Attempt::Done(mut c) => {
                         c.requests = requests;

@@ -39,6 +39,18 @@ pub struct CollectionInfo {
     pub schema: crate::meta::Schema,
 }
 
+/// Sizes of one collection's data and indexes (for metrics).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CollectionStats {
+    pub name: String,
+    pub documents: u64,
+    pub chunks: u64,
+    pub hnsw_points: usize,
+    pub hnsw_tombstones: usize,
+    /// The indexes are behind the log (an index update failed after a commit).
+    pub stale: bool,
+}
+
 /// One open collection.
 pub struct Collection {
     pub(super) record: CollectionRecord,
@@ -99,6 +111,17 @@ impl Collection {
             documents,
             chunks,
             schema: std::sync::RwLock::new(schema),
+        }
+    }
+
+    pub fn stats(&self) -> CollectionStats {
+        CollectionStats {
+            name: self.record.name.clone(),
+            documents: self.documents.load(Ordering::Relaxed),
+            chunks: self.chunks.load(Ordering::Relaxed),
+            hnsw_points: self.dense.graph_points().unwrap_or(0),
+            hnsw_tombstones: self.dense.tombstones().unwrap_or(0),
+            stale: self.stale.load(Ordering::Relaxed),
         }
     }
 

@@ -378,6 +378,9 @@ impl Collection {
     pub(super) fn delete_present(&self, store: &Store, ids: Vec<String>) -> Result<usize> {
         if !ids.is_empty() {
             self.commit_and_apply(store, &[], &ids, -(ids.len() as i64))?;
+            crate::metrics::global()
+                .ingest_documents
+                .add(&[&self.record.name, "deleted"], ids.len() as f64);
         }
         Ok(ids.len())
     }
@@ -400,6 +403,7 @@ impl Collection {
         }
         let (mut outcomes, changed) = self.classify(docs)?;
         if changed.is_empty() {
+            self.record_outcomes(&outcomes, 0);
             return Ok(outcomes);
         }
         // Metadata types, before any embedding work: the batch fails as a whole, naming the
@@ -422,7 +426,23 @@ impl Collection {
         // Past this point the write runs to completion, whatever the caller does.
         cancel.check()?;
         self.commit_and_apply(store, &new_docs, &[], created)?;
+        let chunks: usize = new_docs.iter().map(|d| d.chunks.len()).sum();
+        self.record_outcomes(&outcomes, chunks);
         Ok(outcomes)
+    }
+
+    fn record_outcomes(&self, outcomes: &[UpsertOutcome], chunks: usize) {
+        let m = crate::metrics::global();
+        let name = self.record.name.as_str();
+        for o in outcomes {
+            let outcome = match o.status {
+                UpsertStatus::Created => "created",
+                UpsertStatus::Updated => "updated",
+                UpsertStatus::Unchanged => "unchanged",
+            };
+            m.ingest_documents.inc(&[name, outcome]);
+        }
+        m.ingest_chunks.add(&[name], chunks as f64);
     }
 
     /// One outcome per document, and the documents whose content changed (with their position

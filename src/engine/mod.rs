@@ -44,7 +44,8 @@ use crate::store::{CollectionRecord, Store};
 
 pub use cancel::{Cancel, CancelOnDrop};
 pub use collection::{
-    Collection, CollectionInfo, CollectionSettings, DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_TOKENS,
+    Collection, CollectionInfo, CollectionSettings, CollectionStats, DEFAULT_CHUNK_OVERLAP,
+    DEFAULT_CHUNK_TOKENS,
 };
 pub use documents::{DocumentPage, FilterDeletion, ListedDocument, MAX_PAGE, SCAN_BUDGET};
 pub use ingest::{content_hash, DocumentInput, StoredDocument, UpsertOutcome, UpsertStatus};
@@ -311,6 +312,16 @@ impl Engine {
         let info = collection.info();
         self.open_map_mut()?.insert(name.to_string(), collection);
         Ok(info)
+    }
+
+    /// Sizes of every open collection (for metrics).
+    pub fn collection_stats(&self) -> Vec<CollectionStats> {
+        let Ok(map) = self.open_map() else {
+            return Vec::new();
+        };
+        let mut out: Vec<CollectionStats> = map.values().map(|c| c.stats()).collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
     }
 
     pub fn list_collections(&self) -> Result<Vec<CollectionInfo>> {

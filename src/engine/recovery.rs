@@ -45,6 +45,7 @@ impl Engine {
     /// Persists every collection's HNSW graph, rebuilding graphs with too many tombstones, and
     /// trims the operation logs.
     pub async fn checkpoint(&self) -> Result<()> {
+        let started = std::time::Instant::now();
         let collections: Vec<Arc<Collection>> = self.open_map()?.values().cloned().collect();
         for c in collections {
             let guard = c.write_guard().await;
@@ -62,7 +63,11 @@ impl Engine {
             .await
             .map_err(|e| Error::internal(format!("checkpoint task failed: {e}")))??;
         }
-        self.store.flush().await
+        self.store.flush().await?;
+        crate::metrics::global()
+            .checkpoint_duration
+            .observe_duration(&[], started.elapsed());
+        Ok(())
     }
 }
 

@@ -138,6 +138,11 @@ impl Collection {
             (lexical_side(), dense_side())
         };
         let lexical = lexical?;
+        let m = crate::metrics::global();
+        m.search_candidates.add(&["lexical"], lexical.len() as f64);
+        if let Ok(d) = &dense {
+            m.search_candidates.add(&["dense"], d.len() as f64);
+        }
         let (mode, dense, warning) = hybrid::settle_dense(p.mode, dense)?;
         let fused = hybrid::combine(mode, lexical, dense, p.fusion, p.group_by_document);
         let total_candidates = fused.len();

@@ -55,6 +55,9 @@ pub struct Limits {
     pub max_eval_queries: usize,
     /// Most relevance judgments in one Eval request.
     pub max_eval_judgments: usize,
+    /// Seconds a client stream (StreamUpsertDocuments) may stay silent before the server ends
+    /// it (what was written stays written).
+    pub stream_idle_secs: u64,
 }
 
 /// Index tuning.
@@ -99,6 +102,7 @@ impl Default for Limits {
             max_stream_documents: 50_000,
             max_eval_queries: 2000,
             max_eval_judgments: 200_000,
+            stream_idle_secs: 120,
         }
     }
 }

@@ -57,6 +57,7 @@ impl pb::answers_server::Answers for AnswerService {
             crate::auth::Role::Read,
             Some(&request.get_ref().collection),
         )?;
+        let deadline = super::observe::request_deadline(&request);
         let req = core_request(request.into_inner())?;
         // Unbounded: tokens come from a synchronous callback and must not be dropped; their
         // number is bounded by max_tokens.
@@ -96,9 +97,19 @@ impl pb::answers_server::Answers for AnswerService {
             };
             // When the client goes away the stream's receiver is dropped: stop, dropping the
             // answer future and with it any router call in flight.
+            let expired = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
             let outcome = tokio::select! {
                 o = answerer.answer_with(&engine, req, Some(&sink)) => o,
                 _ = tx.closed() => return,
+                _ = expired => {
+                    let _ = tx.send(Err(Status::deadline_exceeded("the request's deadline passed")));
+                    return;
+                }
             };
             let last = match outcome {
                 Ok(o) => Ok(pb::AnswerEvent {

@@ -41,6 +41,8 @@ impl pb::eval_server::Eval for EvalService {
             crate::auth::Role::Read,
             Some(&request.get_ref().collection),
         )?;
+        // Server work stops at the client's deadline as well as when it goes away.
+        let deadline = super::observe::request_deadline(&request);
         let r = request.into_inner();
         self.engine.collection(&r.collection).map_err(to_status)?;
         if r.queries.is_empty() {
@@ -79,6 +81,13 @@ impl pb::eval_server::Eval for EvalService {
         // (after every query) notices and the evaluation stops before its next query.
         let cancel = Cancel::new();
         let client_gone = cancel.clone();
+        if let Some(d) = deadline {
+            let expire = cancel.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep_until(d.into()).await;
+                expire.cancel();
+            });
+        }
         tokio::spawn(async move {
             let progress_tx = tx.clone();
             let mut last = 0;

@@ -17,6 +17,8 @@ pub mod codec;
 mod convert;
 mod eval_service;
 mod meta_convert;
+pub mod observe;
+pub mod ops;
 mod services;
 mod status;
 
@@ -106,6 +108,10 @@ pub struct ServeOptions {
     pub keys: Keys,
     /// Server TLS (see [`server_tls`]); none: plaintext.
     pub tls: Option<tonic::transport::ServerTlsConfig>,
+    /// Calls in flight and queued per class.
+    pub admission: observe::AdmissionSettings,
+    /// Told when shutdown begins (the operations endpoint's `/readyz`).
+    pub readiness: Option<Arc<ops::Readiness>>,
 }
 
 /// The server TLS configuration `settings` describe (reading the PEM files now, so a bad file
@@ -146,6 +152,8 @@ pub async fn serve(
         answerer,
         keys,
         tls,
+        admission,
+        readiness,
     } = options;
     let max = engine.config().limits.max_message_bytes;
     if keys.is_empty() {
@@ -235,14 +243,23 @@ pub async fn serve(
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
         shutdown.await;
+        if let Some(r) = &readiness {
+            r.set_stopping();
+        }
         let _ = stopping_tx.send(());
     };
-    let mut builder = tonic::transport::Server::builder();
+    // Keepalive: a peer that vanished without closing its connection (a crashed client, a
+    // cut network) is noticed within ~40 s and its calls end, so it pins nothing.
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+        .tcp_keepalive(Some(std::time::Duration::from_secs(60)));
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
         tracing::info!("TLS on");
     }
     let server = builder
+        .layer(observe::ObserveLayer::new(&admission))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -169,7 +169,20 @@ impl pb::documents_server::Documents for DocumentsService {
             Ok(())
         }
 
-        while let Some(message) = stream.message().await? {
+        let idle = std::time::Duration::from_secs(self.engine.config().limits.stream_idle_secs);
+        loop {
+            let next = tokio::time::timeout(idle, stream.message())
+                .await
+                .map_err(|_| {
+                    Status::deadline_exceeded(format!(
+                        "the stream sent nothing for {} s (limits.stream_idle_secs); batches \
+                     already written are stored",
+                        idle.as_secs()
+                    ))
+                })?;
+            let Some(message) = next? else {
+                break;
+            };
             match (&collection, message.collection.as_str()) {
                 (None, "") => {
                     return Err(Status::invalid_argument(

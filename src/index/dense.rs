@@ -164,9 +164,13 @@ impl DenseIndex {
     }
 
     /// Points in the graph, tombstoned or not.
-    #[cfg(test)]
     pub fn graph_points(&self) -> Result<usize> {
         Ok(self.read()?.points)
+    }
+
+    /// Deleted points still in the graph.
+    pub fn tombstones(&self) -> Result<usize> {
+        Ok(self.read()?.tombstones.len())
     }
 
     /// Share of graph points that are tombstones.

@@ -40,6 +40,7 @@ pub struct HashEmbedder {
     documents_embedded: AtomicU64,
     fail_queries: AtomicBool,
     delay_per_document: Duration,
+    delay_per_query: Duration,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
 }
@@ -74,6 +75,7 @@ impl HashEmbedder {
             documents_embedded: AtomicU64::new(0),
             fail_queries: AtomicBool::new(false),
             delay_per_document: Duration::ZERO,
+            delay_per_query: Duration::ZERO,
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
         })
@@ -82,6 +84,12 @@ impl HashEmbedder {
     /// Each document text takes `delay` to embed.
     pub fn with_delay(mut self, delay: Duration) -> HashEmbedder {
         self.delay_per_document = delay;
+        self
+    }
+
+    /// Each query takes `delay` to embed (a slow model, for load tests).
+    pub fn with_query_delay(mut self, delay: Duration) -> HashEmbedder {
+        self.delay_per_query = delay;
         self
     }
 
@@ -127,6 +135,7 @@ impl Embedder for HashEmbedder {
         if self.fail_queries.load(Ordering::Relaxed) {
             return Err(Error::Embedding("injected query embedding failure".into()));
         }
+        std::thread::sleep(self.delay_per_query);
         Ok(self.embed(text))
     }
 

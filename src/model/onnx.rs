@@ -261,13 +261,18 @@ impl Embedder for OnnxEmbedder {
     /// Embeds one query with the reserved query session. Blocking.
     fn embed_query(&self, text: &str) -> Result<Vec<f32>> {
         let input = format!("{}{}", self.spec.query_prefix, text);
-        let mut session = self
-            .query
-            .lock()
-            .map_err(|_| Error::internal("query embedding session poisoned"))?;
+        let m = crate::metrics::global();
+        m.embed_waiting.add(&[], 1.0);
+        let session = self.query.lock();
+        m.embed_waiting.add(&[], -1.0);
+        let mut session =
+            session.map_err(|_| Error::internal("query embedding session poisoned"))?;
+        let started = std::time::Instant::now();
         let mut out = session
             .embed([input], Some(1))
             .map_err(|e| Error::Embedding(e.to_string()))?;
+        m.embed_batch_duration
+            .observe_duration(&["query"], started.elapsed());
         let mut v = out
             .pop()
             .ok_or_else(|| Error::Embedding("model returned no vector".into()))?;
@@ -299,9 +304,13 @@ impl Embedder for OnnxEmbedder {
                                 return Ok(done);
                             }
                             let input = format!("{}{}", self.spec.document_prefix, texts[i]);
+                            let started = std::time::Instant::now();
                             let mut out = session
                                 .embed([input], Some(1))
                                 .map_err(|e| Error::Embedding(e.to_string()))?;
+                            crate::metrics::global()
+                                .embed_batch_duration
+                                .observe_duration(&["documents"], started.elapsed());
                             let mut v = out.pop().ok_or_else(|| {
                                 Error::Embedding("model returned no vector".into())
                             })?;

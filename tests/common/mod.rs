@@ -56,6 +56,7 @@ impl TestServer {
         let answerer = Answerer::configured(config.answer.clone()).expect("answer settings");
         let keys = config.keys().expect("auth settings");
         let tls = quarry::grpc::server_tls(&config.tls).expect("TLS settings");
+        let admission = config.admission.clone();
         let engine = tokio::task::spawn_blocking(move || config.open_engine())
             .await
             .unwrap()
@@ -66,6 +67,8 @@ impl TestServer {
                 answerer,
                 keys,
                 tls,
+                admission,
+                readiness: None,
             },
         )
         .await

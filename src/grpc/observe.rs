@@ -1,0 +1,479 @@
+//! One tower layer in front of every gRPC service: request ids, admission control and
+//! request metrics.
+//!
+//! - **Request id**: taken from the request's `x-request-id` (if it is a short token) or made
+//!   up, put on the request's tracing span and returned in the response's `x-request-id`.
+//! - **Admission**: each call falls in a class (read, write, eval, answer) with a bounded number
+//!   in flight and a bounded queue. A call that finds both full is refused at once with
+//!   RESOURCE_EXHAUSTED, so overload sheds load instead of growing latency without bound; a
+//!   queued call waits at most `queue_wait_ms` (or its own deadline). The permit is held until
+//!   the response body ends, so a stream counts for as long as it runs. Health checks and
+//!   reflection are never queued.
+//! - **Metrics**: requests by service, method and status code (taken from the trailers, or from
+//!   the headers of a trailers-only error), latency to the end of the body, in-flight and
+//!   refused requests per class. A body dropped before its end (the client went away) counts as
+//!   CANCELLED.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http_body::Frame;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::Status;
+use tracing::Instrument;
+
+use crate::metrics;
+
+/// Limits for one class of calls.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClassLimit {
+    /// Calls served at once.
+    pub in_flight: usize,
+    /// Calls waiting for a slot; past this, RESOURCE_EXHAUSTED at once.
+    pub queue: usize,
+}
+
+/// `[admission]`: how many calls of each class run and wait at once.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdmissionSettings {
+    /// Search, Get and List calls.
+    pub read: ClassLimit,
+    /// Upserts (a stream holds its slot while it runs), deletes, collection changes.
+    pub write: ClassLimit,
+    pub eval: ClassLimit,
+    pub answer: ClassLimit,
+    /// Longest wait in a queue before RESOURCE_EXHAUSTED (a shorter client deadline wins).
+    pub queue_wait_ms: u64,
+}
+
+impl Default for AdmissionSettings {
+    fn default() -> Self {
+        // Two cores: a few searches at once keep both busy (query embedding and BM25 are
+        // short); more only queue inside the process where nobody can shed them.
+        AdmissionSettings {
+            read: ClassLimit {
+                in_flight: 8,
+                queue: 16,
+            },
+            write: ClassLimit {
+                in_flight: 4,
+                queue: 16,
+            },
+            eval: ClassLimit {
+                in_flight: 1,
+                queue: 2,
+            },
+            answer: ClassLimit {
+                in_flight: 8,
+                queue: 16,
+            },
+            queue_wait_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Class {
+    Read,
+    Write,
+    Eval,
+    Answer,
+    /// Health and reflection: never limited.
+    Free,
+}
+
+impl Class {
+    fn of(service: &str, method: &str) -> Class {
+        match (service, method) {
+            ("quarry.v1.Search", _) => Class::Read,
+            ("quarry.v1.Eval", _) => Class::Eval,
+            ("quarry.v1.Answers", _) => Class::Answer,
+            ("quarry.v1.Documents", m) if m.starts_with("Get") || m.starts_with("List") => {
+                Class::Read
+            }
+            ("quarry.v1.Documents", _) => Class::Write,
+            ("quarry.v1.Collections", m) if m.starts_with("Get") || m.starts_with("List") => {
+                Class::Read
+            }
+            ("quarry.v1.Collections", _) => Class::Write,
+            _ => Class::Free,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Class::Read => "read",
+            Class::Write => "write",
+            Class::Eval => "eval",
+            Class::Answer => "answer",
+            Class::Free => "free",
+        }
+    }
+}
+
+struct Gate {
+    slots: Arc<Semaphore>,
+    waiting: AtomicUsize,
+    limit: ClassLimit,
+}
+
+/// The admission state shared by every connection.
+pub struct Admission {
+    gates: HashMap<Class, Gate>,
+    queue_wait: Duration,
+}
+
+impl Admission {
+    pub fn new(s: &AdmissionSettings) -> Admission {
+        let gate = |limit: ClassLimit| Gate {
+            slots: Arc::new(Semaphore::new(limit.in_flight.max(1))),
+            waiting: AtomicUsize::new(0),
+            limit,
+        };
+        Admission {
+            gates: HashMap::from([
+                (Class::Read, gate(s.read)),
+                (Class::Write, gate(s.write)),
+                (Class::Eval, gate(s.eval)),
+                (Class::Answer, gate(s.answer)),
+            ]),
+            queue_wait: Duration::from_millis(s.queue_wait_ms),
+        }
+    }
+
+    /// A slot for `class`, waiting in its queue if there is room; RESOURCE_EXHAUSTED if not.
+    async fn admit(
+        &self,
+        class: Class,
+        deadline: Option<Instant>,
+    ) -> Result<Option<OwnedSemaphorePermit>, Status> {
+        let Some(gate) = self.gates.get(&class) else {
+            return Ok(None);
+        };
+        if let Ok(p) = gate.slots.clone().try_acquire_owned() {
+            return Ok(Some(p));
+        }
+        let busy = || {
+            metrics::global().grpc_rejected.inc(&[class.name()]);
+            Status::resource_exhausted(format!(
+                "server busy: {} {} calls in flight and {} queued (admission.{}); retry with backoff",
+                gate.limit.in_flight,
+                class.name(),
+                gate.limit.queue,
+                class.name()
+            ))
+        };
+        let queued = gate
+            .waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < gate.limit.queue).then_some(n + 1)
+            });
+        if queued.is_err() {
+            return Err(busy());
+        }
+        let mut until = Instant::now() + self.queue_wait;
+        if let Some(d) = deadline {
+            until = until.min(d);
+        }
+        let got = tokio::time::timeout_at(until.into(), gate.slots.clone().acquire_owned()).await;
+        gate.waiting.fetch_sub(1, Ordering::AcqRel);
+        match got {
+            Ok(Ok(p)) => Ok(Some(p)),
+            _ => Err(busy()),
+        }
+    }
+}
+
+/// The deadline of a request, from its `grpc-timeout`.
+pub fn request_deadline<T>(r: &tonic::Request<T>) -> Option<Instant> {
+    client_deadline(&r.metadata().clone().into_headers())
+}
+
+/// The deadline a client set with `grpc-timeout` (for example `250m`: 250 ms).
+pub fn client_deadline(headers: &http::HeaderMap) -> Option<Instant> {
+    let v = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    let d = match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    };
+    Instant::now().checked_add(d)
+}
+
+/// The layer; see the module docs.
+#[derive(Clone)]
+pub struct ObserveLayer {
+    admission: Arc<Admission>,
+}
+
+impl ObserveLayer {
+    pub fn new(settings: &AdmissionSettings) -> ObserveLayer {
+        ObserveLayer {
+            admission: Arc::new(Admission::new(settings)),
+        }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe {
+            inner,
+            admission: self.admission.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Observe<S> {
+    inner: S,
+    admission: Arc<Admission>,
+}
+
+fn request_id(headers: &http::HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()))
+}
+
+type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+impl<S, ReqBody, ResBody> tower_service::Service<http::Request<ReqBody>> for Observe<S>
+where
+    S: tower_service::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    ResBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<ReqBody>) -> Self::Future {
+        // The clone serves this call; the ready one stays for the next (tower's rule).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let admission = self.admission.clone();
+        let path = req.uri().path().trim_start_matches('/').to_string();
+        let (service, method) = path.split_once('/').unwrap_or((path.as_str(), ""));
+        let (service, method) = (service.to_string(), method.to_string());
+        let class = Class::of(&service, &method);
+        let id = request_id(req.headers());
+        if let Ok(v) = http::HeaderValue::from_str(&id) {
+            req.headers_mut().insert("x-request-id", v);
+        }
+        let deadline = client_deadline(req.headers());
+        let span = tracing::info_span!("request", id = %id, method = %path);
+        Box::pin(
+            async move {
+                let started = Instant::now();
+                let permit = match admission.admit(class, deadline).await {
+                    Ok(p) => p,
+                    Err(status) => {
+                        tracing::warn!(class = class.name(), "refused: {}", status.message());
+                        let mut response = status.into_http::<tonic::body::Body>();
+                        tag(&mut response, &id);
+                        metrics::global().grpc_requests.inc(&[
+                            &service,
+                            &method,
+                            code_name(tonic::Code::ResourceExhausted),
+                        ]);
+                        return Ok(response);
+                    }
+                };
+                let in_flight = InFlight::new(class);
+                let response = inner.call(req).await?;
+                let (mut parts, body) = response.into_parts();
+                if let Ok(v) = http::HeaderValue::from_str(&id) {
+                    parts.headers.insert("x-request-id", v);
+                }
+                // A trailers-only response (an error before any message) has its status in
+                // the headers.
+                let early = status_in(&parts.headers);
+                let body = Watched {
+                    inner: body,
+                    record: Some(Record {
+                        service,
+                        method,
+                        started,
+                        _permit: permit,
+                        _in_flight: in_flight,
+                    }),
+                    early,
+                };
+                Ok(http::Response::from_parts(
+                    parts,
+                    tonic::body::Body::new(body),
+                ))
+            }
+            .instrument(span),
+        )
+    }
+}
+
+fn tag(response: &mut http::Response<tonic::body::Body>, id: &str) {
+    if let Ok(v) = http::HeaderValue::from_str(id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+}
+
+fn status_in(headers: &http::HeaderMap) -> Option<tonic::Code> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map(tonic::Code::from_i32)
+}
+
+/// The canonical upper-case name of a code (as grpc-go and grpcurl print them).
+pub fn code_name(c: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match c {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// Counts a class's in-flight calls while alive.
+struct InFlight(Class);
+
+impl InFlight {
+    fn new(class: Class) -> InFlight {
+        metrics::global().grpc_in_flight.add(&[class.name()], 1.0);
+        InFlight(class)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::global().grpc_in_flight.add(&[self.0.name()], -1.0);
+    }
+}
+
+struct Record {
+    service: String,
+    method: String,
+    started: Instant,
+    _permit: Option<OwnedSemaphorePermit>,
+    _in_flight: InFlight,
+}
+
+impl Record {
+    fn finish(self, code: tonic::Code) {
+        let m = metrics::global();
+        m.grpc_requests
+            .inc(&[&self.service, &self.method, code_name(code)]);
+        m.grpc_duration
+            .observe_duration(&[&self.service, &self.method], self.started.elapsed());
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that records the call when it ends (or is dropped unfinished).
+    struct Watched<B> {
+        #[pin]
+        inner: B,
+        record: Option<Record>,
+        early: Option<tonic::Code>,
+    }
+
+    impl<B> PinnedDrop for Watched<B> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(r) = this.record.take() {
+                r.finish(this.early.unwrap_or(tonic::Code::Cancelled));
+            }
+        }
+    }
+}
+
+impl<B> http_body::Body for Watched<B>
+where
+    B: http_body::Body<Data = bytes::Bytes>,
+{
+    type Data = bytes::Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(code) = frame.trailers_ref().and_then(status_in) {
+                    if let Some(r) = this.record.take() {
+                        r.finish(code);
+                    }
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(r) = this.record.take() {
+                    r.finish(this.early.unwrap_or(tonic::Code::Ok));
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(r) = this.record.take() {
+                    r.finish(tonic::Code::Internal);
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
