@@ -301,7 +301,9 @@ where
                 let permit = match admission.admit(class, deadline).await {
                     Ok(p) => p,
                     Err(status) => {
-                        tracing::warn!(class = class.name(), "refused: {}", status.message());
+                        // Debug, not warn: under overload a line per refusal would flood the
+                        // log; quarry_grpc_requests_rejected_total counts them.
+                        tracing::debug!(class = class.name(), "refused: {}", status.message());
                         let mut response = status.into_http::<tonic::body::Body>();
                         tag(&mut response, &id);
                         metrics::global().grpc_requests.inc(&[

@@ -114,7 +114,10 @@ fn render(readiness: &Readiness) -> String {
     out
 }
 
-async fn respond(socket: &mut tokio::net::TcpStream, readiness: &Readiness) -> std::io::Result<()> {
+async fn respond(
+    socket: &mut tokio::net::TcpStream,
+    readiness: &Arc<Readiness>,
+) -> std::io::Result<()> {
     let mut buf = vec![0u8; 8192];
     let mut len = 0;
     // The request line and headers, within 8 KiB and 5 s.
@@ -136,7 +139,14 @@ async fn respond(socket: &mut tokio::net::TcpStream, readiness: &Readiness) -> s
     let (verb, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
     let path = path.split('?').next().unwrap_or("");
     let (code, kind, body) = match (verb, path) {
-        ("GET", "/metrics") => (200, "text/plain; version=0.0.4", render(readiness)),
+        ("GET", "/metrics") => {
+            // Off the async workers: reading collection state takes locks a rebuild may hold.
+            let r = readiness.clone();
+            let body = tokio::task::spawn_blocking(move || render(&r))
+                .await
+                .unwrap_or_default();
+            (200, "text/plain; version=0.0.4", body)
+        }
         ("GET", "/healthz") => (200, "text/plain", "ok\n".to_string()),
         ("GET", "/readyz") => match readiness.check() {
             Ok(()) => (200, "text/plain", "ready\n".to_string()),

@@ -321,10 +321,15 @@ impl DenseIndex {
             .collect();
         insert(&graph, &batch);
         let mut s = self.write()?;
-        s.hnsw = Arc::new(graph);
+        let old = std::mem::replace(&mut s.hnsw, Arc::new(graph));
         s.points = vectors.len();
         s.tombstones.clear();
         s.dirty = true;
+        drop(s);
+        // Dropped after the lock is released: hnsw_rs frees a graph with rayon, and searches
+        // waiting for this lock may occupy every rayon worker (hybrid search runs its dense
+        // side inside rayon::join), which deadlocked the process under load.
+        drop(old);
         Ok(())
     }
 }
@@ -453,6 +458,45 @@ mod tests {
             index.search(&[1.0; 3], 1, None),
             Err(Error::InvalidArgument(_))
         ));
+    }
+
+    /// Searches running on rayon's workers (as hybrid search runs its dense side) while
+    /// rebuilds swap the graph: the old graph, freed with rayon, must not be freed under the
+    /// lock those searches wait for. This hung for good before the fix.
+    #[test]
+    fn rebuilds_never_deadlock_with_searches_on_rayon_workers() {
+        let data = clustered(1500, 32, 10, 5);
+        let dir = tempfile::tempdir().unwrap();
+        let index = std::sync::Arc::new(DenseIndex::open(dir.path(), 32, params()).unwrap());
+        index.apply(1, &data, &[]).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let searchers: Vec<_> = (0..4)
+            .map(|t| {
+                let (index, stop, q) = (index.clone(), stop.clone(), data[t].1.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        rayon::join(
+                            || index.search(&q, 10, None).unwrap(),
+                            || index.search(&q, 10, None).unwrap(),
+                        );
+                    }
+                })
+            })
+            .collect();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (i2, d2) = (index.clone(), data.clone());
+        std::thread::spawn(move || {
+            for _ in 0..8 {
+                i2.rebuild(d2.clone()).unwrap();
+            }
+            let _ = tx.send(());
+        });
+        let finished = rx.recv_timeout(std::time::Duration::from_secs(60));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(finished.is_ok(), "rebuilds deadlocked with searches");
+        for s in searchers {
+            s.join().unwrap();
+        }
     }
 
     #[test]
