@@ -238,7 +238,7 @@ async fn closed_loop(
         let _ = t.await;
     }
     let seconds = started.elapsed().as_secs_f64();
-    let tally = Arc::try_unwrap(tally).ok().unwrap().into_inner().unwrap();
+    let tally = std::mem::take(&mut *tally.lock().unwrap());
     (tally, seconds)
 }
 
@@ -285,7 +285,8 @@ async fn open_loop(
     }
     let _ = outstanding.acquire_many(512).await;
     let seconds = started.elapsed().as_secs_f64();
-    let tally = Arc::try_unwrap(tally).ok().unwrap().into_inner().unwrap();
+    // (A finished task may still hold its clone of the Arc for a moment: take the contents.)
+    let tally = std::mem::take(&mut *tally.lock().unwrap());
     (tally, seconds)
 }
 
@@ -377,14 +378,12 @@ async fn run(dir: PathBuf) -> anyhow::Result<()> {
     let s2 = samples.clone();
     let (mut t, secs) = open_loop(&channel, &work, 0.8 * rate, soak_secs, move |at| {
         let (rss, fds) = usage(pid);
+        println!("  t={at:>5.0} s  RSS {rss:>7.1} MiB  fds {fds}");
         s2.lock().unwrap().push((at, rss, fds));
     })
     .await;
     t.print(secs);
     let samples = samples.lock().unwrap().clone();
-    for (at, rss, fds) in &samples {
-        println!("  t={at:>5.0} s  RSS {rss:>7.1} MiB  fds {fds}");
-    }
     let warm = samples
         .iter()
         .find(|(at, _, _)| *at >= 60.0)

@@ -55,16 +55,19 @@ pub struct AdmissionSettings {
 
 impl Default for AdmissionSettings {
     fn default() -> Self {
-        // Two cores: a few searches at once keep both busy (query embedding and BM25 are
-        // short); more only queue inside the process where nobody can shed them.
+        // Searches are CPU-bound and short (query embedding, BM25, HNSW): one per core keeps
+        // every core busy, and a queue of two per core absorbs bursts while keeping the wait
+        // of an accepted search to a few service times (measured by benches/load.rs). Writes to
+        // one collection run one at a time anyway.
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         AdmissionSettings {
             read: ClassLimit {
-                in_flight: 8,
-                queue: 16,
+                in_flight: cores,
+                queue: 2 * cores,
             },
             write: ClassLimit {
-                in_flight: 4,
-                queue: 16,
+                in_flight: 2,
+                queue: 8,
             },
             eval: ClassLimit {
                 in_flight: 1,
