@@ -56,14 +56,14 @@ pub struct AdmissionSettings {
 impl Default for AdmissionSettings {
     fn default() -> Self {
         // Searches are CPU-bound and short (query embedding, BM25, HNSW): one per core keeps
-        // every core busy, and a queue of two per core absorbs bursts while keeping the wait
-        // of an accepted search to a few service times (measured by benches/load.rs). Writes to
-        // one collection run one at a time anyway.
+        // every core busy. The queue (eight per core) lets a few dozen clients search at once
+        // without refusals, and bounds what an accepted search waits under overload
+        // (benches/load.rs: a shorter queue tightens that further; see README).
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         AdmissionSettings {
             read: ClassLimit {
                 in_flight: cores,
-                queue: 2 * cores,
+                queue: 8 * cores,
             },
             write: ClassLimit {
                 in_flight: 2,
