@@ -141,10 +141,27 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T>
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store> {
-        let db = sled::Config::new()
-            .path(path)
-            .flush_every_ms(Some(500))
-            .open()?;
+        // sled releases its file lock from its flusher thread, up to one flush interval after
+        // the last handle is dropped: a reopen in the same process (a restarted in-process
+        // server, a test) may find the lock still held for a moment. Another process holding it
+        // keeps failing, after the wait.
+        let mut waited = std::time::Duration::ZERO;
+        let db = loop {
+            match sled::Config::new()
+                .path(path)
+                .flush_every_ms(Some(500))
+                .open()
+            {
+                Err(e)
+                    if e.to_string().contains("could not acquire lock")
+                        && waited < std::time::Duration::from_secs(3) =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    waited += std::time::Duration::from_millis(50);
+                }
+                other => break other?,
+            }
+        };
         let collections = db.open_tree("collections")?;
         Ok(Store {
             db,
