@@ -11,6 +11,8 @@
 //! search, and the planner (`index.exact_filter_limit`); the first row is unfiltered. Hybrid adds BM25 with the same filter. The planner should be within 20%
 //! of the faster way at every point.
 
+mod support;
+
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -24,15 +26,6 @@ use quarry::model::{catalog, fetch};
 use quarry::retrieve::{DensePlan, Mode, SearchParams};
 
 const COLLECTION: &str = "scifact-buckets";
-
-fn dataset_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("QUARRY_SCIFACT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/scifact")
-        });
-    dir.join("corpus.jsonl.gz").exists().then_some(dir)
-}
 
 fn bucket(id: &str) -> i64 {
     // FNV-1a: stable across runs and platforms.
@@ -66,10 +59,7 @@ fn params(text: &str, vector: &[f32], mode: Mode, filter: Filter, plan: DensePla
 }
 
 fn main() -> anyhow::Result<()> {
-    let Some(dir) = dataset_dir() else {
-        eprintln!("!!! SKIPPED: SciFact not found (set QUARRY_SCIFACT or provide ../shared/datasets/scifact)");
-        std::process::exit(2);
-    };
+    let dir = support::scifact_or_exit();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -143,14 +133,7 @@ async fn run(dir: PathBuf) -> anyhow::Result<()> {
     }
     drop(collection);
 
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_default();
+    let cpu = support::cpu_name();
     println!(
         "== filtered search on SciFact: {chunks} chunks, {} test queries, top 10, CPU: {cpu} ==",
         texts.len()

@@ -9,6 +9,8 @@
 //!    at document level as a sanity check.
 //! 3. Prints peak RSS.
 
+mod support;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,15 +22,6 @@ use quarry::eval::run::percentile;
 use quarry::eval::{beir::Dataset, metrics};
 use quarry::grpc::pb;
 use quarry::model::{catalog, fetch, init_runtime, ModelFiles};
-
-fn dataset_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("QUARRY_SCIFACT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/scifact")
-        });
-    dir.join("corpus.jsonl.gz").exists().then_some(dir)
-}
 
 fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -44,10 +37,7 @@ fn peak_rss_mib() -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
-    let Some(dir) = dataset_dir() else {
-        eprintln!("!!! SKIPPED: SciFact not found (set QUARRY_SCIFACT or provide ../shared/datasets/scifact)");
-        std::process::exit(2);
-    };
+    let dir = support::scifact_or_exit();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

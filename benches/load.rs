@@ -16,6 +16,8 @@
 //!
 //! Every figure is from one run on this machine; the CPU is printed with them.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -69,15 +71,6 @@ impl Tally {
             );
         }
     }
-}
-
-fn dataset_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("QUARRY_SCIFACT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/scifact")
-        });
-    dir.join("corpus.jsonl.gz").exists().then_some(dir)
 }
 
 fn env_secs(name: &str, default: u64) -> u64 {
@@ -291,10 +284,7 @@ async fn open_loop(
 }
 
 fn main() -> anyhow::Result<()> {
-    let Some(dir) = dataset_dir() else {
-        eprintln!("!!! SKIPPED: SciFact not found (set QUARRY_SCIFACT or provide ../shared/datasets/scifact)");
-        std::process::exit(2);
-    };
+    let dir = support::scifact_or_exit();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -321,14 +311,7 @@ async fn run(dir: PathBuf) -> anyhow::Result<()> {
     let queries: Vec<String> = dataset.queries()?.into_values().collect();
     let work = Arc::new(Work { queries, docs });
     let channel = Channel::from_shared(url.clone())?.connect().await?;
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_default();
+    let cpu = support::cpu_name();
     println!("== load and soak: real quarry serve (release), SciFact, CPU: {cpu}, 2 cores ==");
 
     println!(

@@ -419,42 +419,10 @@ fn the_binary_refuses_to_expose_itself_without_keys() {
 
 #[test]
 fn the_cli_sends_its_api_key() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
+    use std::process::Command;
     let bin = env!("CARGO_BIN_EXE_quarry");
     let data = tempfile::tempdir().unwrap();
-    let models = common::provision();
-    let mut server = Command::new(bin)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--api-key",
-            ADMIN,
-            "--data-dir",
-        ])
-        .arg(data.path())
-        .arg("--models-dir")
-        .arg(&models)
-        .env_remove("QUARRY_API_KEY")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = server.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split(" addr=").nth(1) {
-                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(std::time::Duration::from_secs(120))
-        .unwrap();
-    let url = format!("http://{addr}");
+    let (mut server, url) = common::start_binary(data.path(), &["--api-key", ADMIN]);
     let corpus = common::fixture_dir().join("corpus.jsonl");
     let ingest = |key: Option<&str>| {
         let mut c = Command::new(bin);

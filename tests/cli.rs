@@ -2,9 +2,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_quarry");
@@ -15,39 +14,7 @@ fn start_server(data: &Path) -> (Child, String) {
 }
 
 fn start_server_with(data: &Path, extra: &[&str]) -> (Child, String) {
-    let models = common::provision();
-    let mut server = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(data)
-        .args(extra)
-        .arg("--models-dir")
-        .arg(&models)
-        .env("QUARRY_EMBED_WORKERS", "2")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start quarry serve");
-    // The server logs its bound address; port 0 lets the OS pick a free one.
-    let stderr = server.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("[server] {line}");
-            if let Some(rest) = line.split(" addr=").nth(1) {
-                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(120))
-        .expect("server announced its address");
-    (server, format!("http://{addr}"))
+    common::start_binary(data, extra)
 }
 
 fn ingest_fixture(url: &str) -> String {

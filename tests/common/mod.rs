@@ -158,3 +158,44 @@ pub fn doc(id: &str, text: &str) -> pb::Document {
         ..Default::default()
     }
 }
+
+/// Starts the real `quarry serve` on free loopback ports (gRPC and operations) over `data`,
+/// with `extra` arguments, and waits until it listens. Returns the child and its gRPC URL; the
+/// server's log goes to the test's stderr, prefixed.
+pub fn start_binary(data: &Path, extra: &[&str]) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let models = provision();
+    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_quarry"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(data)
+        .args(extra)
+        .arg("--models-dir")
+        .arg(&models)
+        .env("QUARRY_EMBED_WORKERS", "2")
+        .env_remove("QUARRY_API_KEY")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start quarry serve");
+    // The server logs its bound address; port 0 lets the OS pick a free one.
+    let stderr = server.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("[server] {line}");
+            if let Some(rest) = line.split(" addr=").nth(1) {
+                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("server announced its address");
+    (server, format!("http://{addr}"))
+}
