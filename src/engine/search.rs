@@ -27,6 +27,7 @@ impl Engine {
         let limits = self.config.limits.clone();
         let exact_limit = self.config.index.exact_filter_limit;
         tokio::task::spawn_blocking(move || {
+            let _running = model::SearchRunning::start();
             // A collection deleted under a running search: NOT_FOUND, not a storage error.
             c.search_blocking(params, &limits, exact_limit)
                 .map_err(|e| c.ensure_live().err().unwrap_or(e))

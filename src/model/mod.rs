@@ -24,6 +24,32 @@ use std::sync::Arc;
 use crate::error::Result;
 
 pub use local::LocalModels;
+
+/// Searches running now, process-wide. Ingestion reads it to leave cores to searches: while
+/// any runs, only one ingestion session embeds (see [`OnnxEmbedder`]), so a burst of writes
+/// cannot take every core from the queries waiting behind it.
+static SEARCHES_RUNNING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Counts a search as running while alive.
+pub struct SearchRunning(());
+
+impl SearchRunning {
+    pub fn start() -> SearchRunning {
+        SEARCHES_RUNNING.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        SearchRunning(())
+    }
+}
+
+impl Drop for SearchRunning {
+    fn drop(&mut self) {
+        SEARCHES_RUNNING.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// How many searches are running now.
+pub fn searches_running() -> usize {
+    SEARCHES_RUNNING.load(std::sync::atomic::Ordering::Acquire)
+}
 pub use onnx::{init_runtime, ModelFiles, ModelSpec, OnnxEmbedder};
 
 /// An embedding model as the engine uses it. Every method that computes is blocking: call it

@@ -291,7 +291,8 @@ impl Embedder for OnnxEmbedder {
         let per_worker: Vec<Vec<(usize, Vec<f32>)>> = std::thread::scope(|scope| {
             let handles: Vec<_> = self.workers[..threads]
                 .iter()
-                .map(|worker| {
+                .enumerate()
+                .map(|(w, worker)| {
                     let next = &next;
                     scope.spawn(move || -> Result<Vec<(usize, Vec<f32>)>> {
                         let mut session = worker
@@ -299,6 +300,16 @@ impl Embedder for OnnxEmbedder {
                             .map_err(|_| Error::internal("embedding session poisoned"))?;
                         let mut done = Vec::new();
                         loop {
+                            // A reserved share for search: while searches run, only the first
+                            // session keeps embedding; the others wait, so ingestion keeps one
+                            // core and queries get the rest.
+                            if w > 0 {
+                                while super::searches_running() > 0
+                                    && next.load(Ordering::Relaxed) < texts.len()
+                                {
+                                    std::thread::sleep(std::time::Duration::from_micros(500));
+                                }
+                            }
                             let i = next.fetch_add(1, Ordering::Relaxed);
                             if i >= texts.len() {
                                 return Ok(done);
