@@ -429,3 +429,48 @@ async fn delete_by_filter_removes_exactly_the_matching_documents() {
         }
     }
 }
+
+#[tokio::test]
+async fn distinct_metadata_keys_per_collection_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let embedder = Arc::new(HashEmbedder::new(32).unwrap());
+    let mut config = EngineConfig::new(dir.path(), "hash");
+    config.limits.max_metadata_keys = 3;
+    let engine = Engine::open(config, Arc::new(HashModels(embedder))).unwrap();
+    let declared = crate::engine::CollectionSettings {
+        metadata_schema: (0..4)
+            .map(|i| (format!("k{i}"), crate::meta::ValueType::Integer))
+            .collect(),
+        ..Default::default()
+    };
+    let e = engine.create_collection("big", declared).unwrap_err();
+    assert!(e.to_string().contains("max_metadata_keys"), "{e}");
+    engine.create_collection("c", Default::default()).unwrap();
+    let with_keys = |id: &str, keys: &[&str]| DocumentInput {
+        id: id.into(),
+        text: "stone".into(),
+        metadata: keys
+            .iter()
+            .map(|k| (k.to_string(), Value::Int(1)))
+            .collect(),
+        ..Default::default()
+    };
+    engine
+        .upsert("c", vec![with_keys("a", &["x", "y"])])
+        .await
+        .unwrap();
+    engine
+        .upsert("c", vec![with_keys("b", &["x", "z"])])
+        .await
+        .unwrap();
+    let e = engine
+        .upsert("c", vec![with_keys("d", &["w"])])
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("4 distinct metadata keys"), "{e}");
+    // Existing keys stay usable.
+    engine
+        .upsert("c", vec![with_keys("d", &["y", "z"])])
+        .await
+        .unwrap();
+}

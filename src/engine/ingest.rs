@@ -94,9 +94,10 @@ impl Engine {
         // the write lock it was given.
         let cancel = Cancel::new();
         let _stop = cancel.on_drop();
+        let max_keys = self.config.limits.max_metadata_keys;
         let store = self.store.clone();
         collection
-            .run_write(move |c| c.upsert_blocking(&store, docs, &cancel))
+            .run_write(move |c| c.upsert_blocking(&store, docs, &cancel, max_keys))
             .await
     }
 
@@ -197,6 +198,10 @@ impl Engine {
         meta::coerce_to_schema(&doc.id, &mut metadata, &schema)?;
         let mut mine = pending.clone();
         meta::check_types(&doc.id, &metadata, &schema, &mut mine)?;
+        c.check_key_count(
+            schema.len() + mine.len(),
+            self.config.limits.max_metadata_keys,
+        )?;
         *pending = mine;
         Ok(())
     }
@@ -390,6 +395,7 @@ impl Collection {
         store: &Store,
         docs: Vec<DocumentInput>,
         cancel: &Cancel,
+        max_keys: usize,
     ) -> Result<Vec<UpsertOutcome>> {
         let mut docs = docs;
         {
@@ -417,6 +423,7 @@ impl Collection {
             for (_, doc, _) in &changed {
                 meta::check_types(&doc.id, &doc.metadata, &schema, &mut pending)?;
             }
+            self.check_key_count(schema.len() + pending.len(), max_keys)?;
         }
         let created = outcomes
             .iter()
@@ -429,6 +436,16 @@ impl Collection {
         let chunks: usize = new_docs.iter().map(|d| d.chunks.len()).sum();
         self.record_outcomes(&outcomes, chunks);
         Ok(outcomes)
+    }
+
+    fn check_key_count(&self, keys: usize, max: usize) -> Result<()> {
+        if keys > max {
+            return Err(Error::invalid(format!(
+                "collection {} would have {keys} distinct metadata keys, over the limit max_metadata_keys = {max}",
+                quote(&self.record.name)
+            )));
+        }
+        Ok(())
     }
 
     fn record_outcomes(&self, outcomes: &[UpsertOutcome], chunks: usize) {

@@ -292,6 +292,13 @@ impl Engine {
         for key in settings.metadata_schema.keys() {
             self.check_metadata_key(key)?;
         }
+        let max_keys = self.config.limits.max_metadata_keys;
+        if settings.metadata_schema.len() > max_keys {
+            return Err(Error::invalid(format!(
+                "metadata_schema declares {} keys, over the limit max_metadata_keys = {max_keys}",
+                settings.metadata_schema.len()
+            )));
+        }
         let embedder = self.embedder(&model)?;
         let record = CollectionRecord {
             name: name.to_string(),

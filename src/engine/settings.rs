@@ -41,6 +41,9 @@ pub struct Limits {
     pub max_metadata_value_bytes: usize,
     /// Most items in a string-list metadata value.
     pub max_metadata_list_items: usize,
+    /// Most distinct metadata keys per collection (declared or used): every search resolves
+    /// its filter against them and GetCollection lists them.
+    pub max_metadata_keys: usize,
     /// Deepest nesting of and / or / not in a filter.
     pub max_filter_depth: usize,
     /// Most conditions plus listed values in a filter.
@@ -95,6 +98,7 @@ impl Default for Limits {
             max_metadata_key_bytes: 256,
             max_metadata_value_bytes: 8 * 1024,
             max_metadata_list_items: 256,
+            max_metadata_keys: 1024,
             max_filter_depth: 16,
             max_filter_terms: 1024,
             max_query_bytes: 8 * 1024,
