@@ -173,10 +173,16 @@ fn number(s: &str) -> Option<Value> {
     f.is_finite().then_some(Value::Float(f))
 }
 
+/// Deepest nesting of `NOT` and parentheses the parser follows. It recurses per level, so the
+/// bound comes before any other check: deeper input is refused, never a stack overflow (the
+/// engine's `max_filter_depth` then applies to what was parsed).
+const MAX_NESTING: usize = 64;
+
 struct Parser {
     toks: Vec<(Tok, usize)>,
     pos: usize,
     end_col: usize,
+    nesting: usize,
 }
 
 /// Parses the text form (see the module docs).
@@ -185,6 +191,7 @@ pub fn parse(text: &str) -> Result<Filter> {
         toks: lex(text)?,
         pos: 0,
         end_col: text.chars().count() + 1,
+        nesting: 0,
     };
     if p.toks.is_empty() {
         return Err(err(1, "the filter is empty"));
@@ -277,6 +284,19 @@ impl Parser {
     }
 
     fn unary(&mut self) -> Result<Filter> {
+        if self.nesting >= MAX_NESTING {
+            return Err(err(
+                self.col(),
+                format!("NOT and parentheses nest more than {MAX_NESTING} deep"),
+            ));
+        }
+        self.nesting += 1;
+        let f = self.unary_inner();
+        self.nesting -= 1;
+        f
+    }
+
+    fn unary_inner(&mut self) -> Result<Filter> {
         if self.keyword("not") {
             return Ok(Filter::Not(Box::new(self.unary()?)));
         }
@@ -433,6 +453,22 @@ mod tests {
                 })
             )
         );
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_a_stack_overflow() {
+        for text in [
+            format!("{}a = 1", "NOT ".repeat(16_000)),
+            format!("{}a = 1{}", "(".repeat(30_000), ")".repeat(30_000)),
+        ] {
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(
+                e.contains("nest more than 64 deep"),
+                "{}",
+                crate::error::clip(&e, 200)
+            );
+        }
+        assert!(parse(&format!("{}a = 1", "NOT ".repeat(60))).is_ok());
     }
 
     #[test]

@@ -4,10 +4,15 @@
 //! - `services`: one type per service, each a thin adapter over [`crate::engine::Engine`].
 //! - `convert`: wire <-> core types. `status`: the single core-error -> `tonic::Status` mapping.
 //! - [`codec`]: prost's codec, with undecodable requests reported as INVALID_ARGUMENT.
-//! - [`serve`]: wires Quarry's services, `grpc.health.v1` and server reflection onto a listener
-//!   and runs until the shutdown future resolves, then finishes in-flight requests and
-//!   checkpoints the engine. It receives the engine and, separately, the [`Answerer`] (with its
-//!   settings): nothing below this layer sees the whole server configuration.
+//! - `meta_convert`: typed metadata, filter trees and text, page tokens.
+//! - [`auth`]: API keys on the wire (an interceptor authenticates, handlers authorize).
+//! - [`observe`]: the layer in front of every service: request ids, admission, request metrics.
+//! - [`ops`]: the `/metrics`, `/healthz`, `/readyz` HTTP listener.
+//! - [`serve`]: wires Quarry's services, `grpc.health.v1` and server reflection (v1 and
+//!   v1alpha) onto a listener, with keys, TLS, keepalive and the observe layer, and runs until
+//!   the shutdown future resolves, then finishes in-flight requests and checkpoints the engine.
+//!   It receives the engine and [`ServeOptions`] (answerer, keys, TLS, admission): nothing below
+//!   this layer sees the whole server configuration.
 //! - [`LocalServer`]: the same server on a loopback port inside this process, for `quarry eval`,
 //!   benchmarks and tests.
 
