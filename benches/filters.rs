@@ -98,6 +98,7 @@ async fn run(dir: PathBuf) -> anyhow::Result<()> {
                     text: d.text.clone(),
                     metadata: [("bucket".to_string(), Value::Int(bucket(&d.id)))].into(),
                     markdown: false,
+                    source: None,
                 })
                 .collect();
             engine.upsert(COLLECTION, batch).await?;

@@ -46,6 +46,15 @@ pub enum Error {
     CollectionNotFound(String),
     #[error("collection {} already exists", quote(.0))]
     CollectionExists(String),
+    /// Something else the caller named does not exist (a job, a source path).
+    #[error("{0}")]
+    NotFound(String),
+    /// A server-wide limit is reached (too many queued jobs); retrying later may succeed.
+    #[error("{0}")]
+    Exhausted(String),
+    /// The caller may not reach what it named (a source path outside the import roots).
+    #[error("{0}")]
+    PermissionDenied(String),
     /// The request is well-formed but the server cannot serve it in its current state, for
     /// example because the embedding model is not provisioned.
     #[error("{0}")]
@@ -117,6 +126,9 @@ impl Error {
             Error::InvalidArgument(_)
                 | Error::CollectionNotFound(_)
                 | Error::CollectionExists(_)
+                | Error::NotFound(_)
+                | Error::PermissionDenied(_)
+                | Error::Exhausted(_)
                 | Error::FailedPrecondition(_)
                 | Error::Cancelled
         )

@@ -22,6 +22,10 @@
 //! - [`answer`]: grounded answers through an OpenAI-compatible inference router.
 //! - [`engine`]: collections, the ingest pipeline, search, recovery and checkpoints, one
 //!   concern per file.
+//! - [`source`]: documents out of files, directories and JSONL corpora, read lazily in a
+//!   resumable order, bad input failing one document (both ingestion paths read through it).
+//! - [`jobs`]: durable server-side ingestion jobs: a queue per collection, progress recorded
+//!   atomically with each batch, resumed after a restart; import roots.
 //! - [`eval`]: BEIR collections and trec_eval-compatible metrics.
 //! - [`metrics`]: process-wide counters and histograms in the Prometheus text format.
 //! - [`tls`]: the process's rustls provider and PEM loading (server, CLI, router client).
@@ -41,10 +45,12 @@ pub mod eval;
 pub mod filter;
 pub mod grpc;
 pub mod index;
+pub mod jobs;
 pub mod meta;
 pub mod metrics;
 pub mod model;
 pub mod retrieve;
+pub mod source;
 pub mod store;
 pub mod tls;
 

@@ -73,6 +73,13 @@ impl Family {
         }
     }
 
+    /// Sets a gauge.
+    pub fn set(&self, labels: &[&str], value: f64) {
+        if let Ok(mut v) = self.values.lock() {
+            v.insert(self.key(labels), value);
+        }
+    }
+
     pub fn inc(&self, labels: &[&str]) {
         self.add(labels, 1.0);
     }
@@ -193,6 +200,8 @@ pub struct Registry {
     pub router_requests: Family,
     pub answer_repairs: Family,
     pub checkpoint_duration: Family,
+    pub jobs: Family,
+    pub job_documents: Family,
 }
 
 static REGISTRY: OnceLock<Registry> = OnceLock::new();
@@ -272,6 +281,18 @@ pub fn global() -> &'static Registry {
             &[],
             Kind::Histogram,
         ),
+        jobs: Family::new(
+            "quarry_jobs",
+            "Ingestion jobs known to the server, by state (queued, running, succeeded, failed, cancelled).",
+            &["state"],
+            Kind::Gauge,
+        ),
+        job_documents: Family::new(
+            "quarry_job_documents_total",
+            "Documents ingestion jobs read, by outcome (created, updated, unchanged, failed, deleted).",
+            &["outcome"],
+            Kind::Counter,
+        ),
     })
 }
 
@@ -292,6 +313,8 @@ pub fn render() -> String {
         &r.router_requests,
         &r.answer_repairs,
         &r.checkpoint_duration,
+        &r.jobs,
+        &r.job_documents,
     ] {
         f.render(&mut out);
     }

@@ -72,6 +72,35 @@ pub struct DocRecord {
     /// SHA-256 over title, text, metadata and format: equal hashes mean nothing to re-index.
     pub content_hash: String,
     pub chunk_ids: Vec<u64>,
+    /// The server-side source (an ingestion job's canonical path) the document came from, so
+    /// a `sync` job can delete what its source no longer holds. None for client writes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+/// Writes to another tree of the same database that join a commit's transaction: an ingestion
+/// job's progress is recorded atomically with the batch it describes, so a crash can never
+/// leave a batch written but not counted (or counted but not written).
+#[derive(Debug, Clone)]
+pub struct SideWrites {
+    pub tree: sled::Tree,
+    /// Key -> value to insert, or None to remove.
+    pub writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl SideWrites {
+    /// Applies the writes on their own, atomically (not yet flushed).
+    pub fn apply(&self) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for (k, v) in &self.writes {
+            match v {
+                Some(v) => batch.insert(k.as_slice(), v.as_slice()),
+                None => batch.remove(k.as_slice()),
+            }
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
 }
 
 /// A stored chunk. Its vector is in the `vectors` tree.
@@ -168,6 +197,15 @@ impl Store {
             collections,
             failed: Default::default(),
         })
+    }
+
+    /// A tree outside any collection (ingestion jobs keep theirs here). Names starting with
+    /// `c` and a digit are collections' and refused.
+    pub fn named_tree(&self, name: &str) -> Result<sled::Tree> {
+        if name.starts_with('c') && name[1..].starts_with(|c: char| c.is_ascii_digit()) {
+            return Err(Error::internal(format!("tree name {name} is reserved")));
+        }
+        Ok(self.db.open_tree(name)?)
     }
 
     /// A fresh, never reused id (sequences, chunk ids, collection ids).
@@ -401,7 +439,10 @@ impl CollectionTrees {
         upserts: &[NewDocument],
         deletes: &[String],
         new_keys: &Schema,
+        side: Option<&SideWrites>,
     ) -> Result<Op> {
+        // Without side writes the side tree is the schema tree, written with nothing extra.
+        let side_tree = side.map_or(&self.schema, |s| &s.tree);
         let trees = (
             &self.docs,
             &self.texts,
@@ -409,8 +450,15 @@ impl CollectionTrees {
             &self.vectors,
             &self.oplog,
             &self.schema,
+            side_tree,
         );
-        let op = trees.transaction(|(docs, texts, chunks, vectors, oplog, schema)| {
+        let op = trees.transaction(|(docs, texts, chunks, vectors, oplog, schema, extra)| {
+            for (k, v) in side.map(|s| s.writes.as_slice()).unwrap_or_default() {
+                match v {
+                    Some(v) => extra.insert(k.as_slice(), v.as_slice())?,
+                    None => extra.remove(k.as_slice())?,
+                };
+            }
             for (k, t) in new_keys {
                 let value = serde_json::to_vec(t)
                     .map_err(|e| ConflictableTransactionError::Abort(e.into()))?;
@@ -490,6 +538,7 @@ mod tests {
                 markdown: false,
                 content_hash: "h".into(),
                 chunk_ids: cids.to_vec(),
+                source: None,
             },
             text: "hello world".into(),
             chunks: cids
@@ -523,11 +572,11 @@ mod tests {
             ));
             let trees = store.trees(&record(1)).unwrap();
             let op = trees
-                .commit(5, &[doc("a", &[10, 11])], &[], &Default::default())
+                .commit(5, &[doc("a", &[10, 11])], &[], &Default::default(), None)
                 .unwrap();
             assert_eq!(op.add, vec![10, 11]);
             let op = trees
-                .commit(6, &[doc("a", &[12])], &[], &Default::default())
+                .commit(6, &[doc("a", &[12])], &[], &Default::default(), None)
                 .unwrap();
             assert_eq!((op.add, op.remove), (vec![12], vec![10, 11]));
             store.flush_blocking().unwrap();
@@ -547,7 +596,13 @@ mod tests {
         let ops: Vec<u64> = trees.ops_after(5).map(|r| r.unwrap().0).collect();
         assert_eq!(ops, vec![6]);
         let op = trees
-            .commit(7, &[], &["a".into(), "zz".into()], &Default::default())
+            .commit(
+                7,
+                &[],
+                &["a".into(), "zz".into()],
+                &Default::default(),
+                None,
+            )
             .unwrap();
         assert_eq!(op.remove, vec![12]);
         assert_eq!(trees.doc_count(), 0);

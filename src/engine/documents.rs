@@ -132,7 +132,7 @@ impl Engine {
             }
             let mut deleted = 0;
             for batch in matching.chunks(DELETE_BATCH) {
-                deleted += c.delete_present(&store, batch.to_vec())?;
+                deleted += c.delete_present(&store, batch.to_vec(), None)?;
             }
             Ok(FilterDeletion { matched, deleted })
         })
@@ -178,5 +178,33 @@ impl Collection {
                 .map_err(|e| Error::internal(format!("corrupt document record: {e}")))?;
             Ok((String::from_utf8_lossy(&k).into_owned(), rec))
         })
+    }
+}
+
+impl Engine {
+    /// Ids of the documents an ingestion job wrote from `source` (in id order), for `sync`.
+    pub fn documents_from_source(&self, collection: &str, source: &str) -> Result<Vec<String>> {
+        let c = self.collection(collection)?;
+        let mut ids = Vec::new();
+        for kv in c.trees.docs.iter() {
+            let (_, v) = kv?;
+            let rec: DocRecord = serde_json::from_slice(&v)
+                .map_err(|e| Error::internal(format!("corrupt document record: {e}")))?;
+            if rec.source.as_deref() == Some(source) {
+                ids.push(rec.id);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// A sled tree outside every collection (ingestion jobs keep their records there), in the
+    /// same database, so its writes can join a collection's commit.
+    pub fn named_tree(&self, name: &str) -> Result<sled::Tree> {
+        self.store.named_tree(name)
+    }
+
+    /// Flushes the store (after writes to a [`Engine::named_tree`]).
+    pub fn flush_blocking(&self) -> Result<()> {
+        self.store.flush_blocking()
     }
 }

@@ -18,8 +18,14 @@ use crate::error::{quote, Error, Result};
 use crate::meta::{self, Metadata, Schema, Value};
 use crate::model::fetch;
 use crate::store::{
-    chunk_id, ChunkRecord, DocRecord, NewDocument, Op, Store, MAX_CHUNKS_PER_DOCUMENT,
+    chunk_id, ChunkRecord, DocRecord, NewDocument, Op, SideWrites, Store, MAX_CHUNKS_PER_DOCUMENT,
 };
+
+/// Writes a journal on its own (the batch it describes changed nothing), atomically, durably.
+fn write_side(store: &Store, side: &SideWrites) -> Result<()> {
+    side.apply()?;
+    store.flush_blocking()
+}
 
 /// Chunk texts embedded between two checks for cancellation: small enough that a cancelled
 /// upsert frees the embedding sessions within a fraction of a second, large enough to keep
@@ -34,7 +40,19 @@ pub struct DocumentInput {
     pub title: String,
     pub metadata: Metadata,
     pub markdown: bool,
+    /// Where a server-side ingestion job read the document (its canonical source path); part
+    /// of the content hash when set, so a document that moves to another source is rewritten
+    /// and a `sync` of the old source no longer claims it.
+    pub source: Option<String>,
 }
+
+/// What an ingestion job records with a batch of upserts: built from the batch's outcomes
+/// just before the commit, and written in the commit's own transaction (or, when nothing in
+/// the batch changed, in one atomic batch of its own), so progress and data never disagree.
+pub type UpsertJournal = Box<dyn FnOnce(&[UpsertOutcome]) -> Result<SideWrites> + Send>;
+
+/// The same for a delete: built from how many documents it removes.
+pub type DeleteJournal = Box<dyn FnOnce(usize) -> Result<SideWrites> + Send>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpsertStatus {
@@ -77,6 +95,11 @@ pub fn content_hash(doc: &DocumentInput) -> String {
             other => field(serde_json::to_string(other).unwrap_or_default().as_bytes()),
         }
     }
+    // Only when set, so documents written without a source keep their hashes.
+    if let Some(source) = &doc.source {
+        field(b"\0source");
+        field(source.as_bytes());
+    }
     fetch::hex(&h.finalize())
 }
 
@@ -86,6 +109,16 @@ impl Engine {
         &self,
         collection: &str,
         docs: Vec<DocumentInput>,
+    ) -> Result<Vec<UpsertOutcome>> {
+        self.upsert_journaled(collection, docs, None).await
+    }
+
+    /// [`Engine::upsert`], recording `journal`'s writes atomically with the batch.
+    pub async fn upsert_journaled(
+        &self,
+        collection: &str,
+        docs: Vec<DocumentInput>,
+        journal: Option<UpsertJournal>,
     ) -> Result<Vec<UpsertOutcome>> {
         let collection = self.collection(collection)?;
         self.validate_batch(&docs)?;
@@ -97,7 +130,7 @@ impl Engine {
         let max_keys = self.config.limits.max_metadata_keys;
         let store = self.store.clone();
         collection
-            .run_write(move |c| c.upsert_blocking(&store, docs, &cancel, max_keys))
+            .run_write(move |c| c.upsert_blocking(&store, docs, &cancel, max_keys, journal))
             .await
     }
 
@@ -275,6 +308,7 @@ impl Engine {
                     title: rec.title,
                     metadata: rec.metadata,
                     markdown: rec.markdown,
+                    source: rec.source,
                 },
                 content_hash: rec.content_hash,
                 chunk_ids: rec.chunk_ids,
@@ -299,7 +333,24 @@ impl Engine {
             )));
         }
         let store = self.store.clone();
-        c.run_write(move |c| c.delete_blocking(&store, ids)).await
+        c.run_write(move |c| c.delete_blocking(&store, ids, None))
+            .await
+    }
+
+    /// Deletes documents by id, recording `journal`'s writes atomically with the delete (also
+    /// when none of them exists any more). Returns how many existed.
+    pub async fn delete_journaled(
+        &self,
+        collection: &str,
+        ids: Vec<String>,
+        journal: DeleteJournal,
+    ) -> Result<usize> {
+        let c = self.collection(collection)?;
+        let store = self.store.clone();
+        let (deleted, _) = c
+            .run_write(move |c| c.delete_blocking(&store, ids, Some(journal)))
+            .await?;
+        Ok(deleted)
     }
 }
 
@@ -317,6 +368,7 @@ impl Collection {
         upserts: &[NewDocument],
         deletes: &[String],
         documents: i64,
+        side: Option<&SideWrites>,
     ) -> Result<Op> {
         self.catch_up_if_stale();
         // Keys these documents use first (the caller checked their types under the lock).
@@ -334,9 +386,12 @@ impl Collection {
                 }
             }
         }
-        let committed = store
-            .next_id()
-            .and_then(|seq| Ok((seq, self.trees.commit(seq, upserts, deletes, &new_keys)?)));
+        let committed = store.next_id().and_then(|seq| {
+            Ok((
+                seq,
+                self.trees.commit(seq, upserts, deletes, &new_keys, side)?,
+            ))
+        });
         let (seq, op) = committed.inspect_err(|e| {
             if e.is_storage_failure() {
                 store.mark_failed();
@@ -365,7 +420,12 @@ impl Collection {
         Ok(op)
     }
 
-    fn delete_blocking(&self, store: &Store, ids: Vec<String>) -> Result<(usize, Vec<String>)> {
+    fn delete_blocking(
+        &self,
+        store: &Store,
+        ids: Vec<String>,
+        journal: Option<DeleteJournal>,
+    ) -> Result<(usize, Vec<String>)> {
         let mut present = Vec::new();
         let mut missing = Vec::new();
         let mut seen = HashSet::new();
@@ -376,13 +436,25 @@ impl Collection {
                 missing.push(id);
             }
         }
-        Ok((self.delete_present(store, present)?, missing))
+        let side = journal.map(|j| j(present.len())).transpose()?;
+        if present.is_empty() {
+            if let Some(side) = &side {
+                write_side(store, side)?;
+            }
+            return Ok((0, missing));
+        }
+        Ok((self.delete_present(store, present, side.as_ref())?, missing))
     }
 
     /// Deletes documents known to exist (the caller holds the write lock) as one operation.
-    pub(super) fn delete_present(&self, store: &Store, ids: Vec<String>) -> Result<usize> {
+    pub(super) fn delete_present(
+        &self,
+        store: &Store,
+        ids: Vec<String>,
+        side: Option<&SideWrites>,
+    ) -> Result<usize> {
         if !ids.is_empty() {
-            self.commit_and_apply(store, &[], &ids, -(ids.len() as i64))?;
+            self.commit_and_apply(store, &[], &ids, -(ids.len() as i64), side)?;
             crate::metrics::global()
                 .ingest_documents
                 .add(&[&self.record.name, "deleted"], ids.len() as f64);
@@ -396,6 +468,7 @@ impl Collection {
         docs: Vec<DocumentInput>,
         cancel: &Cancel,
         max_keys: usize,
+        journal: Option<UpsertJournal>,
     ) -> Result<Vec<UpsertOutcome>> {
         let mut docs = docs;
         {
@@ -409,6 +482,9 @@ impl Collection {
         }
         let (mut outcomes, changed) = self.classify(docs)?;
         if changed.is_empty() {
+            if let Some(journal) = journal {
+                write_side(store, &journal(&outcomes)?)?;
+            }
             self.record_outcomes(&outcomes, 0);
             return Ok(outcomes);
         }
@@ -432,7 +508,8 @@ impl Collection {
         let new_docs = self.prepare(store, changed, &mut outcomes, cancel)?;
         // Past this point the write runs to completion, whatever the caller does.
         cancel.check()?;
-        self.commit_and_apply(store, &new_docs, &[], created)?;
+        let side = journal.map(|j| j(&outcomes)).transpose()?;
+        self.commit_and_apply(store, &new_docs, &[], created, side.as_ref())?;
         let chunks: usize = new_docs.iter().map(|d| d.chunks.len()).sum();
         self.record_outcomes(&outcomes, chunks);
         Ok(outcomes)
@@ -560,6 +637,7 @@ impl Collection {
                     markdown: doc.markdown,
                     content_hash: hash,
                     chunk_ids: chunks.iter().map(|c| c.0).collect(),
+                    source: doc.source,
                 },
                 text: doc.text,
                 chunks,

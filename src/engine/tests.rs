@@ -86,13 +86,14 @@ async fn recovers_a_write_committed_but_not_applied() {
                 markdown: false,
                 content_hash: content_hash(&doc("b", "marble sculpture workshop")),
                 chunk_ids: vec![crate::store::chunk_id(key, 0)],
+                source: None,
             },
             text: "marble sculpture workshop".into(),
             chunks: vec![(crate::store::chunk_id(key, 0), chunk, vectors[0].clone())],
         };
         let seq = engine.store.next_id().unwrap();
         c.trees
-            .commit(seq, &[new], &[], &Default::default())
+            .commit(seq, &[new], &[], &Default::default(), None)
             .unwrap();
         engine.store.flush_blocking().unwrap();
         for mode in MODES {

@@ -37,6 +37,8 @@ pub fn document(d: pb::Document) -> Result<DocumentInput> {
         text: d.text,
         title: d.title,
         metadata,
+        // Only server-side ingestion jobs record a source.
+        source: None,
     })
 }
 

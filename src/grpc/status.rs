@@ -17,6 +17,9 @@ pub fn to_status(e: Error) -> Status {
         Error::InvalidArgument(_) => Code::InvalidArgument,
         Error::CollectionNotFound(_) => Code::NotFound,
         Error::CollectionExists(_) => Code::AlreadyExists,
+        Error::NotFound(_) => Code::NotFound,
+        Error::PermissionDenied(_) => Code::PermissionDenied,
+        Error::Exhausted(_) => Code::ResourceExhausted,
         Error::FailedPrecondition(_) => Code::FailedPrecondition,
         Error::Embedding(_) => Code::Unavailable,
         Error::Upstream(_) | Error::ContractViolation { .. } => Code::Unavailable,
@@ -46,6 +49,14 @@ mod tests {
             Code::AlreadyExists
         );
         assert_eq!(to_status(Error::internal("boom")).code(), Code::Internal);
+        assert_eq!(
+            to_status(Error::NotFound("job 7 not found".into())).code(),
+            Code::NotFound
+        );
+        assert_eq!(
+            to_status(Error::PermissionDenied("outside".into())).code(),
+            Code::PermissionDenied
+        );
         let full = std::io::Error::from_raw_os_error(28);
         assert_eq!(
             to_status(Error::Storage(sled::Error::Io(full))).code(),
