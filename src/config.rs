@@ -60,6 +60,9 @@ pub struct Config {
     pub admission: crate::grpc::observe::AdmissionSettings,
     /// `text` or `json` (one JSON object per line).
     pub log_format: LogFormat,
+    /// Directories server-side ingestion jobs may read (`--import-root`, repeatable). Empty:
+    /// server-side sources are off (SubmitIngest is FAILED_PRECONDITION).
+    pub import_roots: Vec<PathBuf>,
 }
 
 /// How the server writes its log.
@@ -93,6 +96,7 @@ impl Default for Config {
             metrics_listen: DEFAULT_METRICS_LISTEN.to_string(),
             admission: Default::default(),
             log_format: LogFormat::Text,
+            import_roots: Vec::new(),
         }
     }
 }
@@ -146,6 +150,9 @@ impl Config {
                 "QUARRY_TLS_CLIENT_CA" => self.tls.client_ca = Some(value.into()),
                 // Colon-separated directories.
                 "QUARRY_MODEL_ROOTS" => self.model_roots = std::env::split_paths(&value).collect(),
+                "QUARRY_IMPORT_ROOTS" => {
+                    self.import_roots = std::env::split_paths(&value).collect()
+                }
                 // Comma-separated router base URLs, in failover order.
                 "QUARRY_ROUTER" => {
                     self.answer.routers = value
@@ -189,6 +196,14 @@ impl Config {
             ));
         }
         self.engine().validate()
+    }
+
+    /// The job system's settings: the import roots, each checked to be a directory.
+    pub fn jobs(&self) -> Result<crate::jobs::JobSettings> {
+        Ok(crate::jobs::JobSettings {
+            roots: crate::jobs::ImportRoots::new(&self.import_roots)?,
+            ..Default::default()
+        })
     }
 
     /// The configured API keys, as digests.

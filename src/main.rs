@@ -28,8 +28,15 @@ struct Cli {
 enum Command {
     /// Run the gRPC server.
     Serve(ServeArgs),
-    /// Ingest files, a directory of .txt/.md files, or a BEIR corpus.jsonl(.gz).
+    /// Ingest files, directories or JSONL corpora from this machine (streamed to the server).
     Ingest(commands::IngestArgs),
+    /// Write a collection's documents as corpus.jsonl (which ingest and jobs read back).
+    Export(quarry::client::export::ExportArgs),
+    /// Server-side ingestion jobs: submit, status, list, cancel, watch.
+    Jobs {
+        #[command(subcommand)]
+        command: quarry::client::jobs::JobsCommand,
+    },
     /// Search a collection (one hit per document unless --chunks).
     Search(commands::SearchArgs),
     /// Evaluate retrieval on a BEIR-format collection (corpus, queries, qrels).
@@ -86,6 +93,9 @@ struct ServeArgs {
     /// Log format.
     #[arg(long, value_enum)]
     log_format: Option<quarry::config::LogFormat>,
+    /// A directory server-side ingestion jobs may read (repeatable; adds to `import_roots`).
+    #[arg(long = "import-root", value_name = "DIR")]
+    import_roots: Vec<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -117,12 +127,35 @@ fn init_tracing(format: quarry::config::LogFormat) {
     }
 }
 
+/// Exit codes: 0 success, 1 failure, 2 some documents were not ingested (the rest were).
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+async fn main() -> std::process::ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            if e.downcast_ref::<commands::DocumentsFailed>().is_some() {
+                std::process::ExitCode::from(2)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Ingest(args) => commands::ingest(args).await,
+        Command::Jobs { command } => quarry::client::jobs::run(command).await,
+        Command::Export(args) => {
+            let out = args.out.clone();
+            let n = quarry::client::export::export(args).await?;
+            if let Some(path) = out {
+                eprintln!("exported {n} documents to {}", path.display());
+            }
+            Ok(())
+        }
         Command::Search(args) => commands::search(args).await,
         Command::Eval(args) => {
             if !args.quiet {
@@ -198,6 +231,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.tls_client_ca.is_some() {
         config.tls.client_ca = args.tls_client_ca;
     }
+    config.import_roots.extend(args.import_roots);
     config.validate()?;
     let keys = config.keys()?;
     let tls = quarry::grpc::server_tls(&config.tls)?;
@@ -206,6 +240,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listen = config.listen.clone();
     let default_model = config.default_model.clone();
     let admission = config.admission.clone();
+    let jobs = config.jobs()?;
     // The operations endpoint comes up first: live (/healthz) but not ready (/readyz) while
     // collections recover and models load.
     let readiness = quarry::grpc::ops::Readiness::new();
@@ -248,6 +283,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tls,
         admission,
         readiness: Some(readiness),
+        jobs,
     };
     let served = quarry::grpc::serve(engine, options, listener, shutdown_signal()).await;
     let _ = ops_stop.send(true);

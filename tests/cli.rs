@@ -27,7 +27,11 @@ fn ingest_file(url: &str, corpus: &Path) -> String {
         .arg(corpus)
         .output()
         .unwrap();
-    let log = String::from_utf8_lossy(&out.stderr).to_string();
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "ingest failed: {log}");
     log
 }

@@ -35,10 +35,30 @@ pub struct IngestArgs {
     /// Hide the progress bar.
     #[arg(long)]
     pub quiet: bool,
-    /// Files, directories (.txt and .md files in them) or BEIR corpus.jsonl[.gz] files.
+    /// For directories: globs their files must match (repeatable; `*` crosses `/`; default
+    /// *.txt, *.md, *.markdown).
+    #[arg(long)]
+    pub include: Vec<String>,
+    /// For directories: globs of files to leave out (repeatable).
+    #[arg(long)]
+    pub exclude: Vec<String>,
+    /// Files, directories or JSONL corpora (*.jsonl, *.ndjson, optionally .gz; BEIR's
+    /// corpus.jsonl reads as is).
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
 }
+
+/// Some documents were not ingested (the exit code is 2, not 1).
+#[derive(Debug)]
+pub struct DocumentsFailed(pub u64);
+
+impl std::fmt::Display for DocumentsFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} documents were not ingested", self.0)
+    }
+}
+
+impl std::error::Error for DocumentsFailed {}
 
 /// How hybrid search fuses its two lists (the core `Fusion` without its parameters).
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,24 +191,31 @@ pub struct EvalCmd {
     pub where_text: Option<String>,
 }
 
-/// `quarry ingest`: streams local files to the server with a progress bar, then prints a
-/// summary; fails if any document was rejected.
+/// `quarry ingest`: streams local files to the server with a progress bar (reading ahead a
+/// bounded amount), then prints the summary a job prints; exit code 2 if any document failed.
 pub async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
-    let docs = super::load::load_paths(&args.paths)?;
-    if docs.is_empty() {
-        bail!(
-            "no documents found under the given paths (looked for .txt, .md and corpus.jsonl[.gz])"
-        );
-    }
+    let selection = super::load::Selection {
+        include: args.include.clone(),
+        exclude: args.exclude.clone(),
+    };
+    let reads = super::load::read_paths(&args.paths, &selection)?;
     let channel = super::connect(&args.server.server, &args.server.access).await?;
     super::ensure_collection(channel.clone(), &args.collection, &args.new_collection).await?;
-    let report = super::ingest(channel, &args.collection, docs, !args.quiet).await?;
-    eprintln!("{}", report.summary());
+    let report = super::ingest_reads(channel, &args.collection, reads, !args.quiet).await?;
+    if report.documents == 0 {
+        bail!(
+            "no documents found under the given paths (directories: *.txt, *.md, *.markdown unless --include says otherwise)"
+        );
+    }
+    println!("{}", report.summary());
     for (id, error) in report.rejected.iter().take(20) {
-        eprintln!("rejected {id:?}: {error}");
+        eprintln!("failed {id:?}: {error}");
+    }
+    if report.rejected.len() > 20 {
+        eprintln!("... and {} more", report.rejected.len() - 20);
     }
     if !report.rejected.is_empty() {
-        bail!("{} documents were rejected", report.rejected.len());
+        return Err(DocumentsFailed(report.rejected.len() as u64).into());
     }
     Ok(())
 }

@@ -3,11 +3,15 @@
 //!
 //! - [`commands`]: each command's arguments and body (the binary only parses and dispatches).
 //! - this module: connecting, creating collections, streaming ingestion, printing results.
-//! - [`load`]: files, directories and BEIR jsonl into documents.
+//! - [`load`]: the caller's files, directories and JSONL corpora as wire documents, streamed.
+//! - [`jobs`]: `quarry jobs` (server-side ingestion jobs).
+//! - [`export`]: `quarry export` (a collection back out as corpus.jsonl).
 //! - [`eval`]: `quarry eval` (ingest a BEIR collection, run the Eval RPC, write reports).
 
 pub mod commands;
 pub mod eval;
+pub mod export;
+pub mod jobs;
 pub mod load;
 
 use std::collections::HashMap;
@@ -122,32 +126,187 @@ pub struct NewCollection {
 /// Summary of an ingest run.
 #[derive(Debug, Clone, Default)]
 pub struct IngestReport {
+    /// Documents read (sent, or failed before sending).
     pub documents: usize,
     pub chunks: usize,
+    /// Documents by outcome: created, updated, unchanged, rejected (by the server) and failed
+    /// (could not be read).
     pub by_status: HashMap<String, usize>,
+    /// Documents the server rejected or that could not be read: id or location, reason.
     pub rejected: Vec<(String, String)>,
     pub seconds: f64,
 }
 
 impl IngestReport {
-    /// One line: documents by status, new chunks, time and throughput.
+    /// One line, the same as a finished job's.
     pub fn summary(&self) -> String {
-        let mut statuses: Vec<_> = self.by_status.iter().collect();
-        statuses.sort();
-        format!(
-            "ingested {} documents ({}) -> {} new chunks in {:.1} s: {:.1} docs/s, {:.1} chunks/s",
-            self.documents,
-            statuses
-                .iter()
-                .map(|(k, v)| format!("{v} {k}"))
-                .collect::<Vec<_>>()
-                .join(", "),
-            self.chunks,
+        let n = |k: &str| self.by_status.get(k).copied().unwrap_or(0) as u64;
+        counts_summary(
+            &pb::JobCounts {
+                seen: self.documents as u64,
+                created: n("created"),
+                updated: n("updated"),
+                unchanged: n("unchanged"),
+                deleted: 0,
+                failed: n("rejected") + n("failed"),
+                chunks: self.chunks as u64,
+            },
             self.seconds,
-            self.documents as f64 / self.seconds.max(1e-9),
-            self.chunks as f64 / self.seconds.max(1e-9),
         )
     }
+}
+
+/// How `quarry ingest` and `quarry jobs` report what an ingestion did.
+pub fn counts_summary(c: &pb::JobCounts, seconds: f64) -> String {
+    format!(
+        "{} documents: {} created, {} updated, {} unchanged, {} deleted, {} failed; {} chunks; {:.1} s, {:.1} docs/s",
+        c.seen,
+        c.created,
+        c.updated,
+        c.unchanged,
+        c.deleted,
+        c.failed,
+        c.chunks,
+        seconds,
+        c.seen as f64 / seconds.max(1e-9),
+    )
+}
+
+/// Documents one StreamUpsertDocuments call carries, well under the server's
+/// `max_stream_documents`: a larger ingest is several calls, one after the other.
+const STREAM_DOCUMENTS: usize = 10_000;
+
+/// The bar `quarry ingest` shows.
+fn ingest_bar(show: bool) -> anyhow::Result<ProgressBar> {
+    if !show {
+        return Ok(ProgressBar::hidden());
+    }
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} ingesting [{bar:40}] {percent}% {msg} eta {eta}")
+            .map_err(|e| anyhow!("progress template: {e}"))?
+            .progress_chars("=> "),
+    );
+    Ok(bar)
+}
+
+/// Streams `docs` into `collection` with a progress bar.
+pub async fn ingest(
+    channel: Conn,
+    collection: &str,
+    docs: Vec<pb::Document>,
+    show_progress: bool,
+) -> anyhow::Result<IngestReport> {
+    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    let total = docs.len() as u64;
+    tokio::spawn(async move {
+        for (i, d) in docs.into_iter().enumerate() {
+            if tx.send(Ok(load::Read::Document(d))).await.is_err()
+                || tx
+                    .send(Ok(load::Read::Progress(i as u64 + 1, total)))
+                    .await
+                    .is_err()
+            {
+                return;
+            }
+        }
+    });
+    ingest_reads(channel, collection, rx, show_progress).await
+}
+
+/// Streams what `reads` yields into `collection` (back-pressure: the reader waits while the
+/// server works), a call per [`STREAM_DOCUMENTS`], with a progress bar.
+pub async fn ingest_reads(
+    channel: Conn,
+    collection: &str,
+    mut reads: tokio::sync::mpsc::Receiver<anyhow::Result<load::Read>>,
+    show_progress: bool,
+) -> anyhow::Result<IngestReport> {
+    let bar = ingest_bar(show_progress)?;
+    let started = Instant::now();
+    let mut report = IngestReport::default();
+    let client = pb::documents_client::DocumentsClient::new(channel)
+        .max_encoding_message_size(usize::MAX)
+        .max_decoding_message_size(usize::MAX);
+    let mut finished = false;
+    while !finished {
+        let (tx, rx) = tokio::sync::mpsc::channel::<pb::StreamUpsertRequest>(64);
+        // The call starts with its first document (no empty calls).
+        let mut rx = Some(rx);
+        let mut call = None;
+        let mut sent = 0;
+        while sent < STREAM_DOCUMENTS {
+            let Some(read) = reads.recv().await else {
+                finished = true;
+                break;
+            };
+            match read? {
+                load::Read::Progress(done, total) => {
+                    bar.set_length(total);
+                    bar.set_position(done);
+                    let secs = started.elapsed().as_secs_f64().max(1e-9);
+                    bar.set_message(format!(
+                        "{} docs, {:.1} docs/s",
+                        report.documents,
+                        report.documents as f64 / secs
+                    ));
+                }
+                load::Read::Failed(location, reason) => {
+                    report.documents += 1;
+                    *report.by_status.entry("failed".into()).or_default() += 1;
+                    report.rejected.push((location, reason));
+                }
+                load::Read::Document(d) => {
+                    report.documents += 1;
+                    if let Some(rx) = rx.take() {
+                        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+                        let mut c = client.clone();
+                        call = Some(tokio::spawn(async move {
+                            c.stream_upsert_documents(stream).await
+                        }));
+                    }
+                    let request = pb::StreamUpsertRequest {
+                        collection: if sent == 0 {
+                            collection.to_string()
+                        } else {
+                            String::new()
+                        },
+                        document: Some(d),
+                    };
+                    if tx.send(request).await.is_err() {
+                        // The call ended early: its status says why.
+                        break;
+                    }
+                    sent += 1;
+                }
+            }
+        }
+        drop(tx);
+        let Some(call) = call else { continue };
+        let response = call
+            .await
+            .map_err(|e| anyhow!("ingest task failed: {e}"))?
+            .map_err(|s| anyhow!("ingest failed ({:?}): {}", s.code(), s.message()))?
+            .into_inner();
+        for r in response.results {
+            let status = pb::UpsertStatus::try_from(r.status)
+                .map(|s| {
+                    s.as_str_name()
+                        .trim_start_matches("UPSERT_STATUS_")
+                        .to_lowercase()
+                })
+                .unwrap_or_else(|_| "unknown".into());
+            *report.by_status.entry(status).or_default() += 1;
+            if r.status == pb::UpsertStatus::Rejected as i32 {
+                report.rejected.push((r.id, r.error));
+            } else if r.status != pb::UpsertStatus::Unchanged as i32 {
+                report.chunks += r.chunk_count as usize;
+            }
+        }
+    }
+    bar.finish_and_clear();
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
 }
 
 /// Creates `collection` unless it exists.
@@ -185,69 +344,6 @@ pub async fn ensure_collection(
             s.message()
         )),
     }
-}
-
-/// Streams `docs` into `collection` with a progress bar.
-pub async fn ingest(
-    channel: Conn,
-    collection: &str,
-    docs: Vec<pb::Document>,
-    show_progress: bool,
-) -> anyhow::Result<IngestReport> {
-    let total = docs.len();
-    let bar = if show_progress {
-        let bar = ProgressBar::new(total as u64);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{spinner} ingesting [{bar:40}] {pos}/{len} docs {per_sec} eta {eta}",
-            )
-            .map_err(|e| anyhow!("progress template: {e}"))?
-            .progress_chars("=> "),
-        );
-        bar
-    } else {
-        ProgressBar::hidden()
-    };
-    let started = Instant::now();
-    let name = collection.to_string();
-    let progress = bar.clone();
-    let requests = futures::stream::iter(docs.into_iter().enumerate().map(move |(i, d)| {
-        progress.inc(1);
-        pb::StreamUpsertRequest {
-            collection: if i == 0 { name.clone() } else { String::new() },
-            document: Some(d),
-        }
-    }));
-    let mut client = pb::documents_client::DocumentsClient::new(channel)
-        .max_encoding_message_size(usize::MAX)
-        .max_decoding_message_size(usize::MAX);
-    let response = client
-        .stream_upsert_documents(requests)
-        .await
-        .map_err(|s| anyhow!("ingest failed ({:?}): {}", s.code(), s.message()))?
-        .into_inner();
-    bar.finish_and_clear();
-    let mut report = IngestReport {
-        documents: total,
-        seconds: started.elapsed().as_secs_f64(),
-        ..Default::default()
-    };
-    for r in response.results {
-        let status = pb::UpsertStatus::try_from(r.status)
-            .map(|s| {
-                s.as_str_name()
-                    .trim_start_matches("UPSERT_STATUS_")
-                    .to_lowercase()
-            })
-            .unwrap_or_else(|_| "unknown".into());
-        *report.by_status.entry(status).or_default() += 1;
-        if r.status == pb::UpsertStatus::Rejected as i32 {
-            report.rejected.push((r.id, r.error));
-        } else if r.status != pb::UpsertStatus::Unchanged as i32 {
-            report.chunks += r.chunk_count as usize;
-        }
-    }
-    Ok(report)
 }
 
 /// Runs one search.

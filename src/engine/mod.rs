@@ -7,7 +7,7 @@
 //!   registry (create, list, delete).
 //! - `collection.rs`: one open collection's parts, settings and maintained counts.
 //! - `ingest.rs`: the write path, and "commit durably, then apply", the one place a write
-//!   becomes acknowledged.
+//!   becomes acknowledged; `validate.rs`: the checks a document passes before any work.
 //! - `search.rs`: the read path; fusion and grouping rules live in `retrieve::hybrid`.
 //! - `recovery.rs`: applying logged operations to the indexes, replay at start-up, checkpoints.
 //! - `settings.rs`: [`EngineConfig`], [`Limits`], [`IndexSettings`].
@@ -30,6 +30,7 @@ mod search;
 mod settings;
 #[cfg(test)]
 mod tests;
+mod validate;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;

@@ -42,6 +42,15 @@ pub fn document(d: pb::Document) -> Result<DocumentInput> {
     })
 }
 
+/// A document to send in an upsert: every metadata entry typed (a key may not be in both
+/// maps of a request).
+pub fn document_for_upsert(d: DocumentInput) -> pb::Document {
+    let mut doc = document_to_pb(d);
+    doc.metadata.clear();
+    doc
+}
+
+/// A stored document as returned: string entries in both maps, for older clients.
 pub fn document_to_pb(d: DocumentInput) -> pb::Document {
     let (metadata, typed_metadata) = mc::metadata_to_pb(d.metadata);
     pb::Document {
@@ -60,6 +69,7 @@ pub fn document_to_pb(d: DocumentInput) -> pb::Document {
 
 pub fn stored_document(d: StoredDocument) -> pb::StoredDocument {
     pb::StoredDocument {
+        source: d.input.source.clone().unwrap_or_default(),
         chunk_count: d.chunk_ids.len() as u32,
         content_hash: d.content_hash,
         chunks: d

@@ -21,6 +21,7 @@ pub mod auth;
 pub mod codec;
 mod convert;
 mod eval_service;
+mod jobs_service;
 mod meta_convert;
 pub mod observe;
 pub mod ops;
@@ -38,7 +39,9 @@ use crate::answer::Answerer;
 use crate::auth::Keys;
 use crate::engine::{spawn_checkpointer, Engine};
 
-pub use convert::{eval_outcome, fusion_to_pb, mode as mode_from_pb, mode_to_pb};
+pub use convert::{
+    document_for_upsert, eval_outcome, fusion_to_pb, mode as mode_from_pb, mode_to_pb,
+};
 pub use status::to_status;
 
 /// Generated protobuf and gRPC code.
@@ -63,6 +66,7 @@ fn spawn_storage_health(
         "",
         <pb::collections_server::CollectionsServer<services::CollectionsService>>::NAME,
         <pb::documents_server::DocumentsServer<services::DocumentsService>>::NAME,
+        <pb::jobs_server::JobsServer<jobs_service::JobsService>>::NAME,
         <pb::search_server::SearchServer<services::SearchService>>::NAME,
         <pb::eval_server::EvalServer<eval_service::EvalService>>::NAME,
         <pb::answers_server::AnswersServer<answer_service::AnswerService>>::NAME,
@@ -117,6 +121,8 @@ pub struct ServeOptions {
     pub admission: observe::AdmissionSettings,
     /// Told when shutdown begins (the operations endpoint's `/readyz`).
     pub readiness: Option<Arc<ops::Readiness>>,
+    /// Server-side ingestion jobs: import roots and limits (no roots: jobs are refused).
+    pub jobs: crate::jobs::JobSettings,
 }
 
 /// The server TLS configuration `settings` describe (reading the PEM files now, so a bad file
@@ -159,6 +165,7 @@ pub async fn serve(
         tls,
         admission,
         readiness,
+        jobs,
     } = options;
     let max = engine.config().limits.max_message_bytes;
     if keys.is_empty() {
@@ -182,6 +189,18 @@ pub async fn serve(
     .max_encoding_message_size(max);
     let documents =
         pb::documents_server::DocumentsServer::new(services::DocumentsService::new(engine.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
+    if jobs.roots.is_empty() {
+        tracing::info!("no import roots: server-side ingestion jobs will be refused");
+    } else {
+        for root in jobs.roots.canonical() {
+            tracing::info!(root = %root.display(), "import root");
+        }
+    }
+    let jobs = crate::jobs::Jobs::start(engine.clone(), jobs)?;
+    let jobs_server =
+        pb::jobs_server::JobsServer::new(jobs_service::JobsService::new(jobs.clone()))
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
     let search = pb::search_server::SearchServer::new(services::SearchService::new(engine.clone()))
@@ -214,6 +233,9 @@ pub async fn serve(
         .await;
     health_reporter
         .set_serving::<pb::search_server::SearchServer<services::SearchService>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::jobs_server::JobsServer<jobs_service::JobsService>>()
         .await;
     health_reporter
         .set_serving::<pb::eval_server::EvalServer<eval_service::EvalService>>()
@@ -270,6 +292,7 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(InterceptedService::new(collections, authn.clone()))
         .add_service(InterceptedService::new(documents, authn.clone()))
+        .add_service(InterceptedService::new(jobs_server, authn.clone()))
         .add_service(InterceptedService::new(search, authn.clone()))
         .add_service(InterceptedService::new(eval, authn.clone()))
         .add_service(InterceptedService::new(answers, authn.clone()))
@@ -292,6 +315,8 @@ pub async fn serve(
             SHUTDOWN_GRACE.as_secs()
         ),
     }
+    // Running jobs stop after their current batch and resume at the next start.
+    let _ = tokio::task::spawn_blocking(move || jobs.stop()).await;
     tracing::info!("in-flight requests finished; checkpointing");
     let _ = stop_tx.send(true);
     let _ = checkpointer.await;

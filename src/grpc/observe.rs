@@ -106,6 +106,11 @@ impl Class {
                 Class::Read
             }
             ("quarry.v1.Collections", _) => Class::Write,
+            // A watch lasts as long as its job and costs a wake-up per change: it must not
+            // hold a read slot (searches would starve); JobsService bounds watchers itself.
+            ("quarry.v1.Jobs", "WatchJob") => Class::Free,
+            ("quarry.v1.Jobs", m) if m.starts_with("Get") || m.starts_with("List") => Class::Read,
+            ("quarry.v1.Jobs", _) => Class::Write,
             _ => Class::Free,
         }
     }

@@ -227,12 +227,14 @@ impl Jsonl {
                 }
             }
         }
+        // `quarry export` marks markdown documents, so they chunk the same when read back.
+        let markdown = obj.get("format").and_then(|v| v.as_str()) == Some("markdown");
         Ok(DocumentInput {
             id,
             text,
             title,
             metadata,
-            markdown: false,
+            markdown,
             source: None,
         })
     }

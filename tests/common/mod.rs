@@ -57,6 +57,7 @@ impl TestServer {
         let keys = config.keys().expect("auth settings");
         let tls = quarry::grpc::server_tls(&config.tls).expect("TLS settings");
         let admission = config.admission.clone();
+        let jobs = config.jobs().expect("job settings");
         let engine = tokio::task::spawn_blocking(move || config.open_engine())
             .await
             .unwrap()
@@ -69,6 +70,7 @@ impl TestServer {
                 tls,
                 admission,
                 readiness: None,
+                jobs,
             },
         )
         .await

@@ -1,0 +1,141 @@
+//! Checking documents before any work is done on them: the limits (id, size, metadata entries,
+//! keys and values), metadata types against the collection's, and a batch's shape. Streaming
+//! ingest and ingestion jobs call the per-document checks so a bad document fails alone.
+
+use std::collections::HashSet;
+
+use super::{DocumentInput, Engine};
+use crate::error::{quote, Error, Result};
+use crate::meta::{self, Schema, Value};
+
+impl Engine {
+    /// Checks one document against the limits (also used per document by streaming ingest).
+    pub fn validate_document(&self, doc: &DocumentInput) -> Result<()> {
+        let limits = &self.config.limits;
+        if doc.id.is_empty() {
+            return Err(Error::invalid("document id must not be empty"));
+        }
+        if doc.id.len() > limits.max_id_bytes {
+            return Err(Error::invalid(format!(
+                "document id is {} bytes, over the limit max_id_bytes = {}",
+                doc.id.len(),
+                limits.max_id_bytes
+            )));
+        }
+        if doc.text.trim().is_empty() {
+            return Err(Error::invalid(format!(
+                "document {} has empty text",
+                quote(&doc.id)
+            )));
+        }
+        let size = doc.text.len()
+            + doc.title.len()
+            + doc
+                .metadata
+                .iter()
+                .map(|(k, v)| k.len() + v.size())
+                .sum::<usize>();
+        if size > limits.max_document_bytes {
+            return Err(Error::invalid(format!(
+                "document {} is {size} bytes (text, title and metadata), over the limit max_document_bytes = {}",
+                quote(&doc.id),
+                limits.max_document_bytes
+            )));
+        }
+        if doc.metadata.len() > limits.max_metadata_entries {
+            return Err(Error::invalid(format!(
+                "document {} has {} metadata entries, over the limit max_metadata_entries = {}",
+                quote(&doc.id),
+                doc.metadata.len(),
+                limits.max_metadata_entries
+            )));
+        }
+        for (k, v) in &doc.metadata {
+            self.check_metadata_key(k)
+                .map_err(|e| Error::invalid(format!("document {}: {e}", quote(&doc.id))))?;
+            let longest = match v {
+                Value::Str(s) => s.len(),
+                Value::List(l) => l.iter().map(String::len).max().unwrap_or(0),
+                _ => 0,
+            };
+            if longest > limits.max_metadata_value_bytes {
+                return Err(Error::invalid(format!(
+                    "document {}: metadata {} has a value of {longest} bytes, over the limit max_metadata_value_bytes = {}",
+                    quote(&doc.id),
+                    quote(k),
+                    limits.max_metadata_value_bytes
+                )));
+            }
+        }
+        meta::check_values(&doc.id, &doc.metadata, limits.max_metadata_list_items)
+    }
+
+    /// A metadata key (in a document or a declared schema): not empty, no U+001F, bounded.
+    pub fn check_metadata_key(&self, key: &str) -> Result<()> {
+        if key.is_empty() || key.contains('\u{1f}') {
+            return Err(Error::invalid(
+                "a metadata key must not be empty or contain U+001F",
+            ));
+        }
+        let max = self.config.limits.max_metadata_key_bytes;
+        if key.len() > max {
+            return Err(Error::invalid(format!(
+                "metadata key {} is {} bytes, over the limit max_metadata_key_bytes = {max}",
+                quote(key),
+                key.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks a document's metadata types against the collection's and against `pending`
+    /// (types fixed by documents not yet written), recording new keys in `pending`. Streaming
+    /// ingest uses it to reject one document rather than fail its batch.
+    pub fn check_metadata_types(
+        &self,
+        collection: &str,
+        doc: &DocumentInput,
+        pending: &mut Schema,
+    ) -> Result<()> {
+        let c = self.collection(collection)?;
+        let schema = c
+            .schema
+            .read()
+            .map_err(|_| Error::internal("schema lock poisoned"))?;
+        let mut metadata = doc.metadata.clone();
+        meta::coerce_to_schema(&doc.id, &mut metadata, &schema)?;
+        let mut mine = pending.clone();
+        meta::check_types(&doc.id, &metadata, &schema, &mut mine)?;
+        c.check_key_count(
+            schema.len() + mine.len(),
+            self.config.limits.max_metadata_keys,
+        )?;
+        *pending = mine;
+        Ok(())
+    }
+
+    pub(super) fn validate_batch(&self, docs: &[DocumentInput]) -> Result<()> {
+        let limits = &self.config.limits;
+        if docs.is_empty() {
+            return Err(Error::invalid("the batch has no documents"));
+        }
+        if docs.len() > limits.max_batch_documents {
+            return Err(Error::invalid(format!(
+                "the batch has {} documents, over the limit max_batch_documents = {}",
+                docs.len(),
+                limits.max_batch_documents
+            )));
+        }
+        let mut seen = HashSet::new();
+        for doc in docs {
+            self.validate_document(doc)?;
+            if !seen.insert(doc.id.as_str()) {
+                return Err(Error::invalid(format!(
+                    "document id {} appears twice in the batch",
+                    quote(&doc.id)
+                )));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,95 @@
+use super::*;
+
+fn record(id: u64) -> CollectionRecord {
+    CollectionRecord {
+        name: "c".into(),
+        id,
+        model: "m".into(),
+        dimension: 2,
+        chunk_tokens: 16,
+        chunk_overlap: 0,
+        created_unix_ms: 0,
+    }
+}
+
+fn doc(id: &str, cids: &[u64]) -> NewDocument {
+    NewDocument {
+        record: DocRecord {
+            id: id.into(),
+            title: String::new(),
+            metadata: Default::default(),
+            markdown: false,
+            content_hash: "h".into(),
+            chunk_ids: cids.to_vec(),
+            source: None,
+        },
+        text: "hello world".into(),
+        chunks: cids
+            .iter()
+            .map(|&c| {
+                (
+                    c,
+                    ChunkRecord {
+                        doc_id: id.into(),
+                        ordinal: 0,
+                        start: 0,
+                        end: 5,
+                        text: "hello".into(),
+                    },
+                    vec![1.0, 0.0],
+                )
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn commit_replaces_chunks_and_logs_ops_durably() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        store.create_collection(&record(1)).unwrap();
+        assert!(matches!(
+            store.create_collection(&record(1)),
+            Err(Error::CollectionExists(_))
+        ));
+        let trees = store.trees(&record(1)).unwrap();
+        let op = trees
+            .commit(5, &[doc("a", &[10, 11])], &[], &Default::default(), None)
+            .unwrap();
+        assert_eq!(op.add, vec![10, 11]);
+        let op = trees
+            .commit(6, &[doc("a", &[12])], &[], &Default::default(), None)
+            .unwrap();
+        assert_eq!((op.add, op.remove), (vec![12], vec![10, 11]));
+        store.flush_blocking().unwrap();
+    }
+    // sled releases its lock on the directory a moment after the last handle is dropped.
+    let store = (0..100)
+        .find_map(|_| {
+            Store::open(dir.path()).ok().or_else(|| {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                None
+            })
+        })
+        .expect("the store reopens");
+    let trees = store.trees(&record(1)).unwrap();
+    assert_eq!(trees.chunk_count(), 1);
+    assert_eq!(trees.get_vector(12).unwrap(), Some(vec![1.0, 0.0]));
+    let ops: Vec<u64> = trees.ops_after(5).map(|r| r.unwrap().0).collect();
+    assert_eq!(ops, vec![6]);
+    let op = trees
+        .commit(
+            7,
+            &[],
+            &["a".into(), "zz".into()],
+            &Default::default(),
+            None,
+        )
+        .unwrap();
+    assert_eq!(op.remove, vec![12]);
+    assert_eq!(trees.doc_count(), 0);
+    trees.trim_oplog(6).unwrap();
+    assert_eq!(trees.ops_after(0).count(), 1);
+    assert_eq!(trees.last_seq().unwrap(), 7);
+}
