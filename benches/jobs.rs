@@ -135,7 +135,9 @@ fn run(args: &[&str]) -> (f64, String) {
 }
 
 fn main() {
-    let scifact = support::scifact_or_exit();
+    let scifact = support::scifact_or_exit()
+        .canonicalize()
+        .expect("SciFact directory");
     let corpus = scifact.join("corpus.jsonl.gz");
     let corpus = corpus.to_string_lossy().to_string();
     let cpu = support::cpu_name();

@@ -10,6 +10,7 @@
 //!   becomes acknowledged; `validate.rs`: the checks a document passes before any work.
 //! - `search.rs`: the read path; fusion and grouping rules live in `retrieve::hybrid`.
 //! - `recovery.rs`: applying logged operations to the indexes, replay at start-up, checkpoints.
+//! - `snapshot.rs`: consistent online snapshots of collections, and restoring them.
 //! - `settings.rs`: [`EngineConfig`], [`Limits`], [`IndexSettings`].
 //!
 //! Invariants: sled is the only source of truth (the indexes are derived and repaired from its
@@ -28,6 +29,9 @@ mod ingest;
 mod recovery;
 mod search;
 mod settings;
+mod snapshot;
+#[cfg(test)]
+mod snapshot_tests;
 #[cfg(test)]
 mod tests;
 mod validate;
@@ -52,6 +56,7 @@ pub use documents::{DocumentPage, FilterDeletion, ListedDocument, MAX_PAGE, SCAN
 pub use ingest::{content_hash, DocumentInput, StoredDocument, UpsertOutcome, UpsertStatus};
 pub use recovery::spawn_checkpointer;
 pub use settings::{EngineConfig, IndexSettings, Limits};
+pub use snapshot::{SnapshotCollection, SnapshotManifest, SNAPSHOT_FORMAT};
 
 pub struct Engine {
     config: EngineConfig,

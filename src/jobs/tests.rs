@@ -128,6 +128,8 @@ async fn a_directory_job_ingests_then_reruns_cheaply_and_syncs() {
         .get_documents("c", &["d1.txt".into(), "client".into()], false)
         .unwrap();
     assert_eq!(missing, vec!["d1.txt".to_string()]);
+    // The jobs-by-state gauge is exported (its values are process-wide: tests share them).
+    assert!(crate::metrics::render().contains("quarry_jobs{state=\"succeeded\"}"));
     let (listed, more) = jobs.list(None, 2, |_| true).unwrap();
     assert_eq!(listed[0].id, synced.id, "newest first");
     assert!(more);

@@ -127,6 +127,10 @@ impl Embedder for HashEmbedder {
         self.dimension
     }
 
+    fn fingerprint(&self) -> Result<String> {
+        Ok(format!("hash-embedder-{}", self.dimension))
+    }
+
     fn tokenizer(&self) -> &tokenizers::Tokenizer {
         &self.tokenizer
     }

@@ -71,6 +71,10 @@ pub trait Embedder: Send + Sync {
     /// Document texts embedded since the model was loaded (lets tests prove that a restart
     /// re-embeds nothing).
     fn documents_embedded(&self) -> u64;
+
+    /// A checksum of everything that decides the vectors (weights, tokenizer, pooling,
+    /// prefixes): a snapshot's vectors are only meaningful next to a model with the same one.
+    fn fingerprint(&self) -> Result<String>;
 }
 
 /// Loads embedding models by name. The engine caches what it returns, one per name.

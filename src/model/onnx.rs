@@ -199,6 +199,10 @@ pub struct OnnxEmbedder {
     tokenizer: tokenizers::Tokenizer,
     /// Document texts embedded since load (lets tests prove a restart re-embeds nothing).
     documents_embedded: AtomicU64,
+    /// Where the model's files are, and their checksum once computed (on first use: hashing
+    /// the weights costs a few hundred milliseconds that most starts never need).
+    dir: std::path::PathBuf,
+    fingerprint: std::sync::OnceLock<String>,
 }
 
 impl std::fmt::Debug for OnnxEmbedder {
@@ -231,6 +235,8 @@ impl OnnxEmbedder {
             query,
             tokenizer,
             documents_embedded: AtomicU64::new(0),
+            dir: dir.to_path_buf(),
+            fingerprint: std::sync::OnceLock::new(),
         };
         let probe = embedder.embed_query("dimension probe")?;
         if probe.len() != embedder.spec.dimension {
@@ -248,6 +254,21 @@ impl OnnxEmbedder {
 impl Embedder for OnnxEmbedder {
     fn dimension(&self) -> usize {
         self.spec.dimension
+    }
+
+    fn fingerprint(&self) -> Result<String> {
+        if let Some(f) = self.fingerprint.get() {
+            return Ok(f.clone());
+        }
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(serde_json::to_vec(&self.spec)?);
+        for name in [self.spec.onnx_file.as_str(), "tokenizer.json"] {
+            let mut file = std::fs::File::open(self.dir.join(name))?;
+            std::io::copy(&mut file, &mut h)?;
+        }
+        let f = format!("sha256:{}", super::fetch::hex(&h.finalize()));
+        Ok(self.fingerprint.get_or_init(|| f).clone())
     }
 
     fn tokenizer(&self) -> &tokenizers::Tokenizer {

@@ -137,7 +137,13 @@ pub struct Store {
     /// sled 0.34 then keeps failing until it is reopened, so health reports NOT_SERVING.
     /// Cleared by a later successful flush.
     failed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Added to sled's id generator (tree `meta`, key `id-floor`): raised when a snapshot
+    /// brings in ids another database generated, so new ids never collide with them.
+    id_floor: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    meta: sled::Tree,
 }
+
+const ID_FLOOR: &[u8] = b"id-floor";
 
 /// Handles on one collection's trees.
 #[derive(Clone)]
@@ -192,10 +198,21 @@ impl Store {
             }
         };
         let collections = db.open_tree("collections")?;
+        let meta = db.open_tree("meta")?;
+        let floor = match meta.get(ID_FLOOR)? {
+            Some(v) => u64::from_be_bytes(
+                v.as_ref()
+                    .try_into()
+                    .map_err(|_| Error::internal("corrupt id floor"))?,
+            ),
+            None => 0,
+        };
         Ok(Store {
             db,
             collections,
             failed: Default::default(),
+            id_floor: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(floor)),
+            meta,
         })
     }
 
@@ -211,7 +228,23 @@ impl Store {
     /// A fresh, never reused id (sequences, chunk ids, collection ids).
     pub fn next_id(&self) -> Result<u64> {
         // +1: 0 means "nothing applied yet" in the indexes.
-        Ok(self.db.generate_id()? + 1)
+        let generated = self.db.generate_id()? + 1;
+        Ok(generated + self.id_floor.load(std::sync::atomic::Ordering::Acquire))
+    }
+
+    /// Makes every id handed out from now on greater than `max` (a restored snapshot's
+    /// sequences and chunk keys came from another database's generator). Durable on return.
+    pub fn raise_ids_above(&self, max: u64) -> Result<()> {
+        let next = self.next_id()?;
+        if next > max {
+            return Ok(());
+        }
+        let floor = self.id_floor.load(std::sync::atomic::Ordering::Acquire) + (max - next) + 1;
+        self.meta.insert(ID_FLOOR, &floor.to_be_bytes())?;
+        self.flush_blocking()?;
+        self.id_floor
+            .store(floor, std::sync::atomic::Ordering::Release);
+        Ok(())
     }
 
     pub async fn flush(&self) -> Result<()> {

@@ -93,3 +93,20 @@ fn commit_replaces_chunks_and_logs_ops_durably() {
     assert_eq!(trees.ops_after(0).count(), 1);
     assert_eq!(trees.last_seq().unwrap(), 7);
 }
+
+#[test]
+fn raised_ids_stay_above_and_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let first = store.next_id().unwrap();
+        store.raise_ids_above(first + 1_000_000).unwrap();
+        assert!(store.next_id().unwrap() > first + 1_000_000);
+        // Raising below the current ids changes nothing.
+        let now = store.next_id().unwrap();
+        store.raise_ids_above(5).unwrap();
+        assert!(store.next_id().unwrap() > now);
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert!(store.next_id().unwrap() > 1_000_000);
+}

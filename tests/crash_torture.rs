@@ -1,0 +1,593 @@
+//! Crash torture: the real binary (real model, sled, tantivy, HNSW) is killed with SIGKILL at
+//! seeded random moments while clients upsert (unary and streaming), delete and delete by
+//! filter, a server-side job runs, and checkpoints run every second. After each kill the server
+//! is restarted and checked against a journal of what was acknowledged:
+//!
+//! - every acknowledged write is there, with its text, and found in all three modes (lexical by
+//!   its version's unique token, dense and hybrid by its text);
+//! - every acknowledged delete is gone from reads and from every index;
+//! - a write cut off by the kill is all there or not at all: a document shows exactly one of
+//!   the versions it may have (acknowledged or in flight), and no index still answers for the
+//!   version it no longer has;
+//! - jobs resume after the restart and end with exact counts (each document counted once);
+//! - the server starts cleanly (no ERROR in its start-up log).
+//!
+//! `QUARRY_CRASH_CYCLES` (default 20) and `QUARRY_CRASH_SEED` (default: from the clock,
+//! printed) choose the run: `QUARRY_CRASH_CYCLES=200 cargo test --test crash_torture --
+//! --nocapture`.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use quarry::grpc::pb;
+use rand::{Rng, SeedableRng};
+use tonic::transport::Channel;
+
+const COLLECTION: &str = "torture";
+/// Documents the journal tracks (ids d0..).
+const POOL: usize = 240;
+/// Metadata groups (delete by filter removes one group).
+const GROUPS: usize = 12;
+/// Documents in each job's source.
+const JOB_DOCS: usize = 1200;
+
+const WORDS: &[&str] = &[
+    "granite", "basalt", "quarry", "slab", "marble", "chisel", "mortar", "lintel", "column",
+    "arch", "vault", "gravel", "sand", "clay", "shale", "flint", "obsidian", "pumice", "tuff",
+    "gneiss", "schist", "slate", "quartz", "feldspar", "mica", "garnet", "jade", "onyx", "agate",
+    "opal", "cliff", "ridge", "valley", "river", "delta", "glacier", "moraine", "dune", "mesa",
+    "butte", "canyon", "cavern", "spring", "geyser", "crater", "lava", "magma", "ember", "ash",
+];
+
+/// The text of document `n` at `version`: words drawn from a generator seeded by both, and a
+/// token no other version of any document has.
+fn text(n: usize, version: u32) -> String {
+    let mut rng = rand::rngs::StdRng::seed_from_u64((n as u64) << 20 | version as u64);
+    let words: Vec<&str> = (0..24)
+        .map(|_| WORDS[rng.random_range(0..WORDS.len())])
+        .collect();
+    format!("{} {}", token(n, version), words.join(" "))
+}
+
+fn token(n: usize, version: u32) -> String {
+    format!("zq{n}x{version}")
+}
+
+fn group(n: usize) -> String {
+    format!("g{}", n % GROUPS)
+}
+
+fn id(n: usize) -> String {
+    format!("d{n}")
+}
+
+/// What the journal knows of a document: its acknowledged state (Some(version) or None for
+/// absent), and the state an unacknowledged operation may have left.
+#[derive(Debug, Clone, Default)]
+struct Doc {
+    acked: Option<u32>,
+    pending: Option<Option<u32>>,
+    /// The highest version ever sent (so every version's token stays unique).
+    last: u32,
+}
+
+#[derive(Default)]
+struct Journal {
+    docs: Vec<Doc>,
+    /// Documents an in-flight operation holds (one operation per document at a time).
+    busy: HashSet<usize>,
+    jobs: Vec<String>,
+    /// Operations acknowledged, and operations a kill cut off that turned out applied or not.
+    acked: u64,
+    cut_applied: u64,
+    cut_lost: u64,
+}
+
+type Shared = Arc<Mutex<Journal>>;
+
+struct Server {
+    child: Child,
+    url: String,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(data: &Path, config: &Path, root: &Path) -> Server {
+    let models = common::provision();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_quarry"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", ""])
+        .arg("--config")
+        .arg(config)
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--models-dir")
+        .arg(&models)
+        .arg("--import-root")
+        .arg(root)
+        .env("QUARRY_EMBED_WORKERS", "2")
+        .env_remove("QUARRY_API_KEY")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start quarry serve");
+    let stderr = child.stderr.take().expect("piped");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let lines = log.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split(" addr=").nth(1) {
+                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
+            }
+            lines.lock().unwrap().push(line);
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(120))
+        .unwrap_or_else(|_| panic!("the server did not start: {:?}", log.lock().unwrap()));
+    Server {
+        child,
+        url: format!("http://{addr}"),
+        log,
+    }
+}
+
+async fn channel(url: &str) -> Channel {
+    Channel::from_shared(url.to_string())
+        .unwrap()
+        .timeout(Duration::from_secs(30))
+        .connect()
+        .await
+        .expect("connect")
+}
+
+fn document(n: usize, version: u32) -> pb::Document {
+    pb::Document {
+        id: id(n),
+        text: text(n, version),
+        metadata: [("group".to_string(), group(n))].into(),
+        ..Default::default()
+    }
+}
+
+/// Picks up to `k` documents no operation holds, outside `except_group`, and marks them busy.
+fn pick(j: &Shared, rng: &mut rand::rngs::StdRng, k: usize, except_group: usize) -> Vec<usize> {
+    let mut j = j.lock().unwrap();
+    let mut out = Vec::new();
+    for _ in 0..k * 4 {
+        let n = rng.random_range(0..POOL);
+        if n % GROUPS != except_group && !j.busy.contains(&n) && !out.contains(&n) {
+            out.push(n);
+            if out.len() == k {
+                break;
+            }
+        }
+    }
+    for n in &out {
+        j.busy.insert(*n);
+    }
+    out
+}
+
+/// Marks `ns` as possibly in `state`, returning the versions to send.
+fn intend(j: &Shared, ns: &[usize], delete: bool) -> Vec<u32> {
+    let mut j = j.lock().unwrap();
+    ns.iter()
+        .map(|&n| {
+            let d = &mut j.docs[n];
+            if delete {
+                d.pending = Some(None);
+                0
+            } else {
+                d.last += 1;
+                d.pending = Some(Some(d.last));
+                d.last
+            }
+        })
+        .collect()
+}
+
+/// The operation on `ns` was acknowledged (or refused: then nothing changed).
+fn settle(j: &Shared, ns: &[usize], acked: bool) {
+    let mut j = j.lock().unwrap();
+    j.acked += acked as u64;
+    for &n in ns {
+        let d = &mut j.docs[n];
+        if let Some(state) = d.pending.take() {
+            if acked {
+                d.acked = state;
+            }
+        }
+        j.busy.remove(&n);
+    }
+}
+
+/// One client's work until the server dies: unary upserts, streams or deletes.
+async fn client(url: String, j: Shared, seed: u64, kind: usize, dbf_group: usize) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let Ok(ch) = Channel::from_shared(url)
+        .unwrap()
+        .timeout(Duration::from_secs(20))
+        .connect()
+        .await
+    else {
+        return;
+    };
+    let mut docs = pb::documents_client::DocumentsClient::new(ch);
+    loop {
+        let ns = pick(&j, &mut rng, if kind == 1 { 12 } else { 3 }, dbf_group);
+        if ns.is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        }
+        let ok = match kind {
+            0 => {
+                let versions = intend(&j, &ns, false);
+                docs.upsert_documents(pb::UpsertDocumentsRequest {
+                    collection: COLLECTION.into(),
+                    documents: ns
+                        .iter()
+                        .zip(versions)
+                        .map(|(&n, v)| document(n, v))
+                        .collect(),
+                })
+                .await
+                .map(|_| ())
+            }
+            1 => {
+                let versions = intend(&j, &ns, false);
+                let requests: Vec<_> = ns
+                    .iter()
+                    .zip(versions)
+                    .map(|(&n, v)| pb::StreamUpsertRequest {
+                        collection: COLLECTION.into(),
+                        document: Some(document(n, v)),
+                    })
+                    .collect();
+                docs.stream_upsert_documents(futures::stream::iter(requests))
+                    .await
+                    .map(|_| ())
+            }
+            _ => {
+                intend(&j, &ns, true);
+                docs.delete_documents(pb::DeleteDocumentsRequest {
+                    collection: COLLECTION.into(),
+                    ids: ns.iter().map(|&n| id(n)).collect(),
+                })
+                .await
+                .map(|_| ())
+            }
+        };
+        match ok {
+            Ok(()) => settle(&j, &ns, true),
+            // The server died: the operation stays uncertain until the next check.
+            Err(s)
+                if matches!(
+                    s.code(),
+                    tonic::Code::Unavailable
+                        | tonic::Code::Unknown
+                        | tonic::Code::Cancelled
+                        | tonic::Code::Internal
+                        | tonic::Code::DeadlineExceeded
+                ) =>
+            {
+                return
+            }
+            Err(s) => panic!("operation refused: {s:?}"),
+        }
+    }
+}
+
+/// Delete by filter of one group, once, while the others write.
+async fn delete_group(url: String, j: Shared, g: usize, delay: Duration) {
+    tokio::time::sleep(delay).await;
+    let ns: Vec<usize> = (0..POOL).filter(|n| n % GROUPS == g).collect();
+    intend(&j, &ns, true);
+    let Ok(ch) = Channel::from_shared(url).unwrap().connect().await else {
+        return;
+    };
+    let r = pb::documents_client::DocumentsClient::new(ch)
+        .delete_by_filter(pb::DeleteByFilterRequest {
+            collection: COLLECTION.into(),
+            where_text: format!("group = \"{}\"", group(g)),
+            ..Default::default()
+        })
+        .await;
+    if r.is_ok() {
+        settle(&j, &ns, true);
+    }
+}
+
+async fn search(ch: &Channel, mode: pb::SearchMode, query: &str) -> Vec<String> {
+    pb::search_client::SearchClient::new(ch.clone())
+        .search(pb::SearchRequest {
+            collection: COLLECTION.into(),
+            query: query.into(),
+            top_k: 5,
+            mode: mode as i32,
+            group_by_document: true,
+            ..Default::default()
+        })
+        .await
+        .expect("search")
+        .into_inner()
+        .hits
+        .into_iter()
+        .map(|h| h.document_id)
+        .collect()
+}
+
+/// Checks the restarted server against the journal; resolves what the kill left uncertain.
+async fn verify(ch: &Channel, j: &Shared, rng: &mut rand::rngs::StdRng, cycle: usize) {
+    let ids: Vec<String> = (0..POOL).map(id).collect();
+    let got = pb::documents_client::DocumentsClient::new(ch.clone())
+        .get_documents(pb::GetDocumentsRequest {
+            collection: COLLECTION.into(),
+            ids,
+            include_chunks: false,
+        })
+        .await
+        .expect("get documents")
+        .into_inner();
+    let mut stored: BTreeMap<String, String> = BTreeMap::new();
+    for d in got.documents {
+        let d = d.document.unwrap();
+        stored.insert(d.id, d.text);
+    }
+    let mut check = Vec::new();
+    {
+        let mut jl = j.lock().unwrap();
+        jl.busy.clear();
+        for n in 0..POOL {
+            let d = &mut jl.docs[n];
+            let now = stored.get(&id(n)).map(|t| {
+                let version: u32 = t
+                    .split_whitespace()
+                    .next()
+                    .and_then(|tok| tok.rsplit('x').next())
+                    .and_then(|v| v.parse().ok())
+                    .expect("a version token");
+                assert_eq!(t, &text(n, version), "cycle {cycle}: d{n} has a torn text");
+                version
+            });
+            let pending = d.pending.take();
+            let allowed = match pending {
+                Some(p) => vec![d.acked, p],
+                None => vec![d.acked],
+            };
+            assert!(
+                allowed.contains(&now),
+                "cycle {cycle}: d{n} is {now:?}; acknowledged {:?}, in flight {:?}",
+                d.acked,
+                &allowed[1..]
+            );
+            if allowed.len() > 1 || rng.random_bool(0.08) {
+                check.push((n, now, d.last));
+            }
+            let cut = pending.filter(|p| *p != d.acked).map(|p| p == now);
+            d.acked = now;
+            match cut {
+                Some(true) => jl.cut_applied += 1,
+                Some(false) => jl.cut_lost += 1,
+                None => {}
+            }
+        }
+    }
+    // The indexes agree with the documents, in every mode.
+    for (n, now, last) in check {
+        let me = id(n);
+        match now {
+            Some(v) => {
+                let lex = search(ch, pb::SearchMode::Lexical, &token(n, v)).await;
+                assert_eq!(
+                    lex.first(),
+                    Some(&me),
+                    "cycle {cycle}: lexical misses d{n} v{v}"
+                );
+                for mode in [pb::SearchMode::Dense, pb::SearchMode::Hybrid] {
+                    let hits = search(ch, mode, &text(n, v)).await;
+                    assert!(
+                        hits.contains(&me),
+                        "cycle {cycle}: {mode:?} misses d{n} v{v}: {hits:?}"
+                    );
+                }
+                // No index answers for another version of it.
+                for old in (last.saturating_sub(3).max(1)..=last).filter(|&o| o != v) {
+                    let lex = search(ch, pb::SearchMode::Lexical, &token(n, old)).await;
+                    assert!(
+                        !lex.contains(&me),
+                        "cycle {cycle}: d{n} v{v} still found by v{old}'s token"
+                    );
+                }
+            }
+            None if last > 0 => {
+                let lex = search(ch, pb::SearchMode::Lexical, &token(n, last)).await;
+                assert!(
+                    !lex.contains(&me),
+                    "cycle {cycle}: deleted d{n} found (lexical)"
+                );
+                for mode in [pb::SearchMode::Dense, pb::SearchMode::Hybrid] {
+                    let hits = search(ch, mode, &text(n, last)).await;
+                    assert!(
+                        !hits.contains(&me),
+                        "cycle {cycle}: deleted d{n} found ({mode:?})"
+                    );
+                }
+            }
+            None => {}
+        }
+    }
+}
+
+/// Checks every job: a finished one has each of its documents exactly once.
+async fn check_jobs(ch: &Channel, j: &Shared, cycle: usize) -> usize {
+    let ids = j.lock().unwrap().jobs.clone();
+    let mut unfinished = 0;
+    for jid in ids {
+        let job = pb::jobs_client::JobsClient::new(ch.clone())
+            .get_job(pb::GetJobRequest { id: jid.clone() })
+            .await
+            .expect("get job")
+            .into_inner();
+        let c = job.counts.unwrap_or_default();
+        match pb::JobState::try_from(job.state) {
+            Ok(pb::JobState::Succeeded) => {
+                assert_eq!(
+                    (c.seen, c.created, c.updated, c.unchanged, c.failed),
+                    (JOB_DOCS as u64, JOB_DOCS as u64, 0, 0, 0),
+                    "cycle {cycle}: job {jid} counted a document twice or lost one: {job:?}"
+                );
+            }
+            Ok(pb::JobState::Queued | pb::JobState::Running) => unfinished += 1,
+            other => panic!("cycle {cycle}: job {jid} ended {other:?}: {}", job.error),
+        }
+    }
+    unfinished
+}
+
+fn write_job_source(root: &Path, k: usize) -> String {
+    let path = root.join(format!("job{k}.jsonl"));
+    let mut out = String::new();
+    for i in 0..JOB_DOCS {
+        out.push_str(&format!(
+            "{{\"_id\": \"j{k}_{i}\", \"text\": \"job {k} document {i} {}\"}}\n",
+            WORDS[i % WORDS.len()]
+        ));
+    }
+    std::fs::write(&path, out).unwrap();
+    path.to_string_lossy().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_writes_survive_random_sigkills() {
+    let cycles: usize = std::env::var("QUARRY_CRASH_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let seed: u64 = std::env::var("QUARRY_CRASH_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+        });
+    eprintln!("crash torture: {cycles} cycles, QUARRY_CRASH_SEED={seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let data = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let config = root.path().join("quarry.toml");
+    // Checkpoints every second, so kills land in them too.
+    std::fs::write(&config, "[index]\ncheckpoint_interval_secs = 1\n").unwrap();
+    let journal: Shared = Arc::new(Mutex::new(Journal {
+        docs: vec![Doc::default(); POOL],
+        ..Default::default()
+    }));
+    let started = Instant::now();
+    let mut kills_in_jobs = 0;
+    for cycle in 0..=cycles {
+        let server = start(data.path(), &config, root.path());
+        let startup_errors: Vec<String> = server
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(" ERROR "))
+            .cloned()
+            .collect();
+        assert!(
+            startup_errors.is_empty(),
+            "cycle {cycle}: start-up logged {startup_errors:?}"
+        );
+        let ch = channel(&server.url).await;
+        if cycle == 0 {
+            pb::collections_client::CollectionsClient::new(ch.clone())
+                .create_collection(pb::CreateCollectionRequest {
+                    name: COLLECTION.into(),
+                    config: None,
+                })
+                .await
+                .expect("create");
+        } else {
+            verify(&ch, &journal, &mut rng, cycle).await;
+            let unfinished = check_jobs(&ch, &journal, cycle).await;
+            kills_in_jobs += unfinished.min(1);
+        }
+        if cycle == cycles {
+            // The last start: no kill. Every job must finish, exactly.
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while check_jobs(&ch, &journal, cycle).await > 0 {
+                assert!(Instant::now() < deadline, "jobs did not finish");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            verify(&ch, &journal, &mut rng, cycle).await;
+            break;
+        }
+        // A job now and then (each resumes across the kills that follow).
+        if rng.random_bool(0.3) {
+            let path = write_job_source(root.path(), cycle);
+            let job = pb::jobs_client::JobsClient::new(ch.clone())
+                .submit_ingest(pb::SubmitIngestRequest {
+                    collection: COLLECTION.into(),
+                    source: Some(pb::IngestSource {
+                        path,
+                        ..Default::default()
+                    }),
+                    sync: false,
+                })
+                .await
+                .expect("submit");
+            journal.lock().unwrap().jobs.push(job.into_inner().id);
+        }
+        let dbf_group = rng.random_range(0..GROUPS);
+        let kill_after = Duration::from_millis(rng.random_range(150..2500));
+        let mut tasks = Vec::new();
+        for kind in 0..3 {
+            tasks.push(tokio::spawn(client(
+                server.url.clone(),
+                journal.clone(),
+                rng.random(),
+                kind,
+                dbf_group,
+            )));
+        }
+        tasks.push(tokio::spawn(delete_group(
+            server.url.clone(),
+            journal.clone(),
+            dbf_group,
+            Duration::from_millis(rng.random_range(0..kill_after.as_millis() as u64 + 1)),
+        )));
+        tokio::time::sleep(kill_after).await;
+        drop(server); // SIGKILL
+        for t in tasks {
+            match tokio::time::timeout(Duration::from_secs(60), t).await {
+                Ok(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Ok(_) => {}
+                Err(_) => panic!("cycle {cycle}: a client hung after the kill"),
+            }
+        }
+    }
+    let j = journal.lock().unwrap();
+    eprintln!(
+        "crash torture: {cycles} kills survived in {:.0} s (seed {seed}): {} operations acknowledged; \
+         {} document writes cut off by a kill were found applied, {} not (each whole); {} jobs, \
+         {kills_in_jobs} restarts resumed an unfinished job",
+        started.elapsed().as_secs_f64(),
+        j.acked,
+        j.cut_applied,
+        j.cut_lost,
+        j.jobs.len(),
+    );
+}
