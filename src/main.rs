@@ -32,6 +32,11 @@ enum Command {
     Ingest(commands::IngestArgs),
     /// Write a collection's documents as corpus.jsonl (which ingest and jobs read back).
     Export(quarry::client::export::ExportArgs),
+    /// Snapshots: create (from a running server), restore (offline or through a server).
+    Snapshot {
+        #[command(subcommand)]
+        command: quarry::client::snapshot::SnapshotCommand,
+    },
     /// Server-side ingestion jobs: submit, status, list, cancel, watch.
     Jobs {
         #[command(subcommand)]
@@ -148,6 +153,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve(args).await,
         Command::Ingest(args) => commands::ingest(args).await,
         Command::Jobs { command } => quarry::client::jobs::run(command).await,
+        Command::Snapshot { command } => quarry::client::snapshot::run(command).await,
         Command::Export(args) => {
             let out = args.out.clone();
             let n = quarry::client::export::export(args).await?;

@@ -6,6 +6,7 @@
 //! - [`load`]: the caller's files, directories and JSONL corpora as wire documents, streamed.
 //! - [`jobs`]: `quarry jobs` (server-side ingestion jobs).
 //! - [`export`]: `quarry export` (a collection back out as corpus.jsonl).
+//! - [`snapshot`]: `quarry snapshot create|restore` (backups without re-embedding).
 //! - [`eval`]: `quarry eval` (ingest a BEIR collection, run the Eval RPC, write reports).
 
 pub mod commands;
@@ -13,6 +14,7 @@ pub mod eval;
 pub mod export;
 pub mod jobs;
 pub mod load;
+pub mod snapshot;
 
 use std::collections::HashMap;
 use std::time::Instant;

@@ -61,6 +61,8 @@ pub struct Limits {
     /// Seconds a client stream (StreamUpsertDocuments) may stay silent before the server ends
     /// it (what was written stays written).
     pub stream_idle_secs: u64,
+    /// Largest snapshot a client may upload to RestoreSnapshot (it is spooled to disk).
+    pub max_snapshot_upload_bytes: u64,
 }
 
 /// Index tuning.
@@ -107,6 +109,7 @@ impl Default for Limits {
             max_eval_queries: 2000,
             max_eval_judgments: 200_000,
             stream_idle_secs: 120,
+            max_snapshot_upload_bytes: 64 * 1024 * 1024 * 1024,
         }
     }
 }

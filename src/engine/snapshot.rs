@@ -297,6 +297,11 @@ impl Engine {
             };
             plan.push((i, c.clone(), record));
         }
+        if rename.is_some() && plan.len() > 1 {
+            return Err(Error::invalid(
+                "the snapshot holds several collections: name the one to restore under a new name",
+            ));
+        }
         if let Some(o) = only {
             if plan.is_empty() {
                 return Err(Error::NotFound(format!(

@@ -16,6 +16,7 @@
 //! - [`LocalServer`]: the same server on a loopback port inside this process, for `quarry eval`,
 //!   benchmarks and tests.
 
+mod admin_service;
 mod answer_service;
 pub mod auth;
 pub mod codec;
@@ -67,6 +68,7 @@ fn spawn_storage_health(
         <pb::collections_server::CollectionsServer<services::CollectionsService>>::NAME,
         <pb::documents_server::DocumentsServer<services::DocumentsService>>::NAME,
         <pb::jobs_server::JobsServer<jobs_service::JobsService>>::NAME,
+        <pb::admin_server::AdminServer<admin_service::AdminService>>::NAME,
         <pb::search_server::SearchServer<services::SearchService>>::NAME,
         <pb::eval_server::EvalServer<eval_service::EvalService>>::NAME,
         <pb::answers_server::AnswersServer<answer_service::AnswerService>>::NAME,
@@ -203,6 +205,10 @@ pub async fn serve(
         pb::jobs_server::JobsServer::new(jobs_service::JobsService::new(jobs.clone()))
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
+    let admin =
+        pb::admin_server::AdminServer::new(admin_service::AdminService::new(engine.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
     let search = pb::search_server::SearchServer::new(services::SearchService::new(engine.clone()))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
@@ -236,6 +242,9 @@ pub async fn serve(
         .await;
     health_reporter
         .set_serving::<pb::jobs_server::JobsServer<jobs_service::JobsService>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::admin_server::AdminServer<admin_service::AdminService>>()
         .await;
     health_reporter
         .set_serving::<pb::eval_server::EvalServer<eval_service::EvalService>>()
@@ -293,6 +302,7 @@ pub async fn serve(
         .add_service(InterceptedService::new(collections, authn.clone()))
         .add_service(InterceptedService::new(documents, authn.clone()))
         .add_service(InterceptedService::new(jobs_server, authn.clone()))
+        .add_service(InterceptedService::new(admin, authn.clone()))
         .add_service(InterceptedService::new(search, authn.clone()))
         .add_service(InterceptedService::new(eval, authn.clone()))
         .add_service(InterceptedService::new(answers, authn.clone()))

@@ -111,6 +111,7 @@ impl Class {
             ("quarry.v1.Jobs", "WatchJob") => Class::Free,
             ("quarry.v1.Jobs", m) if m.starts_with("Get") || m.starts_with("List") => Class::Read,
             ("quarry.v1.Jobs", _) => Class::Write,
+            ("quarry.v1.Admin", _) => Class::Write,
             _ => Class::Free,
         }
     }

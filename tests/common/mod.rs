@@ -2,6 +2,7 @@
 //! runs a real server on a loopback port.
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod fake_router;
 
 use std::path::{Path, PathBuf};
