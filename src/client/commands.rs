@@ -35,13 +35,8 @@ pub struct IngestArgs {
     /// Hide the progress bar.
     #[arg(long)]
     pub quiet: bool,
-    /// For directories: globs their files must match (repeatable; `*` crosses `/`; default
-    /// *.txt, *.md, *.markdown).
-    #[arg(long)]
-    pub include: Vec<String>,
-    /// For directories: globs of files to leave out (repeatable).
-    #[arg(long)]
-    pub exclude: Vec<String>,
+    #[command(flatten)]
+    pub selection: super::load::Selection,
     /// Files, directories or JSONL corpora (*.jsonl, *.ndjson, optionally .gz; BEIR's
     /// corpus.jsonl reads as is).
     #[arg(required = true)]
@@ -194,11 +189,7 @@ pub struct EvalCmd {
 /// `quarry ingest`: streams local files to the server with a progress bar (reading ahead a
 /// bounded amount), then prints the summary a job prints; exit code 2 if any document failed.
 pub async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
-    let selection = super::load::Selection {
-        include: args.include.clone(),
-        exclude: args.exclude.clone(),
-    };
-    let reads = super::load::read_paths(&args.paths, &selection)?;
+    let reads = super::load::read_paths(&args.paths, &args.selection)?;
     let channel = super::connect(&args.server.server, &args.server.access).await?;
     super::ensure_collection(channel.clone(), &args.collection, &args.new_collection).await?;
     let report = super::ingest_reads(channel, &args.collection, reads, !args.quiet).await?;

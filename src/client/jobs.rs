@@ -47,13 +47,8 @@ pub struct SubmitArgs {
     /// Also delete the collection's documents from this source that it no longer holds.
     #[arg(long)]
     pub sync: bool,
-    /// For a directory: globs its files must match (repeatable; default *.txt, *.md,
-    /// *.markdown).
-    #[arg(long)]
-    pub include: Vec<String>,
-    /// For a directory: globs of files to leave out (repeatable).
-    #[arg(long)]
-    pub exclude: Vec<String>,
+    #[command(flatten)]
+    pub selection: super::load::Selection,
     #[arg(long, value_enum, default_value_t = FormatArg::Auto)]
     pub format: FormatArg,
     /// JSONL field holding the id (default _id).
@@ -269,8 +264,8 @@ async fn submit(a: SubmitArgs) -> anyhow::Result<()> {
                     FormatArg::Files => pb::SourceFormat::Files,
                     FormatArg::Jsonl => pb::SourceFormat::Jsonl,
                 } as i32,
-                include: a.include,
-                exclude: a.exclude,
+                include: a.selection.include,
+                exclude: a.selection.exclude,
                 fields: Some(pb::FieldMapping {
                     id: field(a.id_field),
                     title: field(a.title_field),

@@ -27,10 +27,16 @@ pub enum Read {
     Progress(u64, u64),
 }
 
-/// Which files of the given directories to read.
-#[derive(Debug, Clone, Default)]
+/// Which files of the given directories to read (`--include`, `--exclude`; also what
+/// `quarry jobs submit` sends the server).
+#[derive(clap::Args, Debug, Clone, Default)]
 pub struct Selection {
+    /// For directories: globs their files must match (repeatable; `*` crosses `/`; default
+    /// *.txt, *.md, *.markdown).
+    #[arg(long)]
     pub include: Vec<String>,
+    /// For directories: globs of files to leave out (repeatable).
+    #[arg(long)]
     pub exclude: Vec<String>,
 }
 
