@@ -309,8 +309,35 @@ async fn delete_group(url: String, j: Shared, g: usize, delay: Duration) {
     }
 }
 
+/// The server's pid, for stall diagnostics.
+static SERVER_PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Every thread's stack of the server (gdb, when installed) written beside the test's temp
+/// files, so a stall found after hours of cycles can be read, not just reported.
+fn dump_server_stacks(what: &str) -> String {
+    let pid = SERVER_PID.load(std::sync::atomic::Ordering::Relaxed);
+    let out = Command::new("gdb")
+        .args([
+            "-p",
+            &pid.to_string(),
+            "-batch",
+            "-ex",
+            "thread apply all bt",
+        ])
+        .output();
+    let path = std::env::temp_dir().join(format!("crash-torture-stall-{pid}.txt"));
+    match out {
+        Ok(o) => {
+            let _ = std::fs::write(&path, &o.stdout);
+            format!("{what}; server stacks in {}", path.display())
+        }
+        Err(e) => format!("{what}; no stacks (gdb: {e})"),
+    }
+}
+
 async fn search(ch: &Channel, mode: pb::SearchMode, query: &str) -> Vec<String> {
-    pb::search_client::SearchClient::new(ch.clone())
+    let started = Instant::now();
+    let r = pb::search_client::SearchClient::new(ch.clone())
         .search(pb::SearchRequest {
             collection: COLLECTION.into(),
             query: query.into(),
@@ -319,9 +346,17 @@ async fn search(ch: &Channel, mode: pb::SearchMode, query: &str) -> Vec<String> 
             group_by_document: true,
             ..Default::default()
         })
-        .await
-        .expect("search")
-        .into_inner()
+        .await;
+    let r = r.unwrap_or_else(|e| {
+        panic!(
+            "{}",
+            dump_server_stacks(&format!(
+                "{mode:?} search for {query:?} failed after {:.1} s: {e:?}",
+                started.elapsed().as_secs_f64()
+            ))
+        )
+    });
+    r.into_inner()
         .hits
         .into_iter()
         .map(|h| h.document_id)
@@ -499,6 +534,8 @@ async fn acknowledged_writes_survive_random_sigkills() {
     let mut kills_in_jobs = 0;
     for cycle in 0..=cycles {
         let server = start(data.path(), &config, root.path());
+        SERVER_PID.store(server.child.id(), std::sync::atomic::Ordering::Relaxed);
+        eprintln!("cycle {cycle}");
         let startup_errors: Vec<String> = server
             .log
             .lock()

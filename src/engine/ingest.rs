@@ -122,6 +122,7 @@ impl Engine {
     ) -> Result<Vec<UpsertOutcome>> {
         let collection = self.collection(collection)?;
         self.validate_batch(&docs)?;
+        self.check_free_disk()?;
         // If this future is dropped (the caller went away), `_stop` raises the flag and the
         // work stops before it commits; once committing, it runs to completion, still holding
         // the write lock it was given.

@@ -57,6 +57,7 @@ pub use ingest::{content_hash, DocumentInput, StoredDocument, UpsertOutcome, Ups
 pub use recovery::spawn_checkpointer;
 pub use settings::{EngineConfig, IndexSettings, Limits};
 pub use snapshot::{SnapshotCollection, SnapshotManifest, SNAPSHOT_FORMAT};
+pub use validate::free_disk_bytes;
 
 pub struct Engine {
     config: EngineConfig,
@@ -71,6 +72,9 @@ pub struct Engine {
     unavailable: RwLock<Unavailable>,
     /// Searches started since the engine opened (lets tests see that abandoned work stopped).
     searches: std::sync::atomic::AtomicU64,
+    /// Held while a collection name is checked and taken (create, restore), so two calls for
+    /// one name cannot both succeed.
+    naming: Mutex<()>,
 }
 
 /// Collections that could not be opened: name -> (record, reason).
@@ -117,6 +121,7 @@ impl Engine {
             collections: RwLock::new(HashMap::new()),
             unavailable: RwLock::new(HashMap::new()),
             searches: std::sync::atomic::AtomicU64::new(0),
+            naming: Mutex::new(()),
         };
         let records = engine.store.list_collections()?;
         engine.remove_orphan_files(&records)?;
@@ -283,9 +288,11 @@ impl Engine {
         settings: CollectionSettings,
     ) -> Result<CollectionInfo> {
         valid_collection_name(name)?;
+        let _naming = self.naming.lock().map_err(|_| poisoned())?;
         if self.collection(name).is_ok() || self.unavailable(name)?.is_some() {
             return Err(Error::CollectionExists(name.to_string()));
         }
+        self.check_free_disk()?;
         let model = settings
             .model
             .filter(|m| !m.is_empty())

@@ -63,6 +63,10 @@ pub struct Limits {
     pub stream_idle_secs: u64,
     /// Largest snapshot a client may upload to RestoreSnapshot (it is spooled to disk).
     pub max_snapshot_upload_bytes: u64,
+    /// Writes are refused (RESOURCE_EXHAUSTED) while the data directory's file system has
+    /// less free space than this, so sled never meets a full disk (after which it stays failed
+    /// until reopened); they resume by themselves once space is freed. 0: no check.
+    pub min_free_disk_bytes: u64,
 }
 
 /// Index tuning.
@@ -110,6 +114,7 @@ impl Default for Limits {
             max_eval_judgments: 200_000,
             stream_idle_secs: 120,
             max_snapshot_upload_bytes: 64 * 1024 * 1024 * 1024,
+            min_free_disk_bytes: 256 * 1024 * 1024,
         }
     }
 }

@@ -163,6 +163,7 @@ impl Engine {
     /// Writes a snapshot of `names` (every collection when empty) to `out`, atomically (a
     /// temporary file renamed into place).
     pub async fn create_snapshot(&self, names: &[String], out: &Path) -> Result<SnapshotManifest> {
+        self.check_free_disk()?;
         let collections: Vec<Arc<Collection>> = if names.is_empty() {
             self.open_map()?.values().cloned().collect()
         } else {
@@ -260,6 +261,11 @@ impl Engine {
             first.read_to_end(&mut json)?;
             serde_json::from_slice(&json).map_err(|e| corrupt(format!("manifest.json: {e}")))?
         };
+        self.check_free_disk()?;
+        let _naming = self
+            .naming
+            .lock()
+            .map_err(|_| Error::internal("naming lock poisoned"))?;
         if manifest.format != SNAPSHOT_FORMAT {
             return Err(Error::FailedPrecondition(format!(
                 "snapshot format {} (Quarry {}); this server reads format {SNAPSHOT_FORMAT}",

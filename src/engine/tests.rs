@@ -504,3 +504,23 @@ async fn a_cancelled_write_keeps_the_lock_until_its_work_stops_and_never_commits
         );
     }
 }
+
+#[test]
+fn concurrent_creations_of_one_name_make_one_collection() {
+    let dir = tempfile::tempdir().unwrap();
+    let embedder = Arc::new(HashEmbedder::new(32).unwrap());
+    let engine = Arc::new(open(dir.path(), &embedder));
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let e = engine.clone();
+            std::thread::spawn(move || e.create_collection("same", Default::default()).is_ok())
+        })
+        .collect();
+    let created = threads
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .filter(|ok| *ok)
+        .count();
+    assert_eq!(created, 1);
+    assert_eq!(engine.list_collections().unwrap().len(), 1);
+}

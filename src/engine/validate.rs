@@ -8,7 +8,45 @@ use super::{DocumentInput, Engine};
 use crate::error::{quote, Error, Result};
 use crate::meta::{self, Schema, Value};
 
+/// Bytes free for unprivileged writers on the file system holding `path`.
+#[cfg(unix)]
+pub fn free_disk_bytes(path: &std::path::Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: `statvfs` writes only into the struct we hand it, and `c` is a valid C string
+    // for the duration of the call.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    #[allow(clippy::unnecessary_cast)]
+    Ok(s.f_bavail as u64 * s.f_frsize as u64)
+}
+
+#[cfg(not(unix))]
+pub fn free_disk_bytes(_: &std::path::Path) -> std::io::Result<u64> {
+    Ok(u64::MAX)
+}
+
 impl Engine {
+    /// RESOURCE_EXHAUSTED while the data directory's disk has less free space than
+    /// `limits.min_free_disk_bytes`: a write is refused before it can fill the disk (sled,
+    /// once it meets a full disk, fails until it is reopened). Deletes are not checked: they
+    /// are how space is freed.
+    pub fn check_free_disk(&self) -> Result<()> {
+        let min = self.config.limits.min_free_disk_bytes;
+        if min == 0 {
+            return Ok(());
+        }
+        let free = free_disk_bytes(&self.config.data_dir)?;
+        if free < min {
+            return Err(Error::Exhausted(format!(
+                "the disk holding the data directory has {free} bytes free, under min_free_disk_bytes = {min}: writes are refused until space is freed (nothing was written; searches go on)"
+            )));
+        }
+        Ok(())
+    }
+
     /// Checks one document against the limits (also used per document by streaming ingest).
     pub fn validate_document(&self, doc: &DocumentInput) -> Result<()> {
         let limits = &self.config.limits;

@@ -218,6 +218,9 @@ impl Run<'_> {
             }
         }
         self.write(job, &mut next, &mut batch, &collection)?;
+        if let Some(end) = self.interrupted() {
+            return Ok(end);
+        }
         next.read_done = true;
         self.save(&next, Vec::new())?;
         *job = next;
@@ -264,17 +267,37 @@ impl Run<'_> {
             Ok(SideWrites { tree, writes })
         });
         let engine = &self.shared.engine;
-        let written = self.shared.runtime.block_on(engine.upsert_journaled(
-            collection,
-            docs.clone(),
-            Some(journal),
-        ));
+        // A disk under the free-space watermark pauses the job (it retries every second)
+        // rather than failing its documents or the job; a stop or cancel still ends it.
+        let mut journal = Some(journal);
+        let written = loop {
+            if let Err(Error::Exhausted(_)) = engine.check_free_disk() {
+                if self.interrupted().is_some() {
+                    // Unwritten, and `job` not advanced: the caller sees the interruption
+                    // next, and a resumed job reads this batch again.
+                    return Ok(());
+                }
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                continue;
+            }
+            let Some(journal) = journal.take() else {
+                return Err(Error::internal("a batch's journal was used twice"));
+            };
+            break self.shared.runtime.block_on(engine.upsert_journaled(
+                collection,
+                docs.clone(),
+                Some(journal),
+            ));
+        };
         match written {
             Ok(outcomes) => {
                 count(next, &outcomes);
                 self.shared.changed();
             }
-            Err(e) if e.is_user_error() && !matches!(e, Error::CollectionNotFound(_)) => {
+            Err(e)
+                if e.is_user_error()
+                    && !matches!(e, Error::CollectionNotFound(_) | Error::Exhausted(_)) =>
+            {
                 let reason = e.to_string();
                 for (doc, location) in docs.iter().zip(&locations) {
                     next.fail(location, &doc.id, &reason);
