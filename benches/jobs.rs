@@ -13,78 +13,17 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_quarry");
 
-struct Server {
-    child: Child,
-    url: String,
-    ops: String,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use support::Server;
 
 fn start(data: &Path, root: &Path) -> Server {
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(data)
-        .arg("--import-root")
-        .arg(root)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start quarry serve");
-    let stderr = child.stderr.take().expect("piped");
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let lines = log.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            for key in [" metrics_addr=", " addr="] {
-                if let Some(rest) = line.split(key).nth(1) {
-                    let v = rest.split_whitespace().next().unwrap_or("").to_string();
-                    let _ = tx.send((key, v));
-                }
-            }
-            if let Ok(mut l) = lines.lock() {
-                l.push(line);
-            }
-        }
-    });
-    let (mut url, mut ops) = (String::new(), String::new());
-    while url.is_empty() || ops.is_empty() {
-        let (key, v) = rx
-            .recv_timeout(Duration::from_secs(600))
-            .expect("the server announced its addresses");
-        if key == " addr=" {
-            url = format!("http://{v}");
-        } else {
-            ops = v;
-        }
-    }
-    Server {
-        child,
-        url,
-        ops,
-        log,
-    }
+    support::start_server(data, &["--import-root", &root.to_string_lossy()])
 }
 
 /// True once `/readyz` answers 200.

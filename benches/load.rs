@@ -19,9 +19,7 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -96,44 +94,10 @@ fn usage(pid: u32) -> (f64, usize) {
     (rss, fds)
 }
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_server(data: &std::path::Path) -> anyhow::Result<(Server, String)> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_quarry"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(data)
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let stderr = child.stderr.take().expect("piped stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("WARN") || line.contains("ERROR") {
-                eprintln!("[server] {line}");
-            }
-            if let Some(rest) = line.split(" addr=").nth(1) {
-                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
-            }
-        }
-    });
-    let addr = rx.recv_timeout(Duration::from_secs(300))?;
-    Ok((Server(child), format!("http://{addr}")))
+fn start_server(data: &std::path::Path) -> anyhow::Result<(support::Server, String)> {
+    let server = support::start_server(data, &[]);
+    let url = server.url.clone();
+    Ok((server, url))
 }
 
 struct Work {
@@ -298,7 +262,7 @@ async fn run(dir: PathBuf) -> anyhow::Result<()> {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-load"));
     let (server, url) = start_server(&data)?;
-    let pid = server.0.id();
+    let pid = server.child.id();
     let channel = quarry::client::connect(&url, &Default::default()).await?;
     let dataset = Dataset::open(&dir)?;
     let docs = quarry::client::load::load_jsonl(&dataset.corpus_path()?)?;

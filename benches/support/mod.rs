@@ -1,6 +1,11 @@
-//! What the benchmarks share: where SciFact is, and the CPU to name beside every figure.
+//! What the benchmarks share: where SciFact is, the CPU to name beside every figure, and the
+//! real release binary started on loopback ports.
 
-use std::path::PathBuf;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// SciFact's directory (`QUARRY_SCIFACT`, else `../shared/datasets/scifact`), or exit loudly.
 pub fn scifact_or_exit() -> PathBuf {
@@ -27,4 +32,82 @@ pub fn cpu_name() -> String {
                 .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
         })
         .unwrap_or_default()
+}
+
+/// `quarry serve` (the release binary) on loopback ports; SIGTERM and wait on drop.
+#[allow(dead_code)]
+pub struct Server {
+    pub child: Child,
+    /// The gRPC URL.
+    pub url: String,
+    /// The operations listener's HOST:PORT.
+    pub ops: String,
+    /// Every line the server logged.
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the server on `data` with `extra` arguments; returns once both listeners are up.
+/// Warnings and errors it logs are echoed.
+#[allow(dead_code)]
+pub fn start_server(data: &Path, extra: &[&str]) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_quarry"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(data)
+        .args(extra)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start quarry serve");
+    let stderr = child.stderr.take().expect("piped");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let lines = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("WARN") || line.contains("ERROR") {
+                eprintln!("[server] {line}");
+            }
+            for key in [" metrics_addr=", " addr="] {
+                if let Some(rest) = line.split(key).nth(1) {
+                    let v = rest.split_whitespace().next().unwrap_or("").to_string();
+                    let _ = tx.send((key, v));
+                }
+            }
+            if let Ok(mut l) = lines.lock() {
+                l.push(line);
+            }
+        }
+    });
+    let (mut url, mut ops) = (String::new(), String::new());
+    while url.is_empty() || ops.is_empty() {
+        let (key, v) = rx
+            .recv_timeout(Duration::from_secs(600))
+            .expect("the server announced its addresses");
+        if key == " addr=" {
+            url = format!("http://{v}");
+        } else {
+            ops = v;
+        }
+    }
+    Server {
+        child,
+        url,
+        ops,
+        log,
+    }
 }
