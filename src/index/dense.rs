@@ -64,14 +64,34 @@ pub struct DenseIndex {
     state: RwLock<State>,
 }
 
-/// Inserts `batch` into `graph` (see [`SEQUENTIAL_INSERT_MAX`]).
+/// The pool large graph builds run on. Hybrid search runs its dense side on rayon's global
+/// pool (`rayon::join`); a rebuild of a big graph on that pool held both of its threads for as
+/// long as it ran and every hybrid search waited behind it (a 30 s stall the crash-torture
+/// harness met once a collection passed 50,000 chunks). On a pool of its own the rebuild only
+/// competes for CPU time, which the OS shares.
+fn build_pool() -> Option<&'static rayon::ThreadPool> {
+    static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .thread_name(|i| format!("quarry-hnsw-build-{i}"))
+            .build()
+            .ok()
+    })
+    .as_ref()
+}
+
+/// Inserts `batch` into `graph` (see [`SEQUENTIAL_INSERT_MAX`] and [`build_pool`]).
 fn insert(graph: &Hnsw<'static, f32, DistDot>, batch: &[(&[f32], usize)]) {
     if batch.len() <= SEQUENTIAL_INSERT_MAX {
         for &(v, id) in batch {
             graph.insert_slice((v, id));
         }
     } else {
-        graph.parallel_insert_slice(&batch.to_vec());
+        let batch = batch.to_vec();
+        match build_pool() {
+            Some(pool) => pool.install(|| graph.parallel_insert_slice(&batch)),
+            None => graph.parallel_insert_slice(&batch),
+        }
     }
 }
 
@@ -497,6 +517,40 @@ mod tests {
         for s in searchers {
             s.join().unwrap();
         }
+    }
+
+    /// A parallel rebuild (over SEQUENTIAL_INSERT_MAX points) must leave rayon's global pool
+    /// to searches: a join there answers long before the rebuild ends.
+    #[test]
+    fn searches_on_the_global_pool_go_on_while_a_big_graph_rebuilds() {
+        let data = clustered(SEQUENTIAL_INSERT_MAX + 10_000, 32, 20, 9);
+        let dir = tempfile::tempdir().unwrap();
+        // A cheap graph: the test is about the pool, not the graph's quality.
+        let cheap = HnswParams {
+            m: 8,
+            ef_construction: 16,
+            ef_search: 32,
+        };
+        let index = std::sync::Arc::new(DenseIndex::open(dir.path(), 32, cheap).unwrap());
+        index.apply(1, &data[..2000], &[]).unwrap();
+        let q = data[0].1.clone();
+        let (i2, started) = (index.clone(), std::time::Instant::now());
+        let rebuild = std::thread::spawn(move || {
+            i2.rebuild(data).unwrap();
+            started.elapsed()
+        });
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let asked = std::time::Instant::now();
+        rayon::join(
+            || index.search(&q, 10, None).unwrap(),
+            || index.search(&q, 10, None).unwrap(),
+        );
+        let waited = asked.elapsed();
+        let took = rebuild.join().unwrap();
+        assert!(
+            waited * 4 < took,
+            "a search on the global pool waited {waited:?} for a rebuild of {took:?}"
+        );
     }
 
     #[test]
