@@ -147,6 +147,7 @@ impl Job {
     /// Records a document that could not be ingested.
     pub fn fail(&mut self, location: &str, document_id: &str, reason: &str) {
         self.counts.failed += 1;
+        crate::metrics::global().job_documents.inc(&["failed"]);
         if self.failures.len() >= MAX_FAILURES {
             self.failures_omitted += 1;
             return;
