@@ -42,6 +42,8 @@ pub struct Config {
     pub auto_fetch_model: bool,
     /// Embedding sessions used for ingestion (each single-threaded). 0: one per core.
     pub embed_workers: usize,
+    /// Query vectors cached per model (LRU keyed by the whitespace-normalized query); 0: off.
+    pub query_cache_entries: usize,
     /// Directories under which a collection may name its model by absolute path. Empty:
     /// models are only names under `models_dir` (catalog models included).
     pub model_roots: Vec<PathBuf>,
@@ -87,6 +89,7 @@ impl Default for Config {
             default_model: DEFAULT_MODEL.to_string(),
             auto_fetch_model: true,
             embed_workers: 0,
+            query_cache_entries: crate::engine::DEFAULT_QUERY_CACHE_ENTRIES,
             model_roots: Vec::new(),
             limits: Limits::default(),
             index: IndexSettings::default(),
@@ -142,6 +145,7 @@ impl Config {
                 "QUARRY_DEFAULT_MODEL" => self.default_model = value,
                 "QUARRY_AUTO_FETCH_MODEL" => self.auto_fetch_model = parse_env(&key, &value)?,
                 "QUARRY_EMBED_WORKERS" => self.embed_workers = parse_env(&key, &value)?,
+                "QUARRY_QUERY_CACHE_ENTRIES" => self.query_cache_entries = parse_env(&key, &value)?,
                 "QUARRY_API_KEY" => self.auth.api_key = Some(value),
                 "QUARRY_READ_ONLY_API_KEY" => self.auth.read_only_api_key = Some(value),
                 "QUARRY_METRICS_LISTEN" => self.metrics_listen = value,
@@ -218,6 +222,7 @@ impl Config {
             default_model: self.default_model.clone(),
             limits: self.limits.clone(),
             index: self.index.clone(),
+            query_cache_entries: self.query_cache_entries,
         }
     }
 

@@ -20,7 +20,12 @@ pub struct EngineConfig {
     pub default_model: String,
     pub limits: Limits,
     pub index: IndexSettings,
+    /// Query vectors kept per model (LRU; 0: no cache). See `model::query`.
+    pub query_cache_entries: usize,
 }
+
+/// Default size of each model's query-vector cache: about 7 MiB for a 384-d model at most.
+pub const DEFAULT_QUERY_CACHE_ENTRIES: usize = 4096;
 
 /// Explicit limits. A request over a limit fails with INVALID_ARGUMENT naming the limit.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -151,6 +156,7 @@ impl EngineConfig {
             default_model: default_model.into(),
             limits: Limits::default(),
             index: IndexSettings::default(),
+            query_cache_entries: DEFAULT_QUERY_CACHE_ENTRIES,
         }
     }
 

@@ -2,8 +2,9 @@
 //!
 //! fastembed's `embed` takes `&mut self`, so one session cannot serve two callers at once.
 //! [`OnnxEmbedder`] therefore owns a *pool* of single-threaded sessions for ingestion (one per
-//! core by default; a batch is spread over them) and a separate session reserved for queries,
-//! so a long ingest never makes a search wait for a free session.
+//! core by default; a batch is spread over them) and separate sessions reserved for queries
+//! ([`super::query::QueryPool`]: all cores for a lone query, one core each for concurrent
+//! ones), so a long ingest never makes a search wait for a free session.
 //!
 //! A model directory holds the ONNX file, the Hugging Face tokenizer files and an optional
 //! `quarry-model.json` ([`ModelSpec`]) giving pooling, dimension, maximum length and prefixes.
@@ -18,7 +19,12 @@ use fastembed::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::query::QueryPool;
 use super::{normalize, Embedder};
+
+/// Whether the wide query session's threads spin between operators: see
+/// `benches/query.rs` for the measured difference.
+const WIDE_SPINNING: bool = true;
 use crate::error::{Error, Result};
 
 /// How a model directory is to be run. Stored as `quarry-model.json`.
@@ -169,6 +175,17 @@ impl ModelFiles {
         env: ort::environment::Environment,
         intra_threads: Option<usize>,
     ) -> Result<TextEmbedding> {
+        self.session_with(env, intra_threads, true)
+    }
+
+    /// [`ModelFiles::session`], choosing whether ONNX Runtime's pool threads spin between
+    /// operators (lower latency, but they burn the cores other work could use while idle).
+    pub fn session_with(
+        &self,
+        env: ort::environment::Environment,
+        intra_threads: Option<usize>,
+        spinning: bool,
+    ) -> Result<TextEmbedding> {
         let pooling = if self.spec.pooling == "cls" {
             Pooling::Cls
         } else {
@@ -182,6 +199,9 @@ impl ModelFiles {
         if let Some(n) = intra_threads {
             options = options.with_intra_threads(n);
         }
+        if !spinning {
+            options = options.with_session_config("session.intra_op.allow_spinning", "0");
+        }
         TextEmbedding::try_new_from_user_defined(model, options).map_err(|e| {
             Error::FailedPrecondition(format!("cannot load model {}: {e}", self.dir.display()))
         })
@@ -194,7 +214,9 @@ pub struct OnnxEmbedder {
     /// Single-threaded sessions for document batches; a batch is spread over all of them.
     workers: Vec<Mutex<TextEmbedding>>,
     /// Reserved for queries so searches never queue behind ingestion.
-    query: Mutex<TextEmbedding>,
+    query: QueryPool,
+    /// Queries embedded since load.
+    queries_embedded: AtomicU64,
     /// The model's tokenizer with truncation and padding off: the chunker's token counter.
     tokenizer: tokenizers::Tokenizer,
     /// Document texts embedded since load (lets tests prove a restart re-embeds nothing).
@@ -215,14 +237,20 @@ impl std::fmt::Debug for OnnxEmbedder {
 }
 
 impl OnnxEmbedder {
-    /// Loads the model in `dir` with `workers` ingestion sessions (at least one).
+    /// Loads the model in `dir` with `workers` ingestion sessions (at least one) and query
+    /// sessions for as many cores (see [`QueryPool`]).
     pub fn load(dir: &Path, env: ort::environment::Environment, workers: usize) -> Result<Self> {
         let files = ModelFiles::read(dir)?;
         let spec = files.spec.clone();
-        let workers = (0..workers.max(1))
+        let workers = workers.max(1);
+        let narrow = (0..workers)
+            .map(|_| files.session(env.clone(), Some(1)))
+            .collect::<Result<Vec<_>>>()?;
+        let wide = files.session_with(env.clone(), Some(workers), WIDE_SPINNING)?;
+        let query = QueryPool::new(wide, narrow);
+        let workers = (0..workers)
             .map(|_| files.session(env.clone(), Some(1)).map(Mutex::new))
             .collect::<Result<Vec<_>>>()?;
-        let query = Mutex::new(files.session(env, Some(1))?);
         let mut tokenizer = tokenizers::Tokenizer::from_bytes(&files.tokenizer.tokenizer_file)
             .map_err(|e| Error::FailedPrecondition(format!("invalid tokenizer.json: {e}")))?;
         tokenizer
@@ -233,6 +261,7 @@ impl OnnxEmbedder {
             spec,
             workers,
             query,
+            queries_embedded: AtomicU64::new(0),
             tokenizer,
             documents_embedded: AtomicU64::new(0),
             dir: dir.to_path_buf(),
@@ -279,21 +308,27 @@ impl Embedder for OnnxEmbedder {
         self.documents_embedded.load(Ordering::Relaxed)
     }
 
-    /// Embeds one query with the reserved query session. Blocking.
+    fn queries_embedded(&self) -> u64 {
+        self.queries_embedded.load(Ordering::Relaxed)
+    }
+
+    /// Embeds one query on a query session (see [`QueryPool`]). Blocking.
     fn embed_query(&self, text: &str) -> Result<Vec<f32>> {
         let input = format!("{}{}", self.spec.query_prefix, text);
-        let m = crate::metrics::global();
-        m.embed_waiting.add(&[], 1.0);
-        let session = self.query.lock();
-        m.embed_waiting.add(&[], -1.0);
-        let mut session =
-            session.map_err(|_| Error::internal("query embedding session poisoned"))?;
-        let started = std::time::Instant::now();
-        let mut out = session
-            .embed([input], Some(1))
-            .map_err(|e| Error::Embedding(e.to_string()))?;
-        m.embed_batch_duration
-            .observe_duration(&["query"], started.elapsed());
+        let (mut out, served) = self.query.with_session(&self.workers, |session| {
+            let started = std::time::Instant::now();
+            let out = session
+                .embed([input], Some(1))
+                .map_err(|e| Error::Embedding(e.to_string()));
+            crate::metrics::global()
+                .embed_batch_duration
+                .observe_duration(&["query"], started.elapsed());
+            out
+        })?;
+        crate::metrics::global()
+            .query_sessions
+            .inc(&[served.as_str()]);
+        self.queries_embedded.fetch_add(1, Ordering::Relaxed);
         let mut v = out
             .pop()
             .ok_or_else(|| Error::Embedding("model returned no vector".into()))?;
