@@ -99,6 +99,7 @@ async fn run(dir: PathBuf) -> anyhow::Result<()> {
                     metadata: [("bucket".to_string(), Value::Int(bucket(&d.id)))].into(),
                     markdown: false,
                     source: None,
+                    chunks: Vec::new(),
                 })
                 .collect();
             engine.upsert(COLLECTION, batch).await?;

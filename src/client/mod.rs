@@ -334,6 +334,7 @@ pub async fn ensure_collection(
                         chunk_tokens: settings.chunk_tokens.unwrap_or(0),
                         chunk_overlap: settings.chunk_overlap,
                         metadata_schema: Default::default(),
+                        vector_dimension: 0,
                     }),
                 })
                 .await

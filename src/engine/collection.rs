@@ -27,6 +27,8 @@ pub struct CollectionSettings {
     pub chunk_overlap: Option<usize>,
     /// Metadata key types declared up front (other keys take the type of their first value).
     pub metadata_schema: crate::meta::Schema,
+    /// Bring your own vectors of this dimension instead of a model (`model::external`).
+    pub vector_dimension: Option<usize>,
 }
 
 /// A collection as reported to callers.

@@ -16,7 +16,7 @@ use super::{Cancel, Collection, Engine};
 use crate::chunk::{self, titled};
 use crate::error::{quote, Error, Result};
 use crate::meta::{self, Metadata, Schema, Value};
-use crate::model::fetch;
+use crate::model::{self, fetch};
 use crate::store::{
     chunk_id, ChunkRecord, DocRecord, NewDocument, Op, SideWrites, Store, MAX_CHUNKS_PER_DOCUMENT,
 };
@@ -44,7 +44,21 @@ pub struct DocumentInput {
     /// of the content hash when set, so a document that moves to another source is rewritten
     /// and a `sync` of the old source no longer claims it.
     pub source: Option<String>,
+    /// Pre-chunked content with the caller's vectors, for collections with external vectors
+    /// (`model::external`). Empty: the engine chunks `text` and embeds with the model. When
+    /// set, `text` is empty and the stored text is the chunks joined by a blank line.
+    pub chunks: Vec<ChunkInput>,
 }
+
+/// One caller-made chunk: its text and its vector (checked and normalized on the way in).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ChunkInput {
+    pub text: String,
+    pub vector: Vec<f32>,
+}
+
+/// What joins pre-chunked texts into a document's stored text.
+pub const CHUNK_JOINER: &str = "\n\n";
 
 /// What an ingestion job records with a batch of upserts: built from the batch's outcomes
 /// just before the commit, and written in the commit's own transaction (or, when nothing in
@@ -93,6 +107,20 @@ pub fn content_hash(doc: &DocumentInput) -> String {
             // As before typed metadata, so string-only documents keep their hashes.
             Value::Str(s) => field(s.as_bytes()),
             other => field(serde_json::to_string(other).unwrap_or_default().as_bytes()),
+        }
+    }
+    // Only when present, so documents embedded by the model keep their hashes. The chunk
+    // boundaries and the vectors' exact bits are content: new vectors mean an update.
+    if !doc.chunks.is_empty() {
+        field(b"\0chunks");
+        for c in &doc.chunks {
+            field(c.text.as_bytes());
+            let bits: Vec<u8> = c
+                .vector
+                .iter()
+                .flat_map(|x| x.to_bits().to_le_bytes())
+                .collect();
+            field(&bits);
         }
     }
     // Only when set, so documents written without a source keep their hashes.
@@ -180,6 +208,7 @@ impl Engine {
                     metadata: rec.metadata,
                     markdown: rec.markdown,
                     source: rec.source,
+                    chunks: Vec::new(),
                 },
                 content_hash: rec.content_hash,
                 chunk_ids: rec.chunk_ids,
@@ -223,6 +252,24 @@ impl Engine {
             .await?;
         Ok(deleted)
     }
+}
+
+/// The spans of pre-chunked texts joined by [`CHUNK_JOINER`].
+fn given_spans(chunks: &[ChunkInput]) -> Vec<chunk::Span> {
+    let mut start = 0;
+    chunks
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let span = chunk::Span {
+                ordinal: i as u32,
+                start,
+                end: start + c.text.len(),
+            };
+            start = span.end + CHUNK_JOINER.len();
+            span
+        })
+        .collect()
 }
 
 impl Collection {
@@ -342,6 +389,9 @@ impl Collection {
         journal: Option<UpsertJournal>,
     ) -> Result<Vec<UpsertOutcome>> {
         let mut docs = docs;
+        for d in &docs {
+            self.check_shape(d)?;
+        }
         {
             let schema = self
                 .schema
@@ -450,9 +500,27 @@ impl Collection {
     ) -> Result<Vec<NewDocument>> {
         let settings = self.chunk_settings();
         let tokenizer = self.embedder.tokenizer();
+        // Pre-chunked documents (external vectors) get their text here: the chunks joined.
+        let mut changed = changed;
+        for (_, doc, _) in &mut changed {
+            if !doc.chunks.is_empty() {
+                doc.text = doc
+                    .chunks
+                    .iter()
+                    .map(|c| c.text.as_str())
+                    .collect::<Vec<_>>()
+                    .join(CHUNK_JOINER);
+            }
+        }
         let spans: Vec<Vec<chunk::Span>> = changed
             .iter()
-            .map(|(_, doc, _)| chunk::chunk(&doc.text, doc.markdown, settings, tokenizer))
+            .map(|(_, doc, _)| {
+                if doc.chunks.is_empty() {
+                    chunk::chunk(&doc.text, doc.markdown, settings, tokenizer)
+                } else {
+                    Ok(given_spans(&doc.chunks))
+                }
+            })
             .collect::<Result<_>>()?;
         for ((_, doc, _), s) in changed.iter().zip(&spans) {
             if s.len() as u64 >= MAX_CHUNKS_PER_DOCUMENT {
@@ -466,6 +534,9 @@ impl Collection {
         // What the model embeds: each chunk with as much of its title as fits beside it.
         let mut texts: Vec<String> = Vec::new();
         for ((_, doc, _), spans) in changed.iter().zip(&spans) {
+            if !doc.chunks.is_empty() {
+                continue;
+            }
             let fit = chunk::TitleFit::new(&doc.title, tokenizer)?;
             for s in spans {
                 let piece = &doc.text[s.start..s.end];
@@ -482,14 +553,22 @@ impl Collection {
         }
         let mut vectors = vectors.into_iter();
         let mut new_docs = Vec::with_capacity(changed.len());
-        for ((pos, doc, hash), spans) in changed.into_iter().zip(spans) {
+        for ((pos, mut doc, hash), spans) in changed.into_iter().zip(spans) {
             // All chunks of one document version share a key (see `store::chunk_id`).
             let key = store.next_id()?;
             let mut chunks = Vec::with_capacity(spans.len());
+            let mut given = std::mem::take(&mut doc.chunks).into_iter();
             for s in &spans {
-                let vector = vectors
-                    .next()
-                    .ok_or_else(|| Error::internal("fewer vectors than chunks"))?;
+                let vector = match given.next() {
+                    Some(c) => {
+                        let mut v = c.vector;
+                        model::normalize(&mut v);
+                        v
+                    }
+                    None => vectors
+                        .next()
+                        .ok_or_else(|| Error::internal("fewer vectors than chunks"))?,
+                };
                 let record = ChunkRecord {
                     doc_id: doc.id.clone(),
                     ordinal: s.ordinal,

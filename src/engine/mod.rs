@@ -24,6 +24,8 @@ mod cancel;
 mod collection;
 mod documents;
 #[cfg(test)]
+mod external_tests;
+#[cfg(test)]
 mod filter_tests;
 mod ingest;
 mod recovery;
@@ -44,6 +46,8 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use crate::chunk::ChunkSettings;
 use crate::error::{quote, Error, Result};
 use crate::index::{DenseIndex, HnswParams, LexicalIndex};
+use crate::model::external;
+use crate::model::query::CachedEmbedder;
 use crate::model::{Embedder, ModelSource};
 use crate::store::{CollectionRecord, Store};
 
@@ -53,9 +57,12 @@ pub use collection::{
     DEFAULT_CHUNK_TOKENS,
 };
 pub use documents::{DocumentPage, FilterDeletion, ListedDocument, MAX_PAGE, SCAN_BUDGET};
-pub use ingest::{content_hash, DocumentInput, StoredDocument, UpsertOutcome, UpsertStatus};
+pub use ingest::{
+    content_hash, ChunkInput, DocumentInput, StoredDocument, UpsertOutcome, UpsertStatus,
+    CHUNK_JOINER,
+};
 pub use recovery::spawn_checkpointer;
-pub use settings::{EngineConfig, IndexSettings, Limits};
+pub use settings::{EngineConfig, IndexSettings, Limits, DEFAULT_QUERY_CACHE_ENTRIES};
 pub use snapshot::{SnapshotCollection, SnapshotManifest, SNAPSHOT_FORMAT};
 pub use validate::free_disk_bytes;
 
@@ -208,7 +215,16 @@ impl Engine {
         if let Some(e) = cached {
             return Ok(e);
         }
-        let embedder = self.source.load(name)?;
+        let mut embedder: Arc<dyn Embedder> = match external::parse_external(name)? {
+            Some(dimension) => Arc::new(external::ExternalVectors::new(dimension)?),
+            None => self.source.load(name)?,
+        };
+        if self.config.query_cache_entries > 0 && external::parse_external(name)?.is_none() {
+            embedder = Arc::new(CachedEmbedder::new(
+                embedder,
+                self.config.query_cache_entries,
+            ));
+        }
         Ok(self
             .models
             .lock()
@@ -293,10 +309,21 @@ impl Engine {
             return Err(Error::CollectionExists(name.to_string()));
         }
         self.check_free_disk()?;
-        let model = settings
-            .model
-            .filter(|m| !m.is_empty())
-            .unwrap_or_else(|| self.config.default_model.clone());
+        let model = settings.model.filter(|m| !m.is_empty());
+        let model = match (settings.vector_dimension, model) {
+            (Some(_), Some(_)) => {
+                return Err(Error::invalid(
+                    "give embedding_model or vector_dimension, not both: a collection with external vectors has no model",
+                ))
+            }
+            (Some(d), None) => {
+                let name = external::external_model_name(d);
+                external::parse_external(&name)?;
+                name
+            }
+            (None, Some(m)) => m,
+            (None, None) => self.config.default_model.clone(),
+        };
         let chunking = ChunkSettings {
             max_tokens: settings.chunk_tokens.unwrap_or(DEFAULT_CHUNK_TOKENS),
             overlap: settings.chunk_overlap.unwrap_or(DEFAULT_CHUNK_OVERLAP),

@@ -4,9 +4,12 @@
 
 use std::collections::HashSet;
 
-use super::{DocumentInput, Engine};
+use super::ingest::CHUNK_JOINER;
+use super::{Collection, DocumentInput, Engine};
 use crate::error::{quote, Error, Result};
 use crate::meta::{self, Schema, Value};
+use crate::model::external::{parse_external, MAX_EXTERNAL_DIMENSION};
+use crate::store::MAX_CHUNKS_PER_DOCUMENT;
 
 /// Bytes free for unprivileged writers on the file system holding `path`.
 #[cfg(unix)]
@@ -26,6 +29,82 @@ pub fn free_disk_bytes(path: &std::path::Path) -> std::io::Result<u64> {
 #[cfg(not(unix))]
 pub fn free_disk_bytes(_: &std::path::Path) -> std::io::Result<u64> {
     Ok(u64::MAX)
+}
+
+/// Checks a pre-chunked document (`DocumentInput::chunks`) on its own; returns the size of
+/// the text it will store.
+fn check_chunks(doc: &DocumentInput) -> Result<usize> {
+    let id = quote(&doc.id);
+    if !doc.text.is_empty() {
+        return Err(Error::invalid(format!(
+            "document {id} has both text and chunks: send one (a pre-chunked document's text is its chunks joined)"
+        )));
+    }
+    if doc.chunks.len() as u64 >= MAX_CHUNKS_PER_DOCUMENT {
+        return Err(Error::invalid(format!(
+            "document {id} has {} chunks, over the limit of {MAX_CHUNKS_PER_DOCUMENT}",
+            doc.chunks.len()
+        )));
+    }
+    for (i, c) in doc.chunks.iter().enumerate() {
+        if c.text.trim().is_empty() {
+            return Err(Error::invalid(format!(
+                "document {id}: chunk {i} has empty text"
+            )));
+        }
+        if c.vector.is_empty() || c.vector.len() > MAX_EXTERNAL_DIMENSION {
+            return Err(Error::invalid(format!(
+                "document {id}: chunk {i} has a vector of {} components (1..={MAX_EXTERNAL_DIMENSION} allowed)",
+                c.vector.len()
+            )));
+        }
+        if let Some(j) = c.vector.iter().position(|x| !x.is_finite()) {
+            return Err(Error::invalid(format!(
+                "document {id}: chunk {i} vector[{j}] is {}: every component must be finite",
+                c.vector[j]
+            )));
+        }
+        if c.vector.iter().all(|x| *x == 0.0) {
+            return Err(Error::invalid(format!(
+                "document {id}: chunk {i} has an all-zero vector (it has no direction to search by)"
+            )));
+        }
+    }
+    Ok(doc.chunks.iter().map(|c| c.text.len()).sum::<usize>()
+        + CHUNK_JOINER.len() * (doc.chunks.len() - 1))
+}
+
+impl Collection {
+    /// Whether this collection's vectors come from its callers (`model::external`).
+    pub fn external_dimension(&self) -> Option<usize> {
+        parse_external(&self.record.model).ok().flatten()
+    }
+
+    /// A document's shape against the collection: text for one with a model, chunks with
+    /// vectors of the collection's dimension for one with external vectors.
+    pub(super) fn check_shape(&self, doc: &DocumentInput) -> Result<()> {
+        let name = quote(&self.record.name);
+        match self.external_dimension() {
+            Some(_) if doc.chunks.is_empty() => Err(Error::invalid(format!(
+                "document {}: collection {name} uses external vectors: send the document as chunks, each with its vector",
+                quote(&doc.id)
+            ))),
+            Some(d) => match doc.chunks.iter().position(|c| c.vector.len() != d) {
+                Some(i) => Err(Error::invalid(format!(
+                    "document {}: chunk {i} has a {}-d vector, collection {name} uses {d}",
+                    quote(&doc.id),
+                    doc.chunks[i].vector.len()
+                ))),
+                None => Ok(()),
+            },
+            None if !doc.chunks.is_empty() => Err(Error::invalid(format!(
+                "document {}: collection {name} embeds with its model {}: send text, not chunks with vectors",
+                quote(&doc.id),
+                quote(&self.record.model)
+            ))),
+            None => Ok(()),
+        }
+    }
 }
 
 impl Engine {
@@ -60,13 +139,18 @@ impl Engine {
                 limits.max_id_bytes
             )));
         }
-        if doc.text.trim().is_empty() {
-            return Err(Error::invalid(format!(
-                "document {} has empty text",
-                quote(&doc.id)
-            )));
-        }
-        let size = doc.text.len()
+        let text_bytes = if doc.chunks.is_empty() {
+            if doc.text.trim().is_empty() {
+                return Err(Error::invalid(format!(
+                    "document {} has empty text",
+                    quote(&doc.id)
+                )));
+            }
+            doc.text.len()
+        } else {
+            check_chunks(doc)?
+        };
+        let size = text_bytes
             + doc.title.len()
             + doc
                 .metadata
@@ -126,9 +210,11 @@ impl Engine {
         Ok(())
     }
 
-    /// Checks a document's metadata types against the collection's and against `pending`
-    /// (types fixed by documents not yet written), recording new keys in `pending`. Streaming
-    /// ingest uses it to reject one document rather than fail its batch.
+    /// Checks a document against its collection: its shape (text for a collection with a
+    /// model, chunks with vectors of the right dimension for one with external vectors), and
+    /// its metadata types against the collection's and against `pending` (types fixed by
+    /// documents not yet written), recording new keys in `pending`. Streaming ingest and jobs
+    /// use it to reject one document rather than fail its batch.
     pub fn check_metadata_types(
         &self,
         collection: &str,
@@ -136,6 +222,7 @@ impl Engine {
         pending: &mut Schema,
     ) -> Result<()> {
         let c = self.collection(collection)?;
+        c.check_shape(doc)?;
         let schema = c
             .schema
             .read()

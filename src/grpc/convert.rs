@@ -3,7 +3,9 @@
 
 use super::meta_convert as mc;
 use super::pb;
-use crate::engine::{CollectionInfo, DocumentInput, StoredDocument, UpsertOutcome, UpsertStatus};
+use crate::engine::{
+    ChunkInput, CollectionInfo, DocumentInput, StoredDocument, UpsertOutcome, UpsertStatus,
+};
 use crate::error::{Error, Result};
 use crate::eval::metrics::QueryMetrics;
 use crate::eval::run::{EvalOutcome, Missed, QueryOutcome, RunOutcome, RunSpec};
@@ -11,6 +13,10 @@ use crate::retrieve::{Fusion, Hit, Mode, RetrieverHit, SearchOutcome, SearchPara
 
 pub fn collection(info: CollectionInfo) -> pb::Collection {
     let r = info.record;
+    let external = crate::model::external::parse_external(&r.model)
+        .ok()
+        .flatten()
+        .unwrap_or(0);
     pb::Collection {
         name: r.name,
         config: Some(pb::CollectionConfig {
@@ -18,6 +24,7 @@ pub fn collection(info: CollectionInfo) -> pb::Collection {
             chunk_tokens: r.chunk_tokens as u32,
             chunk_overlap: Some(r.chunk_overlap as u32),
             metadata_schema: mc::schema_to_pb(info.schema),
+            vector_dimension: external as u32,
         }),
         dimension: r.dimension as u32,
         document_count: info.document_count,
@@ -39,6 +46,14 @@ pub fn document(d: pb::Document) -> Result<DocumentInput> {
         metadata,
         // Only server-side ingestion jobs record a source.
         source: None,
+        chunks: d
+            .chunks
+            .into_iter()
+            .map(|c| ChunkInput {
+                text: c.text,
+                vector: c.vector,
+            })
+            .collect(),
     })
 }
 
@@ -64,6 +79,14 @@ pub fn document_to_pb(d: DocumentInput) -> pb::Document {
         title: d.title,
         metadata,
         typed_metadata,
+        chunks: d
+            .chunks
+            .into_iter()
+            .map(|c| pb::DocumentChunk {
+                text: c.text,
+                vector: c.vector,
+            })
+            .collect(),
     }
 }
 

@@ -53,6 +53,7 @@ impl pb::collections_server::Collections for CollectionsService {
             chunk_overlap: config.chunk_overlap.map(|o| o as usize),
             metadata_schema: meta_convert::schema_from_pb(config.metadata_schema)
                 .map_err(to_status)?,
+            vector_dimension: Some(config.vector_dimension as usize).filter(|&d| d > 0),
         };
         let engine = self.engine.clone();
         let info = blocking(move || engine.create_collection(&r.name, settings)).await?;

@@ -150,7 +150,16 @@ impl Jobs {
     /// Queues an ingestion of `source` into `collection`.
     pub fn submit(&self, collection: &str, mut source: SourceSpec, sync: bool) -> Result<Job> {
         let s = &self.shared;
-        s.engine.collection(collection)?;
+        if s.engine
+            .collection(collection)?
+            .external_dimension()
+            .is_some()
+        {
+            return Err(Error::FailedPrecondition(format!(
+                "collection {} uses external vectors: jobs read text files, which carry no vectors; upsert its documents as chunks with vectors",
+                quote(collection)
+            )));
+        }
         source.path = s.settings.roots.resolve(&source.path)?;
         crate::source::check(&source)?;
         let mut sched = s.lock()?;

@@ -33,11 +33,18 @@ const TOKENIZER_JSON: &str = r#"{
   "model": {"type": "WordLevel", "vocab": {"[UNK]": 0}, "unk_token": "[UNK]"}
 }"#;
 
+/// The word-level tokenizer: every word and every run of punctuation is one token.
+pub(crate) fn word_tokenizer() -> Result<tokenizers::Tokenizer> {
+    tokenizers::Tokenizer::from_bytes(TOKENIZER_JSON.as_bytes())
+        .map_err(|e| Error::internal(format!("word tokenizer: {e}")))
+}
+
 /// Hashed word features, normalized. See the module docs.
 pub struct HashEmbedder {
     dimension: usize,
     tokenizer: tokenizers::Tokenizer,
     documents_embedded: AtomicU64,
+    queries_embedded: AtomicU64,
     fail_queries: AtomicBool,
     delay_per_document: Duration,
     delay_per_query: Duration,
@@ -67,12 +74,12 @@ impl HashEmbedder {
                 "a hash embedder needs at least 2 dimensions",
             ));
         }
-        let tokenizer = tokenizers::Tokenizer::from_bytes(TOKENIZER_JSON.as_bytes())
-            .map_err(|e| Error::internal(format!("hash embedder tokenizer: {e}")))?;
+        let tokenizer = word_tokenizer()?;
         Ok(HashEmbedder {
             dimension,
             tokenizer,
             documents_embedded: AtomicU64::new(0),
+            queries_embedded: AtomicU64::new(0),
             fail_queries: AtomicBool::new(false),
             delay_per_document: Duration::ZERO,
             delay_per_query: Duration::ZERO,
@@ -140,6 +147,7 @@ impl Embedder for HashEmbedder {
             return Err(Error::Embedding("injected query embedding failure".into()));
         }
         std::thread::sleep(self.delay_per_query);
+        self.queries_embedded.fetch_add(1, Ordering::Relaxed);
         Ok(self.embed(text))
     }
 
@@ -156,6 +164,10 @@ impl Embedder for HashEmbedder {
 
     fn documents_embedded(&self) -> u64 {
         self.documents_embedded.load(Ordering::Relaxed)
+    }
+
+    fn queries_embedded(&self) -> u64 {
+        self.queries_embedded.load(Ordering::Relaxed)
     }
 }
 

@@ -11,13 +11,17 @@
 //!   provisioned on demand from the catalog.
 //! - [`catalog`]: pinned PyPI sources for the default models and ONNX Runtime.
 //! - [`fetch`]: offline-first provisioning (`quarry model fetch`), checked against SHA-256 sums.
+//! - [`external`]: the stand-in for collections whose vectors are made elsewhere.
+//! - [`query`]: the query sessions and the query-vector cache.
 //! - [`hashed`]: a small deterministic embedder (hashed word features) for tests.
 
 pub mod catalog;
+pub mod external;
 pub mod fetch;
 pub mod hashed;
 pub mod local;
 pub mod onnx;
+pub mod query;
 
 use std::sync::Arc;
 
@@ -71,6 +75,10 @@ pub trait Embedder: Send + Sync {
     /// Document texts embedded since the model was loaded (lets tests prove that a restart
     /// re-embeds nothing).
     fn documents_embedded(&self) -> u64;
+
+    /// Queries embedded by the model since it was loaded (lets tests prove a cached query
+    /// never reached the model).
+    fn queries_embedded(&self) -> u64;
 
     /// A checksum of everything that decides the vectors (weights, tokenizer, pooling,
     /// prefixes): a snapshot's vectors are only meaningful next to a model with the same one.

@@ -271,5 +271,6 @@ fn text_document(rel: &str, path: &Path, text: String) -> DocumentInput {
         .into(),
         markdown,
         source: None,
+        chunks: Vec::new(),
     }
 }

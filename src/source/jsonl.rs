@@ -236,6 +236,7 @@ impl Jsonl {
             metadata,
             markdown,
             source: None,
+            chunks: Vec::new(),
         })
     }
 }
