@@ -154,16 +154,22 @@ fn request(q: &str, mode: pb::SearchMode) -> pb::SearchRequest {
     }
 }
 
-/// One client, each query once per pass: latencies in ms.
-async fn serial(channel: &Channel, queries: &[String], mode: pb::SearchMode) -> Vec<f64> {
+/// One client, each query once per pass: latencies in ms, at the client and inside the
+/// server (`took_micros`: validation to hits, without transport).
+async fn serial(
+    channel: &Channel,
+    queries: &[String],
+    mode: pb::SearchMode,
+) -> (Vec<f64>, Vec<f64>) {
     let mut client = pb::search_client::SearchClient::new(channel.clone());
-    let mut out = Vec::new();
+    let (mut out, mut inside) = (Vec::new(), Vec::new());
     for q in queries {
         let t = Instant::now();
-        client.search(request(q, mode)).await.expect("search");
+        let r = client.search(request(q, mode)).await.expect("search");
         out.push(t.elapsed().as_secs_f64() * 1000.0);
+        inside.push(r.into_inner().took_micros as f64 / 1000.0);
     }
-    out
+    (out, inside)
 }
 
 /// `clients` closed-loop clients for `secs`, each drawing its next query with `pick`:
@@ -285,17 +291,34 @@ async fn run(dir: PathBuf) -> anyhow::Result<()> {
         pb::SearchMode::Hybrid,
     ] {
         serial(&channel, &queries[..30], mode).await;
-        let mut all = Vec::new();
+        let embed_metric = |m: &str| {
+            scrape(
+                &server.ops,
+                &format!("quarry_embed_batch_duration_seconds_{m}{{kind=\"query\"}}"),
+            )
+        };
+        let (sum0, count0) = (embed_metric("sum"), embed_metric("count"));
+        let (mut all, mut inside) = (Vec::new(), Vec::new());
         for _ in 0..2 {
-            all.extend(serial(&channel, &queries, mode).await);
+            let (a, i) = serial(&channel, &queries, mode).await;
+            all.extend(a);
+            inside.extend(i);
         }
-        let all = sorted(all);
+        let (all, inside) = (sorted(all), sorted(inside));
         let name = format!("{mode:?}").to_lowercase();
         println!(
-            "  {name:8} p50 {:6.2} ms  p99 {:6.2} ms",
+            "  {name:8} p50 {:6.2} ms  p99 {:6.2} ms   (in the server: p50 {:5.2} ms)",
             p(&all, 0.5),
-            p(&all, 0.99)
+            p(&all, 0.99),
+            p(&inside, 0.5)
         );
+        let embedded = embed_metric("count") - count0;
+        if embedded > 0.0 {
+            println!(
+                "           query embedding inside the server: mean {:.2} ms over {embedded:.0} calls",
+                1000.0 * (embed_metric("sum") - sum0) / embedded
+            );
+        }
         match mode {
             pb::SearchMode::Lexical => lexical_p50 = p(&all, 0.5),
             pb::SearchMode::Hybrid => hybrid_p50 = p(&all, 0.5),

@@ -44,12 +44,22 @@ fn assert_same(a: &[(u64, f32)], b: &[(u64, f32)], what: &str) {
     }
 }
 
+/// The tests here take turns: which session serves a query depends on whether other searches
+/// run in the process at the same time.
+async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static TURN: std::sync::OnceLock<tokio::sync::Mutex<()>> = std::sync::OnceLock::new();
+    TURN.get_or_init(|| tokio::sync::Mutex::new(()))
+        .lock()
+        .await
+}
+
 fn sessions(kind: &str) -> f64 {
     quarry::metrics::global().query_sessions.get(&[kind])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_searches_use_every_session_and_rank_as_serial_ones() {
+    let _turn = one_at_a_time().await;
     let data = tempfile::tempdir().unwrap();
     let mut config = test_config(data.path());
     // No cache here: every search below must reach the model.
@@ -59,7 +69,9 @@ async fn concurrent_searches_use_every_session_and_rank_as_serial_ones() {
     let queries = queries();
     assert!(queries.len() >= 16);
 
-    // One at a time: each query alone, on the wide session.
+    // One at a time, once no two searches have overlapped for a while: each query alone, on
+    // the wide session.
+    tokio::time::sleep(quarry::model::LONE_WINDOW + std::time::Duration::from_millis(100)).await;
     let wide_before = sessions("wide");
     let mut serial = Vec::new();
     for q in &queries {
@@ -124,6 +136,7 @@ async fn concurrent_searches_use_every_session_and_rank_as_serial_ones() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn repeated_queries_come_from_the_cache_with_identical_results() {
+    let _turn = one_at_a_time().await;
     let data = tempfile::tempdir().unwrap();
     let mut config = test_config(data.path());
     config.query_cache_entries = 8;

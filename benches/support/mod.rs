@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// SciFact's directory (`QUARRY_SCIFACT`, else `../shared/datasets/scifact`), or exit loudly.
+#[allow(dead_code)]
 pub fn scifact_or_exit() -> PathBuf {
     let dir = std::env::var_os("QUARRY_SCIFACT")
         .map(PathBuf::from)

@@ -254,6 +254,7 @@ impl Engine {
             m: ix.hnsw_m,
             ef_construction: ix.hnsw_ef_construction,
             ef_search: ix.hnsw_ef_search,
+            parallel_insert_min: ix.hnsw_parallel_insert_min,
         };
         let dense = DenseIndex::open(&dir, record.dimension, params)?;
         let schema = trees.load_schema()?;

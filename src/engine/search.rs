@@ -1,8 +1,9 @@
 //! The read path: validate, fetch candidates from the retrievers the mode needs, combine them
 //! (`retrieve::hybrid`, pure), and turn the ranking into hits with text and metadata from sled.
 //!
-//! In hybrid mode the lexical retriever runs while the query is embedded: the two are
-//! independent and embedding dominates the latency. Dense candidates are planned by filter
+//! In hybrid mode a lone search runs the lexical retriever while the query is embedded: the
+//! two are independent and embedding dominates the latency. Under concurrent load each search
+//! keeps to one thread instead (`model::lone_search`). Dense candidates are planned by filter
 //! selectivity ([`Collection::dense_candidates`]).
 
 use std::collections::{HashMap, HashSet};
@@ -133,7 +134,10 @@ impl Collection {
             };
             self.dense_candidates(&q, depth, &filter, exact_limit)
         };
-        let (lexical, dense) = if p.mode == Mode::Hybrid {
+        // Both retrievers at once only for a lone search: under concurrent load the other
+        // core is busy with another search, and the hand-off to rayon's pool costs more than
+        // it saves (see `model::lone_search`).
+        let (lexical, dense) = if p.mode == Mode::Hybrid && model::lone_search() {
             rayon::join(lexical_side, dense_side)
         } else {
             (lexical_side(), dense_side())

@@ -84,6 +84,10 @@ pub struct IndexSettings {
     pub hnsw_ef_construction: usize,
     /// HNSW candidate list size while searching (raised to the requested depth when smaller).
     pub hnsw_ef_search: usize,
+    /// Write batches (and rebuilds) of at least this many chunks are inserted into the HNSW
+    /// graph in parallel on every core; smaller ones one at a time, in order, so the graph
+    /// (and dense results) are reproducible. Lower it for bulk loads of large collections.
+    pub hnsw_parallel_insert_min: usize,
     /// Seconds between background checkpoints of the HNSW graph.
     pub checkpoint_interval_secs: u64,
     /// Rebuild the HNSW graph when deleted points exceed this fraction of all points.
@@ -140,6 +144,7 @@ impl Default for IndexSettings {
             hnsw_m: 16,
             hnsw_ef_construction: 200,
             hnsw_ef_search: 128,
+            hnsw_parallel_insert_min: crate::index::dense::PARALLEL_INSERT_MIN,
             checkpoint_interval_secs: 30,
             rebuild_tombstone_ratio: 0.2,
             exact_filter_limit: 3000,

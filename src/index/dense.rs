@@ -26,12 +26,13 @@ use crate::error::{Error, Result};
 
 const BASENAME: &str = "graph";
 const MAX_LAYER: usize = 16;
-/// Batches of up to this many points are inserted one at a time, in order. hnsw_rs seeds its
-/// level generator, so the graph is then a pure function of the operation sequence and search
-/// results are the same from run to run on one machine (the eval gate relies on it). Larger
-/// batches (rebuilds of big collections) are inserted in parallel for speed, and their graphs
-/// are not bit-reproducible.
-const SEQUENTIAL_INSERT_MAX: usize = 50_000;
+/// Default of [`HnswParams::parallel_insert_min`]. Batches smaller than it are inserted one
+/// point at a time, in order: hnsw_rs seeds its level generator, so the graph is then a pure
+/// function of the operation sequence and search results are the same from run to run on one
+/// machine (the eval gate relies on it). Larger batches (rebuilds of big collections, bulk
+/// loads when the setting is lowered) are inserted in parallel, on every core, and their
+/// graphs are not bit-reproducible.
+pub const PARALLEL_INSERT_MIN: usize = 50_000;
 
 /// Graph parameters.
 #[derive(Debug, Clone, Copy)]
@@ -39,6 +40,9 @@ pub struct HnswParams {
     pub m: usize,
     pub ef_construction: usize,
     pub ef_search: usize,
+    /// Batches of at least this many points are inserted in parallel (see
+    /// [`PARALLEL_INSERT_MIN`]).
+    pub parallel_insert_min: usize,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -80,9 +84,9 @@ fn build_pool() -> Option<&'static rayon::ThreadPool> {
     .as_ref()
 }
 
-/// Inserts `batch` into `graph` (see [`SEQUENTIAL_INSERT_MAX`] and [`build_pool`]).
-fn insert(graph: &Hnsw<'static, f32, DistDot>, batch: &[(&[f32], usize)]) {
-    if batch.len() <= SEQUENTIAL_INSERT_MAX {
+/// Inserts `batch` into `graph` (see [`PARALLEL_INSERT_MIN`] and [`build_pool`]).
+fn insert(graph: &Hnsw<'static, f32, DistDot>, batch: &[(&[f32], usize)], parallel_min: usize) {
+    if batch.len() < parallel_min.max(2) {
         for &(v, id) in batch {
             graph.insert_slice((v, id));
         }
@@ -221,7 +225,7 @@ impl DenseIndex {
                 .iter()
                 .map(|(id, v)| (v.as_slice(), *id as usize))
                 .collect();
-            insert(&hnsw, &batch);
+            insert(&hnsw, &batch, self.params.parallel_insert_min);
         }
         let mut s = self.write()?;
         s.points += add.len();
@@ -339,7 +343,7 @@ impl DenseIndex {
             .iter()
             .map(|(id, v)| (v.as_slice(), *id as usize))
             .collect();
-        insert(&graph, &batch);
+        insert(&graph, &batch, self.params.parallel_insert_min);
         let mut s = self.write()?;
         let old = std::mem::replace(&mut s.hnsw, Arc::new(graph));
         s.points = vectors.len();
@@ -379,6 +383,7 @@ mod tests {
             m: 16,
             ef_construction: 200,
             ef_search: 128,
+            parallel_insert_min: PARALLEL_INSERT_MIN,
         }
     }
 
@@ -444,6 +449,7 @@ mod tests {
             m: 8,
             ef_construction: 64,
             ef_search: 64,
+            parallel_insert_min: PARALLEL_INSERT_MIN,
         };
         {
             let index = DenseIndex::open(dir.path(), 16, p).unwrap();
@@ -519,17 +525,18 @@ mod tests {
         }
     }
 
-    /// A parallel rebuild (over SEQUENTIAL_INSERT_MAX points) must leave rayon's global pool
+    /// A parallel rebuild (over PARALLEL_INSERT_MIN points) must leave rayon's global pool
     /// to searches: a join there answers long before the rebuild ends.
     #[test]
     fn searches_on_the_global_pool_go_on_while_a_big_graph_rebuilds() {
-        let data = clustered(SEQUENTIAL_INSERT_MAX + 10_000, 32, 20, 9);
+        let data = clustered(PARALLEL_INSERT_MIN + 10_000, 32, 20, 9);
         let dir = tempfile::tempdir().unwrap();
         // A cheap graph: the test is about the pool, not the graph's quality.
         let cheap = HnswParams {
             m: 8,
             ef_construction: 16,
             ef_search: 32,
+            parallel_insert_min: PARALLEL_INSERT_MIN,
         };
         let index = std::sync::Arc::new(DenseIndex::open(dir.path(), 32, cheap).unwrap());
         index.apply(1, &data[..2000], &[]).unwrap();

@@ -37,11 +37,42 @@ static SEARCHES_RUNNING: std::sync::atomic::AtomicUsize = std::sync::atomic::Ato
 /// Counts a search as running while alive.
 pub struct SearchRunning(());
 
+/// When a search last started while another was running, in milliseconds since [`epoch`].
+static LAST_OVERLAP_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn epoch() -> std::time::Instant {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
+}
+
 impl SearchRunning {
     pub fn start() -> SearchRunning {
-        SEARCHES_RUNNING.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let before = SEARCHES_RUNNING.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        if before > 0 {
+            let now = epoch().elapsed().as_millis() as u64;
+            LAST_OVERLAP_MS.store(now.max(1), std::sync::atomic::Ordering::Release);
+        }
         SearchRunning(())
     }
+}
+
+/// Whether this search runs alone: no other search running now and none overlapping for
+/// [`LONE_WINDOW`]. A lone search may spread over every core (the wide query session, both
+/// retrievers at once); under concurrent load each search keeps to one core, because the
+/// hand-offs and spinning threads of spreading cost more than they save when every core is
+/// busy anyway (measured: `benches/query.rs`).
+pub fn lone_search() -> bool {
+    searches_running() <= 1 && searches_quiet_for(LONE_WINDOW)
+}
+
+/// How long no two searches may have overlapped for a search to count as alone.
+pub const LONE_WINDOW: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Whether no two searches have overlapped for `window`: searches are arriving one at a
+/// time, so a lone query may take every core without slowing another.
+pub fn searches_quiet_for(window: std::time::Duration) -> bool {
+    let last = LAST_OVERLAP_MS.load(std::sync::atomic::Ordering::Acquire);
+    last == 0 || epoch().elapsed().as_millis() as u64 >= last + window.as_millis() as u64
 }
 
 impl Drop for SearchRunning {

@@ -6,7 +6,7 @@
 //! searches wait. [`QueryPool`] instead holds:
 //!
 //! - a *wide* session whose ONNX Runtime thread pool spans every core, used when a query is
-//!   alone (no other query embedding, the wide session free): a lone query gets the whole
+//!   alone (no other search running, the wide session free): a lone query gets the whole
 //!   machine, the latency a single client sees;
 //! - one single-threaded *narrow* session per core, reserved for queries: concurrent queries
 //!   run side by side, one per core, so throughput grows with clients up to the core count
@@ -79,7 +79,12 @@ impl QueryPool {
         f: impl FnOnce(&mut TextEmbedding) -> Result<T>,
     ) -> Result<(T, Served)> {
         let _active = Active::enter(&self.active);
-        let alone = self.active.load(Ordering::Acquire) == 1;
+        // Alone: no other query embedding, no other search running, and none overlapping
+        // lately. A search past its embedding (BM25, HNSW) needs a core too, and the wide
+        // session's threads spin between operators and for a while after a run: under
+        // concurrent load they would burn the core another search needs (measured:
+        // benches/query.rs), so the wide session is for searches that come one at a time.
+        let alone = self.active.load(Ordering::Acquire) == 1 && super::lone_search();
         if alone {
             if let Ok(mut s) = self.wide.try_lock() {
                 return Ok((f(&mut s)?, Served::Wide));
