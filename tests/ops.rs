@@ -44,22 +44,25 @@ fn the_binary_serves_metrics_health_and_readiness() {
     let bin = env!("CARGO_BIN_EXE_quarry");
     let data = tempfile::tempdir().unwrap();
     let models = common::provision();
-    let mut server = Command::new(bin)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--log-format", "json", "--data-dir"])
-        .arg(data.path())
-        .arg("--models-dir")
-        .arg(&models)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = server.stderr.take().unwrap();
+    // Killed on drop, so a failed assertion never leaves a server holding the test's pipes.
+    let mut server = common::cli::Server(
+        Command::new(bin)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--log-format", "json", "--data-dir"])
+            .arg(data.path())
+            .arg("--models-dir")
+            .arg(&models)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = server.0.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -121,12 +124,16 @@ fn the_binary_serves_metrics_health_and_readiness() {
         ) > 0.0
     );
     assert!(sample(&m, "quarry_ingest_chunks_total{collection=\"mini\"}") > 0.0);
+    // The same query three times: embedded once, then answered by the query cache.
     assert!(
         sample(
             &m,
             "quarry_embed_batch_duration_seconds_count{kind=\"query\"}"
-        ) >= 3.0
+        ) >= 1.0
     );
+    assert!(sample(&m, "quarry_query_cache_requests_total{result=\"miss\"}") >= 1.0);
+    assert!(sample(&m, "quarry_query_cache_requests_total{result=\"hit\"}") >= 2.0);
+    assert!(sample(&m, "quarry_query_embeddings_total{session=\"wide\"}") >= 1.0);
     assert!(sample(&m, "quarry_search_candidates_total{retriever=\"lexical\"}") > 0.0);
     let docs = sample(&m, "quarry_collection_documents{collection=\"mini\"}");
     assert!(docs > 0.0);
@@ -138,9 +145,9 @@ fn the_binary_serves_metrics_health_and_readiness() {
     assert_eq!(sample(&m, "quarry_storage_healthy "), 1.0);
     assert!(m.contains("# TYPE quarry_grpc_request_duration_seconds histogram"));
     let _ = Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
+        .args(["-TERM", &server.0.id().to_string()])
         .status();
-    let _ = server.wait();
+    let _ = server.0.wait();
 }
 
 async fn slow_server(
