@@ -14,6 +14,7 @@
 //!    server's RSS and open file descriptors from /proc every 10 s; growth is measured from
 //!    the first sample after a 60 s warm-up.
 //!
+//! `QUARRY_LOAD_CONFIG=FILE` starts the server with that config file (admission settings).
 //! Every figure is from one run on this machine; the CPU is printed with them.
 
 mod support;
@@ -94,8 +95,16 @@ fn usage(pid: u32) -> (f64, usize) {
     (rss, fds)
 }
 
+/// The server, with `QUARRY_LOAD_CONFIG` as its config file when set (to measure admission
+/// settings, for example `[admission] read = { in_flight = 2, queue = 16,
+/// max_queue_delay_ms = 8 }`).
 fn start_server(data: &std::path::Path) -> anyhow::Result<(support::Server, String)> {
-    let server = support::start_server(data, &[]);
+    let config = std::env::var("QUARRY_LOAD_CONFIG").ok();
+    let args: Vec<&str> = match &config {
+        Some(path) => vec!["--config", path.as_str()],
+        None => Vec::new(),
+    };
+    let server = support::start_server(data, &args);
     let url = server.url.clone();
     Ok((server, url))
 }

@@ -44,6 +44,8 @@ pub struct Config {
     pub embed_workers: usize,
     /// Query vectors cached per model (LRU keyed by the whitespace-normalized query); 0: off.
     pub query_cache_entries: usize,
+    /// Bytes of the storage engine's (sled's) page cache.
+    pub storage_cache_bytes: u64,
     /// Directories under which a collection may name its model by absolute path. Empty:
     /// models are only names under `models_dir` (catalog models included).
     pub model_roots: Vec<PathBuf>,
@@ -90,6 +92,7 @@ impl Default for Config {
             auto_fetch_model: true,
             embed_workers: 0,
             query_cache_entries: crate::engine::DEFAULT_QUERY_CACHE_ENTRIES,
+            storage_cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
             model_roots: Vec::new(),
             limits: Limits::default(),
             index: IndexSettings::default(),
@@ -223,6 +226,7 @@ impl Config {
             limits: self.limits.clone(),
             index: self.index.clone(),
             query_cache_entries: self.query_cache_entries,
+            storage_cache_bytes: self.storage_cache_bytes,
         }
     }
 

@@ -150,6 +150,61 @@ fn the_binary_serves_metrics_health_and_readiness() {
     let _ = server.0.wait();
 }
 
+/// With a queue-delay budget, a call whose predicted wait (calls ahead times the class's
+/// recent service time) is over the budget is refused at once, though the queue has room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_predicted_wait_over_the_budget_is_refused_at_once() {
+    let admission = AdmissionSettings {
+        read: ClassLimit {
+            in_flight: 1,
+            queue: 8,
+            max_queue_delay_ms: 150,
+        },
+        ..Default::default()
+    };
+    let (server, _data) = slow_server(admission, Duration::from_millis(300)).await;
+    let channel = server.channel().await.unwrap();
+    let search = |query: String| {
+        let mut client = pb::search_client::SearchClient::new(channel.clone());
+        async move {
+            let started = Instant::now();
+            let r = client
+                .search(pb::SearchRequest {
+                    collection: "c".into(),
+                    query,
+                    mode: pb::SearchMode::Dense as i32,
+                    ..Default::default()
+                })
+                .await;
+            (
+                r.map(|_| ())
+                    .map_err(|s| (s.code(), s.message().to_string())),
+                started.elapsed(),
+            )
+        }
+    };
+    // Alone: no wait, and the class learns a search takes about 300 ms.
+    assert!(search("basalt one".into()).await.0.is_ok());
+    let calls: Vec<_> = (0..4)
+        .map(|i| tokio::spawn(search(format!("basalt {i}"))))
+        .collect();
+    let (mut ok, mut shed) = (0, 0);
+    for c in calls {
+        match c.await.unwrap() {
+            (Ok(()), _) => ok += 1,
+            (Err((Code::ResourceExhausted, message)), took) => {
+                shed += 1;
+                assert!(took < Duration::from_millis(150), "refusal waited {took:?}");
+                assert!(message.contains("max_queue_delay_ms"), "{message}");
+            }
+            (Err(e), _) => panic!("unexpected {e:?}"),
+        }
+    }
+    // One runs; each other would wait at least 300 ms > 150 ms: refused, queue or not.
+    assert_eq!((ok, shed), (1, 3));
+    server.stop().await.unwrap();
+}
+
 async fn slow_server(
     admission: AdmissionSettings,
     query_delay: Duration,
@@ -187,6 +242,7 @@ async fn overload_is_shed_with_resource_exhausted_at_once() {
         read: ClassLimit {
             in_flight: 1,
             queue: 1,
+            max_queue_delay_ms: 0,
         },
         ..Default::default()
     };

@@ -118,7 +118,8 @@ impl Engine {
     pub fn open(config: EngineConfig, source: Arc<dyn ModelSource>) -> Result<Engine> {
         config.validate()?;
         std::fs::create_dir_all(&config.data_dir)?;
-        let store = Store::open(&config.data_dir.join("sled"))?;
+        let store =
+            Store::open_with_cache(&config.data_dir.join("sled"), config.storage_cache_bytes)?;
         store.drop_orphan_trees()?;
         let engine = Engine {
             config,

@@ -22,6 +22,8 @@ pub struct EngineConfig {
     pub index: IndexSettings,
     /// Query vectors kept per model (LRU; 0: no cache). See `model::query`.
     pub query_cache_entries: usize,
+    /// Bytes of sled's page cache (see `store::DEFAULT_CACHE_BYTES`).
+    pub storage_cache_bytes: u64,
 }
 
 /// Default size of each model's query-vector cache: about 7 MiB for a 384-d model at most.
@@ -162,6 +164,7 @@ impl EngineConfig {
             limits: Limits::default(),
             index: IndexSettings::default(),
             query_cache_entries: DEFAULT_QUERY_CACHE_ENTRIES,
+            storage_cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
         }
     }
 

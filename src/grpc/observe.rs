@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -37,6 +37,12 @@ pub struct ClassLimit {
     pub in_flight: usize,
     /// Calls waiting for a slot; past this, RESOURCE_EXHAUSTED at once.
     pub queue: usize,
+    /// Refuse a call at once when the wait it would have in the queue, predicted from the
+    /// calls ahead of it and the class's recent service time, is over this many
+    /// milliseconds. Unlike a queue length, this bounds what an accepted call waits whatever
+    /// the calls cost on this machine. 0: off (only `queue` limits).
+    #[serde(default)]
+    pub max_queue_delay_ms: u64,
 }
 
 /// `[admission]`: how many calls of each class run and wait at once.
@@ -64,18 +70,22 @@ impl Default for AdmissionSettings {
             read: ClassLimit {
                 in_flight: cores,
                 queue: 8 * cores,
+                max_queue_delay_ms: 0,
             },
             write: ClassLimit {
                 in_flight: 2,
                 queue: 8,
+                max_queue_delay_ms: 0,
             },
             eval: ClassLimit {
                 in_flight: 1,
                 queue: 2,
+                max_queue_delay_ms: 0,
             },
             answer: ClassLimit {
                 in_flight: 8,
                 queue: 16,
+                max_queue_delay_ms: 0,
             },
             queue_wait_ms: 5_000,
         }
@@ -131,6 +141,31 @@ struct Gate {
     slots: Arc<Semaphore>,
     waiting: AtomicUsize,
     limit: ClassLimit,
+    /// Moving average of how long a call holds its slot, in microseconds (0: none yet).
+    service_us: Arc<AtomicU64>,
+}
+
+/// A class's slot, held until the response body ends; its hold time feeds the class's
+/// service-time average.
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+    service_us: Arc<AtomicU64>,
+    since: Instant,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let sample = self.since.elapsed().as_micros().min(u64::MAX as u128) as u64;
+        let _ = self
+            .service_us
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |old| {
+                Some(if old == 0 {
+                    sample
+                } else {
+                    old - old / 8 + sample / 8
+                })
+            });
+    }
 }
 
 /// The admission state shared by every connection.
@@ -145,6 +180,7 @@ impl Admission {
             slots: Arc::new(Semaphore::new(limit.in_flight.max(1))),
             waiting: AtomicUsize::new(0),
             limit,
+            service_us: Arc::new(AtomicU64::new(0)),
         };
         Admission {
             gates: HashMap::from([
@@ -158,16 +194,33 @@ impl Admission {
     }
 
     /// A slot for `class`, waiting in its queue if there is room; RESOURCE_EXHAUSTED if not.
-    async fn admit(
-        &self,
-        class: Class,
-        deadline: Option<Instant>,
-    ) -> Result<Option<OwnedSemaphorePermit>, Status> {
+    async fn admit(&self, class: Class, deadline: Option<Instant>) -> Result<Option<Slot>, Status> {
         let Some(gate) = self.gates.get(&class) else {
             return Ok(None);
         };
+        let slot = |p: OwnedSemaphorePermit| Slot {
+            _permit: p,
+            service_us: gate.service_us.clone(),
+            since: Instant::now(),
+        };
         if let Ok(p) = gate.slots.clone().try_acquire_owned() {
-            return Ok(Some(p));
+            return Ok(Some(slot(p)));
+        }
+        let budget_us = gate.limit.max_queue_delay_ms.saturating_mul(1000);
+        let service_us = gate.service_us.load(Ordering::Acquire);
+        if budget_us > 0 && service_us > 0 {
+            let ahead = gate.waiting.load(Ordering::Acquire) as u64 + 1;
+            let predicted_us = ahead * service_us / gate.limit.in_flight.max(1) as u64;
+            if predicted_us > budget_us {
+                metrics::global().grpc_rejected.inc(&[class.name()]);
+                return Err(Status::resource_exhausted(format!(
+                    "server busy: a {} call would wait about {} ms for a slot, over admission.{}.max_queue_delay_ms = {}; retry with backoff",
+                    class.name(),
+                    predicted_us / 1000,
+                    class.name(),
+                    gate.limit.max_queue_delay_ms
+                )));
+            }
         }
         let busy = || {
             metrics::global().grpc_rejected.inc(&[class.name()]);
@@ -194,7 +247,7 @@ impl Admission {
         let got = tokio::time::timeout_at(until.into(), gate.slots.clone().acquire_owned()).await;
         gate.waiting.fetch_sub(1, Ordering::AcqRel);
         match got {
-            Ok(Ok(p)) => Ok(Some(p)),
+            Ok(Ok(p)) => Ok(Some(slot(p))),
             _ => Err(busy()),
         }
     }
@@ -411,7 +464,7 @@ struct Record {
     service: String,
     method: String,
     started: Instant,
-    _permit: Option<OwnedSemaphorePermit>,
+    _permit: Option<Slot>,
     _in_flight: InFlight,
 }
 

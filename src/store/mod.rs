@@ -174,8 +174,18 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T>
     serde_json::from_slice(bytes).map_err(|e| Error::internal(format!("corrupt {what}: {e}")))
 }
 
+/// Default of sled's page cache, in bytes. sled's own default (1 GiB) dominated the memory of
+/// a large collection (`benches/scale.rs`); the operating system's page cache holds what the
+/// smaller one drops, and the hot path (hits' chunk and document records) stays well inside it.
+pub const DEFAULT_CACHE_BYTES: u64 = 256 * 1024 * 1024;
+
 impl Store {
     pub fn open(path: &Path) -> Result<Store> {
+        Store::open_with_cache(path, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`Store::open`] with sled's page cache bounded to `cache_bytes`.
+    pub fn open_with_cache(path: &Path, cache_bytes: u64) -> Result<Store> {
         // sled releases its file lock from its flusher thread, up to one flush interval after
         // the last handle is dropped: a reopen in the same process (a restarted in-process
         // server, a test) may find the lock still held for a moment. Another process holding it
@@ -184,6 +194,7 @@ impl Store {
         let db = loop {
             match sled::Config::new()
                 .path(path)
+                .cache_capacity(cache_bytes)
                 .flush_every_ms(Some(500))
                 .open()
             {
