@@ -79,6 +79,19 @@ fn env_secs(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// One `kB` line of `/proc/PID/status`, in MiB: RssAnon (heap) and RssFile (mapped files,
+/// such as tantivy's segments, which the kernel may reclaim) tell a leak from a cache.
+fn status_mib(pid: u32, key: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
 /// (RSS MiB, open file descriptors) of `pid`.
 fn usage(pid: u32) -> (f64, usize) {
     let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -334,7 +347,8 @@ async fn run(dir: PathBuf) -> anyhow::Result<()> {
     let s2 = samples.clone();
     let (mut t, secs) = open_loop(&channel, &work, 0.8 * rate, soak_secs, move |at| {
         let (rss, fds) = usage(pid);
-        println!("  t={at:>5.0} s  RSS {rss:>7.1} MiB  fds {fds}");
+        let (anon, file) = (status_mib(pid, "RssAnon:"), status_mib(pid, "RssFile:"));
+        println!("  t={at:>5.0} s  RSS {rss:>7.1} MiB (heap {anon:.1}, mapped files {file:.1})  fds {fds}");
         s2.lock().unwrap().push((at, rss, fds));
     })
     .await;
