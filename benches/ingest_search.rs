@@ -54,6 +54,9 @@ async fn run(dir: PathBuf) -> anyhow::Result<()> {
         listen: "127.0.0.1:0".into(),
         data_dir: data.path().to_path_buf(),
         models_dir: models_dir.clone(),
+        // Every mode's pass embeds its queries: the query cache would serve the later modes
+        // the vectors the earlier ones computed.
+        query_cache_entries: 0,
         ..Config::default()
     };
     let cores = config.effective_embed_workers();
