@@ -226,11 +226,7 @@ async fn closed(
 }
 
 fn scrape(ops: &str, metric: &str) -> f64 {
-    let text = std::process::Command::new("curl")
-        .args(["-s", &format!("http://{ops}/metrics")])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
-        .unwrap_or_default();
+    let text = support::http_get(ops, "/metrics").map_or(String::new(), |(_, body)| body);
     text.lines()
         .filter(|l| l.starts_with(metric))
         .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())

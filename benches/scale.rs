@@ -218,16 +218,7 @@ fn disk_bytes(dir: &Path) -> u64 {
 
 /// Polls `/readyz` until it answers 200.
 fn wait_ready(ops: &str) {
-    use std::io::{Read, Write};
-    loop {
-        if let Ok(mut s) = std::net::TcpStream::connect(ops) {
-            let _ = write!(s, "GET /readyz HTTP/1.0\r\nHost: x\r\n\r\n");
-            let mut reply = String::new();
-            let _ = s.read_to_string(&mut reply);
-            if reply.starts_with("HTTP/1.1 200") || reply.starts_with("HTTP/1.0 200") {
-                return;
-            }
-        }
+    while support::http_get(ops, "/readyz").map(|(code, _)| code) != Some(200) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }

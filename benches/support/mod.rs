@@ -35,6 +35,21 @@ pub fn cpu_name() -> String {
         .unwrap_or_default()
 }
 
+/// GET `path` on `addr` (HOST:PORT) over plain HTTP/1.0: (status code, body). The benchmarks
+/// read `/metrics` and `/readyz` with it, so they need no HTTP client tool on the machine.
+#[allow(dead_code)]
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).ok()?;
+    let code = reply.split_whitespace().nth(1)?.parse().ok()?;
+    let body = reply.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    Some((code, body))
+}
+
 /// `quarry serve` (the release binary) on loopback ports; SIGTERM and wait on drop.
 #[allow(dead_code)]
 pub struct Server {

@@ -216,16 +216,15 @@ impl Engine {
         if let Some(e) = cached {
             return Ok(e);
         }
-        let mut embedder: Arc<dyn Embedder> = match external::parse_external(name)? {
+        // External collections embed nothing, so they get no query cache.
+        let embedder: Arc<dyn Embedder> = match external::parse_external(name)? {
             Some(dimension) => Arc::new(external::ExternalVectors::new(dimension)?),
+            None if self.config.query_cache_entries > 0 => Arc::new(CachedEmbedder::new(
+                self.source.load(name)?,
+                self.config.query_cache_entries,
+            )),
             None => self.source.load(name)?,
         };
-        if self.config.query_cache_entries > 0 && external::parse_external(name)?.is_none() {
-            embedder = Arc::new(CachedEmbedder::new(
-                embedder,
-                self.config.query_cache_entries,
-            ));
-        }
         Ok(self
             .models
             .lock()
