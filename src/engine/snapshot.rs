@@ -6,8 +6,9 @@
 //! key/value pairs) and the index checkpoints (`lexical/`, `dense/`) at that same sequence.
 //!
 //! Why it is built this way:
-//! - **Consistent at one sequence, online.** Each collection is copied under its write lock:
-//!   writes to it wait for the copy (searches and other collections go on), the lexical writer
+//! - **Consistent at one sequence, online.** The collections are copied under their write
+//!   locks, all taken together, so the archive is one instant across collections: writes to
+//!   them wait for the copy (searches and collections outside the snapshot go on), the lexical writer
 //!   is closed (its merges finished, so its files stop changing) and the HNSW graph is
 //!   checkpointed, so records and both indexes describe the same operation sequence. Records
 //!   go to a temporary file first, so the archive can start with the complete manifest.
@@ -40,6 +41,10 @@ pub struct SnapshotManifest {
     pub format: u32,
     pub quarry_version: String,
     pub created_unix_ms: u64,
+    /// The instant every collection was copied at: each holds exactly the operations numbered
+    /// below it (absent in archives of older versions, which copied one collection at a time).
+    #[serde(default)]
+    pub seq: u64,
     pub collections: Vec<SnapshotCollection>,
 }
 
@@ -162,9 +167,14 @@ impl Collection {
 impl Engine {
     /// Writes a snapshot of `names` (every collection when empty) to `out`, atomically (a
     /// temporary file renamed into place).
+    ///
+    /// All the collections are copied at one instant: their write locks are taken together
+    /// (in name order, so two snapshots cannot deadlock) and held until every one is copied,
+    /// so a client that wrote to A and then to B never finds B's write in the snapshot without
+    /// A's. Writes to these collections wait for the copy; searches go on.
     pub async fn create_snapshot(&self, names: &[String], out: &Path) -> Result<SnapshotManifest> {
         self.check_free_disk()?;
-        let collections: Vec<Arc<Collection>> = if names.is_empty() {
+        let mut collections: Vec<Arc<Collection>> = if names.is_empty() {
             self.open_map()?.values().cloned().collect()
         } else {
             names
@@ -172,34 +182,48 @@ impl Engine {
                 .map(|n| self.collection(n))
                 .collect::<Result<_>>()?
         };
+        collections.sort_by(|a, b| a.record.name.cmp(&b.record.name));
+        collections.dedup_by(|a, b| a.record.name == b.record.name);
         let work = WorkDir(out.with_extension(format!("parts-{}", std::process::id())));
         let _ = std::fs::remove_dir_all(&work.0);
         std::fs::create_dir_all(&work.0)?;
-        let mut parts = Vec::new();
-        for (i, c) in collections.iter().enumerate() {
-            let records = work.0.join(format!("{i}.records"));
-            let copies = work.0.join(i.to_string());
-            // The index files are copied under the lock too: the next write may change them.
-            let (entry, files) = c
-                .run_write(move |c| {
-                    let (entry, files) = c.dump(&records)?;
-                    std::fs::create_dir_all(copies.join("lexical"))?;
-                    std::fs::create_dir_all(copies.join("dense"))?;
-                    let mut copied = Vec::new();
-                    for (name, path) in files {
-                        let to = copies.join(&name);
-                        std::fs::copy(&path, &to)?;
-                        copied.push((name, to));
-                    }
-                    Ok((entry, (records, copied)))
-                })
-                .await?;
-            parts.push((entry, files));
+        let mut guards = Vec::with_capacity(collections.len());
+        for c in &collections {
+            guards.push(c.write_guard().await);
         }
+        // From here until the guards drop, no write to any of them runs: this is the instant.
+        let store = self.store.clone();
+        let dir = work.0.clone();
+        // The index files are copied under the locks too: the next write may change them.
+        let (seq, parts) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let _guards = guards;
+            // Every operation these collections hold is numbered below this one.
+            let seq = store.next_id()?;
+            let mut parts = Vec::with_capacity(collections.len());
+            for (i, c) in collections.iter().enumerate() {
+                c.ensure_live()?;
+                let records = dir.join(format!("{i}.records"));
+                let copies = dir.join(i.to_string());
+                let (entry, files) = c.dump(&records)?;
+                std::fs::create_dir_all(copies.join("lexical"))?;
+                std::fs::create_dir_all(copies.join("dense"))?;
+                let mut copied = Vec::new();
+                for (name, path) in files {
+                    let to = copies.join(&name);
+                    std::fs::copy(&path, &to)?;
+                    copied.push((name, to));
+                }
+                parts.push((entry, (records, copied)));
+            }
+            Ok((seq, parts))
+        })
+        .await
+        .map_err(|e| Error::internal(format!("snapshot task failed: {e}")))??;
         let manifest = SnapshotManifest {
             format: SNAPSHOT_FORMAT,
             quarry_version: env!("CARGO_PKG_VERSION").to_string(),
             created_unix_ms: now_ms(),
+            seq,
             collections: parts.iter().map(|(e, _)| e.clone()).collect(),
         };
         let partial = out.with_extension("partial");
