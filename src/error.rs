@@ -74,6 +74,11 @@ pub enum Error {
     #[error("{message}")]
     ContractViolation { message: String, raw: String },
 
+    /// The server cannot serve for a moment (it is reopening its storage after a failure,
+    /// or shutting down); retrying shortly succeeds.
+    #[error("{0}")]
+    Unavailable(String),
+
     /// The caller went away (cancelled, deadline passed, connection closed) and the work
     /// stopped before it committed anything.
     #[error("the request was cancelled")]

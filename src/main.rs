@@ -282,16 +282,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    readiness.set_ready(engine.clone());
+    let live = quarry::grpc::Live::start(engine, jobs)?;
+    readiness.set_ready(live.clone());
     let options = quarry::grpc::ServeOptions {
         answerer,
         keys,
         tls,
         admission,
         readiness: Some(readiness),
-        jobs,
     };
-    let served = quarry::grpc::serve(engine, options, listener, shutdown_signal()).await;
+    let served = quarry::grpc::serve(live, options, listener, shutdown_signal()).await;
     let _ = ops_stop.send(true);
     if let Some(ops) = ops {
         let _ = ops.await;

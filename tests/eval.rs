@@ -286,10 +286,10 @@ async fn eval_requests_are_bounded_and_stop_when_the_client_leaves() {
     assert!(first.result.is_none() && first.total > 0);
     drop(stream);
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    let after_leaving = server.engine.searches();
+    let after_leaving = server.engine().searches();
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     assert_eq!(
-        server.engine.searches(),
+        server.engine().searches(),
         after_leaving,
         "the evaluation kept searching after its client left"
     );

@@ -47,7 +47,7 @@ async fn own_vectors_answer_every_mode_like_the_model_collection() {
     let server = TestServer::start(config).await;
     let channel = server.channel().await;
     create_fixture_collection(&channel, "model").await;
-    let model = server.engine.embedder("all-minilm-l6-v2").unwrap();
+    let model = server.engine().embedder("all-minilm-l6-v2").unwrap();
 
     let created = CollectionsClient::new(channel.clone())
         .create_collection(pb::CreateCollectionRequest {

@@ -232,7 +232,9 @@ async fn slow_server(
         admission,
         ..Default::default()
     };
-    let server = LocalServer::start(Arc::new(engine), options).await.unwrap();
+    let server = LocalServer::start(Arc::new(engine), options, Default::default())
+        .await
+        .unwrap();
     (server, data)
 }
 

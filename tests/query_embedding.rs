@@ -85,7 +85,7 @@ async fn concurrent_searches_use_every_session_and_rank_as_serial_ones() {
     // sessions as well as the wide one.
     let others_before = sessions("narrow") + sessions("borrowed");
     let embedded_before = server
-        .engine
+        .engine()
         .embedder("all-minilm-l6-v2")
         .unwrap()
         .queries_embedded();
@@ -122,7 +122,7 @@ async fn concurrent_searches_use_every_session_and_rank_as_serial_ones() {
     }
     assert_eq!(checked, 3 * 2 * queries.len());
     let embedded = server
-        .engine
+        .engine()
         .embedder("all-minilm-l6-v2")
         .unwrap()
         .queries_embedded();
@@ -142,7 +142,7 @@ async fn repeated_queries_come_from_the_cache_with_identical_results() {
     config.query_cache_entries = 8;
     let server = TestServer::start(config).await;
     create_fixture_collection(&server.channel().await, "q").await;
-    let model = server.engine.embedder("all-minilm-l6-v2").unwrap();
+    let model = server.engine().embedder("all-minilm-l6-v2").unwrap();
     let cache = &quarry::metrics::global().query_cache;
 
     let q = "organelle that makes ATP";

@@ -157,7 +157,7 @@ async fn hybrid_search_end_to_end_survives_restart() {
 
     let before = run_expected(&server, "mini").await;
     let embedded = server
-        .engine
+        .engine()
         .collection("mini")
         .unwrap()
         .embedder()
@@ -169,7 +169,7 @@ async fn hybrid_search_end_to_end_survives_restart() {
     assert!(again
         .iter()
         .all(|r| r.status == pb::UpsertStatus::Unchanged as i32));
-    let c = server.engine.collection("mini").unwrap();
+    let c = server.engine().collection("mini").unwrap();
     assert_eq!(
         c.embedder().documents_embedded(),
         embedded,
@@ -199,7 +199,7 @@ async fn hybrid_search_end_to_end_survives_restart() {
     let server = TestServer::start(test_config(data.path())).await;
     let after = run_expected(&server, "mini").await;
     assert_eq!(before, after);
-    let c = server.engine.collection("mini").unwrap();
+    let c = server.engine().collection("mini").unwrap();
     assert_eq!(
         c.embedder().documents_embedded(),
         0,

@@ -128,7 +128,14 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<EvalOutcome> {
             config.data_dir = args.data_dir.clone();
             config.listen = "127.0.0.1:0".into();
             let engine = tokio::task::spawn_blocking(move || config.open_engine()).await??;
-            Some(grpc::LocalServer::start(std::sync::Arc::new(engine), Default::default()).await?)
+            Some(
+                grpc::LocalServer::start(
+                    std::sync::Arc::new(engine),
+                    Default::default(),
+                    Default::default(),
+                )
+                .await?,
+            )
         }
     };
     let url = match (&args.server, &local) {

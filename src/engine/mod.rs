@@ -84,6 +84,22 @@ pub struct Engine {
     naming: Mutex<()>,
 }
 
+/// An engine's configuration, model source and loaded models: enough to open its data
+/// directory again once the engine itself is dropped ([`Engine::reopen_parts`]).
+#[derive(Clone)]
+pub struct EngineParts {
+    config: EngineConfig,
+    source: Arc<dyn ModelSource>,
+    models: HashMap<String, Arc<dyn Embedder>>,
+}
+
+impl EngineParts {
+    /// Opens the data directory (blocking), as [`Engine::open`] does, reusing the models.
+    pub fn open(self) -> Result<Engine> {
+        Engine::open_with_models(self.config, self.source, self.models)
+    }
+}
+
 /// Collections that could not be opened: name -> (record, reason).
 type Unavailable = HashMap<String, (CollectionRecord, String)>;
 
@@ -116,6 +132,16 @@ fn valid_collection_name(name: &str) -> Result<()> {
 impl Engine {
     /// Opens the data directory, every collection in it, and their models. Blocking.
     pub fn open(config: EngineConfig, source: Arc<dyn ModelSource>) -> Result<Engine> {
+        Engine::open_with_models(config, source, HashMap::new())
+    }
+
+    /// [`Engine::open`] with models already loaded (by name), as when the server reopens its
+    /// data directory after a storage failure: nothing is loaded twice.
+    pub fn open_with_models(
+        config: EngineConfig,
+        source: Arc<dyn ModelSource>,
+        models: HashMap<String, Arc<dyn Embedder>>,
+    ) -> Result<Engine> {
         config.validate()?;
         std::fs::create_dir_all(&config.data_dir)?;
         let store =
@@ -125,7 +151,7 @@ impl Engine {
             config,
             store,
             source,
-            models: Mutex::new(HashMap::new()),
+            models: Mutex::new(models),
             collections: RwLock::new(HashMap::new()),
             unavailable: RwLock::new(HashMap::new()),
             searches: std::sync::atomic::AtomicU64::new(0),
@@ -157,6 +183,27 @@ impl Engine {
     /// False once the storage failed (a full disk, an I/O error) and has not recovered.
     pub fn storage_healthy(&self) -> bool {
         self.store.healthy()
+    }
+
+    /// Flushes the store once: true when that works (a failure that was not sled's sticky
+    /// error has cleared). Blocking.
+    pub fn probe_storage(&self) -> bool {
+        self.store.flush_blocking().is_ok()
+    }
+
+    /// What opening this engine's data directory again takes: its configuration, its model
+    /// source and the models it has loaded (which hold no storage, so they carry over).
+    pub fn reopen_parts(&self) -> Result<EngineParts> {
+        let models = self
+            .models
+            .lock()
+            .map_err(|_| Error::internal("model cache poisoned"))?
+            .clone();
+        Ok(EngineParts {
+            config: self.config.clone(),
+            source: self.source.clone(),
+            models,
+        })
     }
 
     /// Searches started since the engine opened.

@@ -269,18 +269,22 @@ impl Collection {
     }
 }
 
-/// Spawns the periodic checkpoint task; it stops when `shutdown` resolves.
+/// Spawns the periodic checkpoint task, every `every`, on whatever engine `current` gives at
+/// each tick (none: skipped; the server may be reopening its storage); it stops when
+/// `shutdown` changes.
 pub fn spawn_checkpointer(
-    engine: Arc<Engine>,
+    every: Duration,
+    current: impl Fn() -> Option<Arc<Engine>> + Send + 'static,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
-    let every = Duration::from_secs(engine.config().index.checkpoint_interval_secs.max(1));
+    let every = every.max(Duration::from_secs(1));
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.tick().await;
         loop {
             tokio::select! {
                 _ = tick.tick() => {
+                    let Some(engine) = current() else { continue };
                     if let Err(e) = engine.checkpoint().await {
                         tracing::error!(error = %e, "checkpoint failed");
                     }

@@ -23,21 +23,26 @@ use crate::engine::Engine;
 const CHUNK: usize = 1 << 20;
 
 pub struct AdminService {
-    engine: Arc<Engine>,
+    live: Arc<super::Live>,
     /// Restores run one at a time (each checks its target name is free, then takes it).
     restoring: tokio::sync::Mutex<()>,
 }
 
 impl AdminService {
-    pub fn new(engine: Arc<Engine>) -> Self {
+    pub fn new(live: Arc<super::Live>) -> Self {
         AdminService {
-            engine,
+            live,
             restoring: tokio::sync::Mutex::new(()),
         }
     }
 
+    /// The engine being served now, or UNAVAILABLE while the storage is reopened.
+    fn engine(&self) -> Result<Arc<Engine>, Status> {
+        self.live.engine().map_err(to_status)
+    }
+
     fn scratch(&self, what: &str) -> Result<Scratch, Status> {
-        let dir = self.engine.config().data_dir.join("snapshots-tmp");
+        let dir = self.engine()?.config().data_dir.join("snapshots-tmp");
         std::fs::create_dir_all(&dir).map_err(|e| to_status(e.into()))?;
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -70,7 +75,7 @@ impl pb::admin_server::Admin for AdminService {
         let names = request.into_inner().collections;
         let scratch = self.scratch("create")?;
         let manifest = self
-            .engine
+            .engine()?
             .create_snapshot(&names, &scratch.0)
             .await
             .map_err(to_status)?;
@@ -116,7 +121,7 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<Streaming<pb::RestoreSnapshotRequest>>,
     ) -> Result<Response<pb::RestoreSnapshotResponse>, Status> {
         authorize(&request, Role::Admin, None)?;
-        let max = self.engine.config().limits.max_snapshot_upload_bytes;
+        let max = self.engine()?.config().limits.max_snapshot_upload_bytes;
         let mut stream = request.into_inner();
         let scratch = self.scratch("restore")?;
         let mut file = tokio::fs::File::create(&scratch.0)
@@ -124,7 +129,7 @@ impl pb::admin_server::Admin for AdminService {
             .map_err(|e| to_status(e.into()))?;
         let mut target: Option<(String, String)> = None;
         let mut size = 0u64;
-        let idle = std::time::Duration::from_secs(self.engine.config().limits.stream_idle_secs);
+        let idle = std::time::Duration::from_secs(self.engine()?.config().limits.stream_idle_secs);
         loop {
             let next = tokio::time::timeout(idle, stream.message())
                 .await
@@ -147,7 +152,7 @@ impl pb::admin_server::Admin for AdminService {
         drop(file);
         let (only, new_name) = target.unwrap_or_default();
         let _one_at_a_time = self.restoring.lock().await;
-        let engine = self.engine.clone();
+        let engine = self.engine()?;
         let path = scratch.0.clone();
         let restored = tokio::task::spawn_blocking(move || {
             let only = (!only.is_empty()).then_some(only.as_str());

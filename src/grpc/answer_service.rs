@@ -13,14 +13,19 @@ use crate::error::Error;
 use crate::retrieve::SearchParams;
 
 pub struct AnswerService {
-    engine: Arc<Engine>,
+    live: Arc<super::Live>,
     /// `None` when no router is configured.
     answerer: Option<Arc<Answerer>>,
 }
 
 impl AnswerService {
-    pub fn new(engine: Arc<Engine>, answerer: Option<Arc<Answerer>>) -> Self {
-        AnswerService { engine, answerer }
+    pub fn new(live: Arc<super::Live>, answerer: Option<Arc<Answerer>>) -> Self {
+        AnswerService { live, answerer }
+    }
+
+    /// The engine being served now, or UNAVAILABLE while the storage is reopened.
+    fn engine(&self) -> Result<Arc<Engine>, Status> {
+        self.live.engine().map_err(to_status)
     }
 }
 
@@ -41,7 +46,7 @@ impl pb::answers_server::Answers for AnswerService {
         )?;
         let req = core_request(request.into_inner())?;
         let outcome = answerer
-            .answer(&self.engine, req)
+            .answer(&*self.engine()?, req)
             .await
             .map_err(to_status)?;
         Ok(Response::new(convert::answer_response(outcome)))
@@ -62,7 +67,7 @@ impl pb::answers_server::Answers for AnswerService {
         // Unbounded: tokens come from a synchronous callback and must not be dropped; their
         // number is bounded by max_tokens.
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let engine = self.engine.clone();
+        let engine = self.engine()?;
         tokio::spawn(async move {
             let events = tx.clone();
             let sink = move |p: Progress| {

@@ -17,12 +17,17 @@ use crate::error::Error;
 use crate::eval::run::{EvalQuery, RunSpec};
 
 pub struct EvalService {
-    engine: Arc<Engine>,
+    live: Arc<super::Live>,
 }
 
 impl EvalService {
-    pub fn new(engine: Arc<Engine>) -> Self {
-        EvalService { engine }
+    pub fn new(live: Arc<super::Live>) -> Self {
+        EvalService { live }
+    }
+
+    /// The engine being served now, or UNAVAILABLE while the storage is reopened.
+    fn engine(&self) -> Result<Arc<Engine>, Status> {
+        self.live.engine().map_err(to_status)
     }
 }
 
@@ -44,7 +49,9 @@ impl pb::eval_server::Eval for EvalService {
         // Server work stops at the client's deadline as well as when it goes away.
         let deadline = super::observe::request_deadline(&request);
         let r = request.into_inner();
-        self.engine.collection(&r.collection).map_err(to_status)?;
+        self.engine()?
+            .collection(&r.collection)
+            .map_err(to_status)?;
         if r.queries.is_empty() {
             return Err(to_status(Error::invalid("the request has no queries")));
         }
@@ -76,7 +83,7 @@ impl pb::eval_server::Eval for EvalService {
             .collect::<crate::Result<_>>()
             .map_err(to_status)?;
         let (tx, rx) = mpsc::channel(16);
-        let engine = self.engine.clone();
+        let engine = self.engine()?;
         // When the client goes away the stream's receiver is dropped: the progress callback
         // (after every query) notices and the evaluation stops before its next query.
         let cancel = Cancel::new();

@@ -23,22 +23,27 @@ const DEFAULT_PAGE: usize = 50;
 pub const MAX_WATCHERS: usize = 256;
 
 pub struct JobsService {
-    jobs: Jobs,
+    live: std::sync::Arc<super::Live>,
     watchers: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl JobsService {
-    pub fn new(jobs: Jobs) -> Self {
+    pub fn new(live: std::sync::Arc<super::Live>) -> Self {
         JobsService {
-            jobs,
+            live,
             watchers: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_WATCHERS)),
         }
+    }
+
+    /// The job system now, or UNAVAILABLE while the storage is reopened.
+    fn jobs(&self) -> Result<Jobs, Status> {
+        self.live.jobs().map_err(to_status)
     }
 
     /// The job `id`, if the caller may see it with `needed`.
     fn job_for<T>(&self, request: &Request<T>, id: &str, needed: Role) -> Result<Job, Status> {
         let job = parse_id(id)
-            .and_then(|id| self.jobs.get(id))
+            .and_then(|id| self.live.jobs()?.get(id))
             .map_err(to_status)?;
         authorize(request, needed, Some(&job.spec.collection))?;
         Ok(job)
@@ -149,7 +154,7 @@ impl pb::jobs_server::Jobs for JobsService {
             .source
             .ok_or_else(|| Status::invalid_argument("the request has no source"))?;
         let source = source_from_pb(source);
-        let jobs = self.jobs.clone();
+        let jobs = self.jobs()?;
         let job = tokio::task::spawn_blocking(move || jobs.submit(&r.collection, source, r.sync))
             .await
             .map_err(|e| Status::internal(format!("task failed: {e}")))?
@@ -187,7 +192,7 @@ impl pb::jobs_server::Jobs for JobsService {
             n => n as usize,
         };
         let (jobs, more) = self
-            .jobs
+            .jobs()?
             .list(before, size, |j| {
                 (collection.is_empty() || j.spec.collection == collection)
                     && state.is_none_or(|s| j.state == s)
@@ -209,7 +214,7 @@ impl pb::jobs_server::Jobs for JobsService {
         request: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
         let job = self.job_for(&request, &request.get_ref().id, Role::Write)?;
-        let jobs = self.jobs.clone();
+        let jobs = self.jobs()?;
         let job = tokio::task::spawn_blocking(move || jobs.cancel(job.id))
             .await
             .map_err(|e| Status::internal(format!("task failed: {e}")))?
@@ -229,15 +234,21 @@ impl pb::jobs_server::Jobs for JobsService {
                 "{MAX_WATCHERS} jobs are being watched, the limit; poll GetJob instead"
             ))
         })?;
-        let jobs = self.jobs.clone();
-        let mut changes = jobs.subscribe();
+        // The job system is taken afresh each round (not held: the storage may be reopened
+        // under a long watch, which starts a new one).
+        let live = self.live.clone();
+        let mut changes = self.jobs()?.subscribe();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
             let _permit = permit;
             let mut last: Option<Job> = None;
             loop {
-                let now = match jobs.get(job.id) {
+                let now = match live.jobs().and_then(|jobs| jobs.get(job.id)) {
                     Ok(j) => j,
+                    Err(crate::Error::Unavailable(_)) if !tx.is_closed() => {
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                        continue;
+                    }
                     Err(e) => {
                         let _ = tx.send(Err(to_status(e))).await;
                         return;
@@ -257,8 +268,12 @@ impl pb::jobs_server::Jobs for JobsService {
                 tokio::select! {
                     changed = changes.changed() => {
                         if changed.is_err() {
-                            // The job system stopped: poll until the server goes.
+                            // That job system stopped (shutdown, or a storage reopen): follow
+                            // the next one, if any.
                             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                            if let Ok(jobs) = live.jobs() {
+                                changes = jobs.subscribe();
+                            }
                         }
                     }
                     _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}

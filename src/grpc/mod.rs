@@ -8,10 +8,12 @@
 //! - [`auth`]: API keys on the wire (an interceptor authenticates, handlers authorize).
 //! - [`observe`]: the layer in front of every service: request ids, admission, request metrics.
 //! - [`ops`]: the `/metrics`, `/healthz`, `/readyz` HTTP listener.
+//! - [`live`]: the engine the services call, reopened in place after a storage failure (sled
+//!   fails for good after one failed write until reopened).
 //! - [`serve`]: wires Quarry's services, `grpc.health.v1` and server reflection (v1 and
 //!   v1alpha) onto a listener, with keys, TLS, keepalive and the observe layer, and runs until
 //!   the shutdown future resolves, then finishes in-flight requests and checkpoints the engine.
-//!   It receives the engine and [`ServeOptions`] (answerer, keys, TLS, admission): nothing below
+//!   It receives the [`Live`] engine and [`ServeOptions`] (answerer, keys, TLS, admission): nothing below
 //!   this layer sees the whole server configuration.
 //! - [`LocalServer`]: the same server on a loopback port inside this process, for `quarry eval`,
 //!   benchmarks and tests.
@@ -23,6 +25,7 @@ pub mod codec;
 mod convert;
 mod eval_service;
 mod jobs_service;
+pub mod live;
 mod meta_convert;
 pub mod observe;
 pub mod ops;
@@ -39,6 +42,7 @@ use tonic::service::interceptor::InterceptedService;
 use crate::answer::Answerer;
 use crate::auth::Keys;
 use crate::engine::{spawn_checkpointer, Engine};
+pub use live::Live;
 
 pub use convert::{
     document_for_upsert, eval_outcome, fusion_to_pb, mode as mode_from_pb, mode_to_pb,
@@ -54,11 +58,13 @@ pub mod pb {
         include_bytes!(concat!(env!("OUT_DIR"), "/quarry_descriptor.bin"));
 }
 
-/// Reports the storage's health through `grpc.health.v1`: when a write or flush fails in the
-/// storage (a full disk, an I/O error), the server and its Quarry services turn NOT_SERVING
-/// until a later flush succeeds; reads may still work, but nothing new can be acknowledged.
+/// Watches the storage's health and reports it through `grpc.health.v1`: when a write or flush
+/// fails in the storage (a full disk, an I/O error), the server and its Quarry services turn
+/// NOT_SERVING; reads may still work, but nothing new can be acknowledged. sled keeps such an
+/// error until reopened, so once the disk has room again this task reopens the data directory
+/// in place ([`Live::reopen`]) and the services serve again, without a restart.
 fn spawn_storage_health(
-    engine: Arc<Engine>,
+    live: Arc<Live>,
     reporter: tonic_health::server::HealthReporter,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
@@ -75,26 +81,47 @@ fn spawn_storage_health(
     ];
     tokio::spawn(async move {
         let mut healthy = true;
+        let mut failing_since = std::time::Instant::now();
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = stop.changed() => return,
             }
+            let Some(engine) = live.current() else {
+                continue;
+            };
             let now = engine.storage_healthy();
-            if now == healthy {
+            if now != healthy {
+                healthy = now;
+                let status = if healthy {
+                    tracing::info!("storage healthy again: SERVING");
+                    tonic_health::ServingStatus::Serving
+                } else {
+                    failing_since = std::time::Instant::now();
+                    tracing::error!(
+                        "storage failed: NOT_SERVING until it recovers (reopened once the disk has room)"
+                    );
+                    tonic_health::ServingStatus::NotServing
+                };
+                for name in services {
+                    reporter.set_service_status(name, status).await;
+                }
+            }
+            if healthy {
                 continue;
             }
-            healthy = now;
-            let status = if healthy {
-                tracing::info!("storage healthy again: SERVING");
-                tonic_health::ServingStatus::Serving
-            } else {
-                tracing::error!("storage failed: NOT_SERVING until a write succeeds");
-                tonic_health::ServingStatus::NotServing
-            };
-            for name in services {
-                reporter.set_service_status(name, status).await;
+            let check = engine.clone();
+            let reopen =
+                tokio::task::spawn_blocking(move || Live::should_reopen(&check, failing_since))
+                    .await
+                    .unwrap_or(false);
+            drop(engine);
+            if reopen {
+                if let Err(e) = live.reopen(&mut stop).await {
+                    tracing::error!(error = %e, "reopening the storage failed");
+                }
+                failing_since = std::time::Instant::now();
             }
         }
     })
@@ -123,8 +150,6 @@ pub struct ServeOptions {
     pub admission: observe::AdmissionSettings,
     /// Told when shutdown begins (the operations endpoint's `/readyz`).
     pub readiness: Option<Arc<ops::Readiness>>,
-    /// Server-side ingestion jobs: import roots and limits (no roots: jobs are refused).
-    pub jobs: crate::jobs::JobSettings,
 }
 
 /// The server TLS configuration `settings` describe (reading the PEM files now, so a bad file
@@ -156,7 +181,7 @@ pub fn server_tls(
 
 /// Runs the gRPC server on `listener` until `shutdown` resolves.
 pub async fn serve(
-    engine: Arc<Engine>,
+    live: Arc<Live>,
     options: ServeOptions,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -167,9 +192,13 @@ pub async fn serve(
         tls,
         admission,
         readiness,
-        jobs,
     } = options;
+    let engine = live.engine()?;
     let max = engine.config().limits.max_message_bytes;
+    let checkpoint_every =
+        std::time::Duration::from_secs(engine.config().index.checkpoint_interval_secs);
+    let unavailable = engine.unavailable_collections().unwrap_or_default();
+    drop(engine);
     if keys.is_empty() {
         tracing::info!("no API keys configured: every caller may do everything");
     }
@@ -185,34 +214,25 @@ pub async fn serve(
     let reflection_v1 = InterceptedService::new(reflection().build_v1()?, authn.clone());
     let reflection_v1alpha = InterceptedService::new(reflection().build_v1alpha()?, authn.clone());
     let collections = pb::collections_server::CollectionsServer::new(
-        services::CollectionsService::new(engine.clone()),
+        services::CollectionsService::new(live.clone()),
     )
     .max_decoding_message_size(max)
     .max_encoding_message_size(max);
     let documents =
-        pb::documents_server::DocumentsServer::new(services::DocumentsService::new(engine.clone()))
+        pb::documents_server::DocumentsServer::new(services::DocumentsService::new(live.clone()))
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
-    if jobs.roots.is_empty() {
-        tracing::info!("no import roots: server-side ingestion jobs will be refused");
-    } else {
-        for root in jobs.roots.canonical() {
-            tracing::info!(root = %root.display(), "import root");
-        }
-    }
-    let jobs = crate::jobs::Jobs::start(engine.clone(), jobs)?;
     let jobs_server =
-        pb::jobs_server::JobsServer::new(jobs_service::JobsService::new(jobs.clone()))
+        pb::jobs_server::JobsServer::new(jobs_service::JobsService::new(live.clone()))
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
-    let admin =
-        pb::admin_server::AdminServer::new(admin_service::AdminService::new(engine.clone()))
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(max);
-    let search = pb::search_server::SearchServer::new(services::SearchService::new(engine.clone()))
+    let admin = pb::admin_server::AdminServer::new(admin_service::AdminService::new(live.clone()))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    let eval = pb::eval_server::EvalServer::new(eval_service::EvalService::new(engine.clone()))
+    let search = pb::search_server::SearchServer::new(services::SearchService::new(live.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let eval = pb::eval_server::EvalServer::new(eval_service::EvalService::new(live.clone()))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     match &answerer {
@@ -226,7 +246,7 @@ pub async fn serve(
         }
     }
     let answers = pb::answers_server::AnswersServer::new(answer_service::AnswerService::new(
-        engine.clone(),
+        live.clone(),
         answerer,
     ))
     .max_decoding_message_size(max)
@@ -257,7 +277,7 @@ pub async fn serve(
         .await;
     // A collection that could not be opened is NOT_SERVING under its own health name; the
     // server and the other collections serve.
-    for (name, why) in engine.unavailable_collections().unwrap_or_default() {
+    for (name, why) in unavailable {
         tracing::warn!(collection = %crate::error::quote(&name), reason = %why, "collection unavailable");
         health_reporter
             .set_service_status(
@@ -268,8 +288,10 @@ pub async fn serve(
     }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let checkpointer = spawn_checkpointer(engine.clone(), stop_rx.clone());
-    let storage_watch = spawn_storage_health(engine.clone(), health_reporter.clone(), stop_rx);
+    let current = live.clone();
+    let checkpointer =
+        spawn_checkpointer(checkpoint_every, move || current.current(), stop_rx.clone());
+    let storage_watch = spawn_storage_health(live.clone(), health_reporter.clone(), stop_rx);
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "quarry listening");
     // Shutdown: stop accepting, let in-flight requests finish, but not forever: a client that
@@ -325,16 +347,24 @@ pub async fn serve(
             SHUTDOWN_GRACE.as_secs()
         ),
     }
-    // Running jobs stop after their current batch and resume at the next start.
-    let _ = tokio::task::spawn_blocking(move || jobs.stop()).await;
     tracing::info!("in-flight requests finished; checkpointing");
     let _ = stop_tx.send(true);
     let _ = checkpointer.await;
     let _ = storage_watch.await;
+    // Running jobs stop after their current batch and resume at the next start.
+    let Some(engine) = live.close().await else {
+        tracing::warn!("no engine open at shutdown (a storage reopen had not finished)");
+        return Ok(());
+    };
     // Everything acknowledged is already durable; a final checkpoint that fails (a full disk)
     // only means the indexes replay the log at the next start.
     if let Err(e) = engine.checkpoint().await {
         tracing::error!(error = %e, "final checkpoint failed; the next start will replay the log");
+    }
+    // Released here (sled's lock on the data directory with it), so the same directory can be
+    // opened again at once; a call still running after the grace period may hold it longer.
+    if !live::release(engine, Some(SHUTDOWN_GRACE)).await {
+        tracing::warn!("the engine is still referenced after shutdown");
     }
     tracing::info!("state flushed; bye");
     Ok(())
@@ -344,25 +374,36 @@ pub async fn serve(
 /// `quarry eval` without `--server`, benchmarks and tests).
 pub struct LocalServer {
     pub url: String,
-    pub engine: Arc<Engine>,
+    pub live: Arc<Live>,
     stop: tokio::sync::oneshot::Sender<()>,
     handle: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 impl LocalServer {
-    pub async fn start(engine: Arc<Engine>, options: ServeOptions) -> anyhow::Result<LocalServer> {
+    /// Serves `engine`, with its job system set up by `jobs`.
+    pub async fn start(
+        engine: Arc<Engine>,
+        options: ServeOptions,
+        jobs: crate::jobs::JobSettings,
+    ) -> anyhow::Result<LocalServer> {
+        let live = Live::start(engine, jobs)?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
         let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-        let handle = tokio::spawn(serve(engine.clone(), options, listener, async {
+        let handle = tokio::spawn(serve(live.clone(), options, listener, async {
             let _ = rx.await;
         }));
         Ok(LocalServer {
             url,
-            engine,
+            live,
             stop,
             handle,
         })
+    }
+
+    /// The engine being served now (it changes when the storage is reopened).
+    pub fn engine(&self) -> anyhow::Result<Arc<Engine>> {
+        Ok(self.live.engine()?)
     }
 
     /// A channel to the server (it may take a moment to accept the first connection).
@@ -390,19 +431,6 @@ impl LocalServer {
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.stop.send(());
         self.handle.await??;
-        let mut engine = self.engine;
-        for _ in 0..400 {
-            match Arc::try_unwrap(engine) {
-                Ok(e) => {
-                    drop(e);
-                    return Ok(());
-                }
-                Err(e) => engine = e,
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-        }
-        Err(anyhow::anyhow!(
-            "the engine is still referenced 10 s after shutdown"
-        ))
+        Ok(())
     }
 }

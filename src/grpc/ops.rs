@@ -14,13 +14,13 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::engine::Engine;
+use super::Live;
 use crate::metrics;
 
 /// What `/readyz` reports.
 #[derive(Default)]
 pub struct Readiness {
-    engine: OnceLock<Arc<Engine>>,
+    live: OnceLock<Arc<Live>>,
     stopping: AtomicBool,
 }
 
@@ -30,8 +30,8 @@ impl Readiness {
     }
 
     /// Start-up is over: the engine is open (recovered) and its default model loaded.
-    pub fn set_ready(&self, engine: Arc<Engine>) {
-        let _ = self.engine.set(engine);
+    pub fn set_ready(&self, live: Arc<Live>) {
+        let _ = self.live.set(live);
     }
 
     /// Shutdown began: not ready any more.
@@ -44,8 +44,11 @@ impl Readiness {
         if self.stopping.load(Ordering::Acquire) {
             return Err("shutting down");
         }
-        let Some(engine) = self.engine.get() else {
+        let Some(live) = self.live.get() else {
             return Err("starting: recovering collections and loading models");
+        };
+        let Some(engine) = live.current() else {
+            return Err("reopening the storage after a failure");
         };
         if !engine.storage_healthy() {
             return Err("storage failed: writes cannot be made durable");
@@ -64,7 +67,16 @@ fn render(readiness: &Readiness) -> String {
         "1 when /readyz says ready.",
         &[(vec![], ready)],
     );
-    let Some(engine) = readiness.engine.get() else {
+    let Some(live) = readiness.live.get() else {
+        return out;
+    };
+    metrics::gauge(
+        &mut out,
+        "quarry_storage_reopens",
+        "Times the data directory was reopened in place after a storage failure.",
+        &[(vec![], live.reopens() as f64)],
+    );
+    let Some(engine) = live.current() else {
         return out;
     };
     metrics::gauge(

@@ -20,12 +20,17 @@ const STREAM_BATCH: usize = 64;
 const MAX_RESULT_ERROR_BYTES: usize = 256;
 
 pub struct CollectionsService {
-    engine: Arc<Engine>,
+    live: Arc<super::Live>,
 }
 
 impl CollectionsService {
-    pub fn new(engine: Arc<Engine>) -> Self {
-        CollectionsService { engine }
+    pub fn new(live: Arc<super::Live>) -> Self {
+        CollectionsService { live }
+    }
+
+    /// The engine being served now, or UNAVAILABLE while the storage is reopened.
+    fn engine(&self) -> Result<Arc<Engine>, Status> {
+        self.live.engine().map_err(to_status)
     }
 }
 
@@ -55,7 +60,7 @@ impl pb::collections_server::Collections for CollectionsService {
                 .map_err(to_status)?,
             vector_dimension: Some(config.vector_dimension as usize).filter(|&d| d > 0),
         };
-        let engine = self.engine.clone();
+        let engine = self.engine()?;
         let info = blocking(move || engine.create_collection(&r.name, settings)).await?;
         Ok(Response::new(convert::collection(info)))
     }
@@ -66,7 +71,7 @@ impl pb::collections_server::Collections for CollectionsService {
     ) -> Result<Response<pb::Collection>, Status> {
         authorize(&request, Role::Read, Some(&request.get_ref().name))?;
         let c = self
-            .engine
+            .engine()?
             .collection(&request.into_inner().name)
             .map_err(to_status)?;
         Ok(Response::new(convert::collection(c.info())))
@@ -79,7 +84,7 @@ impl pb::collections_server::Collections for CollectionsService {
         authorize(&request, Role::Read, None)?;
         // A key scoped to some collections sees only those.
         let who = principal(&request)?;
-        let list = self.engine.list_collections().map_err(to_status)?;
+        let list = self.engine()?.list_collections().map_err(to_status)?;
         Ok(Response::new(pb::ListCollectionsResponse {
             collections: list
                 .into_iter()
@@ -94,7 +99,7 @@ impl pb::collections_server::Collections for CollectionsService {
         request: Request<pb::DeleteCollectionRequest>,
     ) -> Result<Response<pb::DeleteCollectionResponse>, Status> {
         authorize(&request, Role::Admin, Some(&request.get_ref().name))?;
-        self.engine
+        self.engine()?
             .delete_collection(&request.into_inner().name)
             .await
             .map_err(to_status)?;
@@ -103,12 +108,17 @@ impl pb::collections_server::Collections for CollectionsService {
 }
 
 pub struct DocumentsService {
-    engine: Arc<Engine>,
+    live: Arc<super::Live>,
 }
 
 impl DocumentsService {
-    pub fn new(engine: Arc<Engine>) -> Self {
-        DocumentsService { engine }
+    pub fn new(live: Arc<super::Live>) -> Self {
+        DocumentsService { live }
+    }
+
+    /// The engine being served now, or UNAVAILABLE while the storage is reopened.
+    fn engine(&self) -> Result<Arc<Engine>, Status> {
+        self.live.engine().map_err(to_status)
     }
 }
 
@@ -127,7 +137,7 @@ impl pb::documents_server::Documents for DocumentsService {
             .collect::<crate::Result<_>>()
             .map_err(to_status)?;
         let outcomes = self
-            .engine
+            .engine()?
             .upsert(&r.collection, docs)
             .await
             .map_err(to_status)?;
@@ -170,7 +180,7 @@ impl pb::documents_server::Documents for DocumentsService {
             Ok(())
         }
 
-        let idle = std::time::Duration::from_secs(self.engine.config().limits.stream_idle_secs);
+        let idle = std::time::Duration::from_secs(self.engine()?.config().limits.stream_idle_secs);
         loop {
             let next = tokio::time::timeout(idle, stream.message())
                 .await
@@ -193,7 +203,7 @@ impl pb::documents_server::Documents for DocumentsService {
                 (None, name) => {
                     who.allows(Role::Write, Some(name))
                         .map_err(Status::permission_denied)?;
-                    self.engine.collection(name).map_err(to_status)?;
+                    self.engine()?.collection(name).map_err(to_status)?;
                     collection = Some(name.to_string());
                 }
                 (Some(_), "") => {}
@@ -211,7 +221,9 @@ impl pb::documents_server::Documents for DocumentsService {
                 continue;
             };
             let pos = results.len();
-            let limits = &self.engine.config().limits;
+            // Taken per message, not held for the stream (the storage may be reopened).
+            let engine = self.engine()?;
+            let limits = &engine.config().limits;
             if pos >= limits.max_stream_documents {
                 return Err(Status::invalid_argument(format!(
                     "the stream has more than max_stream_documents = {} documents; batches \
@@ -222,9 +234,8 @@ impl pb::documents_server::Documents for DocumentsService {
             }
             let id = doc.id.clone();
             let checked = convert::document(doc).and_then(|doc| {
-                self.engine.validate_document(&doc)?;
-                self.engine
-                    .check_metadata_types(&name, &doc, &mut new_keys)?;
+                engine.validate_document(&doc)?;
+                engine.check_metadata_types(&name, &doc, &mut new_keys)?;
                 Ok(doc)
             });
             match checked {
@@ -241,18 +252,18 @@ impl pb::documents_server::Documents for DocumentsService {
                     // A batch holds each id once: a repeated id starts a new batch so the
                     // later version wins, as it would sent one by one.
                     if pending.iter().any(|(_, d)| d.id == doc.id) {
-                        flush(&self.engine, &name, &mut pending, &mut results).await?;
+                        flush(&engine, &name, &mut pending, &mut results).await?;
                     }
                     results.push(None);
                     pending.push((pos, doc));
                     if pending.len() >= STREAM_BATCH {
-                        flush(&self.engine, &name, &mut pending, &mut results).await?;
+                        flush(&engine, &name, &mut pending, &mut results).await?;
                     }
                 }
             }
         }
         if let Some(name) = &collection {
-            flush(&self.engine, name, &mut pending, &mut results).await?;
+            flush(&*self.engine()?, name, &mut pending, &mut results).await?;
         }
         Ok(Response::new(pb::UpsertDocumentsResponse {
             results: results.into_iter().flatten().collect(),
@@ -265,7 +276,7 @@ impl pb::documents_server::Documents for DocumentsService {
     ) -> Result<Response<pb::GetDocumentsResponse>, Status> {
         authorize(&request, Role::Read, Some(&request.get_ref().collection))?;
         let r = request.into_inner();
-        let engine = self.engine.clone();
+        let engine = self.engine()?;
         let (found, missing) =
             blocking(move || engine.get_documents(&r.collection, &r.ids, r.include_chunks)).await?;
         Ok(Response::new(pb::GetDocumentsResponse {
@@ -281,7 +292,7 @@ impl pb::documents_server::Documents for DocumentsService {
         authorize(&request, Role::Write, Some(&request.get_ref().collection))?;
         let r = request.into_inner();
         let (deleted, missing) = self
-            .engine
+            .engine()?
             .delete_documents(&r.collection, r.ids)
             .await
             .map_err(to_status)?;
@@ -305,7 +316,7 @@ impl pb::documents_server::Documents for DocumentsService {
         } else {
             r.page_size as usize
         };
-        let engine = self.engine.clone();
+        let engine = self.engine()?;
         let page = blocking(move || {
             engine.list_documents(
                 &r.collection,
@@ -347,7 +358,7 @@ impl pb::documents_server::Documents for DocumentsService {
         let filter = meta_convert::request_filter(Default::default(), r.r#where, &r.where_text)
             .map_err(to_status)?;
         let out = self
-            .engine
+            .engine()?
             .delete_by_filter(&r.collection, filter, r.dry_run)
             .await
             .map_err(to_status)?;
@@ -359,12 +370,17 @@ impl pb::documents_server::Documents for DocumentsService {
 }
 
 pub struct SearchService {
-    engine: Arc<Engine>,
+    live: Arc<super::Live>,
 }
 
 impl SearchService {
-    pub fn new(engine: Arc<Engine>) -> Self {
-        SearchService { engine }
+    pub fn new(live: Arc<super::Live>) -> Self {
+        SearchService { live }
+    }
+
+    /// The engine being served now, or UNAVAILABLE while the storage is reopened.
+    fn engine(&self) -> Result<Arc<Engine>, Status> {
+        self.live.engine().map_err(to_status)
     }
 }
 
@@ -380,7 +396,7 @@ impl pb::search_server::Search for SearchService {
         let params = convert::search_params(r.clone()).map_err(to_status)?;
         let next_offset = params.offset + params.top_k.max(1);
         let outcome = self
-            .engine
+            .engine()?
             .search(&r.collection, params)
             .await
             .map_err(to_status)?;

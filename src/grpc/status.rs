@@ -21,13 +21,14 @@ pub fn to_status(e: Error) -> Status {
         Error::PermissionDenied(_) => Code::PermissionDenied,
         Error::Exhausted(_) => Code::ResourceExhausted,
         Error::FailedPrecondition(_) => Code::FailedPrecondition,
-        Error::Embedding(_) => Code::Unavailable,
+        Error::Embedding(_) | Error::Unavailable(_) => Code::Unavailable,
         Error::Upstream(_) | Error::ContractViolation { .. } => Code::Unavailable,
         Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
         Error::Cancelled => Code::Cancelled,
         Error::Storage(_) | Error::Lexical(_) | Error::Io(_) | Error::Internal(_) => Code::Internal,
     };
-    if !e.is_user_error() {
+    // A call refused while the storage reopens is expected, not a fault (the reopen logs).
+    if !e.is_user_error() && !matches!(e, Error::Unavailable(_)) {
         tracing::error!(error = %e, "request failed");
     }
     Status::new(code, e.to_string())
@@ -64,6 +65,10 @@ mod tests {
         );
         assert_eq!(
             to_status(Error::Embedding("e".into())).code(),
+            Code::Unavailable
+        );
+        assert_eq!(
+            to_status(Error::Unavailable("reopening".into())).code(),
             Code::Unavailable
         );
     }

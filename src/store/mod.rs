@@ -134,7 +134,8 @@ pub struct Store {
     db: sled::Db,
     collections: sled::Tree,
     /// Set when a write or flush failed in the storage itself (a full disk, an I/O error):
-    /// sled 0.34 then keeps failing until it is reopened, so health reports NOT_SERVING.
+    /// sled 0.34 then keeps failing until it is reopened (the server does so in place once the
+    /// disk has room: `grpc::live`), so health reports NOT_SERVING meanwhile.
     /// Cleared by a later successful flush.
     failed: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Added to sled's id generator (tree `meta`, key `id-floor`): raised when a snapshot

@@ -13,6 +13,7 @@ use quarry::config::Config;
 use quarry::engine::Engine;
 use quarry::grpc::pb;
 use quarry::grpc::{LocalServer, ServeOptions};
+use quarry::jobs::JobSettings;
 use quarry::model::{catalog, fetch};
 use tonic::transport::Channel;
 
@@ -46,7 +47,6 @@ pub fn test_config(data_dir: &Path) -> Config {
 /// and stopping panic on failure.
 pub struct TestServer {
     pub url: String,
-    pub engine: Arc<Engine>,
     inner: LocalServer,
 }
 
@@ -71,27 +71,35 @@ impl TestServer {
                 tls,
                 admission,
                 readiness: None,
-                jobs,
             },
+            jobs,
         )
         .await
     }
 
     /// Serves an engine opened by the test (for example over the hash embedder).
     pub async fn serve(engine: Engine) -> TestServer {
-        Self::serve_with(engine, ServeOptions::default()).await
+        Self::serve_with(engine, ServeOptions::default(), Default::default()).await
     }
 
-    async fn serve_with(engine: Engine, options: ServeOptions) -> TestServer {
-        let engine = Arc::new(engine);
-        let inner = LocalServer::start(engine.clone(), options)
+    async fn serve_with(engine: Engine, options: ServeOptions, jobs: JobSettings) -> TestServer {
+        let inner = LocalServer::start(Arc::new(engine), options, jobs)
             .await
             .expect("server starts");
         TestServer {
             url: inner.url.clone(),
-            engine,
             inner,
         }
+    }
+
+    /// The engine being served now (it changes when the storage is reopened).
+    pub fn engine(&self) -> Arc<Engine> {
+        self.inner.engine().expect("an engine is being served")
+    }
+
+    /// Times the server reopened its data directory after a storage failure.
+    pub fn reopens(&self) -> u64 {
+        self.inner.live.reopens()
     }
 
     /// Creates `name` with default settings (panics on failure).
@@ -123,7 +131,6 @@ impl TestServer {
     /// Graceful shutdown: in-flight requests finish, state is checkpointed, and the data
     /// directory is released before this returns.
     pub async fn stop(self) {
-        drop(self.engine);
         self.inner.stop().await.expect("server exits cleanly");
     }
 }
