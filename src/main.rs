@@ -133,8 +133,45 @@ fn init_tracing(format: quarry::config::LogFormat) {
 }
 
 /// Exit codes: 0 success, 1 failure, 2 some documents were not ingested (the rest were).
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+/// glibc's malloc, tuned for a long-running server before any thread starts. Its defaults
+/// grow the heap of a busy server for hours (`benches/load.rs`, soak phase): one arena per
+/// thread that ever allocated (up to 8 per core: tokio workers, the blocking pool, ONNX
+/// Runtime and rayon threads), each keeping its freed memory, and a "dynamic" mmap threshold
+/// that, after the first large block (a tantivy writer's arena, a batch of vectors) is freed,
+/// serves blocks of up to 32 MiB from those arenas, where freeing them rarely returns memory.
+/// Two arenas and a fixed 1 MiB threshold (large blocks are mapped and unmapped) keep the
+/// heap flat; the load benchmark measures the change. The `MALLOC_ARENA_MAX` and
+/// `MALLOC_MMAP_THRESHOLD_` environment variables, when set, win.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+            // SAFETY: mallopt only sets allocator parameters; no other thread exists yet.
+            unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
+        }
+        if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+            // SAFETY: as above.
+            unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20) };
+        }
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    tune_allocator();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("Error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async_main())
+}
+
+async fn async_main() -> std::process::ExitCode {
     match run(Cli::parse()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
