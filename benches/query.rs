@@ -9,7 +9,7 @@
 //!    drift batching causes in the vectors (the default model is dynamically quantized).
 //! 2. The real release server over gRPC, one client, query cache off: lexical, dense and
 //!    hybrid p50/p99 (top 10), and the target ratio hybrid p50 / (raw all-core embedding p50
-//!    + lexical p50).
+//!    + lexical p50), from six rounds that interleave its three terms (the median and range).
 //! 3. Hybrid searches/s with 1, 4 and 16 closed-loop clients, cache off (target: 16 clients
 //!    >= 1.8x one client).
 //! 4. Cache on (the default 4096 entries): 16 clients asking Zipf-distributed questions drawn
@@ -69,7 +69,9 @@ fn embed_each(session: &mut fastembed::TextEmbedding, queries: &[String]) -> Vec
         .collect()
 }
 
-fn raw_model(queries: &[String], cores: usize) -> anyhow::Result<f64> {
+/// Phase 1; hands back the all-core session the server's lone searches use (spinning), for
+/// phase 2's interleaved rounds.
+fn raw_model(queries: &[String], cores: usize) -> anyhow::Result<fastembed::TextEmbedding> {
     let models_dir = quarry::config::default_models_dir();
     let mut say = |m: &str| eprintln!("{m}");
     fetch::ensure(&catalog::ONNXRUNTIME, &models_dir, &mut say)?;
@@ -109,7 +111,6 @@ fn raw_model(queries: &[String], cores: usize) -> anyhow::Result<f64> {
         p(&c, 0.5),
         p(&c, 0.99)
     );
-    let wide_p50 = p(&b, 0.5).min(p(&c, 0.5));
 
     // Throughput: one single-threaded session per core, side by side.
     let mut sessions = (0..cores)
@@ -141,8 +142,11 @@ fn raw_model(queries: &[String], cores: usize) -> anyhow::Result<f64> {
         "              batches of 16, {cores} threads           {batch_rate:6.1} queries/s, \
          max 1-cos(batched, alone) = {drift:.2e}"
     );
-    Ok(wide_p50)
+    Ok(wide_spin)
 }
+
+/// Interleaved rounds behind the one-client latency target.
+const ROUNDS: usize = 6;
 
 fn request(q: &str, mode: pb::SearchMode) -> pb::SearchRequest {
     pb::SearchRequest {
@@ -271,7 +275,7 @@ async fn run(dir: PathBuf) -> anyhow::Result<()> {
         report.documents, report.seconds
     );
 
-    let wide_p50 = tokio::task::spawn_blocking({
+    let wide = tokio::task::spawn_blocking({
         let queries = queries.clone();
         move || raw_model(&queries, cores)
     })
@@ -279,8 +283,6 @@ async fn run(dir: PathBuf) -> anyhow::Result<()> {
 
     let channel = Channel::from_shared(server.url.clone())?.connect().await?;
     println!("\n2. quarry serve (release) over gRPC, one client, query cache off, top 10");
-    let mut lexical_p50 = 0.0;
-    let mut hybrid_p50 = 0.0;
     for mode in [
         pb::SearchMode::Lexical,
         pb::SearchMode::Dense,
@@ -315,16 +317,43 @@ async fn run(dir: PathBuf) -> anyhow::Result<()> {
                 1000.0 * (embed_metric("sum") - sum0) / embedded
             );
         }
-        match mode {
-            pb::SearchMode::Lexical => lexical_p50 = p(&all, 0.5),
-            pb::SearchMode::Hybrid => hybrid_p50 = p(&all, 0.5),
-            _ => {}
-        }
     }
+    // The target's ratio from rounds that interleave its three terms, so drift in this
+    // shared machine's load hits them alike: the raw all-core session (the server's lone
+    // search session, spinning), then the server's lexical and hybrid passes.
+    let mut wide = Some(wide);
+    let mut ratios = Vec::new();
+    for round in 1..=ROUNDS {
+        let (session, raw) = tokio::task::spawn_blocking({
+            let queries = queries.clone();
+            let mut session = wide.take().expect("the session is back");
+            move || {
+                let raw = embed_each(&mut session, &queries);
+                (session, raw)
+            }
+        })
+        .await?;
+        wide = Some(session);
+        let raw = sorted(raw);
+        let (lexical, _) = serial(&channel, &queries, pb::SearchMode::Lexical).await;
+        let (hybrid, _) = serial(&channel, &queries, pb::SearchMode::Hybrid).await;
+        let (lexical, hybrid) = (sorted(lexical), sorted(hybrid));
+        let ratio = p(&hybrid, 0.5) / (p(&raw, 0.5) + p(&lexical, 0.5));
+        println!(
+            "  round {round}: raw all-core embedding p50 {:.2} ms, lexical {:.2} ms, hybrid {:.2} ms: {ratio:.2}x",
+            p(&raw, 0.5),
+            p(&lexical, 0.5),
+            p(&hybrid, 0.5)
+        );
+        ratios.push(ratio);
+    }
+    let ratios = sorted(ratios);
     println!(
-        "  target: hybrid p50 / (raw all-core embedding p50 + lexical p50) = {hybrid_p50:.2} / \
-         ({wide_p50:.2} + {lexical_p50:.2}) = {:.2}x (target <= 1.3x)",
-        hybrid_p50 / (wide_p50 + lexical_p50)
+        "  target: hybrid p50 / (raw all-core embedding p50 + lexical p50), median of {ROUNDS} \
+         interleaved rounds = {:.2}x (rounds {:.2}-{:.2}; target <= 1.3x)",
+        p(&ratios, 0.5),
+        ratios[0],
+        ratios[ratios.len() - 1]
     );
 
     println!("\n3. hybrid searches/s, closed-loop clients, {secs} s each, query cache off");

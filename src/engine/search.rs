@@ -1,9 +1,9 @@
 //! The read path: validate, fetch candidates from the retrievers the mode needs, combine them
 //! (`retrieve::hybrid`, pure), and turn the ranking into hits with text and metadata from sled.
 //!
-//! In hybrid mode a lone search runs the lexical retriever while the query is embedded: the
-//! two are independent and embedding dominates the latency. Under concurrent load each search
-//! keeps to one thread instead (`model::lone_search`). Dense candidates are planned by filter
+//! In hybrid mode a lone search embeds its query on every core, then runs the two retrievers
+//! side by side. Under concurrent load each search keeps to one thread instead
+//! (`model::lone_search`). Dense candidates are planned by filter
 //! selectivity ([`Collection::dense_candidates`]).
 
 use std::collections::{HashMap, HashSet};
@@ -116,31 +116,29 @@ impl Collection {
                 .map_err(|_| Error::internal("schema lock poisoned"))?;
             p.filter.resolve(&schema)?
         };
-        let lexical_side = || -> Result<Ranked> {
-            if p.mode == Mode::Dense {
-                return Ok(Vec::new());
-            }
-            self.lexical.search(&p.query, depth, &filter, p.title_boost)
+        let lexical_side =
+            || -> Result<Ranked> { self.lexical.search(&p.query, depth, &filter, p.title_boost) };
+        let exact_limit = match p.dense_plan {
+            DensePlan::Auto => exact_limit,
+            DensePlan::Exact => usize::MAX,
+            DensePlan::Graph => 0,
         };
-        let dense_side = || -> Result<Ranked> {
-            if p.mode == Mode::Lexical {
-                return Ok(Vec::new());
-            }
-            let q = self.query_vector(&p)?;
-            let exact_limit = match p.dense_plan {
-                DensePlan::Auto => exact_limit,
-                DensePlan::Exact => usize::MAX,
-                DensePlan::Graph => 0,
-            };
-            self.dense_candidates(&q, depth, &filter, exact_limit)
+        let dense_from = |q: Result<Vec<f32>>| -> Result<Ranked> {
+            self.dense_candidates(&q?, depth, &filter, exact_limit)
         };
-        // Both retrievers at once only for a lone search: under concurrent load the other
-        // core is busy with another search, and the hand-off to rayon's pool costs more than
-        // it saves (see `model::lone_search`).
-        let (lexical, dense) = if p.mode == Mode::Hybrid && model::lone_search() {
-            rayon::join(lexical_side, dense_side)
-        } else {
-            (lexical_side(), dense_side())
+        // A lone hybrid search embeds its query first, on every core (the wide session), then
+        // runs the two retrievers side by side. Overlapping the lexical search with the
+        // embedding instead had three busy threads on two cores. Under concurrent load each
+        // search keeps to one thread: the other core is busy with another search, and the
+        // hand-off to rayon's pool costs more than it saves (see `model::lone_search`).
+        let (lexical, dense) = match p.mode {
+            Mode::Lexical => (lexical_side(), Ok(Vec::new())),
+            Mode::Dense => (Ok(Vec::new()), dense_from(self.query_vector(&p))),
+            Mode::Hybrid if model::lone_search() => {
+                let q = self.query_vector(&p);
+                rayon::join(lexical_side, || dense_from(q))
+            }
+            Mode::Hybrid => (lexical_side(), dense_from(self.query_vector(&p))),
         };
         let lexical = lexical?;
         let m = crate::metrics::global();

@@ -199,7 +199,11 @@ impl ModelFiles {
         if let Some(n) = intra_threads {
             options = options.with_intra_threads(n);
         }
-        if !spinning {
+        if spinning {
+            // Spin between the operators of one run (they are tiny), but not after it: the
+            // other core is then the lexical and HNSW search's (often its SMT sibling).
+            options = options.with_session_config("session.force_spinning_stop", "1");
+        } else {
             options = options.with_session_config("session.intra_op.allow_spinning", "0");
         }
         TextEmbedding::try_new_from_user_defined(model, options).map_err(|e| {
