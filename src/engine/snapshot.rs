@@ -192,6 +192,7 @@ impl Engine {
             guards.push(c.write_guard().await);
         }
         // From here until the guards drop, no write to any of them runs: this is the instant.
+        let locked = std::time::Instant::now();
         let store = self.store.clone();
         let dir = work.0.clone();
         // The index files are copied under the locks too: the next write may change them.
@@ -219,6 +220,12 @@ impl Engine {
         })
         .await
         .map_err(|e| Error::internal(format!("snapshot task failed: {e}")))??;
+        tracing::info!(
+            collections = parts.len(),
+            seq,
+            writes_waited_ms = locked.elapsed().as_millis() as u64,
+            "snapshot copied at one instant; writing the archive"
+        );
         let manifest = SnapshotManifest {
             format: SNAPSHOT_FORMAT,
             quarry_version: env!("CARGO_PKG_VERSION").to_string(),
