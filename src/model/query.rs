@@ -81,9 +81,10 @@ impl QueryPool {
         let _active = Active::enter(&self.active);
         // Alone: no other query embedding, no other search running, and none overlapping
         // lately. A search past its embedding (BM25, HNSW) needs a core too, and the wide
-        // session's threads spin between operators and for a while after a run: under
-        // concurrent load they would burn the core another search needs (measured:
-        // benches/query.rs), so the wide session is for searches that come one at a time.
+        // session's threads spin between operators (they stop at the end of a run, so the
+        // lone search's own BM25 and HNSW get both cores): under concurrent load they would
+        // burn the core another search needs (measured: benches/query.rs), so the wide
+        // session is for searches that come one at a time.
         let alone = self.active.load(Ordering::Acquire) == 1 && super::lone_search();
         if alone {
             if let Ok(mut s) = self.wide.try_lock() {
