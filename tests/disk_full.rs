@@ -284,7 +284,12 @@ async fn a_full_disk_under_sled_is_reopened_in_place_once_space_is_freed() {
 
     // Free the space: the server reopens its data directory by itself and serves writes.
     std::fs::remove_file(&filler_path).unwrap();
+    let freed = Instant::now();
     wait_for(ServingStatus::Serving).await;
+    eprintln!(
+        "SERVING again {} ms after the space was freed",
+        freed.elapsed().as_millis()
+    );
     assert_eq!(
         server.reopens(),
         1,
