@@ -143,6 +143,11 @@ impl Live {
     /// Drops the current engine and opens its data directory again (see the module docs).
     /// Returns when the new engine serves, or when `stop` fires (shutdown), whichever is first.
     pub async fn reopen(&self, stop: &mut tokio::sync::watch::Receiver<bool>) -> Result<()> {
+        // Taken before anything is closed: from the first step on, only a new engine ends this.
+        let parts = match &*self.state.read().map_err(|_| poisoned())? {
+            State::Serving(c) => c.engine.reopen_parts()?,
+            State::Closed(_) => return Ok(()),
+        };
         let Some(current) =
             self.take("the server is reopening its storage after a failure; retry shortly")
         else {
@@ -152,19 +157,21 @@ impl Live {
         let started = Instant::now();
         let jobs = current.jobs;
         let _ = tokio::task::spawn_blocking(move || jobs.stop()).await;
-        let engine = current.engine;
-        let parts = engine.reopen_parts()?;
-        if !release(engine, None).await {
-            return Err(Error::internal("the failed engine could not be released"));
-        }
+        release(current.engine, None).await;
         let mut backoff = Duration::from_millis(250);
-        let engine = loop {
+        let (engine, jobs) = loop {
             let parts = parts.clone();
-            let opened = tokio::task::spawn_blocking(move || parts.open())
-                .await
-                .map_err(|e| Error::internal(format!("reopen task failed: {e}")))?;
+            let settings = self.job_settings.clone();
+            // The engine and its job system, or neither (a failed start drops the engine again).
+            let opened = tokio::task::spawn_blocking(move || {
+                let engine = Arc::new(parts.open()?);
+                let jobs = Jobs::start(engine.clone(), settings)?;
+                Ok::<_, Error>((engine, jobs))
+            })
+            .await
+            .unwrap_or_else(|e| Err(Error::internal(format!("reopen task failed: {e}"))));
             match opened {
-                Ok(e) => break Arc::new(e),
+                Ok(c) => break c,
                 Err(e) => {
                     tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "reopening the data directory failed");
                     tokio::select! {
@@ -175,7 +182,6 @@ impl Live {
                 }
             }
         };
-        let jobs = Jobs::start(engine.clone(), self.job_settings.clone())?;
         *self.state.write().map_err(|_| poisoned())? = State::Serving(Current { engine, jobs });
         self.reopens
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
