@@ -156,6 +156,23 @@ fn tune_allocator() {
     }
 }
 
+/// Hands memory that glibc's arenas hold free back to the system every 30 s. Large structures
+/// are dropped and rebuilt from many small blocks while the server runs (an HNSW graph rebuilt
+/// once a fifth of it is tombstones, a tantivy writer closed when idle); the small blocks come
+/// from the arenas, and their freed pages stay resident until trimmed (the load benchmark's
+/// soak saw RSS step up by ~40 MB per rebuild without it). A trim takes milliseconds.
+fn spawn_heap_trim() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    tokio::spawn(async {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
+        loop {
+            tick.tick().await;
+            // SAFETY: malloc_trim only returns free memory to the system.
+            let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
+        }
+    });
+}
+
 fn main() -> std::process::ExitCode {
     tune_allocator();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -307,6 +324,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         )))
     };
     let answerer = quarry::answer::Answerer::configured(config.answer.clone())?;
+    spawn_heap_trim();
     tracing::info!(data_dir = %config.data_dir.display(), models_dir = %config.models_dir.display(), "starting");
     let engine = tokio::task::spawn_blocking(move || -> anyhow::Result<Engine> {
         let engine = config.open_engine()?;
