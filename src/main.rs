@@ -139,8 +139,9 @@ fn init_tracing(format: quarry::config::LogFormat) {
 /// Runtime and rayon threads), each keeping its freed memory, and a "dynamic" mmap threshold
 /// that, after the first large block (a tantivy writer's arena, a batch of vectors) is freed,
 /// serves blocks of up to 32 MiB from those arenas, where freeing them rarely returns memory.
-/// Two arenas and a fixed 1 MiB threshold (large blocks are mapped and unmapped) keep the
-/// heap flat; the load benchmark measures the change. The `MALLOC_ARENA_MAX` and
+/// Two arenas and a fixed 1 MiB threshold (large blocks are mapped and unmapped) take most of
+/// that away; `spawn_heap_trim` returns what rebuilt structures leave behind. The load
+/// benchmark's soak measures both. The `MALLOC_ARENA_MAX` and
 /// `MALLOC_MMAP_THRESHOLD_` environment variables, when set, win.
 fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
