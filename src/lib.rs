@@ -16,7 +16,7 @@
 //! - [`filter`]: filter expressions (tree and text form), resolved against key types, with a
 //!   plain-Rust oracle.
 //! - [`store`]: sled, the only source of truth (documents, chunks, vectors, operation log).
-//! - [`index`]: derived indexes: tantivy BM25 and hnsw_rs, plus an exact-search oracle.
+//! - [`index`]: derived indexes: tantivy BM25 and our own HNSW graph, plus an exact-search oracle.
 //! - [`retrieve`]: search requests and results, fusion (RRF and weighted), and the pure hybrid
 //!   orchestration (single-retriever path, per-document grouping, degradation).
 //! - [`answer`]: grounded answers through an OpenAI-compatible inference router.

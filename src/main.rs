@@ -118,9 +118,8 @@ enum ModelCommand {
 }
 
 fn init_tracing(format: quarry::config::LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("QUARRY_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,hnsw_rs=warn,tantivy=warn,ort=warn")
-    });
+    let filter = tracing_subscriber::EnvFilter::try_from_env("QUARRY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tantivy=warn,ort=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

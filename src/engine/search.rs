@@ -232,8 +232,9 @@ impl Collection {
         filter: &Filter,
         exact_limit: usize,
     ) -> Result<Ranked> {
+        let exact = |id: u64| self.trees.get_vector(id);
         if filter.is_all() {
-            return self.dense.search(q, depth, None);
+            return self.dense.search(q, depth, None, &exact);
         }
         let allowed = self.lexical.matching_chunks(filter)?;
         if allowed.len() <= exact_limit {
@@ -245,7 +246,7 @@ impl Collection {
             }
             Ok(exact_search(q, vectors.into_iter(), depth))
         } else {
-            self.dense.search(q, depth, Some(&allowed))
+            self.dense.search(q, depth, Some(&allowed), &exact)
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The two derived indexes, rebuilt from sled if lost: BM25 ([`lexical`], tantivy) and
-//! approximate nearest neighbours ([`dense`], hnsw_rs), plus an exact-search oracle.
+//! approximate nearest neighbours ([`dense`], over our own HNSW graph, `crates/hnsw`), plus an
+//! exact-search oracle.
 
 pub mod dense;
 pub mod filter_query;

@@ -1,0 +1,235 @@
+//! The graph on its own: codes, kernels, recall against exact search, filters, stale plans,
+//! and the file format (round trip, determinism, damage detected).
+
+use super::*;
+use crate::code::dot_i8_portable;
+use rand::{Rng, SeedableRng};
+
+fn unit(mut v: Vec<f32>) -> Vec<f32> {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter_mut().for_each(|x| *x /= n);
+    v
+}
+
+/// Unit vectors around `clusters` centres, varying along a shared 16-d subspace plus noise:
+/// the low intrinsic dimension of real embeddings, which uniform random vectors lack.
+fn clustered(n: usize, dim: usize, clusters: usize, seed: u64) -> Vec<Vec<f32>> {
+    let mut shape = rand::rngs::StdRng::seed_from_u64(99);
+    let centres: Vec<Vec<f32>> = (0..clusters)
+        .map(|_| (0..dim).map(|_| shape.random_range(-1.0f32..1.0)).collect())
+        .collect();
+    let basis: Vec<Vec<f32>> = (0..16)
+        .map(|_| (0..dim).map(|_| shape.random_range(-0.5f32..0.5)).collect())
+        .collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| {
+            let c = &centres[rng.random_range(0..clusters)];
+            let z: Vec<f32> = (0..16).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+            unit(
+                (0..dim)
+                    .map(|d| {
+                        c[d] + basis.iter().zip(&z).map(|(b, zj)| b[d] * zj).sum::<f32>()
+                            + rng.random_range(-0.05f32..0.05)
+                    })
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+fn shape(dim: usize) -> Shape {
+    Shape {
+        dim,
+        m: 16,
+        ef_construction: 100,
+    }
+}
+
+fn build(data: &[Vec<f32>], dim: usize) -> Graph {
+    let mut g = Graph::new(shape(dim));
+    for (i, v) in data.iter().enumerate() {
+        let plan = g.plan(i as u64 + 1, v);
+        g.commit(plan);
+    }
+    g
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+fn exact_top(data: &[Vec<f32>], q: &[f32], k: usize) -> Vec<u64> {
+    let mut s: Vec<(u64, f32)> = data
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (i as u64 + 1, dot(v, q)))
+        .collect();
+    s.sort_by(|a, b| b.1.total_cmp(&a.1));
+    s.into_iter().take(k).map(|x| x.0).collect()
+}
+
+fn recall(g: &Graph, data: &[Vec<f32>], queries: &[Vec<f32>]) -> f64 {
+    let mut hits = 0;
+    for q in queries {
+        let exact = exact_top(data, q, 10);
+        let found: Vec<u64> = g
+            .search(q, 10, 64, &|_| true)
+            .iter()
+            .map(|c| g.id(c.node))
+            .collect();
+        hits += found.iter().filter(|id| exact.contains(id)).count();
+    }
+    hits as f64 / (10 * queries.len()) as f64
+}
+
+#[test]
+fn codes_approximate_the_dot_product() {
+    let data = clustered(200, 384, 5, 1);
+    let mut worst = 0f32;
+    for pair in data.windows(2) {
+        let (a, b) = (quantize(&pair[0]), quantize(&pair[1]));
+        let approx = dot_i8(&a.codes, &b.codes) as f32 * a.scale * b.scale;
+        worst = worst.max((approx - dot(&pair[0], &pair[1])).abs());
+    }
+    assert!(worst < 5e-3, "int8 dot product off by {worst}");
+    let zero = quantize(&[0.0; 8]);
+    assert_eq!(zero.scale, 0.0);
+    assert!(zero.codes.iter().all(|&c| c == 0));
+}
+
+#[test]
+fn the_simd_kernel_matches_the_portable_one() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    for len in [0, 1, 15, 16, 17, 100, 384, 1000] {
+        let a: Vec<i8> = (0..len).map(|_| rng.random_range(-127..=127)).collect();
+        let b: Vec<i8> = (0..len).map(|_| rng.random_range(-127..=127)).collect();
+        let naive: i32 = a.iter().zip(&b).map(|(&x, &y)| x as i32 * y as i32).sum();
+        assert_eq!(dot_i8(&a, &b), naive, "length {len}");
+        assert_eq!(dot_i8_portable(&a, &b), naive, "length {len}");
+    }
+}
+
+#[test]
+fn recall_at_10_against_exact_search() {
+    let data = clustered(5000, 64, 40, 2);
+    let g = build(&data, 64);
+    let r = recall(&g, &data, &clustered(200, 64, 40, 3));
+    println!("recall@10 of the int8 graph alone, 5000 clustered 64-d points: {r:.4}");
+    assert!(r >= 0.95, "recall@10 {r}");
+    // Every point finds itself first.
+    for (i, v) in data.iter().enumerate().step_by(97) {
+        assert_eq!(g.id(g.search(v, 1, 64, &|_| true)[0].node), i as u64 + 1);
+    }
+}
+
+#[test]
+fn plans_made_on_a_stale_graph_still_build_a_good_one() {
+    // Plan batches of 50 on the same graph, then commit them: what a parallel build does when
+    // points are planned while others commit.
+    let data = clustered(3000, 32, 30, 4);
+    let mut g = Graph::new(shape(32));
+    for (b, batch) in data.chunks(50).enumerate() {
+        let plans: Vec<Plan> = batch
+            .iter()
+            .enumerate()
+            .map(|(i, v)| g.plan((b * 50 + i) as u64 + 1, v))
+            .collect();
+        for p in plans {
+            g.commit(p);
+        }
+    }
+    assert_eq!(g.len(), 3000);
+    g.validate().unwrap();
+    let r = recall(&g, &data, &clustered(100, 32, 30, 5));
+    assert!(r >= 0.93, "recall@10 {r}");
+}
+
+#[test]
+fn a_filter_admits_only_accepted_nodes() {
+    let data = clustered(2000, 32, 10, 6);
+    let g = build(&data, 32);
+    let even = |node: u32| g.id(node).is_multiple_of(2);
+    let found = g.search(&data[0], 20, 64, &even);
+    assert_eq!(found.len(), 20);
+    assert!(found.iter().all(|c| g.id(c.node).is_multiple_of(2)));
+    assert!(found.windows(2).all(|w| w[0].sim >= w[1].sim));
+    // A filter nothing passes returns nothing, after walking the whole graph.
+    assert!(g.search(&data[0], 5, 64, &|_| false).is_empty());
+    assert!(Graph::new(shape(32))
+        .search(&data[0], 5, 64, &|_| true)
+        .is_empty());
+}
+
+#[test]
+fn the_file_round_trips_and_the_same_inserts_write_the_same_bytes() {
+    let data = clustered(1500, 48, 12, 7);
+    let g = build(&data, 48);
+    let mut bytes = Vec::new();
+    g.write_to(&mut bytes).unwrap();
+    let mut again = Vec::new();
+    build(&data, 48).write_to(&mut again).unwrap();
+    assert!(bytes == again, "the same inserts built different graphs");
+    let loaded = Graph::read_from(&bytes, 100).unwrap();
+    assert_eq!(loaded.len(), g.len());
+    for q in data.iter().step_by(50) {
+        let a: Vec<(u32, f32)> = g
+            .search(q, 10, 64, &|_| true)
+            .iter()
+            .map(|c| (c.node, c.sim))
+            .collect();
+        let b: Vec<(u32, f32)> = loaded
+            .search(q, 10, 64, &|_| true)
+            .iter()
+            .map(|c| (c.node, c.sim))
+            .collect();
+        assert_eq!(a, b);
+    }
+    // A loaded graph takes more points.
+    let mut loaded = loaded;
+    let plan = loaded.plan(99_999, &data[3]);
+    loaded.commit(plan);
+    assert_eq!(loaded.len(), 1501);
+    let empty = Graph::new(shape(48));
+    let mut e = Vec::new();
+    empty.write_to(&mut e).unwrap();
+    assert_eq!(Graph::read_from(&e, 100).unwrap().len(), 0);
+}
+
+#[test]
+fn damaged_files_are_refused() {
+    let data = clustered(300, 16, 4, 8);
+    let mut bytes = Vec::new();
+    build(&data, 16).write_to(&mut bytes).unwrap();
+    for at in [0, 9, 100, bytes.len() / 2, bytes.len() - 5] {
+        let mut bad = bytes.clone();
+        bad[at] ^= 0x40;
+        assert!(Graph::read_from(&bad, 100).is_err(), "flipped byte {at}");
+    }
+    for len in [0, 3, 8, 60, bytes.len() - 1] {
+        assert!(
+            Graph::read_from(&bytes[..len], 100).is_err(),
+            "cut at {len}"
+        );
+    }
+    // Past the checksum, links are still checked: a link out of range is refused.
+    let mut g = build(&data, 16);
+    g.links0[0] = 10_000;
+    let mut bad = Vec::new();
+    g.write_to(&mut bad).unwrap();
+    let err = Graph::read_from(&bad, 100).err().unwrap();
+    assert!(err.contains("outside"), "{err}");
+}
+
+#[test]
+fn levels_are_geometric_in_m() {
+    let g = Graph::new(shape(8));
+    let n = 100_000u64;
+    let upper = (0..n).filter(|&id| g.level_for(id) > 0).count() as f64 / n as f64;
+    // P(level > 0) = 1/m.
+    assert!(
+        (upper - 1.0 / 16.0).abs() < 0.005,
+        "share above level 0: {upper}"
+    );
+    assert!((0..n).all(|id| g.level_for(id) <= MAX_LEVEL));
+}
