@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::chunk::ChunkSettings;
+use crate::error::Result;
 use crate::index::{DenseIndex, LexicalIndex};
 use crate::model::Embedder;
 use crate::store::{CollectionRecord, CollectionTrees, Op};
@@ -75,7 +76,7 @@ pub struct Collection {
     /// Document and chunk counts, maintained by every commit: sled's `len()` walks the whole
     /// tree, too slow for every GetCollection on a large collection.
     documents: AtomicU64,
-    chunks: AtomicU64,
+    pub(super) chunks: AtomicU64,
     /// Metadata key types (see [`crate::meta`]): loaded at open, extended by each commit
     /// that introduces keys (under the write lock), read by searches to resolve filters.
     pub(super) schema: std::sync::RwLock<crate::meta::Schema>,
@@ -97,10 +98,11 @@ impl Collection {
         dense: DenseIndex,
         dir: PathBuf,
         schema: crate::meta::Schema,
-    ) -> Collection {
-        let documents = AtomicU64::new(trees.doc_count() as u64);
-        let chunks = AtomicU64::new(trees.chunk_count() as u64);
-        Collection {
+    ) -> Result<Collection> {
+        let (documents, chunks) = trees.counts()?;
+        let documents = AtomicU64::new(documents);
+        let chunks = AtomicU64::new(chunks);
+        Ok(Collection {
             record,
             trees,
             embedder,
@@ -113,7 +115,7 @@ impl Collection {
             documents,
             chunks,
             schema: std::sync::RwLock::new(schema),
-        }
+        })
     }
 
     pub fn stats(&self) -> CollectionStats {

@@ -305,7 +305,7 @@ impl Engine {
         };
         let dense = DenseIndex::open(&dir, record.dimension, params)?;
         let schema = trees.load_schema()?;
-        let collection = Collection::new(record, trees, embedder, lexical, dense, dir, schema);
+        let collection = Collection::new(record, trees, embedder, lexical, dense, dir, schema)?;
         collection.recover()?;
         Ok(collection)
     }

@@ -155,7 +155,7 @@ impl Collection {
     /// Brings both indexes up to date with sled (see the module docs).
     pub(super) fn recover(&self) -> Result<()> {
         let last = self.trees.last_seq()?;
-        let chunks = self.trees.chunk_count();
+        let chunks = self.chunks.load(Ordering::Acquire);
         let lex = self.lexical.applied_seq()?;
         let dense = self.dense.applied_seq()?;
         let started = Instant::now();

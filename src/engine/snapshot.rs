@@ -430,7 +430,7 @@ impl Engine {
             }
         }
         self.apply_batches(&trees, &mut batches)?;
-        Ok(())
+        trees.forget_counts()
     }
 
     fn apply_batches(

@@ -19,8 +19,6 @@
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use sled::transaction::{ConflictableTransactionError, TransactionalTree};
-use sled::Transactional;
 
 use crate::error::{Error, Result};
 use crate::meta::{Metadata, Schema, ValueType};
@@ -435,8 +433,28 @@ impl CollectionTrees {
         Ok(())
     }
 
-    /// Atomically writes new and replaced documents, removes deleted ones, and logs the change
-    /// under `seq`. Returns the logged operation. Not durable until the store is flushed.
+    /// The number of documents and chunks. Counting a tree walks all of it (sled's `len`),
+    /// which took seconds at 10^6 chunks on every start, so the counts are kept in the schema
+    /// tree under [`COUNTS`] and updated in each commit's transaction. A collection written
+    /// before that (or restored from an older snapshot) is counted once here and recorded.
+    pub fn counts(&self) -> Result<(u64, u64)> {
+        if let Some(v) = self.schema.get(COUNTS)? {
+            if let Some(counts) = decode_counts(&v) {
+                return Ok(counts);
+            }
+        }
+        let counts = (self.doc_count() as u64, self.chunk_count() as u64);
+        self.schema.insert(COUNTS, encode_counts(counts).to_vec())?;
+        Ok(counts)
+    }
+
+    /// Drops the recorded counts, so the next [`CollectionTrees::counts`] counts the trees
+    /// (after a restore wrote them from an archive, whose counts are not trusted).
+    pub fn forget_counts(&self) -> Result<()> {
+        self.schema.remove(COUNTS)?;
+        Ok(())
+    }
+
     /// The collection's metadata key types. A collection written before types existed has no
     /// schema tree yet: its keys (all strings then) are recorded on first load.
     pub fn load_schema(&self) -> Result<Schema> {
@@ -457,7 +475,7 @@ impl CollectionTrees {
         let mut schema = Schema::new();
         for kv in self.schema.iter() {
             let (k, v) = kv?;
-            if k.as_ref() == SCANNED {
+            if k.as_ref() == SCANNED || k.as_ref() == COUNTS {
                 continue;
             }
             schema.insert(
@@ -475,88 +493,10 @@ impl CollectionTrees {
         }
         Ok(())
     }
-
-    /// Commits one operation: `upserts` replace their documents, `deletes` remove theirs, and
-    /// `new_keys` (keys first used by `upserts`) join the schema, all in one transaction.
-    pub fn commit(
-        &self,
-        seq: u64,
-        upserts: &[NewDocument],
-        deletes: &[String],
-        new_keys: &Schema,
-        side: Option<&SideWrites>,
-    ) -> Result<Op> {
-        // Without side writes the side tree is the schema tree, written with nothing extra.
-        let side_tree = side.map_or(&self.schema, |s| &s.tree);
-        let trees = (
-            &self.docs,
-            &self.texts,
-            &self.chunks,
-            &self.vectors,
-            &self.oplog,
-            &self.schema,
-            side_tree,
-        );
-        let op = trees.transaction(|(docs, texts, chunks, vectors, oplog, schema, extra)| {
-            for (k, v) in side.map(|s| s.writes.as_slice()).unwrap_or_default() {
-                match v {
-                    Some(v) => extra.insert(k.as_slice(), v.as_slice())?,
-                    None => extra.remove(k.as_slice())?,
-                };
-            }
-            for (k, t) in new_keys {
-                let value = serde_json::to_vec(t)
-                    .map_err(|e| ConflictableTransactionError::Abort(e.into()))?;
-                schema.insert(k.as_bytes(), value)?;
-            }
-            let mut op = Op::default();
-            let remove_old =
-                |id: &str,
-                 docs: &TransactionalTree,
-                 chunks: &TransactionalTree,
-                 vectors: &TransactionalTree,
-                 op: &mut Op|
-                 -> std::result::Result<bool, ConflictableTransactionError<Error>> {
-                    let Some(old) = docs.get(id.as_bytes())? else {
-                        return Ok(false);
-                    };
-                    let old: DocRecord = decode(&old, "document record")
-                        .map_err(ConflictableTransactionError::Abort)?;
-                    for cid in old.chunk_ids {
-                        chunks.remove(&be(cid))?;
-                        vectors.remove(&be(cid))?;
-                        op.remove.push(cid);
-                    }
-                    Ok(true)
-                };
-            for doc in upserts {
-                remove_old(&doc.record.id, docs, chunks, vectors, &mut op)?;
-                let value = serde_json::to_vec(&doc.record)
-                    .map_err(|e| ConflictableTransactionError::Abort(e.into()))?;
-                docs.insert(doc.record.id.as_bytes(), value)?;
-                texts.insert(doc.record.id.as_bytes(), doc.text.as_bytes())?;
-                for (cid, chunk, vector) in &doc.chunks {
-                    let value = serde_json::to_vec(chunk)
-                        .map_err(|e| ConflictableTransactionError::Abort(e.into()))?;
-                    chunks.insert(&be(*cid), value)?;
-                    vectors.insert(&be(*cid), vector_to_bytes(vector))?;
-                    op.add.push(*cid);
-                }
-            }
-            for id in deletes {
-                if remove_old(id, docs, chunks, vectors, &mut op)? {
-                    docs.remove(id.as_bytes())?;
-                    texts.remove(id.as_bytes())?;
-                }
-            }
-            let value = serde_json::to_vec(&op)
-                .map_err(|e| ConflictableTransactionError::Abort(e.into()))?;
-            oplog.insert(&be(seq), value)?;
-            Ok(op)
-        })?;
-        Ok(op)
-    }
 }
+
+mod commit;
+use commit::{decode_counts, encode_counts, COUNTS};
 
 #[cfg(test)]
 mod tests;

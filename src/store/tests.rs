@@ -110,3 +110,40 @@ fn raised_ids_stay_above_and_survive_a_reopen() {
     let store = Store::open(dir.path()).unwrap();
     assert!(store.next_id().unwrap() > 1_000_000);
 }
+
+/// The recorded counts follow every kind of commit, survive a reopen, stay out of the
+/// metadata schema, and are recounted from the trees when missing.
+#[test]
+fn counts_are_kept_in_each_commit_and_recounted_when_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.create_collection(&record(1)).unwrap();
+    let trees = store.trees(&record(1)).unwrap();
+    let meta = Default::default();
+    // Written before counts existed: no record yet, so the first call counts the trees.
+    trees
+        .commit(1, &[doc("a", &[1, 2]), doc("b", &[3])], &[], &meta, None)
+        .unwrap();
+    assert_eq!(trees.counts().unwrap(), (2, 3));
+    type Step<'a> = (&'a [NewDocument], &'a [String], (u64, u64));
+    let steps: [Step; 4] = [
+        // a replaced (one chunk fewer), c new.
+        (&[doc("a", &[4]), doc("c", &[5, 6])], &[], (3, 4)),
+        // The same id twice in one batch counts once.
+        (&[doc("d", &[7]), doc("d", &[8, 9])], &[], (4, 6)),
+        // Deleting an absent id changes nothing.
+        (&[], &["b".into(), "nope".into()], (3, 5)),
+        (&[doc("b", &[10])], &["c".into()], (3, 4)),
+    ];
+    for (seq, (upserts, deletes, want)) in steps.into_iter().enumerate() {
+        trees
+            .commit(seq as u64 + 2, upserts, deletes, &meta, None)
+            .unwrap();
+        assert_eq!(trees.counts().unwrap(), want, "step {seq}");
+        let counted = (trees.doc_count() as u64, trees.chunk_count() as u64);
+        assert_eq!(counted, want, "step {seq}: the trees themselves");
+    }
+    assert!(trees.load_schema().unwrap().is_empty());
+    trees.forget_counts().unwrap();
+    assert_eq!(trees.counts().unwrap(), (3, 4));
+}
