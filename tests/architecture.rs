@@ -123,7 +123,10 @@ fn the_retrieval_core_knows_nothing_of_grpc() {
 fn no_source_file_is_over_600_lines() {
     let mut files = Vec::new();
     rust_files(&src(), &mut files);
-    rust_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("crates"), &mut files);
+    rust_files(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("crates"),
+        &mut files,
+    );
     for f in files {
         let lines = std::fs::read_to_string(&f).unwrap().lines().count();
         assert!(lines <= 600, "{} has {lines} lines", f.display());

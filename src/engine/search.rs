@@ -12,7 +12,7 @@ use std::time::Instant;
 use super::{Collection, Engine, Limits};
 use crate::error::{Error, Result};
 use crate::filter::Filter;
-use crate::index::exact_search;
+use crate::index::{exact_search, Rescore};
 use crate::model;
 use crate::retrieve::hybrid::{self, Ranked};
 use crate::retrieve::{DensePlan, Fused, Fusion, Hit, Mode, SearchOutcome, SearchParams};
@@ -124,7 +124,7 @@ impl Collection {
             DensePlan::Graph => 0,
         };
         let dense_from = |q: Result<Vec<f32>>| -> Result<Ranked> {
-            self.dense_candidates(&q?, depth, &filter, exact_limit)
+            self.dense_candidates(&q?, (depth, wanted), &filter, exact_limit)
         };
         // A lone hybrid search embeds its query first, on every core (the wide session), then
         // runs the two retrievers side by side. Overlapping the lexical search with the
@@ -225,16 +225,24 @@ impl Collection {
     /// Dense candidates, planned by filter selectivity: HNSW when unfiltered or when the
     /// filter allows many chunks, exact scoring of the allowed chunks when it allows few
     /// (HNSW's filtered search loses its early termination and gets slow there).
+    ///
+    /// The graph's candidates are rescored with sled's exact vectors for twice the hits the
+    /// caller will see (`wanted`), at least `RESCORE_MIN`; deeper candidates keep their int8
+    /// similarities (see `DenseIndex::search`).
     fn dense_candidates(
         &self,
         q: &[f32],
-        depth: usize,
+        (depth, wanted): (usize, usize),
         filter: &Filter,
         exact_limit: usize,
     ) -> Result<Ranked> {
         let exact = |id: u64| self.trees.get_vector(id);
+        let rescore = Rescore {
+            exact: &exact,
+            head: wanted.saturating_mul(2),
+        };
         if filter.is_all() {
-            return self.dense.search(q, depth, None, &exact);
+            return self.dense.search(q, depth, None, rescore);
         }
         let allowed = self.lexical.matching_chunks(filter)?;
         if allowed.len() <= exact_limit {
@@ -246,7 +254,7 @@ impl Collection {
             }
             Ok(exact_search(q, vectors.into_iter(), depth))
         } else {
-            self.dense.search(q, depth, Some(&allowed), &exact)
+            self.dense.search(q, depth, Some(&allowed), rescore)
         }
     }
 }

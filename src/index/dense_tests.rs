@@ -4,6 +4,14 @@ use super::*;
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
 
+/// Rescores the default head with `exact`.
+fn rescore(exact: &(dyn Fn(u64) -> Result<Option<Vec<f32>>> + Send + Sync)) -> Rescore<'_> {
+    Rescore {
+        exact,
+        head: RESCORE_MIN,
+    }
+}
+
 /// The exact vectors of `data`, as the engine reads them from sled for rescoring.
 fn source(
     data: &[(u64, Vec<f32>)],
@@ -69,7 +77,7 @@ fn hnsw_recall_at_10_against_exact_search() {
             .into_iter()
             .map(|h| h.0)
             .collect();
-        let approx = index.search(q, 10, None, &exact).unwrap();
+        let approx = index.search(q, 10, None, rescore(&exact)).unwrap();
         hits += approx.iter().filter(|h| truth.contains(&h.0)).count();
     }
     let recall = hits as f64 / (queries.len() * 10) as f64;
@@ -92,9 +100,12 @@ fn tombstones_checkpoint_reload_and_rebuild() {
         let index = DenseIndex::open(dir.path(), 16, p).unwrap();
         index.apply(1, &data, &[]).unwrap();
         let q = &data[0].1;
-        assert_eq!(index.search(q, 1, None, &exact).unwrap()[0].0, data[0].0);
+        assert_eq!(
+            index.search(q, 1, None, rescore(&exact)).unwrap()[0].0,
+            data[0].0
+        );
         index.apply(2, &[], &[data[0].0]).unwrap();
-        let top = index.search(q, 5, None, &exact).unwrap();
+        let top = index.search(q, 5, None, rescore(&exact)).unwrap();
         assert!(top.iter().all(|h| h.0 != data[0].0));
         assert_eq!(top.len(), 5);
         index.checkpoint().unwrap();
@@ -104,13 +115,13 @@ fn tombstones_checkpoint_reload_and_rebuild() {
     assert_eq!(index.live_points().unwrap(), 499);
     let q = &data[0].1;
     assert!(index
-        .search(q, 5, None, &exact)
+        .search(q, 5, None, rescore(&exact))
         .unwrap()
         .iter()
         .all(|h| h.0 != data[0].0));
     // Filtered search returns only allowed ids.
     let allowed: Vec<u64> = vec![data[3].0, data[7].0];
-    let hits = index.search(q, 5, Some(&allowed), &exact).unwrap();
+    let hits = index.search(q, 5, Some(&allowed), rescore(&exact)).unwrap();
     assert!(!hits.is_empty() && hits.iter().all(|h| allowed.contains(&h.0)));
     // Rebuild drops tombstones.
     index.rebuild(data[1..].to_vec()).unwrap();
@@ -118,7 +129,7 @@ fn tombstones_checkpoint_reload_and_rebuild() {
     assert_eq!(index.live_points().unwrap(), 499);
     // Wrong dimension is a user error.
     assert!(matches!(
-        index.search(&[1.0; 3], 1, None, &exact),
+        index.search(&[1.0; 3], 1, None, rescore(&exact)),
         Err(Error::InvalidArgument(_))
     ));
 }
@@ -141,8 +152,8 @@ fn rebuilds_never_deadlock_with_searches_on_rayon_workers() {
             std::thread::spawn(move || {
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     rayon::join(
-                        || index.search(&q, 10, None, &exact).unwrap(),
-                        || index.search(&q, 10, None, &exact).unwrap(),
+                        || index.search(&q, 10, None, rescore(&exact)).unwrap(),
+                        || index.search(&q, 10, None, rescore(&exact)).unwrap(),
                     );
                 }
             })
@@ -189,8 +200,8 @@ fn searches_on_the_global_pool_go_on_while_a_big_graph_rebuilds() {
     std::thread::sleep(std::time::Duration::from_millis(300));
     let asked = std::time::Instant::now();
     rayon::join(
-        || index.search(&q, 10, None, &exact).unwrap(),
-        || index.search(&q, 10, None, &exact).unwrap(),
+        || index.search(&q, 10, None, rescore(&exact)).unwrap(),
+        || index.search(&q, 10, None, rescore(&exact)).unwrap(),
     );
     let waited = asked.elapsed();
     let took = rebuild.join().unwrap();
@@ -217,7 +228,7 @@ fn searches_go_on_while_a_checkpoint_writes() {
     let mut during = 0;
     let q = &data[0].1;
     while !done.load(std::sync::atomic::Ordering::SeqCst) {
-        index.search(q, 10, None, &exact).unwrap();
+        index.search(q, 10, None, rescore(&exact)).unwrap();
         if !done.load(std::sync::atomic::Ordering::SeqCst) {
             during += 1;
         }
@@ -278,7 +289,7 @@ fn searches_go_on_while_a_batch_is_inserted() {
     });
     let mut during = 0;
     while !done.load(std::sync::atomic::Ordering::SeqCst) {
-        let hits = index.search(&data[5].1, 10, None, &exact).unwrap();
+        let hits = index.search(&data[5].1, 10, None, rescore(&exact)).unwrap();
         assert_eq!(hits[0].0, data[5].0);
         during += 1;
     }
@@ -288,4 +299,53 @@ fn searches_go_on_while_a_batch_is_inserted() {
         "only {during} searches ran during the insertion"
     );
     assert_eq!(index.graph_points().unwrap(), 4000);
+}
+
+/// The head of the results carries exact cosines in exact order; deeper candidates keep int8
+/// similarities close to theirs; a candidate whose vector is gone is dropped.
+#[test]
+fn the_head_is_rescored_exactly_and_the_rest_is_close() {
+    let data = clustered(3000, 384, 30, 12);
+    let exact = source(&data);
+    let dir = tempfile::tempdir().unwrap();
+    let index = DenseIndex::open(dir.path(), 384, params()).unwrap();
+    index.apply(1, &data, &[]).unwrap();
+    let vectors: HashMap<u64, Vec<f32>> = data.iter().cloned().collect();
+    let q = &data[17].1;
+    let head = 40;
+    let hits = index
+        .search(
+            q,
+            100,
+            None,
+            Rescore {
+                exact: &exact,
+                head,
+            },
+        )
+        .unwrap();
+    assert_eq!(hits.len(), 100);
+    for (i, (id, score)) in hits.iter().enumerate() {
+        let truth: f32 = vectors[id].iter().zip(q).map(|(a, b)| a * b).sum();
+        let tolerance = if i < head { 1e-6 } else { 5e-3 };
+        assert!(
+            (score - truth).abs() <= tolerance,
+            "hit {i}: {score} vs {truth}"
+        );
+    }
+    assert!(hits[..head].windows(2).all(|w| w[0].1 >= w[1].1));
+    let gone = hits[0].0;
+    let without = |id: u64| if id == gone { Ok(None) } else { exact(id) };
+    let hits = index
+        .search(
+            q,
+            10,
+            None,
+            Rescore {
+                exact: &without,
+                head,
+            },
+        )
+        .unwrap();
+    assert!(hits.iter().all(|h| h.0 != gone) && hits.len() == 10);
 }

@@ -6,5 +6,5 @@ pub mod dense;
 pub mod filter_query;
 pub mod lexical;
 
-pub use dense::{exact_search, DenseIndex, HnswParams};
+pub use dense::{exact_search, DenseIndex, HnswParams, Rescore};
 pub use lexical::{LexicalDoc, LexicalIndex};
