@@ -115,6 +115,18 @@ pub struct Plan {
     level: u8,
     /// Chosen neighbours per level, from 0 up to the graph's top level when planned.
     links: Vec<Vec<u32>>,
+    /// The pruned reverse links of the chosen neighbours whose lists were full, worked out
+    /// while planning (pruning is the costly part of a commit): applied as they are when the
+    /// list is still the one seen, else pruned again under the commit's exclusive access.
+    pruned: Vec<Pruned>,
+}
+
+/// A neighbour's new list on one level; `NONE` in `after` stands for the planned point.
+struct Pruned {
+    node: u32,
+    level: u8,
+    before: Vec<u32>,
+    after: Vec<u32>,
 }
 
 /// The graph (see the module docs). Nodes are numbered in insertion order.
@@ -342,17 +354,56 @@ impl Graph {
     /// Chooses up to `max` of `cands` (best first, similarities to one base point) by the
     /// HNSW heuristic: a candidate is kept when it is more similar to the base than to every
     /// one already kept, which spreads the links in different directions.
-    fn select(&self, cands: &[Cand], max: usize) -> Vec<u32> {
+    /// `planned` is the code of a point being planned, which `NONE` stands for in `cands`.
+    fn select(&self, cands: &[Cand], max: usize, planned: Option<&Code>) -> Vec<u32> {
+        let sim = |a: u32, b: u32| match planned {
+            Some(q) if a == NONE => self.sim(q, b),
+            Some(q) if b == NONE => self.sim(q, a),
+            _ => self.sim_nodes(a, b),
+        };
         let mut kept: Vec<u32> = Vec::with_capacity(max);
         for c in cands {
             if kept.len() >= max {
                 break;
             }
-            if kept.iter().all(|&s| self.sim_nodes(c.node, s) < c.sim) {
+            if kept.iter().all(|&s| sim(c.node, s) < c.sim) {
                 kept.push(c.node);
             }
         }
         kept
+    }
+
+    /// The links of `node` on `level` once `new` joins them, pruned by the heuristic when
+    /// full; `None` when there is room (the link is simply appended). `new` may be `NONE`
+    /// for the point whose code is `planned`.
+    fn pruned_links(
+        &self,
+        node: u32,
+        level: u8,
+        new: u32,
+        planned: Option<&Code>,
+    ) -> Option<Vec<u32>> {
+        let max = if level == 0 { self.m0() } else { self.shape.m };
+        let current = self.neighbours(node, level);
+        if current.len() < max {
+            return None;
+        }
+        let mut cands: Vec<Cand> = current
+            .iter()
+            .map(|&nb| Cand {
+                sim: self.sim_nodes(node, nb),
+                node: nb,
+            })
+            .collect();
+        cands.push(Cand {
+            sim: match planned {
+                Some(q) if new == NONE => self.sim(q, node),
+                _ => self.sim_nodes(node, new),
+            },
+            node: new,
+        });
+        cands.sort_by(|a, b| b.cmp(a));
+        Some(self.select(&cands, max, planned))
     }
 
     /// Finds the neighbours of a new point (shared access; see the module docs).
@@ -367,7 +418,7 @@ impl Graph {
             loop {
                 let found =
                     self.search_layer(&code, &entries, self.shape.ef_construction, l, &|_| true);
-                links.push(self.select(&found, self.shape.m));
+                links.push(self.select(&found, self.shape.m, None));
                 entries = found;
                 if l == 0 {
                     break;
@@ -376,11 +427,27 @@ impl Graph {
             }
             links.reverse();
         }
+        let mut pruned = Vec::new();
+        for (level, chosen) in links.iter().enumerate() {
+            for &node in chosen {
+                let level = level as u8;
+                if let Some(after) = self.pruned_links(node, level, NONE, Some(&code)) {
+                    let before = self.neighbours(node, level).to_vec();
+                    pruned.push(Pruned {
+                        node,
+                        level,
+                        before,
+                        after,
+                    });
+                }
+            }
+        }
         Plan {
             id,
             code,
             level,
             links,
+            pruned,
         }
     }
 
@@ -411,11 +478,19 @@ impl Graph {
         } else {
             self.upper_at.push(NONE);
         }
+        let mut pruned = plan.pruned.into_iter().peekable();
         for (level, chosen) in plan.links.iter().enumerate() {
             let level = level as u8;
             self.set_links(node, level, chosen.clone());
             for &nb in chosen {
-                self.link(nb, node, level);
+                let ready = pruned.next_if(|p| p.node == nb && p.level == level);
+                match ready {
+                    Some(p) if self.neighbours(nb, level) == p.before.as_slice() => {
+                        let after = p.after.iter().map(|&x| if x == NONE { node } else { x });
+                        self.set_links(nb, level, after.collect());
+                    }
+                    _ => self.link(nb, node, level),
+                }
             }
         }
         if self.entry == NONE || plan.level > self.top {
@@ -439,28 +514,18 @@ impl Graph {
 
     /// Adds `new` to the links of `node` on `level`, pruning them by the heuristic when full.
     fn link(&mut self, node: u32, new: u32, level: u8) {
-        let max = if level == 0 { self.m0() } else { self.shape.m };
-        let current = self.neighbours(node, level);
-        if current.contains(&new) {
+        if self.neighbours(node, level).contains(&new) {
             return;
         }
-        if current.len() < max {
-            let mut links = current.to_vec();
-            links.push(new);
-            self.set_links(node, level, links);
-            return;
-        }
-        let mut cands: Vec<Cand> = current
-            .iter()
-            .chain(std::iter::once(&new))
-            .map(|&nb| Cand {
-                sim: self.sim_nodes(node, nb),
-                node: nb,
-            })
-            .collect();
-        cands.sort_by(|a, b| b.cmp(a));
-        let kept = self.select(&cands, max);
-        self.set_links(node, level, kept);
+        let links = match self.pruned_links(node, level, new, None) {
+            Some(kept) => kept,
+            None => {
+                let mut links = self.neighbours(node, level).to_vec();
+                links.push(new);
+                links
+            }
+        };
+        self.set_links(node, level, links);
     }
 }
 
