@@ -142,7 +142,7 @@ async fn run(dir: PathBuf) -> anyhow::Result<()> {
     );
     println!(
         "p50 / p95 in ms, query vectors precomputed, each way twice over all queries in the order A B C C B A; \
-         planner = exact scoring when the filter allows <= {planner_limit} chunks"
+         planner = exact scoring when the filter allows <= min({planner_limit}, sqrt(0.7 x depth x chunks)) chunks"
     );
     let points: [(&str, Option<i64>); 5] = [
         ("none", None),
