@@ -303,5 +303,11 @@ mod tests {
         assert!(err.to_string().contains("QUARRY_EMBED_WORKERS"));
         config.listen = "localhost".into();
         assert!(config.validate().is_err());
+        // The graph's link rows bound m (a one-byte count of 2m links).
+        for (m, ok) in [(1, false), (2, true), (127, true), (128, false)] {
+            let mut config = Config::default();
+            config.index.hnsw_m = m;
+            assert_eq!(config.validate().is_ok(), ok, "hnsw_m = {m}");
+        }
     }
 }

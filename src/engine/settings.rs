@@ -182,8 +182,9 @@ impl EngineConfig {
         if l.max_filter_depth == 0 || l.max_filter_terms == 0 {
             return Err(Error::invalid("filter limits must be positive"));
         }
-        if self.index.hnsw_m == 0 || self.index.hnsw_m > 255 {
-            return Err(Error::invalid("index.hnsw_m must be in 1..=255"));
+        // The graph keeps a level-0 row of 2m links with a one-byte count (crates/hnsw).
+        if !(2..=127).contains(&self.index.hnsw_m) {
+            return Err(Error::invalid("index.hnsw_m must be in 2..=127"));
         }
         Ok(())
     }
