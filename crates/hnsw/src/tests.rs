@@ -233,3 +233,40 @@ fn levels_are_geometric_in_m() {
     );
     assert!((0..n).all(|id| g.level_for(id) <= MAX_LEVEL));
 }
+
+/// Data made of near-duplicates, as RAG corpora are (boilerplate, versions of one document):
+/// a small cluster inserted first and a large one after it, every point a tiny variation of
+/// its cluster's centre. The heuristic alone keeps one or two links per node in such a
+/// cluster (each candidate is closer to a kept neighbour than to the base) and the small
+/// cluster fell out of reach: the crash torture's "Dense misses" failures.
+#[test]
+fn near_duplicate_clusters_stay_reachable() {
+    let dim = 64;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(21);
+    let centre = |rng: &mut rand::rngs::StdRng| -> Vec<f32> {
+        unit((0..dim).map(|_| rng.random_range(-1.0f32..1.0)).collect())
+    };
+    let (a, b) = (centre(&mut rng), centre(&mut rng));
+    let near = |c: &[f32], rng: &mut rand::rngs::StdRng| -> Vec<f32> {
+        unit(
+            c.iter()
+                .map(|x| x + rng.random_range(-0.02f32..0.02))
+                .collect(),
+        )
+    };
+    let mut data: Vec<Vec<f32>> = (0..600).map(|_| near(&a, &mut rng)).collect();
+    data.extend((0..8000).map(|_| near(&b, &mut rng)));
+    let g = build(&data, dim);
+    let mut missed = 0;
+    for (i, v) in data.iter().enumerate().take(600) {
+        let found = g.search(v, 5, 64, &|_| true);
+        if found.iter().all(|c| g.id(c.node) > 600) {
+            missed += 1;
+        }
+        let _ = i;
+    }
+    assert_eq!(
+        missed, 0,
+        "{missed} of 600 points of the small cluster found only the large one"
+    );
+}
