@@ -235,10 +235,11 @@ fn levels_are_geometric_in_m() {
 }
 
 /// Data made of near-duplicates, as RAG corpora are (boilerplate, versions of one document):
-/// a small cluster inserted first and a large one after it, every point a tiny variation of
-/// its cluster's centre. The heuristic alone keeps one or two links per node in such a
-/// cluster (each candidate is closer to a kept neighbour than to the base) and the small
-/// cluster fell out of reach: the crash torture's "Dense misses" failures.
+/// a small cluster inserted first and a large one after it, every point a small variation of
+/// its cluster's centre. Every point of the small cluster must still be reachable from the
+/// large one, where the entry point ends up. (This passes; the crash torture's rarer "Dense
+/// misses", where a 240-document cluster became unreachable behind ~17,000 near-identical
+/// job documents, is not reproduced by it yet.)
 #[test]
 fn near_duplicate_clusters_stay_reachable() {
     let dim = 64;
@@ -258,12 +259,11 @@ fn near_duplicate_clusters_stay_reachable() {
     data.extend((0..8000).map(|_| near(&b, &mut rng)));
     let g = build(&data, dim);
     let mut missed = 0;
-    for (i, v) in data.iter().enumerate().take(600) {
+    for v in data.iter().take(600) {
         let found = g.search(v, 5, 64, &|_| true);
         if found.iter().all(|c| g.id(c.node) > 600) {
             missed += 1;
         }
-        let _ = i;
     }
     assert_eq!(
         missed, 0,
