@@ -270,3 +270,71 @@ fn near_duplicate_clusters_stay_reachable() {
         "{missed} of 600 points of the small cluster found only the large one"
     );
 }
+
+/// The crash torture's data shape, which strands a small cluster: 240 diffuse points (spread
+/// 0.1), then 15 rounds of 1,200 near-identical points of another cluster (spread 0.02) and 150
+/// new versions of the small cluster's points. Searching for each current version by its own
+/// vector misses 8 of 240 (2026-11-28): the walk stays in the big cluster (hits at
+/// similarity ~0), because pruning the lists of near-duplicate nodes drops the links out of
+/// the cluster (the heuristic's test is a coin flip when base and kept neighbour are nearly
+/// the same point). Ignored until the graph keeps such clusters connected (issue 13).
+#[test]
+#[ignore = "known defect: a small cluster becomes unreachable behind near-duplicates (issue 13)"]
+fn a_small_cluster_behind_near_duplicates_stays_reachable() {
+    let dim = 384;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let centre = |rng: &mut rand::rngs::StdRng| -> Vec<f32> {
+        unit((0..dim).map(|_| rng.random_range(-1.0f32..1.0)).collect())
+    };
+    let (big, small) = (centre(&mut rng), centre(&mut rng));
+    let near = |c: &[f32], spread: f32, rng: &mut rand::rngs::StdRng| -> Vec<f32> {
+        unit(
+            c.iter()
+                .map(|x| x + spread * rng.random_range(-1.0f32..1.0))
+                .collect(),
+        )
+    };
+    let mut g = Graph::new(Shape {
+        dim,
+        m: 16,
+        ef_construction: 200,
+    });
+    let mut next = 1u64;
+    let mut add = |g: &mut Graph, v: &[f32]| -> u64 {
+        let plan = g.plan(next, v);
+        g.commit(plan);
+        next += 1;
+        next - 1
+    };
+    let mut current: Vec<(u64, Vec<f32>)> = (0..240)
+        .map(|_| {
+            let v = near(&small, 0.1, &mut rng);
+            (add(&mut g, &v), v)
+        })
+        .collect();
+    for _ in 0..15 {
+        for _ in 0..1200 {
+            let v = near(&big, 0.02, &mut rng);
+            add(&mut g, &v);
+        }
+        for _ in 0..150 {
+            let v = near(&small, 0.1, &mut rng);
+            let n = rng.random_range(0..current.len());
+            current[n] = (add(&mut g, &v), v);
+        }
+    }
+    let missed = current
+        .iter()
+        .filter(|(id, v)| {
+            !g.search(v, 5, 128, &|_| true)
+                .iter()
+                .any(|c| g.id(c.node) == *id)
+        })
+        .count();
+    assert_eq!(
+        missed,
+        0,
+        "{missed} of {} current points not found by their own vector",
+        current.len()
+    );
+}
