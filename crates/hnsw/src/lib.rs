@@ -39,6 +39,8 @@ pub use code::{quantize, Code};
 
 /// No node (an empty graph's entry point, a node without upper levels).
 const NONE: u32 = u32::MAX;
+/// The beam of a search on the levels above 0 (see [`Graph::search`]).
+const UPPER_EF: usize = 8;
 /// Levels above this are never drawn (with m = 16 the chance of level 16 is 16^-16).
 pub const MAX_LEVEL: u8 = 16;
 
@@ -345,8 +347,16 @@ impl Graph {
             return Vec::new();
         }
         let q = quantize(query);
-        let start = self.descend(&q, 0);
-        let mut found = self.search_layer(&q, &[start], ef.max(k), 0, accept);
+        // A beam rather than one greedy path through the upper levels: with clusters of
+        // near-duplicates a single path can settle where no link leads on.
+        let mut entries = vec![Cand {
+            sim: self.sim(&q, self.entry),
+            node: self.entry,
+        }];
+        for level in (1..=self.top).rev() {
+            entries = self.search_layer(&q, &entries, UPPER_EF, level, &|_| true);
+        }
+        let mut found = self.search_layer(&q, &entries, ef.max(k), 0, accept);
         found.truncate(k);
         found
     }
@@ -403,7 +413,19 @@ impl Graph {
             node: new,
         });
         cands.sort_by(|a, b| b.cmp(a));
-        Some(self.select(&cands, max, planned))
+        let mut kept = self.select(&cands, max, planned);
+        // The farthest candidate stays, in place of the last one kept: in a cluster of
+        // near-duplicates the heuristic drops links out of the cluster at random (base and
+        // kept neighbour are nearly the same point), and a cluster can lose its last way out.
+        if let Some(far) = cands.last() {
+            if !kept.contains(&far.node) {
+                if kept.len() >= max {
+                    kept.pop();
+                }
+                kept.push(far.node);
+            }
+        }
+        Some(kept)
     }
 
     /// Finds the neighbours of a new point (shared access; see the module docs).
