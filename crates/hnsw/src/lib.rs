@@ -20,6 +20,13 @@
 //! level does not depend on the order of insertion, and inserting the same points one at a
 //! time in the same order builds the same graph.
 //!
+//! Near-duplicates: in a cluster of nearly identical points (boilerplate, many versions of one
+//! document) the pruning heuristic drops links out of the cluster at random, because base and
+//! kept neighbour are nearly the same point, and a smaller cluster behind it can become
+//! unreachable (the crash torture met this). Two safeguards: a pruned list keeps its farthest
+//! candidate, and searches cross the upper levels with a beam of 8 (`UPPER_EF`) rather than one
+//! greedy path. Insertion still descends greedily ([`Graph::plan`]).
+//!
 //! Concurrency: the graph is a plain value that its owner keeps behind a lock. An insertion is
 //! *planned* under shared access ([`Graph::plan`]: the searches that find its neighbours, most
 //! of the work) and *committed* under exclusive access ([`Graph::commit`]: its links, the
@@ -255,7 +262,8 @@ impl Graph {
         level.min(MAX_LEVEL as f64) as u8
     }
 
-    /// The most similar node on `level` and above, walking greedily from the entry point.
+    /// The most similar node found on the level just above `to_level`, walking greedily from
+    /// the entry point (insertion's descent; searches use a beam, see [`Graph::search`]).
     fn descend(&self, q: &Code, to_level: u8) -> Cand {
         let mut best = Cand {
             sim: self.sim(q, self.entry),
