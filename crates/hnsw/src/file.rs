@@ -87,7 +87,7 @@ impl Graph {
         if !r.bytes.is_empty() {
             return Err("graph file has trailing bytes".into());
         }
-        let g = Graph {
+        let mut g = Graph {
             shape: Shape {
                 dim,
                 m,
@@ -99,12 +99,19 @@ impl Graph {
             codes,
             links0,
             counts0,
+            in0: vec![0; n],
+            orphaned: Vec::new(),
             upper_at,
             upper,
             entry: entry as u32,
             top: top as u8,
         };
         g.validate()?;
+        for (node, &count) in g.counts0.iter().enumerate() {
+            for &x in &g.links0[node * m0..node * m0 + count as usize] {
+                g.in0[x as usize] += 1;
+            }
+        }
         Ok(g)
     }
 

@@ -55,6 +55,17 @@ fn build(data: &[Vec<f32>], dim: usize) -> Graph {
     g
 }
 
+/// The level-0 in-link counts recounted from the links, to check the ones kept up to date.
+fn recount_in0(g: &Graph) -> Vec<u32> {
+    let mut counts = vec![0u32; g.len()];
+    for node in 0..g.len() as u32 {
+        for &x in g.neighbours(node, 0) {
+            counts[x as usize] += 1;
+        }
+    }
+    counts
+}
+
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
@@ -141,6 +152,12 @@ fn plans_made_on_a_stale_graph_still_build_a_good_one() {
     }
     assert_eq!(g.len(), 3000);
     g.validate().unwrap();
+    assert_eq!(
+        g.in0,
+        recount_in0(&g),
+        "in-link counts drifted from the links"
+    );
+    assert_eq!(g.unreachable(), 0);
     let r = recall(&g, &data, &clustered(100, 32, 30, 5));
     assert!(r >= 0.93, "recall@10 {r}");
 }
@@ -172,6 +189,7 @@ fn the_file_round_trips_and_the_same_inserts_write_the_same_bytes() {
     assert!(bytes == again, "the same inserts built different graphs");
     let loaded = Graph::read_from(&bytes, 100).unwrap();
     assert_eq!(loaded.len(), g.len());
+    assert_eq!(loaded.in0, g.in0, "in-link counts are recounted on load");
     for q in data.iter().step_by(50) {
         let a: Vec<(u32, f32)> = g
             .search(q, 10, 64, &|_| true)
@@ -237,9 +255,8 @@ fn levels_are_geometric_in_m() {
 /// Data made of near-duplicates, as RAG corpora are (boilerplate, versions of one document):
 /// a small cluster inserted first and a large one after it, every point a small variation of
 /// its cluster's centre. Every point of the small cluster must still be reachable from the
-/// large one, where the entry point ends up. (This passes; the crash torture's rarer "Dense
-/// misses", where a 240-document cluster became unreachable behind ~17,000 near-identical
-/// job documents, is not reproduced by it yet.)
+/// large one, where the entry point ends up. (The crash torture's harder shape, many versions
+/// of a small cluster among waves of near-duplicates, is the next test.)
 #[test]
 fn near_duplicate_clusters_stay_reachable() {
     let dim = 64;
@@ -279,10 +296,19 @@ fn near_duplicate_clusters_stay_reachable() {
 /// neighbour are nearly the same point), and the walk stayed in the big cluster at similarity
 /// ~0. Keeping each list's farthest candidate brought it to 1 miss, a beam through the upper
 /// levels to 0.
-#[test]
-fn a_small_cluster_behind_near_duplicates_stays_reachable() {
+/// The versioned-cluster data shape (see the next test): `rounds` waves of `wave` near-identical
+/// points (spread `tight`) around one centre, each followed by `versions` new versions of the
+/// small cluster's 240 points (spread 0.1). Returns the graph and each small point's current
+/// version.
+fn versions_among_near_duplicates(
+    seed: u64,
+    rounds: usize,
+    wave: usize,
+    versions: usize,
+    tight: f32,
+) -> (Graph, Vec<(u64, Vec<f32>)>) {
     let dim = 384;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let centre = |rng: &mut rand::rngs::StdRng| -> Vec<f32> {
         unit((0..dim).map(|_| rng.random_range(-1.0f32..1.0)).collect())
     };
@@ -312,18 +338,23 @@ fn a_small_cluster_behind_near_duplicates_stays_reachable() {
             (add(&mut g, &v), v)
         })
         .collect();
-    for _ in 0..15 {
-        for _ in 0..1200 {
-            let v = near(&big, 0.02, &mut rng);
+    for _ in 0..rounds {
+        for _ in 0..wave {
+            let v = near(&big, tight, &mut rng);
             add(&mut g, &v);
         }
-        for _ in 0..150 {
+        for _ in 0..versions {
             let v = near(&small, 0.1, &mut rng);
             let n = rng.random_range(0..current.len());
             current[n] = (add(&mut g, &v), v);
         }
     }
-    let missed = current
+    (g, current)
+}
+
+/// Current versions that a search for their own vector does not return in its top 5.
+fn missed_by_own_vector(g: &Graph, current: &[(u64, Vec<f32>)]) -> usize {
+    current
         .iter()
         .filter(|(id, v)| {
             let found = g.search(v, 5, 128, &|_| true);
@@ -334,11 +365,62 @@ fn a_small_cluster_behind_near_duplicates_stays_reachable() {
             }
             !hit
         })
-        .count();
+        .count()
+}
+
+#[test]
+fn a_small_cluster_behind_near_duplicates_stays_reachable() {
+    let (g, current) = versions_among_near_duplicates(5, 15, 1200, 150, 0.02);
+    let stranded = g.unreachable();
+    println!(
+        "{stranded} of {} nodes unreachable from the entry point",
+        g.len()
+    );
+    let missed = missed_by_own_vector(&g, &current);
     assert_eq!(
         missed,
         0,
         "{missed} of {} current points not found by their own vector",
         current.len()
+    );
+    assert_eq!(stranded, 0, "nodes no search can reach");
+    assert_eq!(
+        g.in0,
+        recount_in0(&g),
+        "in-link counts drifted from the links"
+    );
+}
+
+/// The same shape over many seeds and spreads (slow: `cargo test -p quarry-hnsw -- --ignored
+/// stress`; `QUARRY_HNSW_STRESS_SEEDS`, default 8): prints, per case, the nodes no search can
+/// reach and the current versions missed. Every current version must be found. Every node
+/// must be reachable, except in the tightest case: isotropic noise of 0.005 in 384-d, where
+/// central points are everyone's nearest neighbour ("hubs") and small closed groups of the
+/// rest still form (0.2-0.4% of nodes; 45% before in-links were protected).
+#[test]
+#[ignore = "slow stress run of the near-duplicate shapes; run by hand"]
+fn stress_versions_among_near_duplicates() {
+    let seeds: u64 = std::env::var("QUARRY_HNSW_STRESS_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8);
+    let mut bad = Vec::new();
+    for seed in 0..seeds {
+        for (tight, wave, versions) in [(0.02, 1200, 150), (0.005, 2000, 60), (0.05, 600, 300)] {
+            let (g, current) = versions_among_near_duplicates(seed, 15, wave, versions, tight);
+            let (stranded, missed) = (g.unreachable(), missed_by_own_vector(&g, &current));
+            println!(
+                "seed {seed} spread {tight} wave {wave} versions {versions}: {stranded} of {} unreachable, {missed} missed",
+                g.len()
+            );
+            let allowed = if tight < 0.01 { g.len() / 100 } else { 0 };
+            if stranded > allowed || missed > 0 {
+                bad.push((seed, tight, stranded, missed));
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "cases with stranded or missed points: {bad:?}"
     );
 }
