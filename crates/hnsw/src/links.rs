@@ -61,7 +61,7 @@ impl Graph {
     /// in-links is out of every search's reach. Among near-duplicates, and in any data of high
     /// intrinsic dimension, many nodes are nobody's nearest neighbour (the "hubness" of
     /// k-nearest-neighbour graphs), and the heuristic alone stranded up to 45% of a tight
-    /// cluster (the stress test below the graph's tests).
+    /// cluster (`stress_versions_among_near_duplicates` in `tests.rs`).
     pub(crate) fn pruned_links(
         &self,
         node: u32,
