@@ -34,7 +34,7 @@
 //!   in-link it holds while there is room, and a node that loses its last in-link anyway (a
 //!   full list of such nodes, around a "hub" that is everyone's nearest neighbour) is adopted
 //!   by the point being inserted. No node is left without an in-link; in the tight isotropic
-//!   clusters of the stress test that took unreachable nodes from 45% to 0.2-0.4% (small
+//!   clusters of the stress test that took unreachable nodes from 45% to 0.2-0.6% (small
 //!   closed groups), and to none in the other shapes.
 //!
 //! Concurrency: the graph is a plain value that its owner keeps behind a lock. An insertion is

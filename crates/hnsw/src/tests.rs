@@ -396,7 +396,7 @@ fn a_small_cluster_behind_near_duplicates_stays_reachable() {
 /// reach and the current versions missed. Every current version must be found. Every node
 /// must be reachable, except in the tightest case: isotropic noise of 0.005 in 384-d, where
 /// central points are everyone's nearest neighbour ("hubs") and small closed groups of the
-/// rest still form (0.2-0.4% of nodes; 45% before in-links were protected).
+/// rest still form (0.2-0.6% of nodes; 45% before in-links were protected).
 #[test]
 #[ignore = "slow stress run of the near-duplicate shapes; run by hand"]
 fn stress_versions_among_near_duplicates() {
