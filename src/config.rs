@@ -60,6 +60,11 @@ pub struct Config {
     /// `HOST:PORT` of the operations HTTP listener (`/metrics`, `/healthz`, `/readyz`);
     /// empty: none.
     pub metrics_listen: String,
+    /// Let `metrics_listen` be a non-loopback address. The operations endpoint has no keys
+    /// and its `/metrics` names every collection with its counts, so it is refused off
+    /// loopback unless this says so (env `QUARRY_METRICS_ALLOW_REMOTE`, flag
+    /// `--metrics-allow-remote`).
+    pub metrics_allow_remote: bool,
     /// Calls in flight and queued per class (`[admission]`).
     pub admission: crate::grpc::observe::AdmissionSettings,
     /// `text` or `json` (one JSON object per line).
@@ -100,6 +105,7 @@ impl Default for Config {
             auth: AuthSettings::default(),
             tls: Default::default(),
             metrics_listen: DEFAULT_METRICS_LISTEN.to_string(),
+            metrics_allow_remote: false,
             admission: Default::default(),
             log_format: LogFormat::Text,
             import_roots: Vec::new(),
@@ -152,6 +158,9 @@ impl Config {
                 "QUARRY_API_KEY" => self.auth.api_key = Some(value),
                 "QUARRY_READ_ONLY_API_KEY" => self.auth.read_only_api_key = Some(value),
                 "QUARRY_METRICS_LISTEN" => self.metrics_listen = value,
+                "QUARRY_METRICS_ALLOW_REMOTE" => {
+                    self.metrics_allow_remote = parse_env(&key, &value)?
+                }
                 "QUARRY_TLS_CERT" => self.tls.cert = Some(value.into()),
                 "QUARRY_TLS_KEY" => self.tls.key = Some(value.into()),
                 "QUARRY_TLS_CLIENT_CA" => self.tls.client_ca = Some(value.into()),
@@ -185,13 +194,22 @@ impl Config {
         }
         self.keys()?;
         self.tls.enabled()?;
-        if !self.metrics_listen.is_empty()
-            && self.metrics_listen.parse::<std::net::SocketAddr>().is_err()
-        {
-            return Err(Error::invalid(format!(
-                "metrics_listen {:?} is not HOST:PORT (or empty for none)",
-                self.metrics_listen
-            )));
+        if !self.metrics_listen.is_empty() {
+            let Ok(addr) = self.metrics_listen.parse::<std::net::SocketAddr>() else {
+                return Err(Error::invalid(format!(
+                    "metrics_listen {:?} is not HOST:PORT (or empty for none)",
+                    self.metrics_listen
+                )));
+            };
+            if !addr.ip().is_loopback() && !self.metrics_allow_remote {
+                return Err(Error::invalid(format!(
+                    "refusing metrics_listen {}: the operations endpoint has no keys and its \
+                     /metrics names every collection with its counts; listen on loopback and \
+                     scrape through a proxy, or set metrics_allow_remote \
+                     (--metrics-allow-remote, QUARRY_METRICS_ALLOW_REMOTE=true) to accept that",
+                    addr
+                )));
+            }
         }
         let a = &self.admission;
         if [a.read, a.write, a.eval, a.answer]

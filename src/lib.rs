@@ -50,6 +50,7 @@ pub mod meta;
 pub mod metrics;
 pub mod model;
 pub mod retrieve;
+pub mod service;
 pub mod source;
 pub mod store;
 pub mod tls;

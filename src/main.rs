@@ -95,6 +95,10 @@ struct ServeArgs {
     /// HOST:PORT for /metrics, /healthz and /readyz (default 127.0.0.1:9464; "" for none).
     #[arg(long)]
     metrics_listen: Option<String>,
+    /// Allow --metrics-listen on a non-loopback address (the endpoint has no keys and names
+    /// every collection).
+    #[arg(long)]
+    metrics_allow_remote: bool,
     /// Log format.
     #[arg(long, value_enum)]
     log_format: Option<quarry::config::LogFormat>,
@@ -185,7 +189,12 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async_main())
+    let code = runtime.block_on(async_main());
+    // Dropping a runtime waits for its blocking tasks; one still busy after shutdown's grace
+    // (a slow write whose caller left) must not hold the exit: everything acknowledged is
+    // durable already, and the next start replays what the indexes missed.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    code
 }
 
 async fn async_main() -> std::process::ExitCode {
@@ -257,6 +266,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.log_format = f;
     }
     init_tracing(config.log_format);
+    if args.metrics_allow_remote {
+        config.metrics_allow_remote = true;
+    }
     if let Some(m) = args.metrics_listen {
         config.metrics_listen = m;
     }

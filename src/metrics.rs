@@ -14,6 +14,13 @@ use std::fmt::Write as _;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+/// Series one family holds at most. Label values come from closed sets (operations from the
+/// operations table, codes, classes) or from collections that exist (a deleted collection's
+/// series are dropped: [`forget_collection`]); this cap is the backstop behind both.
+pub const MAX_SERIES: usize = 4096;
+/// The label value of the series that takes everything past [`MAX_SERIES`].
+pub const OVERFLOW: &str = "_overflow";
+
 /// Upper bounds of the latency buckets, in seconds.
 const BUCKETS: [f64; 16] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -66,18 +73,50 @@ impl Family {
         labels.iter().map(|l| l.to_string()).collect()
     }
 
+    /// The key a new series is stored under: its own, or, once the family holds
+    /// [`MAX_SERIES`], the overflow series (every label [`OVERFLOW`]), so no caller can grow a
+    /// family without bound.
+    fn bounded<V>(&self, map: &BTreeMap<Vec<String>, V>, labels: &[&str]) -> Vec<String> {
+        let key = self.key(labels);
+        if map.len() < MAX_SERIES || map.contains_key(&key) {
+            key
+        } else {
+            vec![OVERFLOW.to_string(); self.labels.len()]
+        }
+    }
+
     /// Adds `by` (counters and gauges).
     pub fn add(&self, labels: &[&str], by: f64) {
         if let Ok(mut v) = self.values.lock() {
-            *v.entry(self.key(labels)).or_insert(0.0) += by;
+            let key = self.bounded(&v, labels);
+            *v.entry(key).or_insert(0.0) += by;
         }
     }
 
     /// Sets a gauge.
     pub fn set(&self, labels: &[&str], value: f64) {
         if let Ok(mut v) = self.values.lock() {
-            v.insert(self.key(labels), value);
+            let key = self.bounded(&v, labels);
+            v.insert(key, value);
         }
+    }
+
+    /// Drops every series whose label `name` is `value` (a deleted collection's).
+    pub fn forget(&self, name: &str, value: &str) {
+        let Some(i) = self.labels.iter().position(|l| *l == name) else {
+            return;
+        };
+        if let Ok(mut v) = self.values.lock() {
+            v.retain(|k, _| k[i] != value);
+        }
+        if let Ok(mut h) = self.histograms.lock() {
+            h.retain(|k, _| k[i] != value);
+        }
+    }
+
+    /// Series held (for tests).
+    pub fn series(&self) -> usize {
+        self.values.lock().map_or(0, |v| v.len()) + self.histograms.lock().map_or(0, |h| h.len())
     }
 
     pub fn inc(&self, labels: &[&str]) {
@@ -87,7 +126,8 @@ impl Family {
     /// Records one observation (histograms).
     pub fn observe(&self, labels: &[&str], value: f64) {
         if let Ok(mut h) = self.histograms.lock() {
-            let h = h.entry(self.key(labels)).or_default();
+            let key = self.bounded(&h, labels);
+            let h = h.entry(key).or_default();
             for (i, bound) in BUCKETS.iter().enumerate() {
                 if value <= *bound {
                     h.buckets[i] += 1;
@@ -308,6 +348,15 @@ pub fn global() -> &'static Registry {
             Kind::Counter,
         ),
     })
+}
+
+/// Drops the series of a deleted collection, so collection labels name only collections that
+/// exist.
+pub fn forget_collection(name: &str) {
+    let r = global();
+    for f in [&r.ingest_documents, &r.ingest_chunks] {
+        f.forget("collection", name);
+    }
 }
 
 /// Every family in the text format.

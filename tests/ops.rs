@@ -380,3 +380,35 @@ async fn server_work_stops_at_the_client_deadline() {
     assert_eq!(info.document_count, 0);
     server.stop().await;
 }
+
+/// The operations endpoint has no keys and names every collection: the binary refuses to put
+/// it on a non-loopback address unless told to.
+#[test]
+fn metrics_off_loopback_need_an_explicit_yes() {
+    let bin = env!("CARGO_BIN_EXE_quarry");
+    let data = tempfile::tempdir().unwrap();
+    let out = Command::new(bin)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "0.0.0.0:0",
+        ])
+        .arg("--data-dir")
+        .arg(data.path())
+        .env_remove("QUARRY_METRICS_ALLOW_REMOTE")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("metrics_allow_remote"), "{err}");
+    // The config check says yes once told.
+    let mut config = quarry::config::Config {
+        metrics_listen: "0.0.0.0:9464".into(),
+        ..Default::default()
+    };
+    assert!(config.validate().is_err());
+    config.metrics_allow_remote = true;
+    config.validate().unwrap();
+}

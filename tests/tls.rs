@@ -296,3 +296,49 @@ async fn answers_reach_an_https_router_with_a_private_ca() {
     assert_eq!(fake.request_count(), 1);
     server.stop().await;
 }
+
+/// Connections that never finish a TLS handshake are closed after the handshake timeout,
+/// instead of being held open for ever.
+#[tokio::test]
+async fn half_open_handshakes_are_cut_off() {
+    use tokio::io::AsyncReadExt;
+    let pki = Pki::new();
+    let (server, _data, _url) = tls_server(&pki, false).await;
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    // Half a ClientHello on one of them: a started handshake is cut off as well.
+    {
+        use tokio::io::AsyncWriteExt;
+        idle[0]
+            .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00])
+            .await
+            .unwrap();
+    }
+    let limit = quarry::grpc::TLS_HANDSHAKE_TIMEOUT + std::time::Duration::from_secs(10);
+    let started = std::time::Instant::now();
+    for mut s in idle {
+        let mut buf = [0u8; 64];
+        let closed = tokio::time::timeout(limit, async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "a connection without a handshake was still open after {:?}",
+            started.elapsed()
+        );
+    }
+    eprintln!(
+        "20 idle TLS connections closed after {:?}",
+        started.elapsed()
+    );
+    server.stop().await;
+}

@@ -124,7 +124,10 @@ async fn restore(a: RestoreArgs) -> anyhow::Result<()> {
                         config.data_dir.display()
                     )
                 })?;
-                let infos = engine.restore_snapshot(&file, only.as_deref(), rename.as_deref())?;
+                // Offline, the operator owns the data directory: no key applies.
+                let infos =
+                    engine
+                        .restore_snapshot(&file, only.as_deref(), rename.as_deref(), &|_| Ok(()))?;
                 Ok(infos
                     .into_iter()
                     .map(|i| (i.record.name, i.document_count))

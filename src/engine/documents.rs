@@ -39,6 +39,15 @@ pub struct DocumentPage {
     pub next_after: Option<String>,
 }
 
+/// How DeleteByFilter runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FilterDeleteOptions {
+    /// Count the matches, delete nothing.
+    pub dry_run: bool,
+    /// The caller asks for every document: required when the filter restricts nothing.
+    pub all: bool,
+}
+
 /// What DeleteByFilter did (or, for a dry run, would do).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FilterDeletion {
@@ -104,13 +113,14 @@ impl Engine {
         &self,
         collection: &str,
         filter: Filter,
-        dry_run: bool,
+        options: FilterDeleteOptions,
     ) -> Result<FilterDeletion> {
+        let FilterDeleteOptions { dry_run, all } = options;
         let c = self.collection(collection)?;
         self.check_filter(&filter)?;
-        if filter.is_all() {
+        if !filter.restricts() && !all {
             return Err(Error::invalid(
-                "delete by filter needs a filter (DeleteCollection removes everything)",
+                "delete by filter needs a filter that restricts: this one matches every document; set `all` to delete them all",
             ));
         }
         let store = self.store.clone();

@@ -381,22 +381,51 @@ async fn delete_by_filter_removes_exactly_the_matching_documents() {
             .await
             .unwrap();
         let f = crate::filter::parse("n < 5 OR n IN [20, 33] OR missing EXISTS").unwrap();
-        let dry = engine.delete_by_filter("c", f.clone(), true).await.unwrap();
+        let dry = engine
+            .delete_by_filter("c", f.clone(), opts(true))
+            .await
+            .unwrap();
         assert_eq!((dry.matched, dry.deleted), (7, 0));
         assert_eq!(engine.collection("c").unwrap().info().document_count, 40);
         let done = engine
-            .delete_by_filter("c", f.clone(), false)
+            .delete_by_filter("c", f.clone(), opts(false))
             .await
             .unwrap();
         assert_eq!((done.matched, done.deleted), (7, 7));
-        assert!(engine
-            .delete_by_filter("c", Filter::all(), false)
-            .await
-            .is_err());
+        // Trees that restrict nothing are refused like the empty filter (nothing deleted).
+        for everything in [
+            Filter::all(),
+            Filter::And(vec![Filter::all()]),
+            Filter::Not(Box::new(Filter::Or(vec![]))),
+            crate::filter::parse("n < 5 OR NOT n < 5").unwrap(),
+        ] {
+            let e = engine
+                .delete_by_filter("c", everything.clone(), opts(false))
+                .await
+                .unwrap_err();
+            assert!(e.to_string().contains("restricts"), "{everything:?}: {e}");
+        }
         assert_eq!(engine.collection("c").unwrap().info().document_count, 33);
         engine.checkpoint().await.unwrap();
     }
     let engine = open();
+    {
+        // Asked for explicitly, everything goes.
+        engine.create_collection("all", Default::default()).unwrap();
+        engine
+            .upsert("all", (0..3).map(numbered).collect())
+            .await
+            .unwrap();
+        let all = crate::engine::FilterDeleteOptions {
+            dry_run: false,
+            all: true,
+        };
+        let done = engine
+            .delete_by_filter("all", Filter::all(), all)
+            .await
+            .unwrap();
+        assert_eq!((done.matched, done.deleted), (3, 3));
+    }
     let expected: Vec<i64> = (5..40).filter(|n| *n != 20 && *n != 33).collect();
     // Unfiltered, and filtered by a condition every document passes (so dense scores the
     // allowed chunks exactly instead of walking the HNSW graph, which at this size can leave a
@@ -473,4 +502,11 @@ async fn distinct_metadata_keys_per_collection_are_bounded() {
         .upsert("c", vec![with_keys("d", &["y", "z"])])
         .await
         .unwrap();
+}
+
+fn opts(dry_run: bool) -> crate::engine::FilterDeleteOptions {
+    crate::engine::FilterDeleteOptions {
+        dry_run,
+        all: false,
+    }
 }

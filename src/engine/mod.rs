@@ -29,6 +29,8 @@ mod external_tests;
 mod filter_tests;
 mod ingest;
 mod recovery;
+mod restore;
+mod restore_check;
 mod search;
 mod settings;
 mod snapshot;
@@ -56,7 +58,9 @@ pub use collection::{
     Collection, CollectionInfo, CollectionSettings, CollectionStats, DEFAULT_CHUNK_OVERLAP,
     DEFAULT_CHUNK_TOKENS,
 };
-pub use documents::{DocumentPage, FilterDeletion, ListedDocument, MAX_PAGE, SCAN_BUDGET};
+pub use documents::{
+    DocumentPage, FilterDeleteOptions, FilterDeletion, ListedDocument, MAX_PAGE, SCAN_BUDGET,
+};
 pub use ingest::{
     content_hash, ChunkInput, DocumentInput, StoredDocument, UpsertOutcome, UpsertStatus,
     CHUNK_JOINER,
@@ -454,6 +458,7 @@ impl Engine {
                 return Err(e);
             }
             engine.open_map_mut()?.remove(&collection.record.name);
+            crate::metrics::forget_collection(&collection.record.name);
             if let Err(e) = std::fs::remove_dir_all(&collection.dir) {
                 // Removed again at the next start-up.
                 tracing::warn!(error = %e, "could not remove collection files");

@@ -20,21 +20,23 @@
 //! - **Vectors need their model.** Restoring checks the model's fingerprint (weights,
 //!   tokenizer, pooling) against the manifest and refuses a mismatch: vectors of another model
 //!   would silently answer queries wrongly.
-//! - **All or nothing.** The collection's record is written last: a restore that fails or
-//!   crashes half-way leaves orphan trees and files, removed at the next start.
+//! - **Restores trust nothing.** An archive is hostile input: `restore.rs` checks every entry,
+//!   record and checksum, validates the settings, and restores all or nothing.
 
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{now_ms, valid_collection_name, Collection, CollectionInfo, Engine};
+use super::{now_ms, Collection, Engine};
 use crate::error::{quote, Error, Result};
 use crate::store::{doc_key, CollectionRecord};
 
-/// The archive format this version writes and reads.
-pub const SNAPSHOT_FORMAT: u32 = 1;
+/// The archive format this version writes. Format 2 adds a CRC-32 to every record and the
+/// SHA-256 of every file to the manifest; format 1 archives (no checksums) are still read, and
+/// their records are validated like any others.
+pub const SNAPSHOT_FORMAT: u32 = 2;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SnapshotManifest {
@@ -58,10 +60,14 @@ pub struct SnapshotCollection {
     pub max_id: u64,
     pub documents: u64,
     pub chunks: u64,
+    /// SHA-256 (hex) of each of the collection's files, by its path under
+    /// `collections/<i>/` (format 2).
+    #[serde(default)]
+    pub files: std::collections::BTreeMap<String, String>,
 }
 
 /// Trees of a collection in `records.bin`, by tag.
-const TREES: [(u8, &str); 5] = [
+pub(super) const TREES: [(u8, &str); 5] = [
     (1, "docs"),
     (2, "texts"),
     (3, "chunks"),
@@ -69,7 +75,7 @@ const TREES: [(u8, &str); 5] = [
     (5, "schema"),
 ];
 
-fn tree(t: &crate::store::CollectionTrees, tag: u8) -> Option<&sled::Tree> {
+pub(super) fn tree(t: &crate::store::CollectionTrees, tag: u8) -> Option<&sled::Tree> {
     Some(match tag {
         1 => &t.docs,
         2 => &t.texts,
@@ -89,7 +95,56 @@ impl Drop for WorkDir {
     }
 }
 
-fn corrupt(what: impl std::fmt::Display) -> Error {
+/// A CRC-32 over a record's tag, key and value (format 2).
+pub(super) fn record_crc(tag: u8, k: &[u8], v: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&[tag]);
+    h.update(&(k.len() as u32).to_le_bytes());
+    h.update(k);
+    h.update(v);
+    h.finalize()
+}
+
+/// A writer that hashes what passes through it (SHA-256).
+pub(super) struct Hashing<W> {
+    inner: W,
+    hash: sha2::Sha256,
+}
+
+impl<W: Write> Hashing<W> {
+    pub(super) fn new(inner: W) -> Self {
+        use sha2::Digest;
+        Hashing {
+            inner,
+            hash: sha2::Sha256::new(),
+        }
+    }
+
+    /// The writer back, and the hex digest of everything written.
+    pub(super) fn finish(self) -> (W, String) {
+        use sha2::Digest;
+        let digest = self.hash.finalize();
+        (
+            self.inner,
+            digest.iter().map(|b| format!("{b:02x}")).collect(),
+        )
+    }
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        use sha2::Digest;
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+pub(super) fn corrupt(what: impl std::fmt::Display) -> Error {
     Error::invalid(format!("not a valid Quarry snapshot: {what}"))
 }
 
@@ -111,7 +166,7 @@ impl Collection {
         }
         let seq = self.lexical.applied_seq()?;
         let mut max_id = seq.max(self.dense.applied_seq()?);
-        let mut out = BufWriter::new(std::fs::File::create(records)?);
+        let mut out = Hashing::new(BufWriter::new(std::fs::File::create(records)?));
         for (tag, _) in TREES {
             let Some(t) = tree(&self.trees, tag) else {
                 continue;
@@ -128,9 +183,13 @@ impl Collection {
                 out.write_all(&k)?;
                 out.write_all(&(v.len() as u32).to_le_bytes())?;
                 out.write_all(&v)?;
+                out.write_all(&record_crc(tag, &k, &v).to_le_bytes())?;
             }
         }
-        out.flush()?;
+        let (mut inner, records_sha) = out.finish();
+        inner.flush()?;
+        let mut hashes = std::collections::BTreeMap::new();
+        hashes.insert("records.bin".to_string(), records_sha);
         let mut files = Vec::new();
         for sub in ["lexical", "dense"] {
             let dir = self.dir.join(sub);
@@ -158,6 +217,7 @@ impl Collection {
                 max_id,
                 documents: info.document_count,
                 chunks: info.chunk_count,
+                files: hashes,
             },
             files,
         ))
@@ -205,13 +265,15 @@ impl Engine {
                 c.ensure_live()?;
                 let records = dir.join(format!("{i}.records"));
                 let copies = dir.join(i.to_string());
-                let (entry, files) = c.dump(&records)?;
+                let (mut entry, files) = c.dump(&records)?;
                 std::fs::create_dir_all(copies.join("lexical"))?;
                 std::fs::create_dir_all(copies.join("dense"))?;
                 let mut copied = Vec::new();
                 for (name, path) in files {
                     let to = copies.join(&name);
-                    std::fs::copy(&path, &to)?;
+                    let mut out = Hashing::new(std::fs::File::create(&to)?);
+                    std::io::copy(&mut std::fs::File::open(&path)?, &mut out)?;
+                    entry.files.insert(name.clone(), out.finish().1);
                     copied.push((name, to));
                 }
                 parts.push((entry, (records, copied)));
@@ -259,190 +321,5 @@ impl Engine {
         .await
         .map_err(|e| Error::internal(format!("snapshot task failed: {e}")))??;
         Ok(manifest)
-    }
-
-    /// Restores the collections of the snapshot at `archive` (only `only`, when given, under
-    /// the name `rename`, when given). Blocking. Each restored collection opens at once.
-    pub fn restore_snapshot(
-        &self,
-        archive: &Path,
-        only: Option<&str>,
-        rename: Option<&str>,
-    ) -> Result<Vec<CollectionInfo>> {
-        let open = || -> Result<tar::Archive<BufReader<std::fs::File>>> {
-            Ok(tar::Archive::new(BufReader::new(
-                std::fs::File::open(archive).map_err(|e| {
-                    Error::NotFound(format!(
-                        "cannot open snapshot {}: {e}",
-                        quote(&archive.to_string_lossy())
-                    ))
-                })?,
-            )))
-        };
-        let mut tar = open()?;
-        let mut entries = tar.entries()?;
-        let manifest: SnapshotManifest = {
-            let mut first = entries
-                .next()
-                .ok_or_else(|| corrupt("the archive is empty"))??;
-            if first.path()?.to_string_lossy() != "manifest.json" {
-                return Err(corrupt("manifest.json is not its first entry"));
-            }
-            let mut json = Vec::new();
-            first.read_to_end(&mut json)?;
-            serde_json::from_slice(&json).map_err(|e| corrupt(format!("manifest.json: {e}")))?
-        };
-        self.check_free_disk()?;
-        let _naming = self
-            .naming
-            .lock()
-            .map_err(|_| Error::internal("naming lock poisoned"))?;
-        if manifest.format != SNAPSHOT_FORMAT {
-            return Err(Error::FailedPrecondition(format!(
-                "snapshot format {} (Quarry {}); this server reads format {SNAPSHOT_FORMAT}",
-                manifest.format, manifest.quarry_version
-            )));
-        }
-        // What to restore, as what: index in the archive -> (entry, new record).
-        let mut plan = Vec::new();
-        for (i, c) in manifest.collections.iter().enumerate() {
-            if only.is_some_and(|o| o != c.record.name) {
-                continue;
-            }
-            let name = rename.unwrap_or(&c.record.name).to_string();
-            valid_collection_name(&name)?;
-            if self.collection(&name).is_ok() || self.unavailable(&name)?.is_some() {
-                return Err(Error::CollectionExists(name));
-            }
-            let embedder = self.embedder(&c.record.model)?;
-            let here = embedder.fingerprint()?;
-            if here != c.model_fingerprint || embedder.dimension() != c.record.dimension {
-                return Err(Error::FailedPrecondition(format!(
-                    "collection {} was embedded with model {} (fingerprint {}); this server's {} has fingerprint {}: its vectors would not match queries. Provision the same model, or re-ingest instead",
-                    quote(&c.record.name),
-                    quote(&c.record.model),
-                    c.model_fingerprint,
-                    quote(&c.record.model),
-                    here
-                )));
-            }
-            let record = CollectionRecord {
-                name,
-                id: self.store.next_id()?,
-                created_unix_ms: now_ms(),
-                ..c.record.clone()
-            };
-            plan.push((i, c.clone(), record));
-        }
-        if rename.is_some() && plan.len() > 1 {
-            return Err(Error::invalid(
-                "the snapshot holds several collections: name the one to restore under a new name",
-            ));
-        }
-        if let Some(o) = only {
-            if plan.is_empty() {
-                return Err(Error::NotFound(format!(
-                    "the snapshot holds no collection {}",
-                    quote(o)
-                )));
-            }
-        }
-        for entry in entries {
-            let mut entry = entry?;
-            let path = entry.path()?.to_string_lossy().to_string();
-            let mut parts = path.splitn(3, '/');
-            let (Some("collections"), Some(i), Some(rest)) =
-                (parts.next(), parts.next(), parts.next())
-            else {
-                return Err(corrupt(format!("unexpected entry {}", quote(&path))));
-            };
-            let i: usize = i.parse().map_err(|_| corrupt(quote(&path)))?;
-            let Some((_, _, record)) = plan.iter().find(|(j, _, _)| *j == i) else {
-                continue;
-            };
-            let dir = self.collections_dir().join(record.id.to_string());
-            match rest {
-                "records.bin" => self.load_records(record, &mut entry)?,
-                file if file.starts_with("lexical/") || file.starts_with("dense/") => {
-                    if file.contains("..") || file.matches('/').count() != 1 {
-                        return Err(corrupt(format!("unexpected entry {}", quote(&path))));
-                    }
-                    let to = dir.join(file);
-                    std::fs::create_dir_all(to.parent().unwrap_or(&dir))?;
-                    let mut out = std::fs::File::create(&to)?;
-                    std::io::copy(&mut entry, &mut out)?;
-                    out.sync_all()?;
-                }
-                _ => return Err(corrupt(format!("unexpected entry {}", quote(&path)))),
-            }
-        }
-        let mut restored = Vec::new();
-        for (_, c, record) in plan {
-            self.store.raise_ids_above(c.max_id)?;
-            self.store.create_collection(&record)?;
-            self.store.flush_blocking()?;
-            let name = record.name.clone();
-            let collection = Arc::new(self.open_collection(record)?);
-            let info = collection.info();
-            tracing::info!(collection = %quote(&name), from = %quote(&c.record.name), documents = info.document_count, "restored from a snapshot");
-            self.open_map_mut()?.insert(name, collection);
-            restored.push(info);
-        }
-        Ok(restored)
-    }
-
-    /// Writes a collection's records from a snapshot into its (new) trees.
-    fn load_records(&self, record: &CollectionRecord, from: &mut impl Read) -> Result<()> {
-        let trees = self.store.trees(record)?;
-        let mut batches: Vec<sled::Batch> =
-            (0..TREES.len()).map(|_| sled::Batch::default()).collect();
-        let mut pending = 0usize;
-        let mut read = BufReader::with_capacity(1 << 20, from);
-        let mut tag = [0u8; 1];
-        loop {
-            match read.read_exact(&mut tag) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-                Err(e) => return Err(e.into()),
-            }
-            let mut field = || -> Result<Vec<u8>> {
-                let mut len = [0u8; 4];
-                read.read_exact(&mut len)?;
-                let len = u32::from_le_bytes(len) as usize;
-                if len > 1 << 30 {
-                    return Err(corrupt("a record over 1 GiB"));
-                }
-                let mut v = vec![0u8; len];
-                read.read_exact(&mut v)?;
-                Ok(v)
-            };
-            let k = field()?;
-            let v = field()?;
-            let slot = TREES
-                .iter()
-                .position(|(t, _)| *t == tag[0])
-                .ok_or_else(|| corrupt(format!("record tag {}", tag[0])))?;
-            batches[slot].insert(k, v);
-            pending += 1;
-            if pending >= 10_000 {
-                self.apply_batches(&trees, &mut batches)?;
-                pending = 0;
-            }
-        }
-        self.apply_batches(&trees, &mut batches)?;
-        trees.forget_counts()
-    }
-
-    fn apply_batches(
-        &self,
-        trees: &crate::store::CollectionTrees,
-        batches: &mut [sled::Batch],
-    ) -> Result<()> {
-        for ((tag, _), batch) in TREES.iter().zip(batches.iter_mut()) {
-            if let Some(t) = tree(trees, *tag) {
-                t.apply_batch(std::mem::take(batch))?;
-            }
-        }
-        Ok(())
     }
 }

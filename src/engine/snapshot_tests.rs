@@ -86,11 +86,13 @@ async fn a_restored_snapshot_answers_as_the_original_and_takes_new_writes() {
     assert!(!dir.path().join("c.partial").exists());
 
     // Into the same engine, under another name.
-    let restored = engine.restore_snapshot(&archive, None, Some("c2")).unwrap();
+    let restored = engine
+        .restore_snapshot(&archive, None, Some("c2"), &|_| Ok(()))
+        .unwrap();
     assert_eq!(restored[0].document_count, 58);
     assert_eq!(answers(&engine, "c2").await, before);
     let e = engine
-        .restore_snapshot(&archive, None, Some("c2"))
+        .restore_snapshot(&archive, None, Some("c2"), &|_| Ok(()))
         .unwrap_err();
     assert!(matches!(e, Error::CollectionExists(_)), "{e}");
 
@@ -98,7 +100,9 @@ async fn a_restored_snapshot_answers_as_the_original_and_takes_new_writes() {
     let fresh = Arc::new(HashEmbedder::new(32).unwrap());
     {
         let other = open(&dir.path().join("b"), &fresh);
-        other.restore_snapshot(&archive, Some("c"), None).unwrap();
+        other
+            .restore_snapshot(&archive, Some("c"), None, &|_| Ok(()))
+            .unwrap();
         assert_eq!(answers(&other, "c").await, before);
         assert_eq!(fresh.documents_embedded(), 0, "nothing re-embedded");
         other
@@ -143,14 +147,16 @@ async fn a_restored_snapshot_answers_as_the_original_and_takes_new_writes() {
         &dir.path().join("w"),
         &Arc::new(HashEmbedder::new(16).unwrap()),
     );
-    let e = wrong.restore_snapshot(&archive, None, None).unwrap_err();
+    let e = wrong
+        .restore_snapshot(&archive, None, None, &|_| Ok(()))
+        .unwrap_err();
     assert!(matches!(e, Error::FailedPrecondition(_)), "{e}");
     assert!(e.to_string().contains("fingerprint"), "{e}");
     assert!(wrong.list_collections().unwrap().is_empty());
     // Not a snapshot at all.
     std::fs::write(dir.path().join("junk"), b"not a tar").unwrap();
     assert!(engine
-        .restore_snapshot(&dir.path().join("junk"), None, Some("j"))
+        .restore_snapshot(&dir.path().join("junk"), None, Some("j"), &|_| Ok(()))
         .is_err());
 }
 
@@ -207,7 +213,9 @@ async fn a_snapshot_of_several_collections_is_one_instant() {
         // Restored elsewhere: the ids the writer put in `z` are all in `a`, and `a` is at most
         // one write ahead.
         let other = open(&dir.path().join(format!("restored-{round}")), &embedder);
-        other.restore_snapshot(&archive, None, None).unwrap();
+        other
+            .restore_snapshot(&archive, None, None, &|_| Ok(()))
+            .unwrap();
         let written = |name: &str| {
             let mut n = Vec::new();
             let mut after: Option<String> = None;

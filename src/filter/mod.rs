@@ -85,6 +85,50 @@ impl Filter {
         matches!(self, Filter::And(v) if v.is_empty())
     }
 
+    /// False when the filter matches every document whatever its metadata: empty, or a tree
+    /// that folds to "true" (`and: [and: []]`, `not: {or: []}`, `or: [f, not f]`, ...). Guards
+    /// that need "a filter that restricts" ask this, not [`Filter::is_all`], which only knows
+    /// the empty form.
+    pub fn restricts(&self) -> bool {
+        self.constant() != Some(true)
+    }
+
+    /// The filter's value when it does not depend on the document, found by folding.
+    fn constant(&self) -> Option<bool> {
+        match self {
+            Filter::And(v) => {
+                let parts: Vec<Option<bool>> = v.iter().map(Filter::constant).collect();
+                if parts.contains(&Some(false)) {
+                    Some(false)
+                } else if parts.iter().all(|p| *p == Some(true)) {
+                    Some(true)
+                } else {
+                    None
+                }
+            }
+            Filter::Or(v) => {
+                let parts: Vec<Option<bool>> = v.iter().map(Filter::constant).collect();
+                let complementary = v.iter().any(|f| match f {
+                    Filter::Not(inner) => v.contains(inner),
+                    _ => false,
+                });
+                if parts.contains(&Some(true)) || complementary {
+                    Some(true)
+                } else if parts.iter().all(|p| *p == Some(false)) {
+                    Some(false)
+                } else {
+                    None
+                }
+            }
+            Filter::Not(f) => f.constant().map(|b| !b),
+            Filter::Cond(c) => match &c.test {
+                Test::In(v) if v.is_empty() => Some(false),
+                Test::ContainsAny(v) if v.is_empty() => Some(false),
+                _ => None,
+            },
+        }
+    }
+
     /// `self AND other`, flattening nested `And`s.
     pub fn and(self, other: Filter) -> Filter {
         match (self, other) {

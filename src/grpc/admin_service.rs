@@ -12,12 +12,12 @@ use futures::Stream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::auth::authorize;
+use super::auth::{authorize, principal};
 use super::convert;
 use super::pb;
 use super::status::to_status;
-use crate::auth::Role;
 use crate::engine::Engine;
+use crate::service::{Touches, ADMIN};
 
 /// Bytes per SnapshotChunk.
 const CHUNK: usize = 1 << 20;
@@ -71,8 +71,13 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::CreateSnapshotRequest>,
     ) -> Result<Response<Self::CreateSnapshotStream>, Status> {
-        authorize(&request, Role::Admin, None)?;
-        let names = request.into_inner().collections;
+        let names = request.get_ref().collections.clone();
+        let named: Vec<&str> = names.iter().map(String::as_str).collect();
+        let touches = match named.is_empty() {
+            true => Touches::All,
+            false => Touches::Named(&named),
+        };
+        authorize(&request, ADMIN, "CreateSnapshot", touches)?;
         let scratch = self.scratch("create")?;
         let manifest = self
             .engine()?
@@ -120,8 +125,15 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<Streaming<pb::RestoreSnapshotRequest>>,
     ) -> Result<Response<pb::RestoreSnapshotResponse>, Status> {
-        authorize(&request, Role::Admin, None)?;
-        let max = self.engine()?.config().limits.max_snapshot_upload_bytes;
+        // The right was checked before admission; the collections the archive restores are
+        // checked once its manifest is read, before anything is written.
+        let who = principal(&request)?.clone();
+        let op = crate::service::row(ADMIN, "RestoreSnapshot").map_err(to_status)?;
+        let engine = self.engine()?;
+        // Refused at the watermark before a byte is spooled, and again as the upload grows.
+        engine.check_free_disk().map_err(to_status)?;
+        let max = engine.config().limits.max_snapshot_upload_bytes;
+        drop(engine);
         let mut stream = request.into_inner();
         let scratch = self.scratch("restore")?;
         let mut file = tokio::fs::File::create(&scratch.0)
@@ -138,7 +150,12 @@ impl pb::admin_server::Admin for AdminService {
             if target.is_none() {
                 target = Some((m.collection, m.new_name));
             }
+            let before = size;
             size += m.data.len() as u64;
+            if before >> 26 != size >> 26 {
+                // Every 64 MiB.
+                self.engine()?.check_free_disk().map_err(to_status)?;
+            }
             if size > max {
                 return Err(Status::invalid_argument(format!(
                     "the snapshot is over the limit max_snapshot_upload_bytes = {max}"
@@ -157,7 +174,8 @@ impl pb::admin_server::Admin for AdminService {
         let restored = tokio::task::spawn_blocking(move || {
             let only = (!only.is_empty()).then_some(only.as_str());
             let rename = (!new_name.is_empty()).then_some(new_name.as_str());
-            engine.restore_snapshot(&path, only, rename)
+            let allow = |names: &[&str]| crate::service::authorize(&who, op, Touches::Named(names));
+            engine.restore_snapshot(&path, only, rename, &allow)
         })
         .await
         .map_err(|e| Status::internal(format!("restore task failed: {e}")))?

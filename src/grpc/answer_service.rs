@@ -41,8 +41,9 @@ impl pb::answers_server::Answers for AnswerService {
         let answerer = self.answerer()?;
         super::auth::authorize(
             &request,
-            crate::auth::Role::Read,
-            Some(&request.get_ref().collection),
+            crate::service::ANSWERS,
+            "Answer",
+            crate::service::Touches::Named(&[&request.get_ref().collection]),
         )?;
         let req = core_request(request.into_inner())?;
         let outcome = answerer
@@ -59,8 +60,9 @@ impl pb::answers_server::Answers for AnswerService {
         let answerer = self.answerer()?.clone();
         super::auth::authorize(
             &request,
-            crate::auth::Role::Read,
-            Some(&request.get_ref().collection),
+            crate::service::ANSWERS,
+            "AnswerStream",
+            crate::service::Touches::Named(&[&request.get_ref().collection]),
         )?;
         let deadline = super::observe::request_deadline(&request);
         let req = core_request(request.into_inner())?;

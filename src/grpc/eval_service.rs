@@ -43,8 +43,9 @@ impl pb::eval_server::Eval for EvalService {
     ) -> Result<Response<Self::EvaluateStream>, Status> {
         super::auth::authorize(
             &request,
-            crate::auth::Role::Read,
-            Some(&request.get_ref().collection),
+            crate::service::EVAL,
+            "Evaluate",
+            crate::service::Touches::Named(&[&request.get_ref().collection]),
         )?;
         // Server work stops at the client's deadline as well as when it goes away.
         let deadline = super::observe::request_deadline(&request);

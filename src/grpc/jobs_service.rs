@@ -12,8 +12,8 @@ use tonic::{Request, Response, Status};
 use super::auth::{authorize, principal};
 use super::pb;
 use super::status::to_status;
-use crate::auth::Role;
 use crate::jobs::{parse_id, Job, JobState, Jobs};
+use crate::service::{Touches, JOBS};
 use crate::source::{FieldMapping, Format, SourceSpec};
 
 /// Jobs a ListJobs page holds when the request leaves the size unset.
@@ -40,12 +40,22 @@ impl JobsService {
         self.live.jobs().map_err(to_status)
     }
 
-    /// The job `id`, if the caller may see it with `needed`.
-    fn job_for<T>(&self, request: &Request<T>, id: &str, needed: Role) -> Result<Job, Status> {
+    /// The job `id`, if the caller may run `method` on it. A job of a collection the key may
+    /// not use is "not found", word for word like a job that does not exist.
+    fn job_for<T>(&self, request: &Request<T>, id: &str, method: &str) -> Result<Job, Status> {
         let job = parse_id(id)
             .and_then(|id| self.live.jobs()?.get(id))
             .map_err(to_status)?;
-        authorize(request, needed, Some(&job.spec.collection))?;
+        let not_found = format!("job {} not found", job.id);
+        authorize(
+            request,
+            JOBS,
+            method,
+            Touches::Owner {
+                collection: &job.spec.collection,
+                not_found: &not_found,
+            },
+        )?;
         Ok(job)
     }
 }
@@ -148,7 +158,12 @@ impl pb::jobs_server::Jobs for JobsService {
         &self,
         request: Request<pb::SubmitIngestRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        authorize(&request, Role::Write, Some(&request.get_ref().collection))?;
+        authorize(
+            &request,
+            JOBS,
+            "SubmitIngest",
+            Touches::Named(&[&request.get_ref().collection]),
+        )?;
         let r = request.into_inner();
         let source = r
             .source
@@ -166,7 +181,7 @@ impl pb::jobs_server::Jobs for JobsService {
         &self,
         request: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        let job = self.job_for(&request, &request.get_ref().id, Role::Read)?;
+        let job = self.job_for(&request, &request.get_ref().id, "GetJob")?;
         Ok(Response::new(job_to_pb(job)))
     }
 
@@ -176,9 +191,12 @@ impl pb::jobs_server::Jobs for JobsService {
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
         let who = principal(&request)?.clone();
         let r = request.get_ref();
-        if !r.collection.is_empty() {
-            authorize(&request, Role::Read, Some(&r.collection))?;
-        }
+        let named = [r.collection.as_str()];
+        let touches = match r.collection.is_empty() {
+            true => Touches::Nothing,
+            false => Touches::Named(&named),
+        };
+        authorize(&request, JOBS, "ListJobs", touches)?;
         let before = match r.page_token.as_str() {
             "" => None,
             t => Some(t.parse::<u64>().map_err(|_| {
@@ -196,7 +214,7 @@ impl pb::jobs_server::Jobs for JobsService {
             .list(before, size, |j| {
                 (collection.is_empty() || j.spec.collection == collection)
                     && state.is_none_or(|s| j.state == s)
-                    && who.allows(Role::Read, Some(&j.spec.collection)).is_ok()
+                    && who.may_use(&j.spec.collection)
             })
             .map_err(to_status)?;
         let next_page_token = match (more, jobs.last()) {
@@ -213,7 +231,7 @@ impl pb::jobs_server::Jobs for JobsService {
         &self,
         request: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        let job = self.job_for(&request, &request.get_ref().id, Role::Write)?;
+        let job = self.job_for(&request, &request.get_ref().id, "CancelJob")?;
         let jobs = self.jobs()?;
         let job = tokio::task::spawn_blocking(move || jobs.cancel(job.id))
             .await
@@ -228,7 +246,7 @@ impl pb::jobs_server::Jobs for JobsService {
         &self,
         request: Request<pb::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
-        let job = self.job_for(&request, &request.get_ref().id, Role::Read)?;
+        let job = self.job_for(&request, &request.get_ref().id, "WatchJob")?;
         let permit = self.watchers.clone().try_acquire_owned().map_err(|_| {
             Status::resource_exhausted(format!(
                 "{MAX_WATCHERS} jobs are being watched, the limit; poll GetJob instead"

@@ -5,7 +5,8 @@
 //! - `convert`: wire <-> core types. `status`: the single core-error -> `tonic::Status` mapping.
 //! - [`codec`]: prost's codec, with undecodable requests reported as INVALID_ARGUMENT.
 //! - `meta_convert`: typed metadata, filter trees and text, page tokens.
-//! - [`auth`]: API keys on the wire (an interceptor authenticates, handlers authorize).
+//! - [`auth`]: API keys on the wire (the request layer authenticates before admission,
+//!   handlers authorize the collections a call touches through [`crate::service`]).
 //! - [`observe`]: the layer in front of every service: request ids, admission, request metrics.
 //! - [`ops`]: the `/metrics`, `/healthz`, `/readyz` HTTP listener.
 //! - [`live`]: the engine the services call, reopened in place after a storage failure (sled
@@ -36,8 +37,6 @@ use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-
-use tonic::service::interceptor::InterceptedService;
 
 use crate::answer::Answerer;
 use crate::auth::Keys;
@@ -127,6 +126,15 @@ fn spawn_storage_health(
     })
 }
 
+/// How long a client has to finish its TLS handshake; a connection that has not by then is
+/// closed (held-open half handshakes would otherwise pin a socket and a task each, forever).
+pub const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Concurrent HTTP/2 streams (calls) per connection: one client connection cannot hold more
+/// calls than this, whatever admission would let through.
+pub const MAX_CONCURRENT_STREAMS: u32 = 128;
+/// Largest request header block (all metadata of one call), in bytes.
+pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+
 /// How long shutdown waits for open requests and streams before closing their connections.
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -169,7 +177,9 @@ pub fn server_tls(
         crate::tls::read_pem(cert, "TLS certificate")?,
         crate::tls::read_pem(key, "TLS key")?,
     );
-    let mut config = ServerTlsConfig::new().identity(identity);
+    let mut config = ServerTlsConfig::new()
+        .identity(identity)
+        .timeout(TLS_HANDSHAKE_TIMEOUT);
     if let Some(ca) = &settings.client_ca {
         config = config.client_ca_root(Certificate::from_pem(crate::tls::read_pem(
             ca,
@@ -211,8 +221,8 @@ pub async fn serve(
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     }
-    let reflection_v1 = InterceptedService::new(reflection().build_v1()?, authn.clone());
-    let reflection_v1alpha = InterceptedService::new(reflection().build_v1alpha()?, authn.clone());
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
     let collections = pb::collections_server::CollectionsServer::new(
         services::CollectionsService::new(live.clone()),
     )
@@ -311,23 +321,26 @@ pub async fn serve(
     let mut builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
-        .tcp_keepalive(Some(std::time::Duration::from_secs(60)));
+        .tcp_keepalive(Some(std::time::Duration::from_secs(60)))
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .http2_max_pending_accept_reset_streams(Some(64));
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
         tracing::info!("TLS on");
     }
     let server = builder
-        .layer(observe::ObserveLayer::new(&admission))
+        .layer(observe::ObserveLayer::new(&admission, authn))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(InterceptedService::new(collections, authn.clone()))
-        .add_service(InterceptedService::new(documents, authn.clone()))
-        .add_service(InterceptedService::new(jobs_server, authn.clone()))
-        .add_service(InterceptedService::new(admin, authn.clone()))
-        .add_service(InterceptedService::new(search, authn.clone()))
-        .add_service(InterceptedService::new(eval, authn.clone()))
-        .add_service(InterceptedService::new(answers, authn.clone()))
+        .add_service(collections)
+        .add_service(documents)
+        .add_service(jobs_server)
+        .add_service(admin)
+        .add_service(search)
+        .add_service(eval)
+        .add_service(answers)
         // TCP_NODELAY: without it, small replies wait for delayed ACKs (~40 ms per request).
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
@@ -358,8 +371,18 @@ pub async fn serve(
     };
     // Everything acknowledged is already durable; a final checkpoint that fails (a full disk)
     // only means the indexes replay the log at the next start.
-    if let Err(e) = engine.checkpoint().await {
-        tracing::error!(error = %e, "final checkpoint failed; the next start will replay the log");
+    // Bounded too: it waits for each collection's write lock, which an abandoned job's
+    // batch may hold; without it, the next start replays the log (nothing is lost).
+    match tokio::time::timeout(SHUTDOWN_GRACE, engine.checkpoint()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(
+            error = %e,
+            "final checkpoint failed; the next start will replay the log"
+        ),
+        Err(_) => tracing::warn!(
+            "final checkpoint still waiting after {} s; skipped (the next start replays the log)",
+            SHUTDOWN_GRACE.as_secs()
+        ),
     }
     // Released here (sled's lock on the data directory with it), so the same directory can be
     // opened again at once; a call still running after the grace period may hold it longer.

@@ -1,6 +1,12 @@
 //! One tower layer in front of every gRPC service: request ids, admission control and
 //! request metrics.
 //!
+//! - **Authentication first**: the call's row in the operations table
+//!   ([`crate::service::OPERATIONS`]) says whether it needs a key and which right; a call
+//!   without a valid key, or without that right, or on a path the table does not know, is
+//!   answered at once, before admission, and costs O(1) with no per-path state. The caller's
+//!   [`crate::auth::Principal`] rides in the request's extensions to the handler, which
+//!   checks the collections the call touches.
 //! - **Request id**: taken from the request's `x-request-id` (if it is a short token) or made
 //!   up, put on the request's tracing span and returned in the response's `x-request-id`.
 //! - **Admission**: each call falls in a class (read, write, eval, answer) with a bounded number
@@ -9,7 +15,8 @@
 //!   queued call waits at most `queue_wait_ms` (or its own deadline). The permit is held until
 //!   the response body ends, so a stream counts for as long as it runs. Health checks and
 //!   reflection are never queued.
-//! - **Metrics**: requests by service, method and status code (taken from the trailers, or from
+//! - **Metrics**: requests by service, method (from the table: unknown paths are counted as
+//!   `unknown`, so label values come from a closed set) and status code (taken from the trailers, or from
 //!   the headers of a trailers-only error), latency to the end of the body, in-flight and
 //!   refused requests per class. A body dropped before its end (the client went away) counts as
 //!   CANCELLED.
@@ -92,50 +99,7 @@ impl Default for AdmissionSettings {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Class {
-    Read,
-    Write,
-    Eval,
-    Answer,
-    /// Health and reflection: never limited.
-    Free,
-}
-
-impl Class {
-    fn of(service: &str, method: &str) -> Class {
-        match (service, method) {
-            ("quarry.v1.Search", _) => Class::Read,
-            ("quarry.v1.Eval", _) => Class::Eval,
-            ("quarry.v1.Answers", _) => Class::Answer,
-            ("quarry.v1.Documents", m) if m.starts_with("Get") || m.starts_with("List") => {
-                Class::Read
-            }
-            ("quarry.v1.Documents", _) => Class::Write,
-            ("quarry.v1.Collections", m) if m.starts_with("Get") || m.starts_with("List") => {
-                Class::Read
-            }
-            ("quarry.v1.Collections", _) => Class::Write,
-            // A watch lasts as long as its job and costs a wake-up per change: it must not
-            // hold a read slot (searches would starve); JobsService bounds watchers itself.
-            ("quarry.v1.Jobs", "WatchJob") => Class::Free,
-            ("quarry.v1.Jobs", m) if m.starts_with("Get") || m.starts_with("List") => Class::Read,
-            ("quarry.v1.Jobs", _) => Class::Write,
-            ("quarry.v1.Admin", _) => Class::Write,
-            _ => Class::Free,
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Class::Read => "read",
-            Class::Write => "write",
-            Class::Eval => "eval",
-            Class::Answer => "answer",
-            Class::Free => "free",
-        }
-    }
-}
+use crate::service::Class;
 
 struct Gate {
     slots: Arc<Semaphore>,
@@ -279,12 +243,14 @@ pub fn client_deadline(headers: &http::HeaderMap) -> Option<Instant> {
 #[derive(Clone)]
 pub struct ObserveLayer {
     admission: Arc<Admission>,
+    authn: super::auth::Authenticator,
 }
 
 impl ObserveLayer {
-    pub fn new(settings: &AdmissionSettings) -> ObserveLayer {
+    pub fn new(settings: &AdmissionSettings, authn: super::auth::Authenticator) -> ObserveLayer {
         ObserveLayer {
             admission: Arc::new(Admission::new(settings)),
+            authn,
         }
     }
 }
@@ -296,6 +262,7 @@ impl<S> tower_layer::Layer<S> for ObserveLayer {
         Observe {
             inner,
             admission: self.admission.clone(),
+            authn: self.authn.clone(),
         }
     }
 }
@@ -304,7 +271,12 @@ impl<S> tower_layer::Layer<S> for ObserveLayer {
 pub struct Observe<S> {
     inner: S,
     admission: Arc<Admission>,
+    authn: super::auth::Authenticator,
 }
+
+/// The label a path outside the operations table is counted under: metrics label values come
+/// from closed sets only, so unknown paths cannot add series.
+const UNKNOWN: &str = "unknown";
 
 fn request_id(headers: &http::HeaderMap) -> String {
     headers
@@ -347,16 +319,38 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let admission = self.admission.clone();
-        let path = req.uri().path().trim_start_matches('/').to_string();
-        let (service, method) = path.split_once('/').unwrap_or((path.as_str(), ""));
-        let (service, method) = (service.to_string(), method.to_string());
-        let class = Class::of(&service, &method);
+        let path = req.uri().path().trim_start_matches('/');
+        let (service, method) = path.split_once('/').unwrap_or((path, ""));
+        let op = crate::service::operation(service, method);
+        let (service, method) = op.map_or((UNKNOWN, UNKNOWN), |o| (o.service, o.method));
         let id = request_id(req.headers());
         if let Ok(v) = http::HeaderValue::from_str(&id) {
             req.headers_mut().insert("x-request-id", v);
         }
+        // Who is calling, before anything else: a call without a valid key (or without the
+        // right its operation needs) is refused here, in O(1), before it can take an
+        // admission slot or reach a handler. Unknown paths are refused the same way.
+        let checked = match op {
+            None => Err(Status::unimplemented("no such method on this server")),
+            Some(op) => self.authn.check(req.headers(), op).map(|principal| {
+                if let Some(p) = principal {
+                    req.extensions_mut().insert(p);
+                }
+            }),
+        };
+        if let Err(status) = checked {
+            let code = status.code();
+            let mut response = status.into_http::<tonic::body::Body>();
+            tag(&mut response, &id);
+            metrics::global()
+                .grpc_requests
+                .inc(&[service, method, code_name(code)]);
+            return Box::pin(async move { Ok(response) });
+        }
+        let class = op.map_or(Class::Free, |o| o.class);
         let deadline = client_deadline(req.headers());
-        let span = tracing::info_span!("request", id = %id, method = %path);
+        let span =
+            tracing::info_span!("request", id = %id, method = %format_args!("{service}/{method}"));
         Box::pin(
             async move {
                 let started = Instant::now();
@@ -369,8 +363,8 @@ where
                         let mut response = status.into_http::<tonic::body::Body>();
                         tag(&mut response, &id);
                         metrics::global().grpc_requests.inc(&[
-                            &service,
-                            &method,
+                            service,
+                            method,
                             code_name(tonic::Code::ResourceExhausted),
                         ]);
                         return Ok(response);
@@ -461,8 +455,8 @@ impl Drop for InFlight {
 }
 
 struct Record {
-    service: String,
-    method: String,
+    service: &'static str,
+    method: &'static str,
     started: Instant,
     _permit: Option<Slot>,
     _in_flight: InFlight,
@@ -472,9 +466,9 @@ impl Record {
     fn finish(self, code: tonic::Code) {
         let m = metrics::global();
         m.grpc_requests
-            .inc(&[&self.service, &self.method, code_name(code)]);
+            .inc(&[self.service, self.method, code_name(code)]);
         m.grpc_duration
-            .observe_duration(&[&self.service, &self.method], self.started.elapsed());
+            .observe_duration(&[self.service, self.method], self.started.elapsed());
     }
 }
 

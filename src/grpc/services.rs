@@ -9,9 +9,9 @@ use super::convert;
 use super::meta_convert;
 use super::pb;
 use super::status::to_status;
-use crate::auth::Role;
 use crate::engine::{CollectionSettings, DocumentInput, Engine};
 use crate::error::clip;
+use crate::service::{Touches, COLLECTIONS, DOCUMENTS, SEARCH};
 
 /// Documents a streaming upsert groups into one engine batch (one sled transaction, one
 /// tantivy commit); large enough to amortize commits, small enough to acknowledge promptly.
@@ -49,7 +49,12 @@ impl pb::collections_server::Collections for CollectionsService {
         &self,
         request: Request<pb::CreateCollectionRequest>,
     ) -> Result<Response<pb::Collection>, Status> {
-        authorize(&request, Role::Admin, Some(&request.get_ref().name))?;
+        authorize(
+            &request,
+            COLLECTIONS,
+            "CreateCollection",
+            Touches::Named(&[&request.get_ref().name]),
+        )?;
         let r = request.into_inner();
         let config = r.config.unwrap_or_default();
         let settings = CollectionSettings {
@@ -69,7 +74,12 @@ impl pb::collections_server::Collections for CollectionsService {
         &self,
         request: Request<pb::GetCollectionRequest>,
     ) -> Result<Response<pb::Collection>, Status> {
-        authorize(&request, Role::Read, Some(&request.get_ref().name))?;
+        authorize(
+            &request,
+            COLLECTIONS,
+            "GetCollection",
+            Touches::Named(&[&request.get_ref().name]),
+        )?;
         let c = self
             .engine()?
             .collection(&request.into_inner().name)
@@ -81,7 +91,7 @@ impl pb::collections_server::Collections for CollectionsService {
         &self,
         request: Request<pb::ListCollectionsRequest>,
     ) -> Result<Response<pb::ListCollectionsResponse>, Status> {
-        authorize(&request, Role::Read, None)?;
+        authorize(&request, COLLECTIONS, "ListCollections", Touches::Nothing)?;
         // A key scoped to some collections sees only those.
         let who = principal(&request)?;
         let list = self.engine()?.list_collections().map_err(to_status)?;
@@ -98,7 +108,12 @@ impl pb::collections_server::Collections for CollectionsService {
         &self,
         request: Request<pb::DeleteCollectionRequest>,
     ) -> Result<Response<pb::DeleteCollectionResponse>, Status> {
-        authorize(&request, Role::Admin, Some(&request.get_ref().name))?;
+        authorize(
+            &request,
+            COLLECTIONS,
+            "DeleteCollection",
+            Touches::Named(&[&request.get_ref().name]),
+        )?;
         self.engine()?
             .delete_collection(&request.into_inner().name)
             .await
@@ -128,7 +143,12 @@ impl pb::documents_server::Documents for DocumentsService {
         &self,
         request: Request<pb::UpsertDocumentsRequest>,
     ) -> Result<Response<pb::UpsertDocumentsResponse>, Status> {
-        authorize(&request, Role::Write, Some(&request.get_ref().collection))?;
+        authorize(
+            &request,
+            DOCUMENTS,
+            "UpsertDocuments",
+            Touches::Named(&[&request.get_ref().collection]),
+        )?;
         let r = request.into_inner();
         let docs = r
             .documents
@@ -150,10 +170,10 @@ impl pb::documents_server::Documents for DocumentsService {
         &self,
         request: Request<Streaming<pb::StreamUpsertRequest>>,
     ) -> Result<Response<pb::UpsertDocumentsResponse>, Status> {
-        // The collection arrives with the first message: the role is checked now, the
-        // collection when it is named.
-        authorize(&request, Role::Write, None)?;
+        // The collection arrives with the first message: the right was checked before
+        // admission, the collection is checked when it is named.
         let who = principal(&request)?.clone();
+        let op = crate::service::row(DOCUMENTS, "StreamUpsertDocuments").map_err(to_status)?;
         let mut stream = request.into_inner();
         let mut collection: Option<String> = None;
         let mut results: Vec<Option<pb::DocumentResult>> = Vec::new();
@@ -201,8 +221,8 @@ impl pb::documents_server::Documents for DocumentsService {
                     ))
                 }
                 (None, name) => {
-                    who.allows(Role::Write, Some(name))
-                        .map_err(Status::permission_denied)?;
+                    crate::service::authorize(&who, op, Touches::Named(&[name]))
+                        .map_err(to_status)?;
                     self.engine()?.collection(name).map_err(to_status)?;
                     collection = Some(name.to_string());
                 }
@@ -274,7 +294,12 @@ impl pb::documents_server::Documents for DocumentsService {
         &self,
         request: Request<pb::GetDocumentsRequest>,
     ) -> Result<Response<pb::GetDocumentsResponse>, Status> {
-        authorize(&request, Role::Read, Some(&request.get_ref().collection))?;
+        authorize(
+            &request,
+            DOCUMENTS,
+            "GetDocuments",
+            Touches::Named(&[&request.get_ref().collection]),
+        )?;
         let r = request.into_inner();
         let engine = self.engine()?;
         let (found, missing) =
@@ -289,7 +314,12 @@ impl pb::documents_server::Documents for DocumentsService {
         &self,
         request: Request<pb::DeleteDocumentsRequest>,
     ) -> Result<Response<pb::DeleteDocumentsResponse>, Status> {
-        authorize(&request, Role::Write, Some(&request.get_ref().collection))?;
+        authorize(
+            &request,
+            DOCUMENTS,
+            "DeleteDocuments",
+            Touches::Named(&[&request.get_ref().collection]),
+        )?;
         let r = request.into_inner();
         let (deleted, missing) = self
             .engine()?
@@ -306,7 +336,12 @@ impl pb::documents_server::Documents for DocumentsService {
         &self,
         request: Request<pb::ListDocumentsRequest>,
     ) -> Result<Response<pb::ListDocumentsResponse>, Status> {
-        authorize(&request, Role::Read, Some(&request.get_ref().collection))?;
+        authorize(
+            &request,
+            DOCUMENTS,
+            "ListDocuments",
+            Touches::Named(&[&request.get_ref().collection]),
+        )?;
         let r = request.into_inner();
         let filter = meta_convert::request_filter(Default::default(), r.r#where, &r.where_text)
             .map_err(to_status)?;
@@ -353,13 +388,25 @@ impl pb::documents_server::Documents for DocumentsService {
         &self,
         request: Request<pb::DeleteByFilterRequest>,
     ) -> Result<Response<pb::DeleteByFilterResponse>, Status> {
-        authorize(&request, Role::Write, Some(&request.get_ref().collection))?;
+        authorize(
+            &request,
+            DOCUMENTS,
+            "DeleteByFilter",
+            Touches::Named(&[&request.get_ref().collection]),
+        )?;
         let r = request.into_inner();
         let filter = meta_convert::request_filter(Default::default(), r.r#where, &r.where_text)
             .map_err(to_status)?;
         let out = self
             .engine()?
-            .delete_by_filter(&r.collection, filter, r.dry_run)
+            .delete_by_filter(
+                &r.collection,
+                filter,
+                crate::engine::FilterDeleteOptions {
+                    dry_run: r.dry_run,
+                    all: r.all,
+                },
+            )
             .await
             .map_err(to_status)?;
         Ok(Response::new(pb::DeleteByFilterResponse {
@@ -390,7 +437,12 @@ impl pb::search_server::Search for SearchService {
         &self,
         request: Request<pb::SearchRequest>,
     ) -> Result<Response<pb::SearchResponse>, Status> {
-        authorize(&request, Role::Read, Some(&request.get_ref().collection))?;
+        authorize(
+            &request,
+            SEARCH,
+            "Search",
+            Touches::Named(&[&request.get_ref().collection]),
+        )?;
         let r = request.into_inner();
         let explain = r.explain;
         let params = convert::search_params(r.clone()).map_err(to_status)?;

@@ -89,6 +89,9 @@ struct Sched {
 }
 
 /// Flags a running job checks between documents.
+/// How long [`Jobs::stop`] waits for running jobs to reach a stopping point.
+pub const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 #[derive(Default)]
 struct Control {
     cancel: AtomicBool,
@@ -256,8 +259,11 @@ impl Jobs {
     }
 
     /// Stops the running jobs after their current batch (they stay `running` in sled and
-    /// resume at the next start) and waits for their threads. Blocking.
-    pub fn stop(&self) {
+    /// resume at the next start) and waits for their threads, but at most [`STOP_GRACE`]:
+    /// a job still busy then (a slow batch, a read the kernel holds) is abandoned, not waited
+    /// for, so shutdown always ends; its record still says `running`, so the next start
+    /// resumes it from its last committed batch. Blocking. False when a job was abandoned.
+    pub fn stop(&self) -> bool {
         let s = &self.shared;
         s.stopping.store(true, Ordering::Release);
         let threads = match s.sched.lock() {
@@ -269,9 +275,27 @@ impl Jobs {
             }
             Err(_) => Vec::new(),
         };
-        for t in threads {
-            let _ = t.join();
+        let deadline = std::time::Instant::now() + STOP_GRACE;
+        let mut pending = threads;
+        while !pending.is_empty() && std::time::Instant::now() < deadline {
+            let (done, busy): (Vec<_>, Vec<_>) = pending.into_iter().partition(|t| t.is_finished());
+            for t in done {
+                let _ = t.join();
+            }
+            pending = busy;
+            if !pending.is_empty() {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
         }
+        if !pending.is_empty() {
+            tracing::warn!(
+                jobs = pending.len(),
+                "jobs still busy {} s after the stop: abandoned; they resume at the next start",
+                STOP_GRACE.as_secs()
+            );
+            return false;
+        }
+        true
     }
 }
 

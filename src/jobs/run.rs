@@ -57,7 +57,7 @@ impl Batch {
 }
 
 /// Runs `job` until it ends or the server stops. True when it finished (in any state).
-pub(super) fn run(shared: &Arc<Shared>, mut job: Job, control: &Control) -> bool {
+pub(super) fn run(shared: &Arc<Shared>, mut job: Job, control: &Arc<Control>) -> bool {
     let mut r = Run { shared, control };
     job.state = JobState::Running;
     if job.started_unix_ms == 0 {
@@ -108,7 +108,7 @@ pub(super) fn run(shared: &Arc<Shared>, mut job: Job, control: &Control) -> bool
 
 struct Run<'a> {
     shared: &'a Arc<Shared>,
-    control: &'a Control,
+    control: &'a Arc<Control>,
 }
 
 /// Applies a batch's outcomes to a job's counts.
@@ -166,7 +166,13 @@ impl Run<'_> {
         let limits = ReadLimits::for_documents(engine.config().limits.max_document_bytes);
         let roots = self.shared.settings.roots.clone();
         let access = Arc::new(move |p: &std::path::Path| roots.allows(p));
+        // Checked again now (and at every open), not only at submission: the source may have
+        // changed while the job was queued or the server was down.
         let mut reader = Reader::open(&job.spec.source, &job.cursor, limits, access)?;
+        let control = Arc::clone(self.control);
+        reader.set_interrupt(Arc::new(move || {
+            control.stop.load(Ordering::Acquire) || control.cancel.load(Ordering::Acquire)
+        }));
         job.items_total = reader.total_items().unwrap_or(0);
         (job.bytes_done, job.bytes_total) = reader.progress();
         let source = job.spec.source.path.to_string_lossy().to_string();
@@ -183,6 +189,10 @@ impl Run<'_> {
             let item = match item {
                 Ok(item) => item,
                 Err(e) => {
+                    if let Some(end) = self.interrupted() {
+                        // A long read stopped by a cancel or a stop: the cursor is before it.
+                        return Ok(end);
+                    }
                     // The source broke mid-read (a corrupt stream): keep what was read.
                     self.write(job, &mut next, &mut batch, &collection)?;
                     return Err(e);

@@ -26,6 +26,7 @@ pub(super) struct Files {
     bytes_done: u64,
     bytes_total: u64,
     max_document_bytes: usize,
+    access: Access,
 }
 
 pub(super) fn globs(patterns: &[String], what: &str) -> Result<GlobSet> {
@@ -68,7 +69,7 @@ impl Files {
             let mut walk = Walk {
                 include,
                 exclude,
-                access,
+                access: access.clone(),
                 max_files: limits.max_files,
                 seen_dirs: HashSet::new(),
                 seen_files: HashSet::new(),
@@ -107,6 +108,7 @@ impl Files {
             bytes_done,
             bytes_total,
             max_document_bytes: limits.max_document_bytes,
+            access,
         })
     }
 
@@ -123,7 +125,7 @@ impl Files {
         self.bytes_done += e.size;
         let doc = match e.refused {
             Some(reason) => Err(reason),
-            None => read_text(&e.path, e.size, self.max_document_bytes)
+            None => read_text(&e.path, self.max_document_bytes, &self.access)
                 .map(|text| text_document(&e.rel, &e.path, text)),
         };
         Some(Item {
@@ -220,14 +222,16 @@ impl Walk<'_> {
 
 /// Reads a file as one document's text: refused when empty, over the size limit, binary (a
 /// NUL byte) or not UTF-8, each with a reason a person can act on.
-fn read_text(path: &Path, size: u64, max: usize) -> std::result::Result<String, String> {
+fn read_text(path: &Path, max: usize, access: &Access) -> std::result::Result<String, String> {
     let over = |n: u64| format!("the file is {n} bytes, over the limit max_document_bytes = {max}");
-    if size > max as u64 {
-        return Err(over(size));
+    // Opened (and checked) now, not when the directory was listed: it may have changed since.
+    let (file, meta) = super::open_file(path, access).map_err(|e| e.to_string())?;
+    if meta.len() > max as u64 {
+        return Err(over(meta.len()));
     }
-    let mut bytes = Vec::with_capacity(size as usize);
-    std::fs::File::open(path)
-        .and_then(|f| f.take(max as u64 + 1).read_to_end(&mut bytes))
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(max as u64 + 1)
+        .read_to_end(&mut bytes)
         .map_err(|e| format!("cannot read the file: {e}"))?;
     if bytes.len() > max {
         return Err(over(bytes.len() as u64));

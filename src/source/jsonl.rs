@@ -34,6 +34,7 @@ pub(super) struct Jsonl {
     read: Arc<AtomicU64>,
     size: u64,
     failed: bool,
+    interrupt: Option<super::Interrupt>,
 }
 
 /// One line: its bytes, or its length when over the limit (the bytes were dropped).
@@ -48,9 +49,10 @@ impl Jsonl {
         fields: FieldMapping,
         cursor: &Cursor,
         limits: ReadLimits,
+        access: &super::Access,
     ) -> Result<Jsonl> {
-        let file = std::fs::File::open(path)?;
-        let size = file.metadata()?.len();
+        let (file, meta) = super::open_file(path, access)?;
+        let size = meta.len();
         let read = Arc::new(AtomicU64::new(0));
         let counted = Counting {
             inner: file,
@@ -74,6 +76,7 @@ impl Jsonl {
             read,
             size,
             failed: false,
+            interrupt: None,
         };
         while j.lines < cursor.lines {
             if j.line().map_err(|e| j.read_error(e))?.is_none() {
@@ -83,11 +86,18 @@ impl Jsonl {
         Ok(j)
     }
 
+    pub(super) fn set_interrupt(&mut self, interrupt: super::Interrupt) {
+        self.interrupt = Some(interrupt);
+    }
+
     pub(super) fn progress(&self) -> (u64, u64) {
         (self.read.load(Ordering::Relaxed).min(self.size), self.size)
     }
 
     fn read_error(&self, e: std::io::Error) -> Error {
+        if e.kind() == std::io::ErrorKind::Interrupted {
+            return Error::Cancelled;
+        }
         Error::invalid(format!(
             "reading {} failed after line {}: {e}",
             quote(&self.name),
@@ -101,7 +111,17 @@ impl Jsonl {
         let mut buf = Vec::new();
         let mut len = 0u64;
         let mut started = false;
+        let mut checked = 0u64;
         loop {
+            if len >= checked + (1 << 20) {
+                checked = len;
+                if self.interrupt.as_ref().is_some_and(|stop| stop()) {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::Interrupted,
+                        "the read was interrupted",
+                    ));
+                }
+            }
             let avail = self.reader.fill_buf()?;
             if avail.is_empty() {
                 if !started {

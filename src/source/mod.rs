@@ -18,9 +18,11 @@
 //! - **Bounded reads.** A file over the document size limit is refused from its length, a
 //!   JSONL line over [`ReadLimits::max_line_bytes`] is skipped without being held in memory,
 //!   and a directory listing stops at [`ReadLimits::max_files`].
-//! - **Access is the caller's.** Every file and directory is checked, by canonical path, with
-//!   the caller's [`Access`] (import roots for jobs), so a symlink cannot lead a server-side
-//!   read out of the roots.
+//! - **Access is the caller's, at every open.** Every file and directory is checked, by
+//!   canonical path, with the caller's [`Access`] (import roots for jobs), so a symlink cannot
+//!   lead a server-side read out of the roots; and every file is opened through [`open_file`],
+//!   which checks what was actually opened (a regular file, under the roots) and cannot block,
+//!   so a source swapped after it was checked is refused too.
 
 mod files;
 mod jsonl;
@@ -153,6 +155,55 @@ pub fn check(spec: &SourceSpec) -> Result<()> {
     Ok(())
 }
 
+/// Opens a source file for reading, checked at the moment of opening, whatever was checked
+/// before: a source can change between a job's submission, its run and its resumption (a
+/// file replaced by a symlink out of the import roots, a FIFO or a device put in its place).
+///
+/// - The open itself cannot block: `O_NONBLOCK` (a FIFO with no writer, a device) and
+///   `O_NOCTTY`.
+/// - What was opened must be a regular file (`fstat` on the open descriptor): reads of a
+///   regular file end, so a cancel or a shutdown is noticed between reads.
+/// - [`Access`] is asked about the canonical path of the *opened* descriptor
+///   (`/proc/self/fd`), so no rename or symlink swap between the check and the open can
+///   lead outside the roots.
+pub fn open_file(path: &Path, access: &Access) -> Result<(std::fs::File, std::fs::Metadata)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let shown = || quote(&path.to_string_lossy());
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::NotFound(format!("{} does not exist", shown())),
+            _ => Error::invalid(format!("cannot read {}: {e}", shown())),
+        })?;
+    let meta = file.metadata()?;
+    if !meta.file_type().is_file() {
+        return Err(Error::invalid(format!(
+            "{} is not a regular file (a FIFO, socket or device cannot be a source)",
+            shown()
+        )));
+    }
+    let opened = opened_path(&file).or_else(|_| path.canonicalize())?;
+    if !access(&opened) {
+        return Err(Error::PermissionDenied(format!(
+            "{} leads outside the import roots",
+            shown()
+        )));
+    }
+    Ok((file, meta))
+}
+
+/// The canonical path of an open file, as the kernel knows it.
+fn opened_path(file: &std::fs::File) -> std::io::Result<PathBuf> {
+    use std::os::fd::AsRawFd;
+    std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+}
+
+/// Asked between reads of a long line: true when the read should stop (its job was
+/// cancelled, or the server is stopping).
+pub type Interrupt = Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// Access to everything (the CLI reading the caller's own files).
 pub fn any_path() -> Access {
     Arc::new(|_| true)
@@ -204,11 +255,20 @@ impl Reader {
                 spec.fields.clone(),
                 cursor,
                 limits,
+                &access,
             )?)
         } else {
             Inner::Files(files::Files::open(spec, cursor, limits, access)?)
         };
         Ok(Reader { inner })
+    }
+
+    /// Lets a long read stop early: `interrupt` is asked between reads (every MiB of a line
+    /// being scanned), and a read it stops ends with [`Error::Cancelled`].
+    pub fn set_interrupt(&mut self, interrupt: Interrupt) {
+        if let Inner::Jsonl(j) = &mut self.inner {
+            j.set_interrupt(interrupt);
+        }
     }
 
     /// Source bytes consumed and in all (compressed bytes for a gzipped file): for progress.

@@ -255,3 +255,35 @@ fn jsonl_field_mapping_and_a_corrupt_stream() {
     assert!(results.last().unwrap().is_err());
     assert!(results.len() > 1);
 }
+
+#[test]
+fn sources_are_checked_at_every_open() {
+    let root = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(
+        outside.path().join("secret.jsonl"),
+        "{\"_id\": \"s\", \"text\": \"x\"}\n",
+    )
+    .unwrap();
+    let inside = root.path().join("c.jsonl");
+    std::fs::write(&inside, "{\"_id\": \"a\", \"text\": \"x\"}\n").unwrap();
+    let canonical_root = root.path().canonicalize().unwrap();
+    let access: Access =
+        std::sync::Arc::new(move |p: &std::path::Path| p.starts_with(&canonical_root));
+    // Fine as it is; then swapped for a symlink out of the root: refused at the open.
+    assert!(Reader::open(&spec(&inside), &Cursor::default(), limits(), access.clone()).is_ok());
+    std::fs::remove_file(&inside).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("secret.jsonl"), &inside).unwrap();
+    let e = Reader::open(&spec(&inside), &Cursor::default(), limits(), access.clone())
+        .err()
+        .expect("a symlink out of the root is refused");
+    assert!(matches!(e, Error::PermissionDenied(_)), "{e}");
+    // A FIFO opens without blocking and is refused as not a regular file.
+    let fifo = root.path().join("p.jsonl");
+    let c = std::ffi::CString::new(fifo.to_string_lossy().as_bytes()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    let e = Reader::open(&spec(&fifo), &Cursor::default(), limits(), access)
+        .err()
+        .expect("a FIFO is refused");
+    assert!(e.to_string().contains("regular file"), "{e}");
+}

@@ -62,9 +62,19 @@ impl Graph {
             *h = u64::from_le_bytes(r.array()?);
         }
         let [dim, m, _ef, n, uppers, entry, top] = header.map(|x| x as usize);
+        // Every count is checked against the bytes that could hold it before anything is
+        // allocated from it: a header that claims more than the file holds is refused, never
+        // trusted for an allocation (or an index).
+        let left = r.bytes.len();
         if !(2..=127).contains(&m)
             || top > MAX_LEVEL as usize
             || (n > 0) != (entry != NONE as usize)
+            || (n > 0 && entry >= n)
+            || n > u32::MAX as usize
+            || dim == 0
+            || n.checked_mul(18 + 8 * m).is_none_or(|b| b > left)
+            || n.checked_mul(dim).is_none_or(|b| b > left)
+            || uppers.checked_mul(4).is_none_or(|b| b > left)
         {
             return Err("graph file header is inconsistent".into());
         }

@@ -237,6 +237,18 @@ fn damaged_files_are_refused() {
     g.write_to(&mut bad).unwrap();
     let err = Graph::read_from(&bad, 100).err().unwrap();
     assert!(err.contains("outside"), "{err}");
+    // Header counts that claim more than the file holds (with a valid checksum) are refused
+    // before anything is allocated from them; so is an entry point past the nodes.
+    for (field, value) in [(3, u64::MAX / 2), (4, 1 << 60), (0, 1 << 40), (5, 1 << 20)] {
+        let mut bad = bytes.clone();
+        let at = 8 + field * 8;
+        bad[at..at + 8].copy_from_slice(&value.to_le_bytes());
+        let n = bad.len() - 4;
+        let crc = crc32fast::hash(&bad[..n]);
+        bad[n..].copy_from_slice(&crc.to_le_bytes());
+        let err = Graph::read_from(&bad, 100).err().unwrap();
+        assert!(err.contains("inconsistent"), "header field {field}: {err}");
+    }
 }
 
 #[test]
