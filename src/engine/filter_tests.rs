@@ -299,8 +299,9 @@ fn pages_concatenate_to_the_full_ranking() {
             let out = fx.rt.block_on(engine.search("c", params)).unwrap();
             assert!(out.total_candidates >= out.hits.len());
             paged.extend(out.hits.into_iter().map(|h| (h.doc_id, h.score)));
-            offset += 7;
-            if !out.has_more || offset >= 30 {
+            let Some(next) = out.next_offset else { break };
+            offset = next;
+            if offset >= 30 {
                 break;
             }
         }

@@ -58,9 +58,9 @@ impl Engine {
             )));
         }
         self.check_filter(&p.filter)?;
-        if p.offset.saturating_add(p.top_k.max(1)) > limits.max_top_k {
+        if p.offset >= limits.max_top_k {
             return Err(Error::invalid(format!(
-                "offset + top_k must be at most max_top_k = {} (page deeper with a narrower filter)",
+                "offset must be below max_top_k = {} (page deeper with a narrower filter)",
                 limits.max_top_k
             )));
         }
@@ -101,14 +101,15 @@ impl Collection {
         } else {
             (2 * top_k).max(100).min(limits.max_top_k.max(top_k))
         };
-        let wanted = p.offset + top_k;
-        if wanted > depth {
+        // The last page may be short: it ends at the depth.
+        if p.offset > 0 && p.offset >= depth {
             return Err(Error::invalid(format!(
-                "offset + top_k = {wanted} is past the {depth} candidates this search ranks: \
+                "offset {} is past the {depth} candidates this search ranks: \
                  set candidates (up to max_top_k = {}) to page deeper",
-                limits.max_top_k
+                p.offset, limits.max_top_k
             )));
         }
+        let wanted = (p.offset + top_k).min(depth);
         let filter = {
             let schema = self
                 .schema
@@ -127,7 +128,7 @@ impl Collection {
             DensePlan::Graph => 0,
         };
         let dense_from = |q: Result<Vec<f32>>| -> Result<Ranked> {
-            self.dense_candidates(&q?, (depth, wanted), &filter, exact_limit)
+            self.dense_candidates(&q?, depth, &filter, exact_limit)
         };
         // A lone hybrid search embeds its query first, on every core (the wide session), then
         // runs the two retrievers side by side. Overlapping the lexical search with the
@@ -153,7 +154,9 @@ impl Collection {
         let fused = hybrid::combine(mode, lexical, dense, p.fusion, p.group_by_document);
         let total_candidates = fused.len();
         let mut hits = self.hits(fused, wanted + 1, p.group_by_document)?;
-        let has_more = hits.len() > wanted;
+        // The next page starts where this one ends, as long as the ranking goes on: the one
+        // place that knows the effective top_k and the depth decides it.
+        let next_offset = (hits.len() > wanted && wanted < depth).then_some(wanted);
         hits.truncate(wanted);
         let hits = hits.split_off(p.offset.min(hits.len()));
         Ok(SearchOutcome {
@@ -162,7 +165,7 @@ impl Collection {
             warning,
             took: started.elapsed(),
             total_candidates,
-            has_more,
+            next_offset,
         })
     }
 
@@ -229,20 +232,22 @@ impl Collection {
     /// filter allows many chunks, exact scoring of the allowed chunks when it allows few
     /// (HNSW's filtered search loses its early termination and gets slow there).
     ///
-    /// The graph's candidates are rescored with sled's exact vectors for twice the hits the
-    /// caller will see (`wanted`), at least `RESCORE_MIN`; deeper candidates keep their int8
-    /// similarities (see `DenseIndex::search`).
+    /// Every one of the graph's `depth` candidates is rescored with sled's exact vector (see
+    /// `DenseIndex::search`): how a candidate is scored must depend on the ranking's depth
+    /// alone, never on the page asked for, or the pages of one query would be cut from
+    /// different rankings (a head rescored for page one, a longer one for page five, and
+    /// min-max fusion normalizing over both), and repeat or skip hits.
     fn dense_candidates(
         &self,
         q: &[f32],
-        (depth, wanted): (usize, usize),
+        depth: usize,
         filter: &Filter,
         exact_limit: usize,
     ) -> Result<Ranked> {
         let exact = |id: u64| self.trees.get_vector(id);
         let rescore = Rescore {
             exact: &exact,
-            head: wanted.saturating_mul(2),
+            head: depth,
         };
         if filter.is_all() {
             return self.dense.search(q, depth, None, rescore);

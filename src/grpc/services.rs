@@ -446,16 +446,15 @@ impl pb::search_server::Search for SearchService {
         let r = request.into_inner();
         let explain = r.explain;
         let params = convert::search_params(r.clone()).map_err(to_status)?;
-        let next_offset = params.offset + params.top_k.max(1);
         let outcome = self
             .engine()?
             .search(&r.collection, params)
             .await
             .map_err(to_status)?;
-        let next = match outcome.has_more {
-            true => meta_convert::page_token(&r, next_offset),
-            false => String::new(),
-        };
+        let next = outcome
+            .next_offset
+            .map(|n| meta_convert::page_token(&r, n))
+            .unwrap_or_default();
         Ok(Response::new(convert::search_response(
             outcome, explain, next,
         )))

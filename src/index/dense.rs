@@ -37,8 +37,8 @@ use quarry_hnsw::{Graph, Plan, Shape};
 const GRAPH_FILE: &str = "graph.bin";
 /// The checkpoint format this code writes; older ones are rebuilt.
 const FORMAT: u32 = 2;
-/// Candidates rescored with exact vectors at least (more when the caller asks), so a small
-/// `k` is not at the mercy of int8 rounding near its boundary.
+/// Candidates rescored with exact vectors at least (the engine asks for the whole depth of a
+/// ranking), so a small `k` is not at the mercy of int8 rounding near its boundary.
 pub const RESCORE_MIN: usize = 32;
 
 /// How [`DenseIndex::search`] rescores its best candidates.

@@ -105,6 +105,7 @@ pub struct SearchOutcome {
     pub took: Duration,
     /// Candidates the ranking was drawn from (after fusion, before grouping and paging).
     pub total_candidates: usize,
-    /// Whether hits follow past `offset + top_k`.
-    pub has_more: bool,
+    /// Where the next page starts, when hits follow this page within the ranking's depth
+    /// (`offset` + the effective `top_k`, the default applied).
+    pub next_offset: Option<usize>,
 }
