@@ -363,6 +363,21 @@ fn readme_examples_run_as_written() {
             args.join(" "),
             String::from_utf8_lossy(&out.stderr)
         );
+        if args[0] == "ingest" {
+            // A fresh server: every file of the quickstart is a new document. (A file's id
+            // used to be its bare name, so README.md and eval/README.md were one document and
+            // the second replaced the first.)
+            let said = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                !said.contains("updated") || said.contains(" 0 updated"),
+                "quarry {}: {said}",
+                args.join(" ")
+            );
+        }
         if args[0] == "search" {
             assert!(
                 !out.stdout.is_empty(),

@@ -63,6 +63,7 @@ pub fn read_paths(
             .map_err(|e| anyhow!("{}: {e}", path.display()))?;
         readers.push(reader);
     }
+    check_distinct_ids(&readers)?;
     let total: u64 = readers.iter().map(|r| r.progress().1).sum();
     let (tx, rx) = mpsc::channel(READ_AHEAD);
     std::thread::spawn(move || {
@@ -89,6 +90,27 @@ pub fn read_paths(
         }
     });
     Ok(rx)
+}
+
+/// Two files of one call that would be one document (the same id) are an error before
+/// anything is sent, naming both: the second would silently replace the first.
+fn check_distinct_ids(readers: &[Reader]) -> anyhow::Result<()> {
+    let mut seen: std::collections::HashMap<String, PathBuf> = Default::default();
+    for ids in readers.iter().filter_map(Reader::file_ids) {
+        for (id, path) in ids {
+            if let Some(first) = seen.get(&id) {
+                bail!(
+                    "{} and {} would both be document {}: name them so their ids differ (a \
+                     file's id is its path as given; a directory's files are relative to it)",
+                    first.display(),
+                    path.display(),
+                    crate::error::quote(&id)
+                );
+            }
+            seen.insert(id, path);
+        }
+    }
+    Ok(())
 }
 
 /// Reads a BEIR corpus file (optionally gzipped) whole; any line that is not a valid document
@@ -127,6 +149,39 @@ mod tests {
             }
         }
         (docs, failed)
+    }
+
+    #[tokio::test]
+    async fn files_of_one_call_keep_their_paths_and_must_not_collide() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("eval")).unwrap();
+        std::fs::create_dir_all(dir.path().join("docs")).unwrap();
+        std::fs::write(dir.path().join("README.md"), "# Top\n\ntop").unwrap();
+        std::fs::write(dir.path().join("eval/README.md"), "# Eval\n\neval").unwrap();
+        std::fs::write(dir.path().join("docs/README.md"), "# Docs\n\ndocs").unwrap();
+        let at = |p: &str| dir.path().join(p);
+        let (docs, failed) = all(&[at("README.md"), at("eval/README.md")]).await;
+        assert!(failed.is_empty());
+        assert_eq!(docs.len(), 2);
+        assert_ne!(docs[0].id, docs[1].id);
+        assert!(docs[1].id.ends_with("eval/README.md"), "{}", docs[1].id);
+        // A directory's files are relative to it: docs/README.md is "README.md", like the
+        // file named as "README.md" relative to the current directory would be. One call
+        // naming both is refused before anything is read, naming both.
+        let e = read_paths(
+            &[at("docs"), at("docs/../docs/README.md")],
+            &Selection::default(),
+        );
+        assert!(
+            e.is_ok(),
+            "different ids: docs' README.md is README.md, the file its path"
+        );
+        let Err(e) = read_paths(&[at("README.md"), at("./README.md")], &Selection::default())
+        else {
+            panic!("the same file twice is one id");
+        };
+        let msg = e.to_string();
+        assert!(msg.contains("README.md") && msg.contains("both"), "{msg}");
     }
 
     #[tokio::test]

@@ -77,13 +77,11 @@ impl Files {
             };
             walk.dir(root, "")?;
         } else {
-            // A single file named by the caller is read whatever its extension.
-            let name = root
-                .file_name()
-                .map(|n| n.to_string_lossy().to_string())
-                .unwrap_or_default();
+            // A single file named by the caller is read whatever its extension, and its id is
+            // the path as given (normalized), not its bare name: `README.md` and
+            // `eval/README.md` are two documents.
             entries.push(Entry {
-                rel: name,
+                rel: path_id(root),
                 path: root.clone(),
                 size: std::fs::metadata(&canonical)?.len(),
                 refused: None,
@@ -118,6 +116,15 @@ impl Files {
 
     pub(super) fn total(&self) -> u64 {
         self.total
+    }
+
+    /// The ids of the files still to read, with where each is.
+    pub(super) fn ids(&self) -> Vec<(String, PathBuf)> {
+        self.entries
+            .as_slice()
+            .iter()
+            .map(|e| (e.rel.clone(), e.path.clone()))
+            .collect()
     }
 
     pub(super) fn next(&mut self) -> Option<Item> {
@@ -217,6 +224,35 @@ impl Walk<'_> {
         }
         self.out.push(e);
         Ok(())
+    }
+}
+
+/// The id of a file named directly: its path as given, `/`-separated, with `.` dropped and
+/// `dir/..` folded (lexically: no file system access), so `./a/../b.md` is `b.md`. A path that
+/// climbs above its start keeps its leading `..`; an absolute path stays absolute.
+pub(super) fn path_id(path: &Path) -> String {
+    use std::path::Component;
+    let mut parts: Vec<String> = Vec::new();
+    let mut absolute = false;
+    for c in path.components() {
+        match c {
+            Component::RootDir | Component::Prefix(_) => absolute = true,
+            Component::CurDir => {}
+            Component::ParentDir => match parts.last() {
+                Some(last) if last != ".." => {
+                    parts.pop();
+                }
+                _ if absolute => {}
+                _ => parts.push("..".into()),
+            },
+            Component::Normal(p) => parts.push(p.to_string_lossy().into_owned()),
+        }
+    }
+    let joined = parts.join("/");
+    if absolute {
+        format!("/{joined}")
+    } else {
+        joined
     }
 }
 

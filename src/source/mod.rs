@@ -279,6 +279,15 @@ impl Reader {
         }
     }
 
+    /// The document ids of a file or directory source, known before reading, with the path
+    /// each comes from (`None` for JSONL, whose ids are inside the records).
+    pub fn file_ids(&self) -> Option<Vec<(String, PathBuf)>> {
+        match &self.inner {
+            Inner::Files(f) => Some(f.ids()),
+            Inner::Jsonl(_) => None,
+        }
+    }
+
     /// How many items the source holds, when known before reading (a directory's files).
     pub fn total_items(&self) -> Option<u64> {
         match &self.inner {

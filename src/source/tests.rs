@@ -257,6 +257,33 @@ fn jsonl_field_mapping_and_a_corrupt_stream() {
 }
 
 #[test]
+fn a_file_named_directly_is_identified_by_its_path_as_given() {
+    use std::path::Path;
+    for (given, id) in [
+        ("README.md", "README.md"),
+        ("eval/README.md", "eval/README.md"),
+        ("./eval/./README.md", "eval/README.md"),
+        ("eval/../README.md", "README.md"),
+        ("../x/a.md", "../x/a.md"),
+        ("a/../../b.md", "../b.md"),
+        ("/srv/docs/../notes/a.md", "/srv/notes/a.md"),
+        ("/../a.md", "/a.md"),
+    ] {
+        assert_eq!(super::files::path_id(Path::new(given)), id, "{given}");
+    }
+    // Through the reader: the id of a single file is its path, not its bare name.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("eval")).unwrap();
+    std::fs::write(dir.path().join("eval/README.md"), "# Eval\n\nbody").unwrap();
+    let items = read(
+        &spec(&dir.path().join("eval/README.md")),
+        &Cursor::default(),
+    );
+    let id = &items[0].doc.as_ref().unwrap().id;
+    assert!(id.ends_with("/eval/README.md"), "{id}");
+}
+
+#[test]
 fn sources_are_checked_at_every_open() {
     let root = tempfile::tempdir().unwrap();
     let outside = tempfile::tempdir().unwrap();
