@@ -10,6 +10,9 @@ use quarry::eval::metrics;
 use rand::{Rng, SeedableRng};
 
 const PYTREC: &str = "pytrec-eval-terrier==0.5.11";
+/// A second reader of run files, whose RR@k breaks ties its own way (by file order, through
+/// its msmarco provider): the run files Quarry writes must mean the same ranking to it.
+const IR_MEASURES: &str = "ir-measures==0.4.3";
 
 /// A virtualenv with pytrec_eval, created once and cached next to the models.
 fn python() -> PathBuf {
@@ -19,7 +22,8 @@ fn python() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("target/pyeval-venv"));
     let py = venv.join("bin/python");
     let ready = venv.join(".ready");
-    if !ready.exists() {
+    let installed = std::fs::read_to_string(&ready).unwrap_or_default();
+    if installed != format!("{PYTREC} {IR_MEASURES}") {
         let ok = Command::new("python3")
             .args(["-m", "venv"])
             .arg(&venv)
@@ -35,12 +39,13 @@ fn python() -> PathBuf {
                 "--quiet",
                 "--disable-pip-version-check",
                 PYTREC,
+                IR_MEASURES,
             ])
             .status()
             .unwrap()
             .success();
-        assert!(ok, "pip install {PYTREC} failed");
-        std::fs::write(&ready, PYTREC).unwrap();
+        assert!(ok, "pip install {PYTREC} {IR_MEASURES} failed");
+        std::fs::write(&ready, format!("{PYTREC} {IR_MEASURES}")).unwrap();
     }
     py
 }
@@ -63,7 +68,17 @@ rr = pytrec_eval.RelevanceEvaluator(qrels, {'recip_rank'}).evaluate(top10)
 out = {q: {'ndcg_10': m['ndcg_cut_10'], 'recall_10': m['recall_10'], 'recall_100': m['recall_100'],
            'map_100': m['map_cut_100'], 'mrr_10': rr.get(q, {}).get('recip_rank', 0.0)}
        for q, m in full.items()}
-print(json.dumps(out))
+# Quarry's own run file (tied scores written strictly decreasing), read by ir_measures.
+import ir_measures
+from ir_measures import nDCG, R, RR, AP
+measures = {'ndcg_10': nDCG@10, 'recall_10': R@10, 'recall_100': R@100, 'map_100': AP@100, 'mrr_10': RR@10}
+qrels_irm = list(ir_measures.read_trec_qrels(sys.argv[1]))
+run_irm = list(ir_measures.read_trec_run(sys.argv[4]))
+irm = {}
+for m in ir_measures.iter_calc(list(measures.values()), qrels_irm, run_irm):
+    name = [k for k, v in measures.items() if v == m.measure][0]
+    irm.setdefault(m.query_id, {})[name] = m.value
+print(json.dumps({'pytrec_eval': out, 'ir_measures': irm}))
 "#;
 
 #[test]
@@ -73,6 +88,7 @@ fn metrics_agree_with_pytrec_eval_on_graded_judgments_and_ties() {
     let mut qrels_txt = String::new();
     let mut run_txt = String::new();
     let mut top10_txt = String::new();
+    let mut quarry_run = String::new();
     let mut ours: HashMap<String, metrics::QueryMetrics> = HashMap::new();
     for q in 0..60 {
         let qid = format!("q{q}");
@@ -99,14 +115,21 @@ fn metrics_agree_with_pytrec_eval_on_graded_judgments_and_ties() {
             let s = results.iter().find(|r| r.0 == *d).unwrap().1;
             top10_txt.push_str(&format!("{qid} Q0 {d} {} {s:.1} test\n", i + 1));
         }
+        // The run file as Quarry writes it (quarry eval's run files).
+        let ranking: Vec<(String, f64)> = metrics::ranked(&results)
+            .iter()
+            .map(|d| (d.to_string(), results.iter().find(|r| r.0 == *d).unwrap().1))
+            .collect();
+        quarry::eval::report::trec_lines(&mut quarry_run, &qid, &ranking, "quarry");
         if let Some(m) = metrics::evaluate(&results, &judgments) {
             ours.insert(qid, m);
         }
     }
-    let paths = ["qrels.txt", "run.txt", "top10.txt"].map(|n| dir.path().join(n));
+    let paths = ["qrels.txt", "run.txt", "top10.txt", "quarry.run"].map(|n| dir.path().join(n));
     std::fs::write(&paths[0], qrels_txt).unwrap();
     std::fs::write(&paths[1], run_txt).unwrap();
     std::fs::write(&paths[2], top10_txt).unwrap();
+    std::fs::write(&paths[3], quarry_run).unwrap();
     let out = Command::new(python())
         .arg("-c")
         .arg(SCRIPT)
@@ -118,8 +141,10 @@ fn metrics_agree_with_pytrec_eval_on_graded_judgments_and_ties() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let theirs: HashMap<String, HashMap<String, f64>> =
+    let both: HashMap<String, HashMap<String, HashMap<String, f64>>> =
         serde_json::from_slice(&out.stdout).unwrap();
+    let theirs = &both["pytrec_eval"];
+    let irm = &both["ir_measures"];
     assert!(ours.len() > 30, "too few scorable queries: {}", ours.len());
     let mut compared = 0;
     for (qid, m) in &ours {
@@ -136,8 +161,14 @@ fn metrics_agree_with_pytrec_eval_on_graded_judgments_and_ties() {
                 "{qid} {name}: ours {v}, pytrec_eval {}",
                 t[name]
             );
+            // ir_measures on Quarry's run file: the same, ties and all.
+            let i = irm[qid].get(name).copied().unwrap_or(0.0);
+            assert!(
+                (v - i).abs() < 1e-6,
+                "{qid} {name}: ours {v}, ir_measures on our run file {i}"
+            );
             compared += 1;
         }
     }
-    println!("{compared} per-query values agree with pytrec_eval to 1e-6");
+    println!("{compared} per-query values agree with pytrec_eval and with ir_measures on our run file, to 1e-6");
 }

@@ -128,7 +128,7 @@ pub fn summary(ctx: &Context, outcome: &EvalOutcome) -> serde_json::Value {
         "collection": ctx.collection,
         "model": ctx.model,
         "skipped_queries": outcome.skipped_queries,
-        "tie_breaking": "score descending, then document id descending (trec_eval)",
+        "tie_breaking": "score descending, then document id descending (trec_eval); run files write tied scores strictly decreasing in that order, so every tool reads the same ranking",
         "modes": modes,
     })
 }
@@ -137,19 +137,32 @@ pub fn summary(ctx: &Context, outcome: &EvalOutcome) -> serde_json::Value {
 pub fn trec_run(run: &RunOutcome) -> String {
     let mut s = String::new();
     for q in &run.queries {
-        for (i, (doc, score)) in q.ranking.iter().enumerate() {
-            let _ = writeln!(
-                s,
-                "{} Q0 {} {} {:.9} {}",
-                q.query_id,
-                doc,
-                i + 1,
-                score,
-                run.spec.name
-            );
-        }
+        trec_lines(&mut s, &q.query_id, &q.ranking, &run.spec.name);
     }
     s
+}
+
+/// One query's lines of a TREC run, `ranking` in metric order (score descending, ties by
+/// document id descending, as trec_eval orders them).
+///
+/// Tools that read run files break tied scores differently (trec_eval by document id
+/// descending; ir_measures' RR@k, through its msmarco provider, by file order), so a file with
+/// ties means different rankings to different tools. The scores are therefore written
+/// strictly decreasing: a score equal to the one above it is written as the next smaller
+/// double, which no f32 score (what searches return) can fall between, and every score in
+/// full (shortest round-trip) precision. Every tool then reads exactly the ranking the
+/// metrics were computed on.
+pub fn trec_lines(out: &mut String, query_id: &str, ranking: &[(String, f64)], run_name: &str) {
+    let mut previous = f64::INFINITY;
+    for (i, (doc, score)) in ranking.iter().enumerate() {
+        let written = if *score < previous {
+            *score
+        } else {
+            previous.next_down()
+        };
+        previous = written;
+        let _ = writeln!(out, "{query_id} Q0 {doc} {} {written:?} {run_name}", i + 1);
+    }
 }
 
 fn rank(r: Option<u32>) -> serde_json::Value {
