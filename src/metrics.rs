@@ -242,6 +242,7 @@ pub struct Registry {
     pub router_requests: Family,
     pub answer_repairs: Family,
     pub checkpoint_duration: Family,
+    pub hnsw_repaired: Family,
     pub jobs: Family,
     pub job_documents: Family,
 }
@@ -335,6 +336,12 @@ pub fn global() -> &'static Registry {
             &[],
             Kind::Histogram,
         ),
+        hnsw_repaired: Family::new(
+            "quarry_hnsw_repaired_total",
+            "HNSW points a walk from the entry point could not reach, relinked (at checkpoints and after large batches).",
+            &[],
+            Kind::Counter,
+        ),
         jobs: Family::new(
             "quarry_jobs",
             "Ingestion jobs known to the server, by state (queued, running, succeeded, failed, cancelled).",
@@ -378,6 +385,7 @@ pub fn render() -> String {
         &r.router_requests,
         &r.answer_repairs,
         &r.checkpoint_duration,
+        &r.hnsw_repaired,
         &r.jobs,
         &r.job_documents,
     ] {

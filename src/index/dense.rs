@@ -103,6 +103,25 @@ fn build_pool() -> Option<&'static rayon::ThreadPool> {
     .as_ref()
 }
 
+/// Relinks every point a walk from the entry point cannot reach (see
+/// `quarry_hnsw::Graph::repair_reachability`): a point no search can reach is a chunk dense
+/// search never returns. Returns how many were relinked (counted in
+/// `quarry_hnsw_repaired_total`).
+fn repair(graph: &mut Graph) -> usize {
+    let relinked = graph.repair_reachability();
+    if relinked > 0 {
+        tracing::info!(
+            relinked,
+            points = graph.len(),
+            "HNSW: relinked points no search could reach"
+        );
+        crate::metrics::global()
+            .hnsw_repaired
+            .add(&[], relinked as f64);
+    }
+    relinked
+}
+
 /// Inserts `batch` into the graph behind `lock`: each point is planned under a read lock and
 /// committed under a write lock (see `quarry_hnsw`), one at a time in order for small batches, on
 /// every core of [`build_pool`] for large ones.
@@ -183,12 +202,18 @@ impl DenseIndex {
                         meta.points
                     )));
                 }
-                State {
+                let mut state = State {
                     graph,
                     tombstones: meta.tombstones.into_iter().collect(),
                     applied_seq: meta.applied_seq,
                     dirty: false,
+                };
+                // A checkpoint of an older version, or one from a restored archive, was
+                // written without the repair: the invariant holds from the load on.
+                if repair(&mut state.graph) > 0 {
+                    state.dirty = true;
                 }
+                state
             }
         } else {
             empty()
@@ -274,6 +299,11 @@ impl DenseIndex {
         s.tombstones.extend(remove.iter().copied());
         s.applied_seq = s.applied_seq.max(seq);
         s.dirty = true;
+        // A batch of at least 1% of the graph pays for a walk of it at once (cheap next to
+        // its insertions); smaller ones are repaired at the next checkpoint.
+        if add.len().saturating_mul(100) >= s.graph.len() {
+            repair(&mut s.graph);
+        }
         Ok(())
     }
 
@@ -283,7 +313,8 @@ impl DenseIndex {
     /// with the exact vectors `rescore.exact` returns (`None`: the chunk is gone, and so is
     /// the candidate) and ranked by them; the rest follow with their int8 similarities (within
     /// about 1e-3 of the exact ones). Each exact vector is a read from sled, about 30 us at
-    /// 10^6 chunks once they are out of its cache, hence a head rather than all `k`.
+    /// 10^6 chunks once they are out of its cache. The engine asks for the whole depth, so a
+    /// ranking does not depend on the page (see `engine::search`).
     pub fn search(
         &self,
         query: &[f32],
@@ -348,6 +379,15 @@ impl DenseIndex {
     /// The graph is written under the state's read lock, so searches go on while it writes;
     /// the caller holds the collection's write lock, so no insertion or rebuild waits on it.
     pub fn checkpoint(&self) -> Result<()> {
+        // Every point reachable before the graph is written: checked under the read lock (one
+        // walk), repaired under the write lock only when something is stranded.
+        let stranded = {
+            let s = self.read()?;
+            s.dirty && s.graph.unreachable() > 0
+        };
+        if stranded {
+            repair(&mut self.write()?.graph);
+        }
         let tmp = self.dir.join("dense.tmp");
         let live = self.dir.join("dense");
         let old = self.dir.join("dense.old");
@@ -404,9 +444,10 @@ impl DenseIndex {
             &vectors,
             self.params.parallel_insert_min,
         )?;
-        let graph = fresh
+        let mut graph = fresh
             .into_inner()
             .map_err(|_| Error::internal("dense index lock poisoned"))?;
+        repair(&mut graph);
         let mut s = self.write()?;
         let old = std::mem::replace(&mut s.graph, graph);
         s.tombstones.clear();

@@ -5,31 +5,6 @@
 use crate::{Cand, Code, Graph, Pruned, NONE};
 
 impl Graph {
-    /// Nodes that no search can reach: not linked, through any level, from the entry point.
-    /// A sound graph has none; the count is a diagnostic for tests and benchmarks (pruning
-    /// can strand nodes, see the module docs).
-    pub fn unreachable(&self) -> usize {
-        if self.entry == NONE {
-            return 0;
-        }
-        let mut seen = vec![false; self.len()];
-        let mut stack = vec![self.entry];
-        seen[self.entry as usize] = true;
-        let mut reached = 1;
-        while let Some(node) = stack.pop() {
-            for level in 0..=self.levels[node as usize] {
-                for &nb in self.neighbours(node, level) {
-                    if !seen[nb as usize] {
-                        seen[nb as usize] = true;
-                        reached += 1;
-                        stack.push(nb);
-                    }
-                }
-            }
-        }
-        self.len() - reached
-    }
-
     /// Chooses up to `max` of `cands` (best first, similarities to one base point) by the
     /// HNSW heuristic: a candidate is kept when it is more similar to the base than to every
     /// one already kept, which spreads the links in different directions.
