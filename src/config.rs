@@ -66,7 +66,7 @@ pub struct Config {
     /// `--metrics-allow-remote`).
     pub metrics_allow_remote: bool,
     /// Calls in flight and queued per class (`[admission]`).
-    pub admission: crate::grpc::observe::AdmissionSettings,
+    pub admission: crate::service::admission::AdmissionSettings,
     /// `text` or `json` (one JSON object per line).
     pub log_format: LogFormat,
     /// Directories server-side ingestion jobs may read (`--import-root`, repeatable). Empty:
@@ -220,6 +220,7 @@ impl Config {
                 "admission: in_flight must be at least 1 per class",
             ));
         }
+
         self.engine().validate()
     }
 

@@ -4,6 +4,7 @@
 //!   it needs, and how the collections it touches are found). The gRPC layer derives its
 //!   admission classes, its metrics labels and its authentication rule from this table;
 //!   handlers look up their own row and ask [`authorize`] before they touch anything.
+//! - [`admission`]: how many calls of each class run and wait at once (`[admission]`).
 //! - [`authorize`]: the one authorization decision. Every call that reads or writes
 //!   collection data passes its [`Touches`] (the collections named in the request, found in
 //!   an archive, owning a job, or "all") through it, so a scoped key is checked the same way
@@ -13,6 +14,7 @@
 //! admission, a role in each handler) drifts as RPCs are added; a row per operation, with a
 //! test that every RPC of the proto has one, cannot.
 
+pub mod admission;
 pub mod operations;
 
 pub use operations::{
