@@ -14,7 +14,9 @@
 //!    server's RSS and open file descriptors from /proc every 10 s; growth is measured from
 //!    the first sample after a 60 s warm-up.
 //!
-//! `QUARRY_LOAD_CONFIG=FILE` starts the server with that config file (admission settings).
+//! `QUARRY_LOAD_CONFIG=FILE` starts the server with that config file (admission settings);
+//! `QUARRY_LOAD_RATE=R` offers phases 3 and 4 multiples of that rate instead of the measured
+//! one, to offer two configurations the same load.
 //! Every figure is from one run on this machine; the CPU is printed with them.
 
 mod support;
@@ -315,9 +317,15 @@ async fn run(dir: PathBuf) -> anyhow::Result<()> {
         load_secs / 2
     );
     let (mut t, secs) = closed_loop(&channel, &work, 8, load_secs / 2, true).await;
-    let rate = t.ok() as f64 / secs;
+    let measured = t.ok() as f64 / secs;
     t.print(secs);
-    println!("  sustainable rate R = {rate:.1} calls/s");
+    // QUARRY_LOAD_RATE fixes R, so two configurations can be offered the same absolute load
+    // (a configuration that sheds some of the closed loop's calls measures a lower R).
+    let rate = std::env::var("QUARRY_LOAD_RATE")
+        .ok()
+        .and_then(|r| r.parse::<f64>().ok())
+        .unwrap_or(measured);
+    println!("  sustainable rate R = {rate:.1} calls/s (measured {measured:.1})");
 
     println!(
         "\n3. overload: {:.1} calls/s offered (2 R), open loop, {load_secs} s",
