@@ -265,15 +265,9 @@ fn synthetic(n: usize) -> Vectors {
 
 /// SciFact's corpus and test queries embedded with the default model (cached).
 fn scifact() -> anyhow::Result<Option<Vectors>> {
-    let dir = std::env::var_os("QUARRY_SCIFACT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/scifact")
-        });
-    if !dir.join("corpus.jsonl.gz").exists() {
-        println!("\n!!! SKIPPED: SciFact not found (set QUARRY_SCIFACT or provide ../shared/datasets/scifact)");
+    let Some(dir) = support::scifact() else {
         return Ok(None);
-    }
+    };
     let cache = std::env::var_os("QUARRY_BENCH_DATA")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-graphs"));

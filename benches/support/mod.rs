@@ -7,9 +7,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// SciFact's directory (`QUARRY_SCIFACT`, else `../shared/datasets/scifact`), or exit loudly.
+/// SciFact's directory (`QUARRY_SCIFACT`, else `../shared/datasets/scifact`), if it is there;
+/// when it is not, says so loudly.
 #[allow(dead_code)]
-pub fn scifact_or_exit() -> PathBuf {
+pub fn scifact() -> Option<PathBuf> {
     let dir = std::env::var_os("QUARRY_SCIFACT")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -17,9 +18,15 @@ pub fn scifact_or_exit() -> PathBuf {
         });
     if !dir.join("corpus.jsonl.gz").exists() {
         eprintln!("!!! SKIPPED: SciFact not found (set QUARRY_SCIFACT or provide ../shared/datasets/scifact)");
-        std::process::exit(2);
+        return None;
     }
-    dir
+    Some(dir)
+}
+
+/// SciFact's directory, or exit loudly (see [`scifact`]).
+#[allow(dead_code)]
+pub fn scifact_or_exit() -> PathBuf {
+    scifact().unwrap_or_else(|| std::process::exit(2))
 }
 
 /// The CPU's model name from /proc/cpuinfo.
