@@ -712,6 +712,12 @@ async fn hostile_archives_are_refused_cleanly_and_leave_nothing() {
                 r.sort_by_key(|(t, _, _)| *t);
             }),
         ),
+        (
+            "a metadata key over the key limit (checksums fixed)",
+            with_records(&base, |r| {
+                r.push((5, vec![b'k'; 1000], b"\"string\"".to_vec()));
+            }),
+        ),
         ("an entry outside the format", {
             let mut e = base.clone();
             e.push(("collections/0/../../escape".into(), b"x".to_vec()));

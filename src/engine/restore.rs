@@ -450,6 +450,18 @@ impl Engine {
             }
         }
         check.finish()?;
+        // Key types as CreateCollection would accept them: each key valid, not too many.
+        let max_keys = self.config.limits.max_metadata_keys;
+        if check.metadata_keys.len() > max_keys {
+            return Err(corrupt(format!(
+                "{} metadata keys, over the limit max_metadata_keys = {max_keys}",
+                check.metadata_keys.len()
+            )));
+        }
+        for key in &check.metadata_keys {
+            self.check_metadata_key(key)
+                .map_err(|e| corrupt(e.to_string()))?;
+        }
         apply_batches(&trees, &mut batches)?;
         trees.forget_counts()?;
         Ok(check.max_id)

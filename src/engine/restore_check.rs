@@ -59,6 +59,9 @@ pub(super) struct RecordCheck {
     /// Chunk ids the documents list, and whether each was seen / has a vector.
     listed: BTreeMap<u64, (bool, bool)>,
     pub(super) max_id: u64,
+    /// The metadata keys the collection declares or uses, checked by the restore against
+    /// the same limits as a `CreateCollection`'s schema.
+    pub(super) metadata_keys: Vec<String>,
 }
 
 fn id_hash(id: &[u8]) -> u64 {
@@ -76,6 +79,7 @@ impl RecordCheck {
             docs: HashSet::new(),
             listed: BTreeMap::new(),
             max_id: 0,
+            metadata_keys: Vec::new(),
         }
     }
 
@@ -160,11 +164,12 @@ impl RecordCheck {
                     return Ok(false); // Maintained counts: recounted after the restore.
                 }
                 if k.first() != Some(&0) {
-                    let key_ok = std::str::from_utf8(k).is_ok_and(|s| !s.is_empty());
+                    let key = std::str::from_utf8(k).ok().filter(|s| !s.is_empty());
                     let type_ok = serde_json::from_slice::<crate::meta::ValueType>(v).is_ok();
-                    if !key_ok || !type_ok {
+                    let (Some(key), true) = (key, type_ok) else {
                         return Err(corrupt("a metadata key type record"));
-                    }
+                    };
+                    self.metadata_keys.push(key.to_string());
                 }
             }
             _ => return Err(corrupt(format!("record tag {tag}"))),
