@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{doc, test_config, TestServer};
+use common::{doc, keyed, test_config, TestServer};
 use quarry::auth::{AuthSettings, Role, ScopedKey};
 use quarry::grpc::pb;
 use tonic::{Code, Request, Status};
@@ -17,15 +17,6 @@ const ADMIN: &str = "admin-0123456789abcdef";
 const READER: &str = "reader-0123456789abcdef";
 const INGESTER: &str = "ingester-0123456789abcdef";
 const VIEWER: &str = "viewer-0123456789abcdef";
-
-fn keyed<T>(message: T, key: Option<&str>) -> Request<T> {
-    let mut r = Request::new(message);
-    if let Some(k) = key {
-        r.metadata_mut()
-            .insert("authorization", format!("Bearer {k}").parse().unwrap());
-    }
-    r
-}
 
 async fn server() -> (TestServer, tempfile::TempDir) {
     let data = tempfile::tempdir().unwrap();

@@ -14,10 +14,10 @@ mod common;
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-use common::{doc, test_config, TestServer};
+use common::{doc, keyed, test_config, TestServer};
 use quarry::auth::{AuthSettings, Role, ScopedKey};
 use quarry::grpc::pb;
-use tonic::{Code, Request, Status};
+use tonic::{Code, Status};
 
 use pb::admin_client::AdminClient;
 use pb::collections_client::CollectionsClient;
@@ -27,15 +27,6 @@ use pb::search_client::SearchClient;
 
 const ADMIN: &str = "admin-0123456789abcdef";
 const TENANT: &str = "tenant-0123456789abcdef";
-
-fn keyed<T>(message: T, key: Option<&str>) -> Request<T> {
-    let mut r = Request::new(message);
-    if let Some(k) = key {
-        r.metadata_mut()
-            .insert("authorization", format!("Bearer {k}").parse().unwrap());
-    }
-    r
-}
 
 struct Setup {
     server: TestServer,

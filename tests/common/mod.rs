@@ -209,3 +209,13 @@ pub fn start_binary(data: &Path, extra: &[&str]) -> (std::process::Child, String
         .expect("server announced its address");
     (server, format!("http://{addr}"))
 }
+
+/// `message` with `authorization: Bearer KEY` when a key is given.
+pub fn keyed<T>(message: T, key: Option<&str>) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    if let Some(k) = key {
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {k}").parse().unwrap());
+    }
+    r
+}
