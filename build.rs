@@ -15,11 +15,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out_dir.join("quarry_descriptor.bin"),
         prost::Message::encode_to_vec(&fds),
     )?;
+    // Every message knows its proto name (prost::Name): the JSON API finds its descriptor by it.
+    let mut config = prost_build::Config::new();
+    config.enable_type_names();
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
         // Undecodable requests are INVALID_ARGUMENT, not INTERNAL (see src/grpc/codec.rs).
         .codec_path("crate::grpc::codec::StrictCodec")
-        .compile_fds(fds)?;
+        .compile_fds_with_config(fds, config)?;
     Ok(())
 }

@@ -64,11 +64,12 @@ async fn run(dir: PathBuf) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let live = quarry::grpc::Live::start(engine.clone(), Default::default())?;
-    let server = tokio::spawn(quarry::grpc::serve(
+    let live = quarry::service::Live::start(engine.clone(), Default::default())?;
+    let server = tokio::spawn(quarry::server::serve(
         live,
         Default::default(),
         listener,
+        None,
         async {
             let _ = stop_rx.await;
         },

@@ -22,6 +22,8 @@ pub use crate::engine::{IndexSettings, Limits};
 
 /// Default gRPC listen address: loopback only, so a fresh install exposes nothing.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
+/// Default HTTP/JSON API listen address: loopback only, like gRPC.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:7080";
 /// Name of the default embedding model (see `model::catalog`).
 pub const DEFAULT_MODEL: &str = "all-minilm-l6-v2";
 
@@ -30,6 +32,9 @@ pub const DEFAULT_MODEL: &str = "all-minilm-l6-v2";
 pub struct Config {
     /// `HOST:PORT` the gRPC server listens on.
     pub listen: String,
+    /// `HOST:PORT` the HTTP/JSON API listens on; empty: none. Off loopback it needs keys (or
+    /// client certificates) exactly as `listen` does.
+    pub http_listen: String,
     /// Where sled, tantivy and HNSW files live.
     pub data_dir: PathBuf,
     /// Cache of provisioned models and the ONNX Runtime library.
@@ -90,6 +95,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: DEFAULT_LISTEN.to_string(),
+            http_listen: DEFAULT_HTTP_LISTEN.to_string(),
             data_dir: PathBuf::from("quarry-data"),
             models_dir: default_models_dir(),
             onnxruntime_library: None,
@@ -148,6 +154,7 @@ impl Config {
         for (key, value) in vars {
             match key.as_str() {
                 "QUARRY_LISTEN" => self.listen = value,
+                "QUARRY_HTTP_LISTEN" => self.http_listen = value,
                 "QUARRY_DATA_DIR" => self.data_dir = PathBuf::from(value),
                 "QUARRY_MODELS_DIR" => self.models_dir = PathBuf::from(value),
                 "QUARRY_ONNXRUNTIME_LIBRARY" => self.onnxruntime_library = Some(value.into()),
@@ -194,6 +201,13 @@ impl Config {
         }
         self.keys()?;
         self.tls.enabled()?;
+        if !self.http_listen.is_empty() && self.http_listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(Error::invalid(format!(
+                "http_listen {} is not HOST:PORT (an IP address and a port; or empty for none)",
+                crate::error::quote(&self.http_listen)
+            )));
+        }
         if !self.metrics_listen.is_empty() {
             let Ok(addr) = self.metrics_listen.parse::<std::net::SocketAddr>() else {
                 return Err(Error::invalid(format!(

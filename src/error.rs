@@ -55,6 +55,9 @@ pub enum Error {
     /// The caller may not reach what it named (a source path outside the import roots).
     #[error("{0}")]
     PermissionDenied(String),
+    /// No valid API key came with a call that needs one.
+    #[error("{0}")]
+    Unauthenticated(String),
     /// The request is well-formed but the server cannot serve it in its current state, for
     /// example because the embedding model is not provisioned.
     #[error("{0}")]
@@ -133,10 +136,109 @@ impl Error {
                 | Error::CollectionExists(_)
                 | Error::NotFound(_)
                 | Error::PermissionDenied(_)
+                | Error::Unauthenticated(_)
                 | Error::Exhausted(_)
                 | Error::FailedPrecondition(_)
                 | Error::Cancelled
         )
+    }
+}
+
+/// The canonical status codes (gRPC's), which both front doors report: gRPC as its status,
+/// HTTP as the `code` of its JSON error body beside the matching HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Code {
+    Ok,
+    Cancelled,
+    InvalidArgument,
+    DeadlineExceeded,
+    NotFound,
+    AlreadyExists,
+    PermissionDenied,
+    ResourceExhausted,
+    FailedPrecondition,
+    Unimplemented,
+    Internal,
+    Unavailable,
+    Unauthenticated,
+}
+
+impl Code {
+    /// The upper-case name (as grpc-go and grpcurl print it).
+    pub fn name(self) -> &'static str {
+        match self {
+            Code::Ok => "OK",
+            Code::Cancelled => "CANCELLED",
+            Code::InvalidArgument => "INVALID_ARGUMENT",
+            Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+            Code::NotFound => "NOT_FOUND",
+            Code::AlreadyExists => "ALREADY_EXISTS",
+            Code::PermissionDenied => "PERMISSION_DENIED",
+            Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+            Code::FailedPrecondition => "FAILED_PRECONDITION",
+            Code::Unimplemented => "UNIMPLEMENTED",
+            Code::Internal => "INTERNAL",
+            Code::Unavailable => "UNAVAILABLE",
+            Code::Unauthenticated => "UNAUTHENTICATED",
+        }
+    }
+
+    /// The HTTP status of this code (the mapping of Google's API design guide; a call whose
+    /// client went away is 499, nginx's "client closed request").
+    pub fn http_status(self) -> u16 {
+        match self {
+            Code::Ok => 200,
+            Code::Cancelled => 499,
+            Code::InvalidArgument => 400,
+            Code::DeadlineExceeded => 504,
+            Code::NotFound => 404,
+            Code::AlreadyExists => 409,
+            Code::PermissionDenied => 403,
+            Code::ResourceExhausted => 429,
+            Code::FailedPrecondition => 412,
+            Code::Unimplemented => 501,
+            Code::Internal => 500,
+            Code::Unavailable => 503,
+            Code::Unauthenticated => 401,
+        }
+    }
+}
+
+impl Error {
+    /// What the caller is told: the code and the message. User errors keep their message
+    /// verbatim (it names the limit or the missing thing); internal faults are logged here
+    /// and reported as INTERNAL; a full disk is RESOURCE_EXHAUSTED whatever failed on it.
+    pub fn public(&self) -> (Code, String) {
+        if self.is_storage_full() {
+            tracing::error!(error = %self, "request failed: the disk is full");
+            return (
+                Code::ResourceExhausted,
+                format!(
+                    "the server's disk is full; nothing of this request was acknowledged ({self})"
+                ),
+            );
+        }
+        let code = match self {
+            Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::CollectionNotFound(_) | Error::NotFound(_) => Code::NotFound,
+            Error::CollectionExists(_) => Code::AlreadyExists,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
+            Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::Exhausted(_) => Code::ResourceExhausted,
+            Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            Error::Embedding(_) | Error::Unavailable(_) => Code::Unavailable,
+            Error::Upstream(_) | Error::ContractViolation { .. } => Code::Unavailable,
+            Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            Error::Cancelled => Code::Cancelled,
+            Error::Storage(_) | Error::Lexical(_) | Error::Io(_) | Error::Internal(_) => {
+                Code::Internal
+            }
+        };
+        // A call refused while the storage reopens is expected, not a fault (the reopen logs).
+        if !self.is_user_error() && !matches!(self, Error::Unavailable(_)) {
+            tracing::error!(error = %self, "request failed");
+        }
+        (code, self.to_string())
     }
 }
 

@@ -1,13 +1,13 @@
 //! Quarry: a local-first retrieval service for RAG.
 //!
 //! Quarry ingests documents, chunks them by tokens of a local embedding model, embeds them with
-//! ONNX Runtime, and serves hybrid search (BM25 + dense vectors, fused) over gRPC. Everything
-//! runs on one machine, offline.
+//! ONNX Runtime, and serves hybrid search (BM25 + dense vectors, fused) over gRPC and
+//! HTTP/JSON. Everything runs on one machine, offline.
 //!
 //! # Layout
-//! - [`auth`]: API keys, roles and collection scopes (the policy; `grpc::auth` applies it).
+//! - [`auth`]: API keys, roles and collection scopes (the policy; [`service`] applies it).
 //! - [`config`]: one validated [`config::Config`]; defaults < file < environment < flags. It
-//!   hands the engine and the answerer their own slices; nothing below `grpc` reads it whole.
+//!   hands the engine and the answerer their own slices; nothing below `server` reads it whole.
 //! - [`error`]: the core's error type; user errors versus internal faults.
 //! - [`model`]: the [`model::Embedder`] trait, the ONNX implementation (a session pool), model
 //!   provisioning from pinned PyPI packages, and a deterministic hash embedder for tests.
@@ -29,12 +29,18 @@
 //! - [`eval`]: BEIR collections and trec_eval-compatible metrics.
 //! - [`metrics`]: process-wide counters and histograms in the Prometheus text format.
 //! - [`tls`]: the process's rustls provider and PEM loading (server, CLI, router client).
-//! - [`grpc`]: the transport; the only module that knows the wire protocol.
+//! - [`api`]: the API's messages (generated from the proto), their JSON mapping and their
+//!   conversions to core types, shared by both front doors.
+//! - [`service`]: every operation, transport-neutral: defaults, validation, paging, batching,
+//!   authorization, admission; the one place request semantics live.
+//! - [`grpc`], [`http`]: the two front doors (decode, call [`service`], encode).
+//! - [`server`]: the process: both doors over one service, one admission state, shutdown.
 //! - [`client`]: the CLI's client commands (`ingest`, `search`, `ask`, `eval`).
 //!
-//! The retrieval core (everything but `grpc` and `client`) knows nothing of gRPC.
+//! The retrieval core (everything below `api` and `service`) knows nothing of any transport.
 
 pub mod answer;
+pub mod api;
 pub mod auth;
 pub mod chunk;
 pub mod client;
@@ -44,12 +50,14 @@ pub mod error;
 pub mod eval;
 pub mod filter;
 pub mod grpc;
+pub mod http;
 pub mod index;
 pub mod jobs;
 pub mod meta;
 pub mod metrics;
 pub mod model;
 pub mod retrieve;
+pub mod server;
 pub mod service;
 pub mod source;
 pub mod store;

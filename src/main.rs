@@ -1,5 +1,5 @@
 //! The `quarry` binary: thin. Parse the command line, build the config, set up logging, and
-//! hand over to the library: `grpc::serve` for `serve`, `client::commands` for the client
+//! hand over to the library: `server::serve` for `serve`, `client::commands` for the client
 //! commands, `model::fetch` for `model`.
 
 use std::path::PathBuf;
@@ -92,6 +92,9 @@ struct ServeArgs {
     /// PEM CA bundle: require client certificates it signed (mutual TLS).
     #[arg(long)]
     tls_client_ca: Option<PathBuf>,
+    /// HOST:PORT of the HTTP/JSON API (default 127.0.0.1:7080; "" for none).
+    #[arg(long)]
+    http_listen: Option<String>,
     /// HOST:PORT for /metrics, /healthz and /readyz (default 127.0.0.1:9464; "" for none).
     #[arg(long)]
     metrics_listen: Option<String>,
@@ -269,6 +272,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.metrics_allow_remote {
         config.metrics_allow_remote = true;
     }
+    if let Some(h) = args.http_listen {
+        config.http_listen = h;
+    }
     if let Some(m) = args.metrics_listen {
         config.metrics_listen = m;
     }
@@ -309,6 +315,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let tls = quarry::grpc::server_tls(&config.tls)?;
     let mutual_tls = config.tls.client_ca.is_some();
     check_exposure(&config.listen, &keys, mutual_tls, args.insecure_no_auth)?;
+    if !config.http_listen.is_empty() {
+        check_exposure(
+            &config.http_listen,
+            &keys,
+            mutual_tls,
+            args.insecure_no_auth,
+        )?;
+    }
+    let http_listen = config.http_listen.clone();
     let listen = config.listen.clone();
     let default_model = config.default_model.clone();
     let admission = config.admission.clone();
@@ -349,16 +364,31 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    let live = quarry::grpc::Live::start(engine, jobs)?;
+    let http = if http_listen.is_empty() {
+        None
+    } else if tls.is_some() {
+        // Never plaintext beside TLS: a key sent over it would travel in the clear.
+        tracing::warn!(
+            "the HTTP/JSON API is OFF: TLS is configured and the HTTP door does not serve TLS              yet; use gRPC, or set http_listen = \"\" to silence this"
+        );
+        None
+    } else {
+        Some(
+            tokio::net::TcpListener::bind(&http_listen)
+                .await
+                .with_context(|| format!("cannot listen on {http_listen} (http_listen)"))?,
+        )
+    };
+    let live = quarry::service::Live::start(engine, jobs)?;
     readiness.set_ready(live.clone());
-    let options = quarry::grpc::ServeOptions {
+    let options = quarry::server::ServeOptions {
         answerer,
         keys,
         tls,
         admission,
         readiness: Some(readiness),
     };
-    let served = quarry::grpc::serve(live, options, listener, shutdown_signal()).await;
+    let served = quarry::server::serve(live, options, listener, http, shutdown_signal()).await;
     let _ = ops_stop.send(true);
     if let Some(ops) = ops {
         let _ = ops.await;

@@ -393,7 +393,14 @@ async fn health_is_open_and_reflection_needs_a_key_in_both_versions() {
 fn the_binary_refuses_to_expose_itself_without_keys() {
     let data = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_quarry"))
-        .args(["serve", "--listen", "0.0.0.0:0", "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            "0.0.0.0:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(data.path())
         .env_remove("QUARRY_API_KEY")
         .env_remove("QUARRY_READ_ONLY_API_KEY")

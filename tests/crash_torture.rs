@@ -107,7 +107,15 @@ impl Drop for Server {
 fn start(data: &Path, config: &Path, root: &Path) -> Server {
     let models = common::provision();
     let mut child = Command::new(env!("CARGO_BIN_EXE_quarry"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", ""])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "",
+            "--http-listen",
+            "",
+        ])
         .arg("--config")
         .arg(config)
         .arg("--data-dir")

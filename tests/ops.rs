@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 use common::{doc, TestServer};
 use quarry::engine::{Engine, EngineConfig};
 use quarry::grpc::observe::{AdmissionSettings, ClassLimit};
-use quarry::grpc::{pb, LocalServer, ServeOptions};
+use quarry::grpc::pb;
 use quarry::model::hashed::{HashEmbedder, HashModels};
 use quarry::model::Embedder;
+use quarry::server::{LocalServer, ServeOptions};
 use tonic::Code;
 
 /// GET `path` on `addr`: (status code, body).
@@ -50,6 +51,8 @@ fn the_binary_serves_metrics_health_and_readiness() {
             .args([
                 "serve",
                 "--listen",
+                "127.0.0.1:0",
+                "--http-listen",
                 "127.0.0.1:0",
                 "--metrics-listen",
                 "127.0.0.1:0",
@@ -391,6 +394,8 @@ fn metrics_off_loopback_need_an_explicit_yes() {
         .args([
             "serve",
             "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
             "127.0.0.1:0",
             "--metrics-listen",
             "0.0.0.0:0",

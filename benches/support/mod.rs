@@ -87,6 +87,8 @@ pub fn start_server(data: &Path, extra: &[&str]) -> Server {
             "serve",
             "--listen",
             "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
             "--metrics-listen",
             "127.0.0.1:0",
         ])

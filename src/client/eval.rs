@@ -129,7 +129,7 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<EvalOutcome> {
             config.listen = "127.0.0.1:0".into();
             let engine = tokio::task::spawn_blocking(move || config.open_engine()).await??;
             Some(
-                grpc::LocalServer::start(
+                crate::server::LocalServer::start(
                     std::sync::Arc::new(engine),
                     Default::default(),
                     Default::default(),

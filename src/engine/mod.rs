@@ -20,6 +20,7 @@
 //! [`SearchParams`]: crate::retrieve::SearchParams
 //! [`SearchOutcome`]: crate::retrieve::SearchOutcome
 
+pub mod batch;
 mod cancel;
 mod collection;
 mod documents;
@@ -53,6 +54,7 @@ use crate::model::query::CachedEmbedder;
 use crate::model::{Embedder, ModelSource};
 use crate::store::{CollectionRecord, Store};
 
+pub use batch::{Batch, BATCH_BYTES, BATCH_DOCUMENTS};
 pub use cancel::{Cancel, CancelOnDrop};
 pub use collection::{
     Collection, CollectionInfo, CollectionSettings, CollectionStats, DEFAULT_CHUNK_OVERLAP,

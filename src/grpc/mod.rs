@@ -1,12 +1,11 @@
 //! The gRPC transport: the only layer that knows the wire protocol.
 //!
-//! - [`pb`]: code generated from `proto/quarry/v1/quarry.proto` by `build.rs`.
-//! - `services`: one type per service, each a thin adapter over [`crate::engine::Engine`].
-//! - `convert`: wire <-> core types. `status`: the single core-error -> `tonic::Status` mapping.
+//! - [`pb`]: the API's messages ([`crate::api::pb`]) and tonic's stubs generated with them.
+//! - `services` (Collections, Documents, Search) and `streaming` (Jobs, Admin, Eval,
+//!   Answers): decode, call [`crate::service::Service`], encode. No request semantics.
+//! - `status`: core errors as `tonic::Status` (the decision is [`crate::Error::public`]).
 //! - [`codec`]: prost's codec, with undecodable requests reported as INVALID_ARGUMENT.
-//! - `meta_convert`: typed metadata, filter trees and text, page tokens.
-//! - [`auth`]: API keys on the wire (the request layer authenticates before admission,
-//!   handlers authorize the collections a call touches through [`crate::service`]).
+//! - [`auth`]: the caller of a request, as the request layer authenticated it.
 //! - [`observe`]: the layer in front of every service: request ids, admission, request metrics.
 //! - [`ops`]: the `/metrics`, `/healthz`, `/readyz` HTTP listener.
 //! - [`live`]: the engine the services call, reopened in place after a storage failure (sled
@@ -14,48 +13,31 @@
 //! - [`serve`]: wires Quarry's services, `grpc.health.v1` and server reflection (v1 and
 //!   v1alpha) onto a listener, with keys, TLS, keepalive and the observe layer, and runs until
 //!   the shutdown future resolves, then finishes in-flight requests and checkpoints the engine.
-//!   It receives the [`Live`] engine and [`ServeOptions`] (answerer, keys, TLS, admission): nothing below
+//!   It receives the [`Live`] engine and [`ServeOptions`] (service, keys, TLS, admission): nothing below
 //!   this layer sees the whole server configuration.
-//! - [`LocalServer`]: the same server on a loopback port inside this process, for `quarry eval`,
-//!   benchmarks and tests.
 
-mod admin_service;
-mod answer_service;
 pub mod auth;
 pub mod codec;
-mod convert;
-mod eval_service;
-mod jobs_service;
-pub mod live;
-mod meta_convert;
 pub mod observe;
 pub mod ops;
 mod services;
 mod status;
+mod streaming;
 
 use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
-use crate::answer::Answerer;
-use crate::auth::Keys;
-use crate::engine::{spawn_checkpointer, Engine};
-pub use live::Live;
+use crate::api::convert;
+pub use crate::api::pb;
+use crate::engine::spawn_checkpointer;
+pub use crate::service::{live, Live};
 
 pub use convert::{
     document_for_upsert, eval_outcome, fusion_to_pb, mode as mode_from_pb, mode_to_pb,
 };
 pub use status::to_status;
-
-/// Generated protobuf and gRPC code.
-#[allow(clippy::all, missing_docs)]
-pub mod pb {
-    tonic::include_proto!("quarry.v1");
-    /// Encoded descriptor set of the Quarry protos (served by reflection).
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        include_bytes!(concat!(env!("OUT_DIR"), "/quarry_descriptor.bin"));
-}
 
 /// Watches the storage's health and reports it through `grpc.health.v1`: when a write or flush
 /// fails in the storage (a full disk, an I/O error), the server and its Quarry services turn
@@ -70,13 +52,13 @@ fn spawn_storage_health(
     use tonic::server::NamedService;
     let services = [
         "",
-        <pb::collections_server::CollectionsServer<services::CollectionsService>>::NAME,
-        <pb::documents_server::DocumentsServer<services::DocumentsService>>::NAME,
-        <pb::jobs_server::JobsServer<jobs_service::JobsService>>::NAME,
-        <pb::admin_server::AdminServer<admin_service::AdminService>>::NAME,
-        <pb::search_server::SearchServer<services::SearchService>>::NAME,
-        <pb::eval_server::EvalServer<eval_service::EvalService>>::NAME,
-        <pb::answers_server::AnswersServer<answer_service::AnswerService>>::NAME,
+        <pb::collections_server::CollectionsServer<services::Adapter>>::NAME,
+        <pb::documents_server::DocumentsServer<services::Adapter>>::NAME,
+        <pb::jobs_server::JobsServer<services::Adapter>>::NAME,
+        <pb::admin_server::AdminServer<services::Adapter>>::NAME,
+        <pb::search_server::SearchServer<services::Adapter>>::NAME,
+        <pb::eval_server::EvalServer<services::Adapter>>::NAME,
+        <pb::answers_server::AnswersServer<services::Adapter>>::NAME,
     ];
     tokio::spawn(async move {
         let mut healthy = true;
@@ -144,18 +126,17 @@ pub fn collection_health_name(collection: &str) -> String {
     format!("quarry.v1.Collection/{collection}")
 }
 
-/// What a server runs with besides the engine.
-#[derive(Default)]
+/// What the gRPC door runs with besides the engine (the process layer, [`crate::server`],
+/// builds it).
 pub struct ServeOptions {
-    /// Grounded answers; without one (no router configured) the Answers service refuses
-    /// requests with FAILED_PRECONDITION.
-    pub answerer: Option<Arc<Answerer>>,
-    /// API keys; none: auth is off.
-    pub keys: Keys,
+    /// Every operation (shared with the HTTP door).
+    pub service: crate::service::Service,
+    /// Who is calling (shared with the HTTP door).
+    pub authn: crate::service::Authenticator,
     /// Server TLS (see [`server_tls`]); none: plaintext.
     pub tls: Option<tonic::transport::ServerTlsConfig>,
-    /// Calls in flight and queued per class.
-    pub admission: observe::AdmissionSettings,
+    /// Calls in flight and queued per class, shared with the HTTP door.
+    pub admission: Arc<crate::service::Admission>,
     /// Told when shutdown begins (the operations endpoint's `/readyz`).
     pub readiness: Option<Arc<ops::Readiness>>,
 }
@@ -197,8 +178,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let ServeOptions {
-        answerer,
-        keys,
+        service,
+        authn,
         tls,
         admission,
         readiness,
@@ -209,10 +190,7 @@ pub async fn serve(
         std::time::Duration::from_secs(engine.config().index.checkpoint_interval_secs);
     let unavailable = engine.unavailable_collections().unwrap_or_default();
     drop(engine);
-    if keys.is_empty() {
-        tracing::info!("no API keys configured: every caller may do everything");
-    }
-    let authn = auth::Authenticator::new(keys);
+    let adapter = services::Adapter { service };
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     // Reflection in both versions: grpcurl speaks v1, grpcio-reflection and older tools
     // v1alpha. It needs a key when auth is on (it lists every method).
@@ -223,64 +201,47 @@ pub async fn serve(
     }
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
-    let collections = pb::collections_server::CollectionsServer::new(
-        services::CollectionsService::new(live.clone()),
-    )
-    .max_decoding_message_size(max)
-    .max_encoding_message_size(max);
-    let documents =
-        pb::documents_server::DocumentsServer::new(services::DocumentsService::new(live.clone()))
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(max);
-    let jobs_server =
-        pb::jobs_server::JobsServer::new(jobs_service::JobsService::new(live.clone()))
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(max);
-    let admin = pb::admin_server::AdminServer::new(admin_service::AdminService::new(live.clone()))
+    let collections = pb::collections_server::CollectionsServer::new(adapter.clone())
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    let search = pb::search_server::SearchServer::new(services::SearchService::new(live.clone()))
+    let documents = pb::documents_server::DocumentsServer::new(adapter.clone())
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    let eval = pb::eval_server::EvalServer::new(eval_service::EvalService::new(live.clone()))
+    let jobs_server = pb::jobs_server::JobsServer::new(adapter.clone())
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    match &answerer {
-        None => tracing::info!(
-            "no inference router configured: the Answers service will refuse requests"
-        ),
-        Some(a) => {
-            for e in a.settings().routers.iter() {
-                tracing::info!(router = %e.url, "inference router");
-            }
-        }
-    }
-    let answers = pb::answers_server::AnswersServer::new(answer_service::AnswerService::new(
-        live.clone(),
-        answerer,
-    ))
-    .max_decoding_message_size(max)
-    .max_encoding_message_size(max);
+    let admin = pb::admin_server::AdminServer::new(adapter.clone())
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let search = pb::search_server::SearchServer::new(adapter.clone())
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let eval = pb::eval_server::EvalServer::new(adapter.clone())
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let answers = pb::answers_server::AnswersServer::new(adapter)
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
     health_reporter
-        .set_serving::<pb::collections_server::CollectionsServer<services::CollectionsService>>()
+        .set_serving::<pb::collections_server::CollectionsServer<services::Adapter>>()
         .await;
     health_reporter
-        .set_serving::<pb::documents_server::DocumentsServer<services::DocumentsService>>()
+        .set_serving::<pb::documents_server::DocumentsServer<services::Adapter>>()
         .await;
     health_reporter
-        .set_serving::<pb::search_server::SearchServer<services::SearchService>>()
+        .set_serving::<pb::search_server::SearchServer<services::Adapter>>()
         .await;
     health_reporter
-        .set_serving::<pb::jobs_server::JobsServer<jobs_service::JobsService>>()
+        .set_serving::<pb::jobs_server::JobsServer<services::Adapter>>()
         .await;
     health_reporter
-        .set_serving::<pb::admin_server::AdminServer<admin_service::AdminService>>()
+        .set_serving::<pb::admin_server::AdminServer<services::Adapter>>()
         .await;
     health_reporter
-        .set_serving::<pb::eval_server::EvalServer<eval_service::EvalService>>()
+        .set_serving::<pb::eval_server::EvalServer<services::Adapter>>()
         .await;
     health_reporter
-        .set_serving::<pb::answers_server::AnswersServer<answer_service::AnswerService>>()
+        .set_serving::<pb::answers_server::AnswersServer<services::Adapter>>()
         .await;
     health_reporter
         .set_service_status("", tonic_health::ServingStatus::Serving)
@@ -330,7 +291,7 @@ pub async fn serve(
         tracing::info!("TLS on");
     }
     let server = builder
-        .layer(observe::ObserveLayer::new(&admission, authn))
+        .layer(observe::ObserveLayer::new(admission, authn))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -391,69 +352,4 @@ pub async fn serve(
     }
     tracing::info!("state flushed; bye");
     Ok(())
-}
-
-/// A server on a loopback port chosen by the OS, run inside this process (used by
-/// `quarry eval` without `--server`, benchmarks and tests).
-pub struct LocalServer {
-    pub url: String,
-    pub live: Arc<Live>,
-    stop: tokio::sync::oneshot::Sender<()>,
-    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl LocalServer {
-    /// Serves `engine`, with its job system set up by `jobs`.
-    pub async fn start(
-        engine: Arc<Engine>,
-        options: ServeOptions,
-        jobs: crate::jobs::JobSettings,
-    ) -> anyhow::Result<LocalServer> {
-        let live = Live::start(engine, jobs)?;
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}", listener.local_addr()?);
-        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-        let handle = tokio::spawn(serve(live.clone(), options, listener, async {
-            let _ = rx.await;
-        }));
-        Ok(LocalServer {
-            url,
-            live,
-            stop,
-            handle,
-        })
-    }
-
-    /// The engine being served now (it changes when the storage is reopened).
-    pub fn engine(&self) -> anyhow::Result<Arc<Engine>> {
-        Ok(self.live.engine()?)
-    }
-
-    /// A channel to the server (it may take a moment to accept the first connection).
-    pub async fn channel(&self) -> anyhow::Result<tonic::transport::Channel> {
-        let mut last = None;
-        for _ in 0..50 {
-            match tonic::transport::Channel::from_shared(self.url.clone())?
-                .connect()
-                .await
-            {
-                Ok(c) => return Ok(c),
-                Err(e) => last = Some(e),
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        Err(anyhow::anyhow!(
-            "server at {} never accepted a connection: {last:?}",
-            self.url
-        ))
-    }
-
-    /// Graceful shutdown: in-flight requests finish, state is checkpointed, and this returns
-    /// once the engine is released (sled's lock on the data directory with it), so the same
-    /// directory can be opened again at once.
-    pub async fn stop(self) -> anyhow::Result<()> {
-        let _ = self.stop.send(());
-        self.handle.await??;
-        Ok(())
-    }
 }

@@ -21,138 +21,20 @@
 //!   refused requests per class. A body dropped before its end (the client went away) counts as
 //!   CANCELLED.
 
-use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http_body::Frame;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Status;
 use tracing::Instrument;
 
+use super::status::to_status;
 use crate::metrics;
 
-pub use crate::service::admission::{AdmissionSettings, ClassLimit};
-use crate::service::Class;
-
-struct Gate {
-    slots: Arc<Semaphore>,
-    waiting: AtomicUsize,
-    limit: ClassLimit,
-    /// Moving average of how long a call holds its slot, in microseconds (0: none yet).
-    service_us: Arc<AtomicU64>,
-}
-
-/// A class's slot, held until the response body ends; its hold time feeds the class's
-/// service-time average.
-pub struct Slot {
-    _permit: OwnedSemaphorePermit,
-    service_us: Arc<AtomicU64>,
-    since: Instant,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let sample = self.since.elapsed().as_micros().min(u64::MAX as u128) as u64;
-        let _ = self
-            .service_us
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |old| {
-                Some(if old == 0 {
-                    sample
-                } else {
-                    old - old / 8 + sample / 8
-                })
-            });
-    }
-}
-
-/// The admission state shared by every connection.
-pub struct Admission {
-    gates: HashMap<Class, Gate>,
-    queue_wait: Duration,
-}
-
-impl Admission {
-    pub fn new(s: &AdmissionSettings) -> Admission {
-        let gate = |limit: ClassLimit| Gate {
-            slots: Arc::new(Semaphore::new(limit.in_flight.max(1))),
-            waiting: AtomicUsize::new(0),
-            limit,
-            service_us: Arc::new(AtomicU64::new(0)),
-        };
-        Admission {
-            gates: HashMap::from([
-                (Class::Read, gate(s.read)),
-                (Class::Write, gate(s.write)),
-                (Class::Eval, gate(s.eval)),
-                (Class::Answer, gate(s.answer)),
-            ]),
-            queue_wait: Duration::from_millis(s.queue_wait_ms),
-        }
-    }
-
-    /// A slot for `class`, waiting in its queue if there is room; RESOURCE_EXHAUSTED if not.
-    async fn admit(&self, class: Class, deadline: Option<Instant>) -> Result<Option<Slot>, Status> {
-        let Some(gate) = self.gates.get(&class) else {
-            return Ok(None);
-        };
-        let slot = |p: OwnedSemaphorePermit| Slot {
-            _permit: p,
-            service_us: gate.service_us.clone(),
-            since: Instant::now(),
-        };
-        if let Ok(p) = gate.slots.clone().try_acquire_owned() {
-            return Ok(Some(slot(p)));
-        }
-        let budget_us = gate.limit.max_queue_delay_ms.saturating_mul(1000);
-        let service_us = gate.service_us.load(Ordering::Acquire);
-        if budget_us > 0 && service_us > 0 {
-            let ahead = gate.waiting.load(Ordering::Acquire) as u64 + 1;
-            let predicted_us = ahead * service_us / gate.limit.in_flight.max(1) as u64;
-            if predicted_us > budget_us {
-                metrics::global().grpc_rejected.inc(&[class.name()]);
-                return Err(Status::resource_exhausted(format!(
-                    "server busy: a {} call would wait about {} ms for a slot, over admission.{}.max_queue_delay_ms = {}; retry with backoff",
-                    class.name(),
-                    predicted_us / 1000,
-                    class.name(),
-                    gate.limit.max_queue_delay_ms
-                )));
-            }
-        }
-        let busy = || {
-            metrics::global().grpc_rejected.inc(&[class.name()]);
-            Status::resource_exhausted(format!(
-                "server busy: {} {} calls in flight and {} queued (admission.{}); retry with backoff",
-                gate.limit.in_flight,
-                class.name(),
-                gate.limit.queue,
-                class.name()
-            ))
-        };
-        let queued = gate
-            .waiting
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < gate.limit.queue).then_some(n + 1)
-            });
-        if queued.is_err() {
-            return Err(busy());
-        }
-        let mut until = Instant::now() + self.queue_wait;
-        if let Some(d) = deadline {
-            until = until.min(d);
-        }
-        let got = tokio::time::timeout_at(until.into(), gate.slots.clone().acquire_owned()).await;
-        gate.waiting.fetch_sub(1, Ordering::AcqRel);
-        match got {
-            Ok(Ok(p)) => Ok(Some(slot(p))),
-            _ => Err(busy()),
-        }
-    }
-}
+pub use crate::service::admission::{Admission, AdmissionSettings, ClassLimit, Slot};
+use crate::service::{Authenticator, Class};
 
 /// The deadline of a request, from its `grpc-timeout`.
 pub fn request_deadline<T>(r: &tonic::Request<T>) -> Option<Instant> {
@@ -180,15 +62,14 @@ pub fn client_deadline(headers: &http::HeaderMap) -> Option<Instant> {
 #[derive(Clone)]
 pub struct ObserveLayer {
     admission: Arc<Admission>,
-    authn: super::auth::Authenticator,
+    authn: Authenticator,
 }
 
 impl ObserveLayer {
-    pub fn new(settings: &AdmissionSettings, authn: super::auth::Authenticator) -> ObserveLayer {
-        ObserveLayer {
-            admission: Arc::new(Admission::new(settings)),
-            authn,
-        }
+    /// The layer over the process's one admission state and authenticator (shared with the
+    /// HTTP door).
+    pub fn new(admission: Arc<Admission>, authn: Authenticator) -> ObserveLayer {
+        ObserveLayer { admission, authn }
     }
 }
 
@@ -208,26 +89,12 @@ impl<S> tower_layer::Layer<S> for ObserveLayer {
 pub struct Observe<S> {
     inner: S,
     admission: Arc<Admission>,
-    authn: super::auth::Authenticator,
+    authn: Authenticator,
 }
 
 /// The label a path outside the operations table is counted under: metrics label values come
 /// from closed sets only, so unknown paths cannot add series.
 const UNKNOWN: &str = "unknown";
-
-fn request_id(headers: &http::HeaderMap) -> String {
-    headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            !v.is_empty()
-                && v.len() <= 64
-                && v.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
-        })
-        .map(str::to_string)
-        .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()))
-}
 
 type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
@@ -260,7 +127,7 @@ where
         let (service, method) = path.split_once('/').unwrap_or((path, ""));
         let op = crate::service::operation(service, method);
         let (service, method) = op.map_or((UNKNOWN, UNKNOWN), |o| (o.service, o.method));
-        let id = request_id(req.headers());
+        let id = crate::service::request_id(req.headers());
         if let Ok(v) = http::HeaderValue::from_str(&id) {
             req.headers_mut().insert("x-request-id", v);
         }
@@ -269,11 +136,15 @@ where
         // admission slot or reach a handler. Unknown paths are refused the same way.
         let checked = match op {
             None => Err(Status::unimplemented("no such method on this server")),
-            Some(op) => self.authn.check(req.headers(), op).map(|principal| {
-                if let Some(p) = principal {
-                    req.extensions_mut().insert(p);
-                }
-            }),
+            Some(op) => self
+                .authn
+                .check(req.headers(), op)
+                .map(|principal| {
+                    if let Some(p) = principal {
+                        req.extensions_mut().insert(p);
+                    }
+                })
+                .map_err(to_status),
         };
         if let Err(status) = checked {
             let code = status.code();
@@ -291,7 +162,7 @@ where
         Box::pin(
             async move {
                 let started = Instant::now();
-                let permit = match admission.admit(class, deadline).await {
+                let permit = match admission.admit(class, deadline).await.map_err(to_status) {
                     Ok(p) => p,
                     Err(status) => {
                         // Debug, not warn: under overload a line per refusal would flood the

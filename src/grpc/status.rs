@@ -1,37 +1,46 @@
-//! The one place core errors become gRPC statuses.
+//! Core errors as gRPC statuses. What a caller is told is decided once, by
+//! [`Error::public`]; this only spells the canonical code as tonic's.
 
 use tonic::{Code, Status};
 
-use crate::error::Error;
+use crate::error::{self, Error};
 
-/// Maps a core error to a status. User errors keep their message verbatim (it names the limit
-/// or the missing thing); internal faults are logged and reported as INTERNAL.
+/// The status of a core error (see [`Error::public`]).
 pub fn to_status(e: Error) -> Status {
-    if e.is_storage_full() {
-        tracing::error!(error = %e, "request failed: the disk is full");
-        return Status::resource_exhausted(format!(
-            "the server's disk is full; nothing of this request was acknowledged ({e})"
-        ));
+    let (code, message) = e.public();
+    Status::new(grpc_code(code), message)
+}
+
+/// An error a client stream yielded (a message that did not decode, a connection that
+/// broke) as the core's, so the service layer can end the call with it.
+pub fn from_status(s: Status) -> Error {
+    match s.code() {
+        Code::InvalidArgument => Error::invalid(s.message().to_string()),
+        Code::ResourceExhausted => Error::Exhausted(s.message().to_string()),
+        Code::DeadlineExceeded => Error::DeadlineExceeded(s.message().to_string()),
+        // The client went away or broke its stream: nobody will read the reply.
+        _ => Error::Cancelled,
     }
-    let code = match &e {
-        Error::InvalidArgument(_) => Code::InvalidArgument,
-        Error::CollectionNotFound(_) => Code::NotFound,
-        Error::CollectionExists(_) => Code::AlreadyExists,
-        Error::NotFound(_) => Code::NotFound,
-        Error::PermissionDenied(_) => Code::PermissionDenied,
-        Error::Exhausted(_) => Code::ResourceExhausted,
-        Error::FailedPrecondition(_) => Code::FailedPrecondition,
-        Error::Embedding(_) | Error::Unavailable(_) => Code::Unavailable,
-        Error::Upstream(_) | Error::ContractViolation { .. } => Code::Unavailable,
-        Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
-        Error::Cancelled => Code::Cancelled,
-        Error::Storage(_) | Error::Lexical(_) | Error::Io(_) | Error::Internal(_) => Code::Internal,
-    };
-    // A call refused while the storage reopens is expected, not a fault (the reopen logs).
-    if !e.is_user_error() && !matches!(e, Error::Unavailable(_)) {
-        tracing::error!(error = %e, "request failed");
+}
+
+/// A canonical code as tonic's.
+pub fn grpc_code(c: error::Code) -> Code {
+    use error::Code as C;
+    match c {
+        C::Ok => Code::Ok,
+        C::Cancelled => Code::Cancelled,
+        C::InvalidArgument => Code::InvalidArgument,
+        C::DeadlineExceeded => Code::DeadlineExceeded,
+        C::NotFound => Code::NotFound,
+        C::AlreadyExists => Code::AlreadyExists,
+        C::PermissionDenied => Code::PermissionDenied,
+        C::ResourceExhausted => Code::ResourceExhausted,
+        C::FailedPrecondition => Code::FailedPrecondition,
+        C::Unimplemented => Code::Unimplemented,
+        C::Internal => Code::Internal,
+        C::Unavailable => Code::Unavailable,
+        C::Unauthenticated => Code::Unauthenticated,
     }
-    Status::new(code, e.to_string())
 }
 
 #[cfg(test)]

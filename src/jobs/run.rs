@@ -8,13 +8,9 @@ use super::record::{seen_key, JobStore};
 use super::{now_ms, Control, Job, JobState, Shared};
 use crate::engine::{DocumentInput, UpsertOutcome, UpsertStatus};
 use crate::error::{quote, Error, Result};
-use crate::meta::Schema;
 use crate::source::{ReadLimits, Reader};
 use crate::store::SideWrites;
 
-/// Documents per batch (as the streaming ingest RPC), and a byte bound beside it.
-const BATCH_DOCUMENTS: usize = 64;
-const BATCH_BYTES: usize = 8 * 1024 * 1024;
 /// Items read without a batch to write (all failing, say) before progress is recorded anyway.
 const PROGRESS_EVERY: u64 = 256;
 /// Documents deleted per operation by `sync`.
@@ -31,28 +27,24 @@ enum End {
 /// A write to the job tree (see [`SideWrites`]).
 type Write = (Vec<u8>, Option<Vec<u8>>);
 
-/// Documents gathered for the next write: (location, document) to upsert, and the ids of
-/// documents that failed, which `sync` must not delete (their source still holds them).
+/// Documents gathered for the next write (by the engine's one batching rule), each with its
+/// location, and the ids of documents that failed, which `sync` must not delete (their
+/// source still holds them).
 #[derive(Default)]
 struct Batch {
-    docs: Vec<(String, DocumentInput)>,
+    docs: crate::engine::Batch<String>,
     failed_ids: Vec<(String, String)>,
-    bytes: usize,
 }
 
 impl Batch {
     /// Where this batch first holds `id`.
     fn first(&self, id: &str) -> Option<String> {
-        self.docs
-            .iter()
-            .find(|(_, d)| d.id == id)
-            .map(|(l, _)| l.clone())
-            .or_else(|| {
-                self.failed_ids
-                    .iter()
-                    .find(|(i, _)| i == id)
-                    .map(|(_, l)| l.clone())
-            })
+        self.docs.holds(id).cloned().or_else(|| {
+            self.failed_ids
+                .iter()
+                .find(|(i, _)| i == id)
+                .map(|(_, l)| l.clone())
+        })
     }
 }
 
@@ -180,7 +172,6 @@ impl Run<'_> {
         // The job as it will be once the batch being gathered is written.
         let mut next = job.clone();
         let mut batch = Batch::default();
-        let mut new_keys = Schema::new();
         loop {
             if let Some(end) = self.interrupted() {
                 return Ok(end);
@@ -204,9 +195,7 @@ impl Run<'_> {
                 Err(reason) => next.fail(&item.location, "", &reason),
                 Ok(mut doc) => {
                     doc.source = Some(source.clone());
-                    let checked = engine.validate_document(&doc).and_then(|_| {
-                        engine.check_metadata_types(&collection, &doc, &mut new_keys)
-                    });
+                    let checked = batch.docs.check(engine, &collection, &doc);
                     let first = match batch.first(&doc.id) {
                         Some(l) => Some(l),
                         None => self.shared.store.seen(job.id, &doc.id)?,
@@ -222,20 +211,13 @@ impl Run<'_> {
                             next.fail(&item.location, &doc.id, &e.to_string());
                             batch.failed_ids.push((doc.id, item.location));
                         }
-                        (Ok(()), _) => {
-                            batch.bytes += doc.text.len() + doc.title.len();
-                            batch.docs.push((item.location, doc));
-                        }
+                        (Ok(()), _) => batch.docs.push(item.location, doc),
                     }
                 }
             }
             (next.bytes_done, next.bytes_total) = reader.progress();
-            if batch.docs.len() >= BATCH_DOCUMENTS
-                || batch.bytes >= BATCH_BYTES
-                || next.counts.seen - job.counts.seen >= PROGRESS_EVERY
-            {
+            if batch.docs.is_full() || next.counts.seen - job.counts.seen >= PROGRESS_EVERY {
                 self.write(job, &mut next, &mut batch, &collection)?;
-                new_keys.clear();
             }
         }
         self.write(job, &mut next, &mut batch, &collection)?;
@@ -258,9 +240,8 @@ impl Run<'_> {
         batch: &mut Batch,
         collection: &str,
     ) -> Result<()> {
-        let Batch {
-            docs, failed_ids, ..
-        } = std::mem::take(batch);
+        let docs = batch.docs.take();
+        let failed_ids = std::mem::take(&mut batch.failed_ids);
         let mut seen: Vec<Write> = failed_ids
             .iter()
             .map(|(id, l)| (seen_key(next.id, id), Some(l.clone().into_bytes())))

@@ -1,7 +1,8 @@
 //! Admission settings: how many calls of each class ([`Class`](super::Class)) run and wait at once, and
-//! the queue-delay budget that sheds a call whose predicted wait is too long. The settings
-//! are the service layer's (a decision about operations, whatever the transport); the gRPC
-//! request layer (`grpc::observe`) enforces them.
+//! the queue-delay budget that sheds a call whose predicted wait is too long, and the
+//! [`Admission`] state that enforces them. Settings and state are the service layer's (a
+//! decision about operations, whatever the transport): one [`Admission`] per process is
+//! shared by the gRPC and the HTTP request layers, so the limits hold over both doors.
 //!
 //! Why no queue-delay budget by default: one sized from measured service time (a multiple of
 //! a floor of recent service times) was tried for searches and rejected. It refused eight
@@ -10,7 +11,17 @@
 //! load benchmark's closed loop too. Reads are bounded by queue length by default; a budget
 //! in milliseconds (`max_queue_delay_ms`) is for operators who know their service times.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use serde::{Deserialize, Serialize};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::Class;
+use crate::error::{Error, Result};
+use crate::metrics;
 
 /// Limits for one class of calls.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
@@ -71,6 +82,122 @@ impl Default for AdmissionSettings {
                 max_queue_delay_ms: 0,
             },
             queue_wait_ms: 5_000,
+        }
+    }
+}
+
+struct Gate {
+    slots: Arc<Semaphore>,
+    waiting: AtomicUsize,
+    limit: ClassLimit,
+    /// Moving average of how long a call holds its slot, in microseconds (0: none yet).
+    service_us: Arc<AtomicU64>,
+}
+
+/// A class's slot, held until the response body ends; its hold time feeds the class's
+/// service-time average.
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+    service_us: Arc<AtomicU64>,
+    since: Instant,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let sample = self.since.elapsed().as_micros().min(u64::MAX as u128) as u64;
+        let _ = self
+            .service_us
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |old| {
+                Some(if old == 0 {
+                    sample
+                } else {
+                    old - old / 8 + sample / 8
+                })
+            });
+    }
+}
+
+/// The admission state shared by every connection.
+pub struct Admission {
+    gates: HashMap<Class, Gate>,
+    queue_wait: Duration,
+}
+
+impl Admission {
+    pub fn new(s: &AdmissionSettings) -> Admission {
+        let gate = |limit: ClassLimit| Gate {
+            slots: Arc::new(Semaphore::new(limit.in_flight.max(1))),
+            waiting: AtomicUsize::new(0),
+            limit,
+            service_us: Arc::new(AtomicU64::new(0)),
+        };
+        Admission {
+            gates: HashMap::from([
+                (Class::Read, gate(s.read)),
+                (Class::Write, gate(s.write)),
+                (Class::Eval, gate(s.eval)),
+                (Class::Answer, gate(s.answer)),
+            ]),
+            queue_wait: Duration::from_millis(s.queue_wait_ms),
+        }
+    }
+
+    /// A slot for `class`, waiting in its queue if there is room; RESOURCE_EXHAUSTED if not.
+    pub async fn admit(&self, class: Class, deadline: Option<Instant>) -> Result<Option<Slot>> {
+        let Some(gate) = self.gates.get(&class) else {
+            return Ok(None);
+        };
+        let slot = |p: OwnedSemaphorePermit| Slot {
+            _permit: p,
+            service_us: gate.service_us.clone(),
+            since: Instant::now(),
+        };
+        if let Ok(p) = gate.slots.clone().try_acquire_owned() {
+            return Ok(Some(slot(p)));
+        }
+        let budget_us = gate.limit.max_queue_delay_ms.saturating_mul(1000);
+        let service_us = gate.service_us.load(Ordering::Acquire);
+        if budget_us > 0 && service_us > 0 {
+            let ahead = gate.waiting.load(Ordering::Acquire) as u64 + 1;
+            let predicted_us = ahead * service_us / gate.limit.in_flight.max(1) as u64;
+            if predicted_us > budget_us {
+                metrics::global().grpc_rejected.inc(&[class.name()]);
+                return Err(Error::Exhausted(format!(
+                    "server busy: a {} call would wait about {} ms for a slot, over admission.{}.max_queue_delay_ms = {}; retry with backoff",
+                    class.name(),
+                    predicted_us / 1000,
+                    class.name(),
+                    gate.limit.max_queue_delay_ms
+                )));
+            }
+        }
+        let busy = || {
+            metrics::global().grpc_rejected.inc(&[class.name()]);
+            Error::Exhausted(format!(
+                "server busy: {} {} calls in flight and {} queued (admission.{}); retry with backoff",
+                gate.limit.in_flight,
+                class.name(),
+                gate.limit.queue,
+                class.name()
+            ))
+        };
+        let queued = gate
+            .waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < gate.limit.queue).then_some(n + 1)
+            });
+        if queued.is_err() {
+            return Err(busy());
+        }
+        let mut until = Instant::now() + self.queue_wait;
+        if let Some(d) = deadline {
+            until = until.min(d);
+        }
+        let got = tokio::time::timeout_at(until.into(), gate.slots.clone().acquire_owned()).await;
+        gate.waiting.fetch_sub(1, Ordering::AcqRel);
+        match got {
+            Ok(Ok(p)) => Ok(Some(slot(p))),
+            _ => Err(busy()),
         }
     }
 }

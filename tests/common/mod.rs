@@ -12,9 +12,9 @@ use quarry::answer::Answerer;
 use quarry::config::Config;
 use quarry::engine::Engine;
 use quarry::grpc::pb;
-use quarry::grpc::{LocalServer, ServeOptions};
 use quarry::jobs::JobSettings;
 use quarry::model::{catalog, fetch};
+use quarry::server::{LocalServer, ServeOptions};
 use tonic::transport::Channel;
 
 /// Provisions ONNX Runtime and the default model once per test process (cached on disk).
@@ -47,6 +47,9 @@ pub fn test_config(data_dir: &Path) -> Config {
 /// and stopping panic on failure.
 pub struct TestServer {
     pub url: String,
+    /// The HTTP/JSON door of the same server.
+    #[allow(dead_code)]
+    pub http_url: String,
     inner: LocalServer,
 }
 
@@ -88,6 +91,7 @@ impl TestServer {
             .expect("server starts");
         TestServer {
             url: inner.url.clone(),
+            http_url: inner.http_url.clone(),
             inner,
         }
     }
@@ -173,12 +177,21 @@ pub fn doc(id: &str, text: &str) -> pb::Document {
 /// with `extra` arguments, and waits until it listens. Returns the child and its gRPC URL; the
 /// server's log goes to the test's stderr, prefixed.
 pub fn start_binary(data: &Path, extra: &[&str]) -> (std::process::Child, String) {
+    let (child, url, _) = start_binary_doors(data, extra);
+    (child, url)
+}
+
+/// [`start_binary`], returning the HTTP/JSON door's URL too (empty when the server turned it
+/// off: with TLS).
+pub fn start_binary_doors(data: &Path, extra: &[&str]) -> (std::process::Child, String, String) {
     use std::io::{BufRead, BufReader};
     let models = provision();
     let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_quarry"))
         .args([
             "serve",
             "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
             "127.0.0.1:0",
             "--metrics-listen",
             "127.0.0.1:0",
@@ -193,21 +206,40 @@ pub fn start_binary(data: &Path, extra: &[&str]) -> (std::process::Child, String
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("start quarry serve");
-    // The server logs its bound address; port 0 lets the OS pick a free one.
+    // The server logs its bound addresses; port 0 lets the OS pick free ones.
     let stderr = server.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             eprintln!("[server] {line}");
-            if let Some(rest) = line.split(" addr=").nth(1) {
-                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
+            if line.contains("HTTP/JSON API is OFF") {
+                let _ = tx.send(("http", String::new()));
+            }
+            for (door, key) in [("grpc", " addr="), ("http", " http_addr=")] {
+                if let Some(rest) = line.split(key).nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                    let _ = tx.send((door, addr));
+                }
             }
         }
     });
-    let addr = rx
-        .recv_timeout(std::time::Duration::from_secs(120))
-        .expect("server announced its address");
-    (server, format!("http://{addr}"))
+    let (mut grpc, mut http) = (None, None);
+    while grpc.is_none() || http.is_none() {
+        let (door, addr) = rx
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .expect("server announced its addresses");
+        let url = Some(if addr.is_empty() {
+            String::new()
+        } else {
+            format!("http://{addr}")
+        });
+        if door == "grpc" {
+            grpc = url;
+        } else {
+            http = url;
+        }
+    }
+    (server, grpc.unwrap(), http.unwrap())
 }
 
 /// `message` with `authorization: Bearer KEY` when a key is given.

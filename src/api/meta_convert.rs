@@ -218,7 +218,19 @@ fn fingerprint(r: &pb::SearchRequest) -> String {
     r.offset = 0;
     r.page_token.clear();
     r.explain = false;
-    let digest = Sha256::digest(prost::Message::encode_to_vec(&r));
+    // A map's encoding follows its iteration order, which differs between two equal maps:
+    // its pairs are hashed sorted instead.
+    let mut pairs: Vec<(String, String)> = std::mem::take(&mut r.filter).into_iter().collect();
+    pairs.sort();
+    let mut hasher = Sha256::new();
+    hasher.update(prost::Message::encode_to_vec(&r));
+    for (k, v) in &pairs {
+        for part in [k, v] {
+            hasher.update((part.len() as u64).to_le_bytes());
+            hasher.update(part.as_bytes());
+        }
+    }
+    let digest = hasher.finalize();
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -110,6 +110,17 @@ pub fn stored_document(d: StoredDocument) -> pb::StoredDocument {
     }
 }
 
+pub fn listed(d: crate::engine::ListedDocument) -> pb::ListedDocument {
+    let (metadata, typed_metadata) = mc::metadata_to_pb(d.metadata);
+    pb::ListedDocument {
+        id: d.id,
+        title: d.title,
+        chunk_count: d.chunk_count as u32,
+        metadata,
+        typed_metadata,
+    }
+}
+
 pub fn outcome(o: UpsertOutcome) -> pb::DocumentResult {
     let status = match o.status {
         UpsertStatus::Created => pb::UpsertStatus::Created,

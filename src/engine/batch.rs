@@ -1,0 +1,75 @@
+//! Documents gathered one at a time into engine writes: the one batching rule of every
+//! ingestion path that receives documents one by one (a streaming upsert, a server-side job).
+//!
+//! Each document is checked as it arrives, as the write will check it (limits, shape, and its
+//! metadata key types against the collection *and* the documents gathered since the last
+//! write, whose new keys are not stored yet), so a bad document is rejected alone instead of
+//! failing the batch it would have joined. A batch is written when it holds
+//! [`BATCH_DOCUMENTS`] documents or [`BATCH_BYTES`] of text: large enough to amortize a
+//! commit, small enough to acknowledge promptly. A unary upsert is already one batch (the
+//! caller's) and goes to [`Engine::upsert`](super::Engine::upsert) whole.
+
+use super::{DocumentInput, Engine};
+use crate::error::Result;
+use crate::meta::Schema;
+
+/// Documents per write.
+pub const BATCH_DOCUMENTS: usize = 64;
+/// Text bytes per write (titles and texts), beside the count.
+pub const BATCH_BYTES: usize = 8 * 1024 * 1024;
+
+/// Documents waiting for one write, each with the caller's tag (a position in a reply, a
+/// location in a source).
+pub struct Batch<T> {
+    docs: Vec<(T, DocumentInput)>,
+    bytes: usize,
+    /// Key types fixed by the gathered documents, not yet stored.
+    new_keys: Schema,
+}
+
+impl<T> Default for Batch<T> {
+    fn default() -> Self {
+        Batch {
+            docs: Vec::new(),
+            bytes: 0,
+            new_keys: Schema::new(),
+        }
+    }
+}
+
+impl<T> Batch<T> {
+    /// Checks `doc` for `collection` as its write will: `Err` rejects this document alone.
+    pub fn check(&mut self, engine: &Engine, collection: &str, doc: &DocumentInput) -> Result<()> {
+        engine.validate_document(doc)?;
+        engine.check_metadata_types(collection, doc, &mut self.new_keys)
+    }
+
+    /// The tag of the gathered document with this id. A batch holds each id once: the caller
+    /// writes the batch first, so the later version wins, as it would sent one by one.
+    pub fn holds(&self, id: &str) -> Option<&T> {
+        self.docs.iter().find(|(_, d)| d.id == id).map(|(t, _)| t)
+    }
+
+    /// Adds a checked document.
+    pub fn push(&mut self, tag: T, doc: DocumentInput) {
+        self.bytes += doc.text.len() + doc.title.len();
+        self.docs.push((tag, doc));
+    }
+
+    /// True when the batch should be written now.
+    pub fn is_full(&self) -> bool {
+        self.docs.len() >= BATCH_DOCUMENTS || self.bytes >= BATCH_BYTES
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.docs.is_empty()
+    }
+
+    /// The gathered documents, leaving the batch empty (its pending key types with them:
+    /// once written, they are the collection's).
+    pub fn take(&mut self) -> Vec<(T, DocumentInput)> {
+        self.bytes = 0;
+        self.new_keys.clear();
+        std::mem::take(&mut self.docs)
+    }
+}

@@ -1,0 +1,296 @@
+//! One HTTP call, the same steps as the gRPC request layer and in the same order:
+//! authenticate (O(1), before anything is read or queued), take an admission slot, read the
+//! body within its limit, decode, call the service, encode. Every reply carries the call's
+//! `x-request-id`; every error is a JSON body `{"code", "message", "request_id"}` with the
+//! HTTP status of its code ([`crate::error::Code::http_status`]) and, for
+//! RESOURCE_EXHAUSTED, `Retry-After`.
+
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::response::Response;
+use futures::{Stream, StreamExt};
+use tracing::Instrument;
+
+use super::routes::Route;
+use super::Context;
+use crate::error::{Code, Error, Result};
+use crate::metrics;
+
+/// Longest `x-timeout-ms` a client may set (a day): longer is no deadline at all.
+const MAX_TIMEOUT_MS: u64 = 86_400_000;
+
+/// What a route's call receives: the body, unread, and the fields its path and query set.
+pub struct Input {
+    pub body: Body,
+    pub params: Vec<(&'static str, String)>,
+    /// The caller's deadline (`x-timeout-ms`), for calls that stream their replies.
+    pub deadline: Option<Instant>,
+    /// Largest body (or NDJSON line), `limits.max_message_bytes`.
+    pub limit: usize,
+}
+
+impl Input {
+    /// The request message: the JSON body with the path and query fields set.
+    pub async fn message<T: prost::Message + prost::Name + Default>(self) -> Result<T> {
+        let body = read_body(self.body, self.limit).await?;
+        let params: Vec<(&str, &str)> = self.params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        crate::api::json::decode(&body, &params)
+    }
+
+    /// The body's bytes as they arrive; a broken body ends the stream with CANCELLED.
+    pub fn chunks(self) -> impl Stream<Item = Result<bytes::Bytes>> + Send {
+        self.body
+            .into_data_stream()
+            .map(|c| c.map_err(|_| Error::Cancelled))
+    }
+
+    /// Request messages, one per line of an NDJSON body (blank lines skipped), each with the
+    /// path and query fields set. A line over the limit, or a broken body, ends the stream
+    /// with an error.
+    pub fn messages<T: prost::Message + prost::Name + Default + Send + 'static>(
+        self,
+    ) -> impl Stream<Item = Result<T>> + Send {
+        let params: Vec<(&'static str, String)> = self.params;
+        let limit = self.limit;
+        // (body, bytes not yet returned, how many of them hold no newline)
+        let state = Some((self.body.into_data_stream(), Vec::<u8>::new(), 0usize));
+        futures::stream::unfold(state, move |state| {
+            let params = params.clone();
+            async move {
+                let (mut data, mut buf, mut scanned) = state?;
+                let decode = |line: &[u8]| {
+                    let p: Vec<(&str, &str)> =
+                        params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                    crate::api::json::decode::<T>(line, &p)
+                };
+                loop {
+                    if let Some(end) = buf[scanned..].iter().position(|&b| b == b'\n') {
+                        let line: Vec<u8> = buf.drain(..=scanned + end).collect();
+                        scanned = 0;
+                        if blank(&line) {
+                            continue;
+                        }
+                        return Some((decode(&line), Some((data, buf, scanned))));
+                    }
+                    scanned = buf.len();
+                    if buf.len() > limit {
+                        let e = Error::invalid(format!(
+                            "an NDJSON line is over limits.max_message_bytes = {limit}"
+                        ));
+                        return Some((Err(e), None));
+                    }
+                    match data.next().await {
+                        Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+                        Some(Err(_)) => return Some((Err(Error::Cancelled), None)),
+                        None if blank(&buf) => return None,
+                        None => return Some((decode(&buf), None)),
+                    }
+                }
+            }
+        })
+    }
+}
+
+fn blank(bytes: &[u8]) -> bool {
+    bytes.iter().all(u8::is_ascii_whitespace)
+}
+
+/// The whole body, refused past `limit` bytes (read as it arrives: a body over the limit is
+/// never held whole).
+async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>> {
+    let mut data = body.into_data_stream();
+    let mut out = Vec::new();
+    while let Some(chunk) = data.next().await {
+        // A body that breaks midway: the client went away.
+        let chunk = chunk.map_err(|_| Error::Cancelled)?;
+        if out.len() + chunk.len() > limit {
+            return Err(Error::invalid(format!(
+                "the request body is over limits.max_message_bytes = {limit}"
+            )));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+/// The deadline a client set with `x-timeout-ms` (milliseconds from now).
+fn deadline(headers: &http::HeaderMap) -> Result<Option<Instant>> {
+    let Some(v) = headers.get("x-timeout-ms") else {
+        return Ok(None);
+    };
+    let ms: u64 = v
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| Error::invalid("x-timeout-ms is not a number of milliseconds"))?;
+    Ok((ms <= MAX_TIMEOUT_MS).then(|| Instant::now() + Duration::from_millis(ms)))
+}
+
+/// Runs one call of `route` and builds its reply.
+pub async fn run(
+    ctx: Context,
+    route: &Route,
+    headers: http::HeaderMap,
+    path: Vec<(String, String)>,
+    query: Vec<(String, String)>,
+    body: Body,
+) -> Response {
+    let id = crate::service::request_id(&headers);
+    let span = tracing::info_span!("request", id = %id, method = %format_args!("{}/{}", route.service, route.method));
+    let started = Instant::now();
+    let result: Result<Reply> = async {
+        let op = crate::service::row(route.service, route.method)?;
+        let who = ctx
+            .authn
+            .check(&headers, op)?
+            .ok_or_else(|| Error::internal("an API operation without a right"))?;
+        let deadline = deadline(&headers)?;
+        let slot = ctx.admission.admit(op.class, deadline).await?;
+        let params = route.bind(path, query)?;
+        let input = Input {
+            body,
+            deadline,
+            params,
+            limit: ctx.max_body,
+        };
+        let call = (route.call)(ctx.service.clone(), who, input);
+        let reply = match deadline {
+            None => call.await,
+            Some(d) => tokio::time::timeout_at(d.into(), call)
+                .await
+                .map_err(|_| Error::DeadlineExceeded("the call's x-timeout-ms passed".into()))?,
+        }?;
+        // A streamed reply holds its admission slot until it ends, as over gRPC.
+        Ok(match reply {
+            Reply::Json(json) => Reply::Json(json),
+            Reply::Events(events) => Reply::Events(keep(events, slot)),
+            Reply::Bytes(ct, bytes) => Reply::Bytes(ct, keep(bytes, slot)),
+        })
+    }
+    .instrument(span)
+    .await;
+    let code = match &result {
+        Ok(_) => Code::Ok,
+        Err(e) => e.public().0,
+    };
+    let m = metrics::global();
+    m.http_requests
+        .inc(&[route.service, route.method, code.name()]);
+    m.http_duration
+        .observe_duration(&[route.service, route.method], started.elapsed());
+    match result {
+        Ok(Reply::Json(json)) => reply(200, json, &id),
+        Ok(Reply::Events(events)) => sse(events, id),
+        Ok(Reply::Bytes(ct, bytes)) => streamed(ct, bytes, &id),
+        Err(e) => error_reply(&e, &id),
+    }
+}
+
+/// A stream that holds `slot` until it is dropped.
+fn keep<T: Send + 'static>(
+    s: Stream2<T>,
+    slot: Option<crate::service::admission::Slot>,
+) -> Stream2<T> {
+    s.map(move |item| {
+        let _held = &slot;
+        item
+    })
+    .boxed()
+}
+
+type Stream2<T> = futures::stream::BoxStream<'static, Result<T>>;
+
+/// Server-sent events: `data: JSON` per event; an error ends the stream with an
+/// `event: error` whose data is the JSON error body.
+fn sse(events: Stream2<Vec<u8>>, id: String) -> Response {
+    // The service's event streams end after an error, so an error frame is the last.
+    let id_for_errors = id.clone();
+    let frames = events.map(move |item| {
+            let frame = match item {
+                Ok(json) => {
+                    let mut f = b"data: ".to_vec();
+                    f.extend_from_slice(&json);
+                    f.extend_from_slice(b"\n\n");
+                    f
+                }
+                Err(e) => {
+                    let (code, message) = e.public();
+                    let body = serde_json::json!({"code": code.name(), "message": message, "request_id": id_for_errors});
+                    format!("event: error\ndata: {body}\n\n").into_bytes()
+                }
+            };
+            Ok::<_, std::convert::Infallible>(bytes::Bytes::from(frame))
+        });
+    let mut r = Response::new(Body::from_stream(frames));
+    let h = r.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-cache"),
+    );
+    if let Ok(v) = http::HeaderValue::from_str(&id) {
+        h.insert("x-request-id", v);
+    }
+    r
+}
+
+/// A streamed body of raw bytes (a snapshot archive). An error midway cuts the body short,
+/// which the client sees as a broken transfer (the archive's own checksums catch the rest).
+fn streamed(content_type: &'static str, bytes: Stream2<Vec<u8>>, id: &str) -> Response {
+    let body = bytes.map(|b| {
+        b.map(bytes::Bytes::from)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    });
+    let mut r = Response::new(Body::from_stream(body));
+    let h = r.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    if let Ok(v) = http::HeaderValue::from_str(id) {
+        h.insert("x-request-id", v);
+    }
+    r
+}
+
+/// What a route's call returns.
+pub enum Reply {
+    /// One JSON reply.
+    Json(Vec<u8>),
+    /// JSON events, sent as server-sent events.
+    Events(Stream2<Vec<u8>>),
+    /// Raw bytes of the given content type.
+    Bytes(&'static str, Stream2<Vec<u8>>),
+}
+
+fn reply(status: u16, json: Vec<u8>, id: &str) -> Response {
+    let mut r = Response::new(Body::from(json));
+    *r.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
+    let h = r.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    if let Ok(v) = http::HeaderValue::from_str(id) {
+        h.insert("x-request-id", v);
+    }
+    r
+}
+
+/// The JSON error reply of `e`.
+pub fn error_reply(e: &Error, id: &str) -> Response {
+    let (code, message) = e.public();
+    let body = serde_json::json!({"code": code.name(), "message": message, "request_id": id});
+    let mut r = reply(code.http_status(), body.to_string().into_bytes(), id);
+    if code == Code::ResourceExhausted {
+        r.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("1"),
+        );
+    }
+    r
+}

@@ -1,0 +1,102 @@
+//! Evaluation of a live collection against the caller's judgments: progress about every 1%
+//! of the queries, then the results.
+
+use std::time::Instant;
+
+use futures::StreamExt;
+
+use super::{authorize, row, Events, Service, Touches, EVAL};
+use crate::api::{convert, meta_convert, pb};
+use crate::auth::Principal;
+use crate::engine::Cancel;
+use crate::error::{Error, Result};
+use crate::eval::run::{EvalQuery, RunSpec};
+
+fn run_spec(s: pb::EvalRunSpec) -> Result<RunSpec> {
+    Ok(RunSpec {
+        mode: convert::mode(s.mode)?,
+        fusion: convert::fusion(s.fusion)?,
+        title_boost: s.title_boost.unwrap_or(0.0).max(0.0),
+        filter: meta_convert::request_filter(Default::default(), None, &s.where_text)?,
+        name: s.name,
+    })
+}
+
+impl Service {
+    /// Runs the evaluation; it stops before its next query when the caller stops reading or
+    /// at `deadline`.
+    pub async fn evaluate(
+        &self,
+        who: &Principal,
+        r: pb::EvalRequest,
+        deadline: Option<Instant>,
+    ) -> Result<Events<pb::EvalProgress>> {
+        authorize(
+            who,
+            row(EVAL, "Evaluate")?,
+            Touches::Named(&[&r.collection]),
+        )?;
+        let engine = self.engine()?;
+        engine.collection(&r.collection)?;
+        if r.queries.is_empty() {
+            return Err(Error::invalid("the request has no queries"));
+        }
+        let queries: Vec<EvalQuery> = r
+            .queries
+            .into_iter()
+            .map(|q| EvalQuery {
+                id: q.id,
+                text: q.text,
+                judgments: q.judgments.into_iter().collect(),
+            })
+            .collect();
+        let runs: Vec<RunSpec> = r.runs.into_iter().map(run_spec).collect::<Result<_>>()?;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let cancel = Cancel::new();
+        let client_gone = cancel.clone();
+        if let Some(d) = deadline {
+            let expire = cancel.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep_until(d.into()).await;
+                expire.cancel();
+            });
+        }
+        tokio::spawn(async move {
+            let progress_tx = tx.clone();
+            let mut last = 0;
+            let mut progress = move |done: usize, total: usize| {
+                // The caller went away: stop before the next query.
+                if progress_tx.is_closed() {
+                    client_gone.cancel();
+                    return;
+                }
+                if done == total || done >= last + (total / 100).max(1) {
+                    last = done;
+                    let _ = progress_tx.try_send(Ok(pb::EvalProgress {
+                        done: done as u32,
+                        total: total as u32,
+                        result: None,
+                    }));
+                }
+            };
+            let depth = r.depth as usize;
+            let outcome = engine
+                .evaluate(
+                    &r.collection,
+                    &queries,
+                    &runs,
+                    depth,
+                    &mut progress,
+                    &cancel,
+                )
+                .await;
+            let message = outcome.map(|o| pb::EvalProgress {
+                done: 0,
+                total: 0,
+                result: Some(convert::eval_result(o)),
+            });
+            let _ = tx.send(message).await;
+        });
+        Ok(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
+    }
+}
