@@ -56,14 +56,16 @@ pub struct AdmissionSettings {
 impl Default for AdmissionSettings {
     fn default() -> Self {
         // Searches are CPU-bound and short (query embedding, BM25, HNSW): one per core keeps
-        // every core busy. The queue (eight per core) lets a few dozen clients search at once
-        // without refusals, and bounds what an accepted search waits under overload
-        // (benches/load.rs: a shorter queue tightens that further; see README).
+        // every core busy. The queue (three per core: with the slots, four searches per core
+        // at once without refusal) bounds what an accepted search waits under overload: on
+        // two cores, 2 + 6 keeps accepted-search p99 at twice the sustainable rate within 3x
+        // of the unloaded p99 (2.40x and 2.89x in two runs of benches/load.rs, where 2 + 16
+        // gave 3.39x; README has the figures).
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         AdmissionSettings {
             read: ClassLimit {
                 in_flight: cores,
-                queue: 8 * cores,
+                queue: 3 * cores,
                 max_queue_delay_ms: 0,
             },
             write: ClassLimit {
