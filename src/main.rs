@@ -313,6 +313,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.validate()?;
     let keys = config.keys()?;
     let tls = quarry::grpc::server_tls(&config.tls)?;
+    let http_tls = quarry::tls::server_config(&config.tls)?;
     let mutual_tls = config.tls.client_ca.is_some();
     check_exposure(&config.listen, &keys, mutual_tls, args.insecure_no_auth)?;
     if !config.http_listen.is_empty() {
@@ -330,7 +331,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let jobs = config.jobs()?;
     // The operations endpoint comes up first: live (/healthz) but not ready (/readyz) while
     // collections recover and models load.
-    let readiness = quarry::grpc::ops::Readiness::new();
+    let readiness = quarry::server::ops::Readiness::new();
     let (ops_stop, ops_stop_rx) = tokio::sync::watch::channel(false);
     let ops = if config.metrics_listen.is_empty() {
         None
@@ -344,7 +345,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 )
             })?;
         tracing::info!(metrics_addr = %listener.local_addr()?, "operations endpoint: /metrics /healthz /readyz");
-        Some(tokio::spawn(quarry::grpc::ops::serve_ops(
+        Some(tokio::spawn(quarry::server::ops::serve_ops(
             listener,
             readiness.clone(),
             ops_stop_rx,
@@ -366,12 +367,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {listen}"))?;
     let http = if http_listen.is_empty() {
         None
-    } else if tls.is_some() {
-        // Never plaintext beside TLS: a key sent over it would travel in the clear.
-        tracing::warn!(
-            "the HTTP/JSON API is OFF: TLS is configured and the HTTP door does not serve TLS              yet; use gRPC, or set http_listen = \"\" to silence this"
-        );
-        None
     } else {
         Some(
             tokio::net::TcpListener::bind(&http_listen)
@@ -385,6 +380,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         answerer,
         keys,
         tls,
+        http_tls,
         admission,
         readiness: Some(readiness),
     };

@@ -9,6 +9,11 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 
+/// How long a client has to finish its TLS handshake (either door); a connection that has
+/// not by then is closed (held-open half handshakes would otherwise pin a socket and a task
+/// each, forever).
+pub const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Installs ring as the process-wide rustls provider (once; later calls do nothing).
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -52,4 +57,51 @@ impl TlsSettings {
             _ => Err(Error::invalid("tls.cert and tls.key go together")),
         }
     }
+}
+
+/// The rustls server configuration `settings` describe, for listeners that run their own
+/// TLS (the HTTP/JSON API; tonic builds its own from the same files), or none when TLS is
+/// off. ALPN offers HTTP/2 and HTTP/1.1; with `client_ca`, clients must present a
+/// certificate it signed.
+pub fn server_config(
+    settings: &TlsSettings,
+) -> Result<Option<std::sync::Arc<rustls::ServerConfig>>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    if !settings.enabled()? {
+        return Ok(None);
+    }
+    let (Some(cert), Some(key)) = (&settings.cert, &settings.key) else {
+        return Ok(None);
+    };
+    install_crypto_provider();
+    let bad = |what: &str, path: &Path, e: &dyn std::fmt::Display| {
+        Error::invalid(format!("{what} {}: {e}", path.display()))
+    };
+    let certs = CertificateDer::pem_slice_iter(&read_pem(cert, "TLS certificate")?)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| bad("TLS certificate", cert, &e))?;
+    let key_der = PrivateKeyDer::from_pem_slice(&read_pem(key, "TLS key")?)
+        .map_err(|e| bad("TLS key", key, &e))?;
+    let builder = rustls::ServerConfig::builder();
+    let builder = match &settings.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_slice_iter(&read_pem(ca, "TLS client CA")?) {
+                let c = c.map_err(|e| bad("TLS client CA", ca, &e))?;
+                roots.add(c).map_err(|e| bad("TLS client CA", ca, &e))?;
+            }
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder(std::sync::Arc::new(roots))
+                    .build()
+                    .map_err(|e| bad("TLS client CA", ca, &e))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(certs, key_der)
+        .map_err(|e| bad("TLS certificate", cert, &e))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Some(std::sync::Arc::new(config)))
 }

@@ -420,6 +420,6 @@ fn an_idle_client_stream_does_not_block_shutdown() {
     std::thread::sleep(Duration::from_millis(500));
     terminate_within(
         &mut server,
-        quarry::grpc::SHUTDOWN_GRACE + Duration::from_secs(20),
+        quarry::server::SHUTDOWN_GRACE + Duration::from_secs(20),
     );
 }

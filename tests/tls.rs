@@ -108,7 +108,42 @@ async fn the_server_speaks_tls_to_clients_that_trust_its_ca() {
     if let Ok(channel) = plain {
         assert!(list(channel).await.is_err());
     }
+    // The HTTP door speaks TLS with the same certificate; plaintext HTTP to it fails.
+    let https = server
+        .http_url
+        .replace("http://127.0.0.1", "https://localhost");
+    let client = https_client(&pki, None);
+    let r = client
+        .get(format!("{https}/v1/collections"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = reqwest::Client::new()
+        .get(format!("{}/v1/collections", server.http_url))
+        .send()
+        .await;
+    assert!(
+        r.is_err() || !r.unwrap().status().is_success(),
+        "plaintext HTTP was served beside TLS"
+    );
     server.stop().await;
+}
+
+/// An HTTPS client trusting the test CA, with a client certificate when given.
+fn https_client(pki: &Pki, identity: Option<&str>) -> reqwest::Client {
+    quarry::tls::install_crypto_provider();
+    let ca = reqwest::Certificate::from_pem(pki.read("ca.pem").as_bytes()).unwrap();
+    let mut b = reqwest::Client::builder().add_root_certificate(ca);
+    if let Some(name) = identity {
+        let pem = format!(
+            "{}{}",
+            pki.read(&format!("{name}.pem")),
+            pki.read(&format!("{name}.key"))
+        );
+        b = b.identity(reqwest::Identity::from_pem(pem.as_bytes()).unwrap());
+    }
+    b.build().unwrap()
 }
 
 #[tokio::test]
@@ -126,6 +161,25 @@ async fn mutual_tls_refuses_clients_without_a_certificate() {
             "no client certificate, yet served"
         ),
     }
+    // The same over HTTPS: with the client certificate served, without refused.
+    let https = server
+        .http_url
+        .replace("http://127.0.0.1", "https://localhost");
+    let with_cert = https_client(&pki, Some("client"));
+    let r = with_cert
+        .get(format!("{https}/v1/collections"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let without = https_client(&pki, None)
+        .get(format!("{https}/v1/collections"))
+        .send()
+        .await;
+    assert!(
+        without.is_err(),
+        "no client certificate, yet served over HTTPS"
+    );
     server.stop().await;
 }
 

@@ -65,6 +65,8 @@ pub struct Server {
     pub url: String,
     /// The operations listener's HOST:PORT.
     pub ops: String,
+    /// The HTTP/JSON API's URL.
+    pub http: String,
     /// Every line the server logged.
     pub log: Arc<Mutex<Vec<String>>>,
 }
@@ -107,7 +109,7 @@ pub fn start_server(data: &Path, extra: &[&str]) -> Server {
             if line.contains("WARN") || line.contains("ERROR") {
                 eprintln!("[server] {line}");
             }
-            for key in [" metrics_addr=", " addr="] {
+            for key in [" metrics_addr=", " addr=", " http_addr="] {
                 if let Some(rest) = line.split(key).nth(1) {
                     let v = rest.split_whitespace().next().unwrap_or("").to_string();
                     let _ = tx.send((key, v));
@@ -118,21 +120,22 @@ pub fn start_server(data: &Path, extra: &[&str]) -> Server {
             }
         }
     });
-    let (mut url, mut ops) = (String::new(), String::new());
-    while url.is_empty() || ops.is_empty() {
+    let (mut url, mut ops, mut http) = (String::new(), String::new(), String::new());
+    while url.is_empty() || ops.is_empty() || http.is_empty() {
         let (key, v) = rx
             .recv_timeout(Duration::from_secs(600))
             .expect("the server announced its addresses");
-        if key == " addr=" {
-            url = format!("http://{v}");
-        } else {
-            ops = v;
+        match key {
+            " addr=" => url = format!("http://{v}"),
+            " http_addr=" => http = format!("http://{v}"),
+            _ => ops = v,
         }
     }
     Server {
         child,
         url,
         ops,
+        http,
         log,
     }
 }

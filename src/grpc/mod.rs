@@ -7,7 +7,6 @@
 //! - [`codec`]: prost's codec, with undecodable requests reported as INVALID_ARGUMENT.
 //! - [`auth`]: the caller of a request, as the request layer authenticated it.
 //! - [`observe`]: the layer in front of every service: request ids, admission, request metrics.
-//! - [`ops`]: the `/metrics`, `/healthz`, `/readyz` HTTP listener.
 //! - [`live`]: the engine the services call, reopened in place after a storage failure (sled
 //!   fails for good after one failed write until reopened).
 //! - [`serve`]: wires Quarry's services, `grpc.health.v1` and server reflection (v1 and
@@ -19,7 +18,6 @@
 pub mod auth;
 pub mod codec;
 pub mod observe;
-pub mod ops;
 mod services;
 mod status;
 mod streaming;
@@ -31,7 +29,6 @@ use tokio::net::TcpListener;
 
 use crate::api::convert;
 pub use crate::api::pb;
-use crate::engine::spawn_checkpointer;
 pub use crate::service::{live, Live};
 
 pub use convert::{
@@ -39,15 +36,12 @@ pub use convert::{
 };
 pub use status::to_status;
 
-/// Watches the storage's health and reports it through `grpc.health.v1`: when a write or flush
-/// fails in the storage (a full disk, an I/O error), the server and its Quarry services turn
-/// NOT_SERVING; reads may still work, but nothing new can be acknowledged. sled keeps such an
-/// error until reopened, so once the disk has room again this task reopens the data directory
-/// in place ([`Live::reopen`]) and the services serve again, without a restart.
-fn spawn_storage_health(
-    live: Arc<Live>,
+/// Mirrors the storage's health (the process layer's watch) into `grpc.health.v1`: when a
+/// write or flush fails in the storage, the server and its Quarry services turn NOT_SERVING
+/// until the process layer has reopened it.
+fn spawn_health_mirror(
+    mut healthy: tokio::sync::watch::Receiver<bool>,
     reporter: tonic_health::server::HealthReporter,
-    mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     use tonic::server::NamedService;
     let services = [
@@ -61,64 +55,27 @@ fn spawn_storage_health(
         <pb::answers_server::AnswersServer<services::Adapter>>::NAME,
     ];
     tokio::spawn(async move {
-        let mut healthy = true;
-        let mut failing_since = std::time::Instant::now();
-        let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = stop.changed() => return,
-            }
-            let Some(engine) = live.current() else {
-                continue;
+        // Ends when the process layer drops its side (shutdown).
+        while healthy.changed().await.is_ok() {
+            let status = match *healthy.borrow_and_update() {
+                true => tonic_health::ServingStatus::Serving,
+                false => tonic_health::ServingStatus::NotServing,
             };
-            let now = engine.storage_healthy();
-            if now != healthy {
-                healthy = now;
-                let status = if healthy {
-                    tracing::info!("storage healthy again: SERVING");
-                    tonic_health::ServingStatus::Serving
-                } else {
-                    failing_since = std::time::Instant::now();
-                    tracing::error!(
-                        "storage failed: NOT_SERVING until it recovers (reopened once the disk has room)"
-                    );
-                    tonic_health::ServingStatus::NotServing
-                };
-                for name in services {
-                    reporter.set_service_status(name, status).await;
-                }
-            }
-            if healthy {
-                continue;
-            }
-            let check = engine.clone();
-            let reopen =
-                tokio::task::spawn_blocking(move || Live::should_reopen(&check, failing_since))
-                    .await
-                    .unwrap_or(false);
-            drop(engine);
-            if reopen {
-                if let Err(e) = live.reopen(&mut stop).await {
-                    tracing::error!(error = %e, "reopening the storage failed");
-                }
-                failing_since = std::time::Instant::now();
+            for name in services {
+                reporter.set_service_status(name, status).await;
             }
         }
     })
 }
 
-/// How long a client has to finish its TLS handshake; a connection that has not by then is
-/// closed (held-open half handshakes would otherwise pin a socket and a task each, forever).
-pub const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+pub use crate::tls::TLS_HANDSHAKE_TIMEOUT;
 /// Concurrent HTTP/2 streams (calls) per connection: one client connection cannot hold more
 /// calls than this, whatever admission would let through.
 pub const MAX_CONCURRENT_STREAMS: u32 = 128;
 /// Largest request header block (all metadata of one call), in bytes.
 pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 
-/// How long shutdown waits for open requests and streams before closing their connections.
-pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+use crate::service::SHUTDOWN_GRACE;
 
 /// The `grpc.health.v1` service name under which a collection that could not be opened at
 /// start-up reports NOT_SERVING.
@@ -137,8 +94,8 @@ pub struct ServeOptions {
     pub tls: Option<tonic::transport::ServerTlsConfig>,
     /// Calls in flight and queued per class, shared with the HTTP door.
     pub admission: Arc<crate::service::Admission>,
-    /// Told when shutdown begins (the operations endpoint's `/readyz`).
-    pub readiness: Option<Arc<ops::Readiness>>,
+    /// The storage's health, as the process layer watches it (`grpc.health.v1` mirrors it).
+    pub storage_healthy: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The server TLS configuration `settings` describe (reading the PEM files now, so a bad file
@@ -170,7 +127,9 @@ pub fn server_tls(
     Ok(Some(config))
 }
 
-/// Runs the gRPC server on `listener` until `shutdown` resolves.
+/// Runs the gRPC door on `listener` until `shutdown` resolves and its calls have finished
+/// (or the grace has passed). What comes after (checkpoints, closing the engine) is the
+/// process layer's.
 pub async fn serve(
     live: Arc<Live>,
     options: ServeOptions,
@@ -182,12 +141,10 @@ pub async fn serve(
         authn,
         tls,
         admission,
-        readiness,
+        storage_healthy,
     } = options;
     let engine = live.engine()?;
     let max = engine.config().limits.max_message_bytes;
-    let checkpoint_every =
-        std::time::Duration::from_secs(engine.config().index.checkpoint_interval_secs);
     let unavailable = engine.unavailable_collections().unwrap_or_default();
     drop(engine);
     let adapter = services::Adapter { service };
@@ -258,11 +215,7 @@ pub async fn serve(
             .await;
     }
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let current = live.clone();
-    let checkpointer =
-        spawn_checkpointer(checkpoint_every, move || current.current(), stop_rx.clone());
-    let storage_watch = spawn_storage_health(live.clone(), health_reporter.clone(), stop_rx);
+    let health_mirror = spawn_health_mirror(storage_healthy, health_reporter.clone());
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "quarry listening");
     // Shutdown: stop accepting, let in-flight requests finish, but not forever: a client that
@@ -272,9 +225,6 @@ pub async fn serve(
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
         shutdown.await;
-        if let Some(r) = &readiness {
-            r.set_stopping();
-        }
         let _ = stopping_tx.send(());
     };
     // Keepalive: a peer that vanished without closing its connection (a crashed client, a
@@ -321,35 +271,6 @@ pub async fn serve(
             SHUTDOWN_GRACE.as_secs()
         ),
     }
-    tracing::info!("in-flight requests finished; checkpointing");
-    let _ = stop_tx.send(true);
-    let _ = checkpointer.await;
-    let _ = storage_watch.await;
-    // Running jobs stop after their current batch and resume at the next start.
-    let Some(engine) = live.close().await else {
-        tracing::warn!("no engine open at shutdown (a storage reopen had not finished)");
-        return Ok(());
-    };
-    // Everything acknowledged is already durable; a final checkpoint that fails (a full disk)
-    // only means the indexes replay the log at the next start.
-    // Bounded too: it waits for each collection's write lock, which an abandoned job's
-    // batch may hold; without it, the next start replays the log (nothing is lost).
-    match tokio::time::timeout(SHUTDOWN_GRACE, engine.checkpoint()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!(
-            error = %e,
-            "final checkpoint failed; the next start will replay the log"
-        ),
-        Err(_) => tracing::warn!(
-            "final checkpoint still waiting after {} s; skipped (the next start replays the log)",
-            SHUTDOWN_GRACE.as_secs()
-        ),
-    }
-    // Released here (sled's lock on the data directory with it), so the same directory can be
-    // opened again at once; a call still running after the grace period may hold it longer.
-    if !live::release(engine, Some(SHUTDOWN_GRACE)).await {
-        tracing::warn!("the engine is still referenced after shutdown");
-    }
-    tracing::info!("state flushed; bye");
+    health_mirror.abort();
     Ok(())
 }

@@ -53,42 +53,66 @@ impl Input {
     ) -> impl Stream<Item = Result<T>> + Send {
         let params: Vec<(&'static str, String)> = self.params;
         let limit = self.limit;
-        // (body, bytes not yet returned, how many of them hold no newline)
-        let state = Some((self.body.into_data_stream(), Vec::<u8>::new(), 0usize));
-        futures::stream::unfold(state, move |state| {
+        let lines = Lines {
+            data: self.body.into_data_stream(),
+            buf: Vec::new(),
+            scanned: 0,
+            limit,
+        };
+        futures::stream::unfold(Some(lines), move |lines| {
             let params = params.clone();
             async move {
-                let (mut data, mut buf, mut scanned) = state?;
-                let decode = |line: &[u8]| {
-                    let p: Vec<(&str, &str)> =
-                        params.iter().map(|(k, v)| (*k, v.as_str())).collect();
-                    crate::api::json::decode::<T>(line, &p)
+                let mut lines = lines?;
+                let line = match lines.next().await {
+                    Ok(Some(line)) => line,
+                    Ok(None) => return None,
+                    Err(e) => return Some((Err(e), None)),
                 };
-                loop {
-                    if let Some(end) = buf[scanned..].iter().position(|&b| b == b'\n') {
-                        let line: Vec<u8> = buf.drain(..=scanned + end).collect();
-                        scanned = 0;
-                        if blank(&line) {
-                            continue;
-                        }
-                        return Some((decode(&line), Some((data, buf, scanned))));
-                    }
-                    scanned = buf.len();
-                    if buf.len() > limit {
-                        let e = Error::invalid(format!(
-                            "an NDJSON line is over limits.max_message_bytes = {limit}"
-                        ));
-                        return Some((Err(e), None));
-                    }
-                    match data.next().await {
-                        Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
-                        Some(Err(_)) => return Some((Err(Error::Cancelled), None)),
-                        None if blank(&buf) => return None,
-                        None => return Some((decode(&buf), None)),
-                    }
-                }
+                let p: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                Some((crate::api::json::decode::<T>(&line, &p), Some(lines)))
             }
         })
+    }
+}
+
+/// The non-blank lines of a body, each at most `limit` bytes.
+struct Lines {
+    data: axum::body::BodyDataStream,
+    buf: Vec<u8>,
+    /// How many bytes of `buf` are known to hold no newline.
+    scanned: usize,
+    limit: usize,
+}
+
+impl Lines {
+    async fn next(&mut self) -> Result<Option<Vec<u8>>> {
+        loop {
+            if let Some(end) = self.buf[self.scanned..].iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=self.scanned + end).collect();
+                self.scanned = 0;
+                if !blank(&line) {
+                    return Ok(Some(line));
+                }
+                continue;
+            }
+            self.scanned = self.buf.len();
+            if self.buf.len() > self.limit {
+                return Err(Error::invalid(format!(
+                    "an NDJSON line is over limits.max_message_bytes = {}",
+                    self.limit
+                )));
+            }
+            match self.data.next().await {
+                Some(Ok(chunk)) => self.buf.extend_from_slice(&chunk),
+                // A body that breaks midway: the client went away.
+                Some(Err(_)) => return Err(Error::Cancelled),
+                None if blank(&self.buf) => return Ok(None),
+                None => {
+                    self.scanned = 0;
+                    return Ok(Some(std::mem::take(&mut self.buf)));
+                }
+            }
+        }
     }
 }
 
@@ -127,63 +151,76 @@ fn deadline(headers: &http::HeaderMap) -> Result<Option<Instant>> {
     Ok((ms <= MAX_TIMEOUT_MS).then(|| Instant::now() + Duration::from_millis(ms)))
 }
 
-/// Runs one call of `route` and builds its reply.
-pub async fn run(
-    ctx: Context,
-    route: &Route,
-    headers: http::HeaderMap,
-    path: Vec<(String, String)>,
-    query: Vec<(String, String)>,
-    body: Body,
-) -> Response {
-    let id = crate::service::request_id(&headers);
+/// A request as the door received it.
+pub struct Received {
+    pub headers: http::HeaderMap,
+    pub path: Vec<(String, String)>,
+    pub query: Vec<(String, String)>,
+    pub body: Body,
+}
+
+/// Runs one call of `route` and builds its reply, recording it in the metrics.
+pub async fn run(ctx: Context, route: &Route, received: Received) -> Response {
+    let id = crate::service::request_id(&received.headers);
     let span = tracing::info_span!("request", id = %id, method = %format_args!("{}/{}", route.service, route.method));
     let started = Instant::now();
-    let result: Result<Reply> = async {
-        let op = crate::service::row(route.service, route.method)?;
-        let who = ctx
-            .authn
-            .check(&headers, op)?
-            .ok_or_else(|| Error::internal("an API operation without a right"))?;
-        let deadline = deadline(&headers)?;
-        let slot = ctx.admission.admit(op.class, deadline).await?;
-        let params = route.bind(path, query)?;
-        let input = Input {
-            body,
-            deadline,
-            params,
-            limit: ctx.max_body,
-        };
-        let call = (route.call)(ctx.service.clone(), who, input);
-        let reply = match deadline {
-            None => call.await,
-            Some(d) => tokio::time::timeout_at(d.into(), call)
-                .await
-                .map_err(|_| Error::DeadlineExceeded("the call's x-timeout-ms passed".into()))?,
-        }?;
-        // A streamed reply holds its admission slot until it ends, as over gRPC.
-        Ok(match reply {
-            Reply::Json(json) => Reply::Json(json),
-            Reply::Events(events) => Reply::Events(keep(events, slot)),
-            Reply::Bytes(ct, bytes) => Reply::Bytes(ct, keep(bytes, slot)),
-        })
-    }
-    .instrument(span)
-    .await;
-    let code = match &result {
-        Ok(_) => Code::Ok,
-        Err(e) => e.public().0,
+    let result = serve(ctx, route, received).instrument(span).await;
+    let (code, response) = match result {
+        Ok(Reply::Json(json)) => (Code::Ok, reply(200, json, &id)),
+        Ok(Reply::Events(events)) => (Code::Ok, sse(events, id)),
+        Ok(Reply::Bytes(ct, bytes)) => (Code::Ok, streamed(ct, bytes, &id)),
+        Err(e) => error_response(&e, &id),
     };
     let m = metrics::global();
     m.http_requests
         .inc(&[route.service, route.method, code.name()]);
     m.http_duration
         .observe_duration(&[route.service, route.method], started.elapsed());
-    match result {
-        Ok(Reply::Json(json)) => reply(200, json, &id),
-        Ok(Reply::Events(events)) => sse(events, id),
-        Ok(Reply::Bytes(ct, bytes)) => streamed(ct, bytes, &id),
-        Err(e) => error_reply(&e, &id),
+    response
+}
+
+/// Authenticates, admits, decodes and calls: the steps of the gRPC request layer, in its
+/// order.
+async fn serve(ctx: Context, route: &Route, r: Received) -> Result<Reply> {
+    let op = crate::service::row(route.service, route.method)?;
+    let who = ctx
+        .authn
+        .check(&r.headers, op)?
+        .ok_or_else(|| Error::internal("an API operation without a right"))?;
+    let deadline = deadline(&r.headers)?;
+    let slot = ctx.admission.admit(op.class, deadline).await?;
+    let params = route.bind(r.path, r.query)?;
+    let input = Input {
+        body: r.body,
+        deadline,
+        params,
+        limit: ctx.max_body,
+    };
+    let call = (route.call)(ctx.service.clone(), who, input);
+    let reply = match deadline {
+        None => call.await,
+        Some(d) => tokio::time::timeout_at(d.into(), call)
+            .await
+            .map_err(|_| Error::DeadlineExceeded("the call's x-timeout-ms passed".into()))?,
+    }?;
+    // A streamed reply holds its admission slot until it ends, as over gRPC. Its first item
+    // is awaited before the status is sent, so a call that fails at once (bad input found by
+    // the work itself) gets its error status, not a 200 and an error event.
+    Ok(match reply {
+        Reply::Json(json) => Reply::Json(json),
+        Reply::Events(events) => Reply::Events(keep(first_or_error(events).await?, slot)),
+        Reply::Bytes(ct, bytes) => Reply::Bytes(ct, keep(first_or_error(bytes).await?, slot)),
+    })
+}
+
+/// The stream, its first item already awaited: an error there is the call's error.
+async fn first_or_error<T: Send + 'static>(mut s: Stream2<T>) -> Result<Stream2<T>> {
+    match s.next().await {
+        None => Ok(s),
+        Some(Err(e)) => Err(e),
+        Some(Ok(first)) => Ok(futures::stream::once(async move { Ok(first) })
+            .chain(s)
+            .boxed()),
     }
 }
 
@@ -283,6 +320,12 @@ fn reply(status: u16, json: Vec<u8>, id: &str) -> Response {
 
 /// The JSON error reply of `e`.
 pub fn error_reply(e: &Error, id: &str) -> Response {
+    error_response(e, id).1
+}
+
+/// The JSON error reply of `e`, with its code (decided once: [`Error::public`] logs
+/// internal faults).
+fn error_response(e: &Error, id: &str) -> (Code, Response) {
     let (code, message) = e.public();
     let body = serde_json::json!({"code": code.name(), "message": message, "request_id": id});
     let mut r = reply(code.http_status(), body.to_string().into_bytes(), id);
@@ -292,5 +335,57 @@ pub fn error_reply(e: &Error, id: &str) -> Response {
             http::HeaderValue::from_static("1"),
         );
     }
-    r
+    (code, r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::pb;
+
+    fn input(body: &'static str, limit: usize) -> Input {
+        Input {
+            body: Body::from(body),
+            params: vec![("collection", "c".to_string())],
+            deadline: None,
+            limit,
+        }
+    }
+
+    async fn ids(body: &'static str, limit: usize) -> Vec<Result<String>> {
+        input(body, limit)
+            .messages::<pb::StreamUpsertRequest>()
+            .map(|m| m.map(|m| m.document.map(|d| d.id).unwrap_or_default()))
+            .collect()
+            .await
+    }
+
+    #[tokio::test]
+    async fn ndjson_lines_with_and_without_a_last_newline() {
+        let one = r#"{"document": {"id": "a"}}"#;
+        for body in [
+            "{\"document\": {\"id\": \"a\"}}\n\n{\"document\": {\"id\": \"b\"}}",
+            "{\"document\": {\"id\": \"a\"}}\n{\"document\": {\"id\": \"b\"}}\n\n",
+        ] {
+            let got: Vec<String> = ids(body, 1024)
+                .await
+                .into_iter()
+                .map(|r| r.unwrap())
+                .collect();
+            assert_eq!(got, ["a", "b"], "{body:?}");
+        }
+        assert!(ids("", 1024).await.is_empty());
+        assert!(ids(" \n \n", 1024).await.is_empty());
+        // One line without a newline, the fuzzer's case.
+        assert_eq!(ids(r#"{"document": {"id": "x"}}"#, 1024).await.len(), 1);
+        // A line over the limit ends the stream with INVALID_ARGUMENT.
+        let over = ids(one, 8).await;
+        assert!(
+            matches!(over.last(), Some(Err(Error::InvalidArgument(_)))),
+            "{over:?}"
+        );
+        // A line that is not a message is INVALID_ARGUMENT, naming the message.
+        let bad = ids("[1, 2]\n", 1024).await;
+        assert!(matches!(bad.first(), Some(Err(Error::InvalidArgument(_)))));
+    }
 }

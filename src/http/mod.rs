@@ -7,6 +7,8 @@
 //!   within its limit, decode, call, encode; errors as JSON with the HTTP status of their code.
 //! - [`openapi`]: the OpenAPI 3.1 document, generated from the route table and the proto
 //!   descriptors, served at `/v1/openapi.json`.
+//! - [`listen`]: the listener: plaintext or TLS (the server's certificate and client CA, as
+//!   the gRPC door), with header read and handshake timeouts.
 //!
 //! Bodies are the proto's messages in the proto3 JSON mapping ([`crate::api::json`]) with the
 //! proto's field names; the path and query set the fields they name. Keys, admission (one
@@ -14,6 +16,7 @@
 //! door's. No handler here holds request semantics: they are the service layer's.
 
 mod call;
+pub mod listen;
 pub mod openapi;
 pub mod routes;
 
@@ -76,7 +79,13 @@ pub fn router(ctx: Context) -> anyhow::Result<axum::Router> {
                         )
                     }
                 };
-                call::run(ctx, &route, headers, path, query, body).await
+                let received = call::Received {
+                    headers,
+                    path,
+                    query,
+                    body,
+                };
+                call::run(ctx, &route, received).await
             }
         };
         router = router.route(path, axum::routing::on(filter, handler));
@@ -113,39 +122,15 @@ pub fn router(ctx: Context) -> anyhow::Result<axum::Router> {
         .with_state(ctx))
 }
 
-/// Serves the HTTP API on `listener` until `shutdown` resolves; open calls then get
-/// [`crate::grpc::SHUTDOWN_GRACE`] to finish.
+/// Serves the HTTP API on `listener` until `shutdown` resolves (over TLS when `tls` is
+/// given); open calls then get [`crate::service::SHUTDOWN_GRACE`] to finish.
 pub async fn serve(
     ctx: Context,
     listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    use axum::serve::ListenerExt;
     let router = router(ctx)?;
-    tracing::info!(http_addr = %listener.local_addr()?, "HTTP/JSON API listening");
-    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-    let signal = async move {
-        shutdown.await;
-        let _ = stopping_tx.send(());
-    };
-    // TCP_NODELAY, as for gRPC: small replies must not wait for delayed ACKs.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let server = axum::serve(listener, router).with_graceful_shutdown(signal);
-    let grace_over = async move {
-        if stopping_rx.await.is_ok() {
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-        } else {
-            std::future::pending::<()>().await;
-        }
-    };
-    tokio::select! {
-        served = server => served?,
-        _ = grace_over => tracing::warn!("HTTP calls still open after the shutdown grace; closing them"),
-    }
-    Ok(())
+    tracing::info!(http_addr = %listener.local_addr()?, tls = tls.is_some(), "HTTP/JSON API listening");
+    listen::serve(router, listener, tls, shutdown).await
 }
-
-/// How long shutdown waits for open HTTP calls.
-pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);

@@ -90,9 +90,42 @@ pub fn document(routes: &[Route]) -> Result<Vec<u8>> {
             SecurityRequirement::new("api_key", Vec::<String>::new()),
         ]))
         .build();
-    doc.to_json()
-        .map(String::into_bytes)
+    let mut json = serde_json::to_value(&doc)
+        .map_err(|e| Error::internal(format!("the OpenAPI document does not serialize: {e}")))?;
+    for route in routes.iter().filter(|r| r.reply == ReplyKind::Sse) {
+        let verb = route.verb.as_str().to_lowercase();
+        json["paths"][route.path][verb]["responses"]["200"]["content"]["text/event-stream"] =
+            serde_json::json!({ "schema": sse_event_schema(&route.response) });
+    }
+    serde_json::to_vec(&json)
         .map_err(|e| Error::internal(format!("the OpenAPI document does not serialize: {e}")))
+}
+
+/// One server-sent event as the OpenAPI 3.2 convention (which schema-driven tools apply to
+/// 3.1 documents too) describes it: an object with the event's type and its `data`, here
+/// JSON: a reply message, or for an `error` event the error body.
+fn sse_event_schema(message: &str) -> serde_json::Value {
+    let data = |schema: &str| {
+        serde_json::json!({
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {"$ref": format!("#/components/schemas/{schema}")},
+        })
+    };
+    serde_json::json!({
+        "oneOf": [
+            {
+                "type": "object",
+                "required": ["data"],
+                "properties": {"event": {"const": "message"}, "data": data(message)},
+            },
+            {
+                "type": "object",
+                "required": ["event", "data"],
+                "properties": {"event": {"const": "error"}, "data": data(ERROR)},
+            },
+        ]
+    })
 }
 
 fn method(verb: &http::Method) -> Result<HttpMethod> {
@@ -153,15 +186,24 @@ fn operation(route: &Route) -> Result<utoipa::openapi::path::Operation> {
         BodyKind::None => None,
         BodyKind::Json => Some(("application/json", reference(&route.request))),
         BodyKind::Ndjson => Some(("application/x-ndjson", reference(&route.request))),
-        BodyKind::Tar => Some(("application/x-tar", binary())),
+        // Any content type is read as the archive's bytes.
+        BodyKind::Tar => Some(("application/octet-stream", binary())),
     };
     if let Some((ct, schema)) = body {
-        op = op.request_body(Some(
-            RequestBodyBuilder::new()
-                .required(Some(Required::False))
-                .content(ct, ContentBuilder::new().schema(Some(schema)).build())
-                .build(),
-        ));
+        let mut request_body = RequestBodyBuilder::new()
+            .required(Some(Required::False))
+            .content(
+                ct,
+                ContentBuilder::new().schema(Some(schema.clone())).build(),
+            );
+        if route.body == BodyKind::Ndjson {
+            // A body of one line is one JSON object: the same route takes it as JSON.
+            request_body = request_body.content(
+                "application/json",
+                ContentBuilder::new().schema(Some(schema)).build(),
+            );
+        }
+        op = op.request_body(Some(request_body.build()));
     }
     let (ct, schema, what) = match route.reply {
         ReplyKind::Json => ("application/json", reference(&route.response), "The reply"),

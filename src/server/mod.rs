@@ -2,9 +2,13 @@
 //! [`Service`], the [`Authenticator`], the one [`Admission`] state, so limits hold over both)
 //! and runs the gRPC door and, when it has a listener, the HTTP/JSON door until shutdown.
 //!
-//! The gRPC door still owns the rest of the lifecycle it had before the HTTP door existed
-//! (checkpoints, the storage watch and reopen, the final checkpoint): moving those here is
-//! part of issue 23's next step.
+//! It owns the lifecycle: periodic checkpoints, the storage watch that reopens the data
+//! directory after a storage failure (`storage`), the operations endpoint ([`ops`]), and
+//! shutdown (both doors stop accepting and finish their calls within [`SHUTDOWN_GRACE`], then
+//! the jobs stop, a bounded final checkpoint runs and the engine is released).
+
+pub mod ops;
+mod storage;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,7 +17,7 @@ use tokio::net::TcpListener;
 
 use crate::answer::Answerer;
 use crate::auth::Keys;
-use crate::engine::Engine;
+use crate::engine::{spawn_checkpointer, Engine};
 use crate::service::{Admission, AdmissionSettings, Authenticator, Live, Service};
 
 /// What a server runs with besides the engine.
@@ -24,12 +28,15 @@ pub struct ServeOptions {
     pub answerer: Option<Arc<Answerer>>,
     /// API keys; none: auth is off.
     pub keys: Keys,
-    /// Server TLS (see [`crate::grpc::server_tls`]); none: plaintext.
+    /// Server TLS for the gRPC door (see [`crate::grpc::server_tls`]); none: plaintext.
     pub tls: Option<tonic::transport::ServerTlsConfig>,
+    /// The same certificate for the HTTP door (see [`crate::tls::server_config`]). With
+    /// `tls` set and this not, the HTTP door stays off: never plaintext beside TLS.
+    pub http_tls: Option<Arc<rustls::ServerConfig>>,
     /// Calls in flight and queued per class (over both doors).
     pub admission: AdmissionSettings,
     /// Told when shutdown begins (the operations endpoint's `/readyz`).
-    pub readiness: Option<Arc<crate::grpc::ops::Readiness>>,
+    pub readiness: Option<Arc<ops::Readiness>>,
 }
 
 /// Runs the gRPC door on `grpc` and the HTTP door on `http` (if any) until `shutdown`
@@ -46,6 +53,7 @@ pub async fn serve(
         answerer,
         keys,
         tls,
+        http_tls,
         admission,
         readiness,
     } = options;
@@ -72,12 +80,16 @@ pub async fn serve(
     };
     tokio::spawn(async move {
         shutdown.await;
+        // Not ready from the first moment of shutdown (the operations endpoint's /readyz).
+        if let Some(r) = &readiness {
+            r.set_stopping();
+        }
         let _ = stop_tx.send(true);
     });
     let http_task = match http {
         None => None,
-        Some(_) if tls.is_some() => {
-            tracing::warn!("the HTTP/JSON API is OFF: it does not serve TLS yet, and never serves plaintext beside TLS");
+        Some(_) if tls.is_some() && http_tls.is_none() => {
+            tracing::warn!("the HTTP/JSON API is OFF: TLS is on for gRPC but no HTTP TLS configuration was given, and it never serves plaintext beside TLS");
             None
         }
         Some(listener) => {
@@ -88,17 +100,31 @@ pub async fn serve(
                 admission: admission.clone(),
                 max_body,
             };
-            Some(tokio::spawn(crate::http::serve(ctx, listener, stopped())))
+            Some(tokio::spawn(crate::http::serve(
+                ctx,
+                listener,
+                http_tls,
+                stopped(),
+            )))
         }
     };
+    // Background work until both doors have stopped: periodic checkpoints and the storage
+    // watch (which reopens the data directory after a storage failure).
+    let (bg_stop_tx, bg_stop_rx) = tokio::sync::watch::channel(false);
+    let (healthy_tx, healthy_rx) = tokio::sync::watch::channel(true);
+    let every =
+        std::time::Duration::from_secs(live.engine()?.config().index.checkpoint_interval_secs);
+    let current = live.clone();
+    let checkpointer = spawn_checkpointer(every, move || current.current(), bg_stop_rx.clone());
+    let storage_watch = storage::spawn_watch(live.clone(), healthy_tx, bg_stop_rx);
     let options = crate::grpc::ServeOptions {
         service,
         authn,
         tls,
         admission,
-        readiness,
+        storage_healthy: healthy_rx,
     };
-    let served = crate::grpc::serve(live, options, grpc, stopped()).await;
+    let served = crate::grpc::serve(live.clone(), options, grpc, stopped()).await;
     if let Some(task) = http_task {
         match task.await {
             Ok(Err(e)) => tracing::error!(error = %e, "the HTTP API failed"),
@@ -106,8 +132,45 @@ pub async fn serve(
             Ok(Ok(())) => {}
         }
     }
+    let _ = bg_stop_tx.send(true);
+    let _ = checkpointer.await;
+    let _ = storage_watch.await;
+    close(live).await;
     served
 }
+
+/// After both doors stopped: stop the jobs, checkpoint (bounded) and release the engine.
+async fn close(live: Arc<Live>) {
+    tracing::info!("in-flight requests finished; checkpointing");
+    // Running jobs stop after their current batch and resume at the next start.
+    let Some(engine) = live.close().await else {
+        tracing::warn!("no engine open at shutdown (a storage reopen had not finished)");
+        return;
+    };
+    // Everything acknowledged is already durable; a final checkpoint that fails (a full disk)
+    // only means the indexes replay the log at the next start. Bounded too: it waits for each
+    // collection's write lock, which an abandoned job's batch may hold; without it, the next
+    // start replays the log (nothing is lost).
+    match tokio::time::timeout(SHUTDOWN_GRACE, engine.checkpoint()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(
+            error = %e,
+            "final checkpoint failed; the next start will replay the log"
+        ),
+        Err(_) => tracing::warn!(
+            "final checkpoint still waiting after {} s; skipped (the next start replays the log)",
+            SHUTDOWN_GRACE.as_secs()
+        ),
+    }
+    // Released here (sled's lock on the data directory with it), so the same directory can be
+    // opened again at once; a call still running after the grace period may hold it longer.
+    if !crate::service::live::release(engine, Some(SHUTDOWN_GRACE)).await {
+        tracing::warn!("the engine is still referenced after shutdown");
+    }
+    tracing::info!("state flushed; bye");
+}
+
+pub use crate::service::SHUTDOWN_GRACE;
 
 /// A server on loopback ports chosen by the OS (gRPC and HTTP), run inside this process
 /// (used by `quarry eval` without `--server`, benchmarks and tests).

@@ -52,6 +52,9 @@ pub use operations::{
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 
+/// How long shutdown waits for open calls (each door), then for the final checkpoint.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A server-streaming operation's replies; an error ends the stream.
 pub type Events<T> = futures::stream::BoxStream<'static, Result<T>>;
 

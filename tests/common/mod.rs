@@ -60,6 +60,7 @@ impl TestServer {
         let answerer = Answerer::configured(config.answer.clone()).expect("answer settings");
         let keys = config.keys().expect("auth settings");
         let tls = quarry::grpc::server_tls(&config.tls).expect("TLS settings");
+        let http_tls = quarry::tls::server_config(&config.tls).expect("TLS settings");
         let admission = config.admission.clone();
         let jobs = config.jobs().expect("job settings");
         let engine = tokio::task::spawn_blocking(move || config.open_engine())
@@ -72,6 +73,7 @@ impl TestServer {
                 answerer,
                 keys,
                 tls,
+                http_tls,
                 admission,
                 readiness: None,
             },

@@ -3,19 +3,16 @@
 //! start-up finished, with recovery and model loading, and storage has not failed).
 //!
 //! It starts before the engine opens, so an orchestrator sees a live but unready process
-//! during recovery. A deliberately small HTTP/1.1 responder (one request per connection,
-//! bounded request size, a read timeout, a cap on connections) rather than a web framework:
-//! three GET endpoints do not need one.
+//! during recovery. Served by axum on the HTTP door's listener (header read timeout,
+//! keepalive), which the process already has; it has no keys, so it stays on loopback
+//! unless `metrics_allow_remote`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
-
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use super::Live;
 use crate::metrics;
+use crate::service::Live;
 
 /// What `/readyz` reports.
 #[derive(Default)]
@@ -126,88 +123,61 @@ fn render(readiness: &Readiness) -> String {
     out
 }
 
-async fn respond(
-    socket: &mut tokio::net::TcpStream,
-    readiness: &Arc<Readiness>,
-) -> std::io::Result<()> {
-    let mut buf = vec![0u8; 8192];
-    let mut len = 0;
-    // The request line and headers, within 8 KiB and 5 s.
-    let read = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            let n = socket.read(&mut buf[len..]).await?;
-            len += n;
-            if n == 0 || buf[..len].windows(4).any(|w| w == b"\r\n\r\n") || len == buf.len() {
-                return Ok::<_, std::io::Error>(());
-            }
-        }
-    })
-    .await;
-    if !matches!(read, Ok(Ok(()))) {
-        return Ok(());
-    }
-    let head = String::from_utf8_lossy(&buf[..len]);
-    let mut words = head.split_whitespace();
-    let (verb, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-    let path = path.split('?').next().unwrap_or("");
-    let (code, kind, body) = match (verb, path) {
-        ("GET", "/metrics") => {
+/// The operations router: `/metrics`, `/healthz`, `/readyz`; anything else 404.
+pub fn router(readiness: Arc<Readiness>) -> axum::Router {
+    use axum::routing::get;
+    let text = |code: u16, kind: &'static str, body: String| {
+        let mut r = axum::response::Response::new(axum::body::Body::from(body));
+        *r.status_mut() = http::StatusCode::from_u16(code).unwrap_or(http::StatusCode::OK);
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static(kind),
+        );
+        r
+    };
+    let metrics = {
+        let readiness = readiness.clone();
+        move || async move {
             // Off the async workers: reading collection state takes locks a rebuild may hold.
-            let r = readiness.clone();
-            let body = tokio::task::spawn_blocking(move || render(&r))
+            let body = tokio::task::spawn_blocking(move || render(&readiness))
                 .await
                 .unwrap_or_default();
-            (200, "text/plain; version=0.0.4", body)
+            text(200, "text/plain; version=0.0.4", body)
         }
-        ("GET", "/healthz") => (200, "text/plain", "ok\n".to_string()),
-        ("GET", "/readyz") => match readiness.check() {
-            Ok(()) => (200, "text/plain", "ready\n".to_string()),
-            Err(why) => (503, "text/plain", format!("not ready: {why}\n")),
-        },
-        ("GET", _) => (
-            404,
-            "text/plain",
-            "not found: /metrics, /healthz, /readyz\n".into(),
-        ),
-        _ => (405, "text/plain", "only GET\n".to_string()),
     };
-    let reason = match code {
-        200 => "OK",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        _ => "Service Unavailable",
+    let ready = move || async move {
+        match readiness.check() {
+            Ok(()) => text(200, "text/plain", "ready\n".into()),
+            Err(why) => text(503, "text/plain", format!("not ready: {why}\n")),
+        }
     };
-    let response = format!(
-        "HTTP/1.1 {code} {reason}\r\ncontent-type: {kind}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    socket.write_all(response.as_bytes()).await?;
-    socket.shutdown().await
+    axum::Router::new()
+        .route("/metrics", get(metrics))
+        .route(
+            "/healthz",
+            get(move || async move { text(200, "text/plain", "ok\n".into()) }),
+        )
+        .route("/readyz", get(ready))
+        .fallback(move || async move {
+            text(
+                404,
+                "text/plain",
+                "not found: /metrics, /healthz, /readyz\n".into(),
+            )
+        })
 }
 
-/// Serves the operations endpoints on `listener` until `stop` turns true.
+/// Serves the operations endpoints on `listener` until `stop` turns true, with the HTTP
+/// door's listener (header read timeout, keepalive).
 pub async fn serve_ops(
     listener: TcpListener,
     readiness: Arc<Readiness>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(64));
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = stop.changed() => return,
-        };
-        let Ok((mut socket, _)) = accepted else {
-            continue;
-        };
-        // Past 64 open connections, new ones are closed at once.
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            continue;
-        };
-        let readiness = readiness.clone();
-        tokio::spawn(async move {
-            let _ = respond(&mut socket, &readiness).await;
-            drop(permit);
-        });
+    let stopped = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    if let Err(e) = crate::http::listen::serve(router(readiness), listener, None, stopped).await {
+        tracing::error!(error = %e, "the operations endpoint failed");
     }
 }
