@@ -456,3 +456,111 @@ async fn the_openapi_document_and_the_router_agree_and_errors_are_json() {
         assert_eq!(r.status(), 400, "a body over max_message_bytes");
     }
 }
+
+/// Overload, deadlines and slow clients over HTTP: refusals are 429 with Retry-After and the
+/// JSON error body, a passed deadline is 504, and a client that never finishes its request
+/// headers is disconnected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_deadlines_and_slow_clients_over_http() {
+    quarry::tls::install_crypto_provider();
+    let data = tempfile::tempdir().unwrap();
+    let config = data.path().join("quarry.toml");
+    std::fs::write(
+        &config,
+        "[admission]\nread = { in_flight = 1, queue = 0 }\n",
+    )
+    .unwrap();
+    let (server, _url, base) = common::start_binary_doors(
+        &data.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let _server = common::cli::Server(server);
+    let http = reqwest::Client::new();
+    let post = |path: &str, body: Value| http.post(format!("{base}{path}")).json(&body).send();
+    assert_eq!(
+        post("/v1/collections", json!({"name": "o"}))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let docs: Vec<Value> = (0..20)
+        .map(|i| json!({"id": format!("d{i}"), "text": format!("basalt and granite number {i}")}))
+        .collect();
+    let r = post("/v1/collections/o/documents", json!({"documents": docs}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // Sixteen searches at once against one slot and no queue: some are refused at once.
+    let searches = (0..16).map(|i| {
+        let http = http.clone();
+        let url = format!("{base}/v1/collections/o/search");
+        async move {
+            let body =
+                json!({"query": format!("basalt {i}"), "top_k": 5, "mode": "SEARCH_MODE_HYBRID"});
+            http.post(url).json(&body).send().await.unwrap()
+        }
+    });
+    let replies = futures::future::join_all(searches).await;
+    let mut refused = 0;
+    for r in replies {
+        match r.status().as_u16() {
+            200 => {}
+            429 => {
+                refused += 1;
+                assert_eq!(r.headers()["retry-after"], "1");
+                let e: Value = r.json().await.unwrap();
+                assert_eq!(e["code"], "RESOURCE_EXHAUSTED", "{e}");
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert!(
+        refused > 0,
+        "sixteen searches against one slot and no queue were all admitted"
+    );
+
+    // A deadline that has passed: 504; a malformed one: 400.
+    let r = http
+        .post(format!("{base}/v1/collections/o/search"))
+        .header("x-timeout-ms", "0")
+        .json(&json!({"query": "granite"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 504);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["code"],
+        "DEADLINE_EXCEEDED"
+    );
+    let r = http
+        .post(format!("{base}/v1/collections/o/search"))
+        .header("x-timeout-ms", "soon")
+        .json(&json!({"query": "granite"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    // A client that starts its headers and never finishes them is disconnected (the header
+    // read timeout is 10 s; the bound here only keeps a broken server from hanging the test).
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET /v1/collections HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        tcp.read_to_end(&mut buf),
+    )
+    .await;
+    assert!(
+        read.is_ok(),
+        "a half-sent request held its connection for a minute"
+    );
+    let text = String::from_utf8_lossy(&buf);
+    assert!(buf.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+}

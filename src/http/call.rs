@@ -164,7 +164,12 @@ pub async fn run(ctx: Context, route: &Route, received: Received) -> Response {
     let id = crate::service::request_id(&received.headers);
     let span = tracing::info_span!("request", id = %id, method = %format_args!("{}/{}", route.service, route.method));
     let started = Instant::now();
-    let result = serve(ctx, route, received).instrument(span).await;
+    // A panic in a call (a bug) is an INTERNAL reply for that call, not a dropped connection
+    // that takes the client's other calls with it.
+    let call = std::panic::AssertUnwindSafe(serve(ctx, route, received).instrument(span));
+    let result = futures::FutureExt::catch_unwind(call)
+        .await
+        .unwrap_or_else(|_| Err(Error::internal("the call panicked")));
     let (code, response) = match result {
         Ok(Reply::Json(json)) => (Code::Ok, reply(200, json, &id)),
         Ok(Reply::Events(events)) => (Code::Ok, sse(events, id)),
