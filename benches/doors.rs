@@ -40,15 +40,7 @@ async fn run(dir: PathBuf) -> anyhow::Result<()> {
     quarry::client::ensure_collection(channel.clone(), "scifact", &Default::default()).await?;
     let docs = quarry::client::load::load_jsonl(&dataset.corpus_path()?)?;
     quarry::client::ingest(channel.clone(), "scifact", docs, false).await?;
-    let queries: Vec<String> = {
-        let qrels = dataset.qrels("test")?;
-        let all = dataset.queries()?;
-        let mut ids: Vec<&String> = qrels.keys().collect();
-        ids.sort();
-        ids.into_iter()
-            .filter_map(|id| all.get(id).cloned())
-            .collect()
-    };
+    let queries = support::scifact_test_queries(&dataset)?;
     let http = reqwest::Client::new();
     let mut search = pb::search_client::SearchClient::new(channel);
     let url = format!("{}/v1/collections/scifact/search", server.http);

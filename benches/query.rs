@@ -248,17 +248,7 @@ async fn run(dir: PathBuf) -> anyhow::Result<()> {
     let no_cache = data.join("no-cache.toml");
     std::fs::write(&no_cache, "query_cache_entries = 0\n")?;
     let dataset = Dataset::open(&dir)?;
-    let mut test: Vec<String> = {
-        let qrels = dataset.qrels("test")?;
-        let all = dataset.queries()?;
-        let mut ids: Vec<&String> = qrels.keys().collect();
-        ids.sort();
-        ids.into_iter()
-            .filter_map(|id| all.get(id).cloned())
-            .collect()
-    };
-    test.dedup();
-    let queries = Arc::new(test);
+    let queries = Arc::new(support::scifact_test_queries(&dataset)?);
     println!(
         "== query path: SciFact, {} test queries, CPU: {}, {cores} cores ==",
         queries.len(),

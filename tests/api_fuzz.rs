@@ -6,59 +6,26 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 
 const SCHEMATHESIS: &str = "schemathesis==4.32.5";
 const KEY: &str = "fuzz-admin-key-0123456789";
 
-/// A virtualenv with schemathesis, created once and cached next to the models.
-fn schemathesis() -> PathBuf {
-    let venv = quarry::config::default_models_dir()
-        .parent()
-        .map(|p| p.join("schemathesis-venv"))
-        .unwrap_or_else(|| PathBuf::from("target/schemathesis-venv"));
-    let ready = venv.join(".ready");
-    if std::fs::read_to_string(&ready).unwrap_or_default() != SCHEMATHESIS {
-        let ok = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .expect("python3 is needed for the API fuzzer")
-            .success();
-        assert!(ok, "python3 -m venv failed");
-        let ok = Command::new(venv.join("bin/python"))
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                SCHEMATHESIS,
-            ])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "pip install {SCHEMATHESIS} failed");
-        std::fs::write(&ready, SCHEMATHESIS).unwrap();
-    }
-    venv.join("bin/schemathesis")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generated_requests_find_no_server_error_and_no_undocumented_reply() {
     quarry::tls::install_crypto_provider();
-    let tool = schemathesis();
+    let tool = common::python_venv("schemathesis-venv", &[SCHEMATHESIS]).join("bin/schemathesis");
     let data = tempfile::tempdir().unwrap();
     let reports = tempfile::tempdir().unwrap();
     let (server, _url, base) = common::start_binary_doors(data.path(), &["--api-key", KEY]);
     let _server = common::cli::Server(server);
-    // Something to find: a collection with documents, so generated searches reach the engine.
+    // Something to find: the collection the document's examples name, with documents, so
+    // generated calls reach the engine and not only "not found".
     let http = reqwest::Client::new();
     for (path, body) in [
-        ("/v1/collections", r#"{"name": "c"}"#),
+        ("/v1/collections", r#"{"name": "docs"}"#),
         (
-            "/v1/collections/c/documents",
+            "/v1/collections/docs/documents",
             r#"{"documents": [{"id": "a", "text": "Basalt is a volcanic rock."}, {"id": "b", "text": "Granite is igneous."}]}"#,
         ),
     ] {
@@ -75,6 +42,14 @@ async fn generated_requests_find_no_server_error_and_no_undocumented_reply() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(120);
+    // NDJSON (the streaming upsert's body) has no serializer in schemathesis: one message
+    // per line is JSON and a newline.
+    let hooks = reports.path().join("ndjson_hooks.py");
+    std::fs::write(
+        &hooks,
+        "import json\nimport schemathesis\n\n\n@schemathesis.serializer(\"application/x-ndjson\")\ndef ndjson(ctx, value):\n    return (json.dumps(value) + \"\\n\").encode()\n",
+    )
+    .unwrap();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(&tool)
             .arg("run")
@@ -87,7 +62,7 @@ async fn generated_requests_find_no_server_error_and_no_undocumented_reply() {
             .args(["--generation-database", "none", "--request-timeout", "30"])
             .arg("--report-dir")
             .arg(reports.path())
-            .env("SCHEMATHESIS_HOOKS", "")
+            .env("SCHEMATHESIS_HOOKS", &hooks)
             // Its cache goes with the reports, not into the repository.
             .current_dir(reports.path())
             .output()

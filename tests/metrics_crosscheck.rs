@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Command;
 
+mod common;
+
 use quarry::eval::metrics;
 use rand::{Rng, SeedableRng};
 
@@ -14,40 +16,9 @@ const PYTREC: &str = "pytrec-eval-terrier==0.5.11";
 /// its msmarco provider): the run files Quarry writes must mean the same ranking to it.
 const IR_MEASURES: &str = "ir-measures==0.4.3";
 
-/// A virtualenv with pytrec_eval, created once and cached next to the models.
+/// A virtualenv with pytrec_eval and ir_measures, created once and cached next to the models.
 fn python() -> PathBuf {
-    let venv = quarry::config::default_models_dir()
-        .parent()
-        .map(|p| p.join("pyeval-venv"))
-        .unwrap_or_else(|| PathBuf::from("target/pyeval-venv"));
-    let py = venv.join("bin/python");
-    let ready = venv.join(".ready");
-    let installed = std::fs::read_to_string(&ready).unwrap_or_default();
-    if installed != format!("{PYTREC} {IR_MEASURES}") {
-        let ok = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .expect("python3 is needed for the metric cross-check")
-            .success();
-        assert!(ok, "python3 -m venv failed");
-        let ok = Command::new(&py)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                PYTREC,
-                IR_MEASURES,
-            ])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "pip install {PYTREC} {IR_MEASURES} failed");
-        std::fs::write(&ready, format!("{PYTREC} {IR_MEASURES}")).unwrap();
-    }
-    py
+    common::python_venv("pyeval-venv", &[PYTREC, IR_MEASURES]).join("bin/python")
 }
 
 const SCRIPT: &str = r#"

@@ -29,6 +29,21 @@ pub fn scifact_or_exit() -> PathBuf {
     scifact().unwrap_or_else(|| std::process::exit(2))
 }
 
+/// SciFact's test queries (those with judgments in the test split), in id order, once each.
+#[allow(dead_code)]
+pub fn scifact_test_queries(dataset: &quarry::eval::beir::Dataset) -> quarry::Result<Vec<String>> {
+    let qrels = dataset.qrels("test")?;
+    let all = dataset.queries()?;
+    let mut ids: Vec<&String> = qrels.keys().collect();
+    ids.sort();
+    let mut queries: Vec<String> = ids
+        .into_iter()
+        .filter_map(|id| all.get(id).cloned())
+        .collect();
+    queries.dedup();
+    Ok(queries)
+}
+
 /// The CPU's model name from /proc/cpuinfo.
 #[allow(dead_code)]
 pub fn cpu_name() -> String {

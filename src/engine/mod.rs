@@ -120,6 +120,10 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// What a collection name may be, as a regular expression (for API documents); the check is
+/// [`valid_collection_name`].
+pub const COLLECTION_NAME_PATTERN: &str = "^[A-Za-z0-9_-]{1,64}$";
+
 fn valid_collection_name(name: &str) -> Result<()> {
     if name.is_empty()
         || name.len() > 64

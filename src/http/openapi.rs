@@ -24,6 +24,9 @@ use crate::error::{Error, Result};
 /// Where the document is served.
 pub const PATH: &str = "/v1/openapi.json";
 
+/// The collection name the document's examples use.
+pub const EXAMPLE_COLLECTION: &str = "docs";
+
 /// The component name of the error body.
 const ERROR: &str = "Error";
 
@@ -162,7 +165,16 @@ fn operation(route: &Route) -> Result<utoipa::openapi::path::Operation> {
         )));
     let names = path_names(route.path);
     for (name, field) in names.iter().zip(route.path_fields) {
-        let schema = field_schema(&field_of(&request, field)?);
+        let mut schema = field_schema(&field_of(&request, field)?);
+        if *name == "collection" {
+            // Documented with its rule and an example name, so clients (and schema-driven
+            // tools) know what a name may be.
+            schema = ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(crate::engine::COLLECTION_NAME_PATTERN))
+                .examples([serde_json::json!(EXAMPLE_COLLECTION)])
+                .into();
+        }
         op = op.parameter(
             ParameterBuilder::new()
                 .name(*name)

@@ -347,3 +347,36 @@ fn snapshot_restore() -> Route {
     route.reply = ReplyKind::Json;
     route
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both doors serve the same operations: every Quarry operation of the table has an HTTP
+    /// route, and every route is an operation of the table.
+    #[test]
+    fn every_operation_has_a_route_and_every_route_an_operation() {
+        let table = routes();
+        for route in &table {
+            assert!(
+                crate::service::row(route.service, route.method).is_ok(),
+                "{} {} is not an operation",
+                route.verb,
+                route.path
+            );
+        }
+        for op in crate::service::OPERATIONS
+            .iter()
+            .filter(|o| o.service.starts_with("quarry.v1."))
+        {
+            assert!(
+                table
+                    .iter()
+                    .any(|r| r.service == op.service && r.method == op.method),
+                "{}/{} has no HTTP route",
+                op.service,
+                op.method
+            );
+        }
+    }
+}

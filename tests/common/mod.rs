@@ -253,3 +253,41 @@ pub fn keyed<T>(message: T, key: Option<&str>) -> tonic::Request<T> {
     }
     r
 }
+
+/// A Python virtualenv named `name` with `packages` (pinned requirement strings) installed
+/// from PyPI, created once and cached next to the models; its directory. Reinstalled when the
+/// pins change.
+#[allow(dead_code)]
+pub fn python_venv(name: &str, packages: &[&str]) -> PathBuf {
+    use std::process::Command;
+    let venv = quarry::config::default_models_dir()
+        .parent()
+        .map(|p| p.join(name))
+        .unwrap_or_else(|| PathBuf::from("target").join(name));
+    let ready = venv.join(".ready");
+    let pins = packages.join(" ");
+    if std::fs::read_to_string(&ready).unwrap_or_default() != pins {
+        let ok = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .expect("python3 is needed for this test")
+            .success();
+        assert!(ok, "python3 -m venv failed");
+        let ok = Command::new(venv.join("bin/python"))
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(packages)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "pip install {pins} failed");
+        std::fs::write(&ready, pins).unwrap();
+    }
+    venv
+}
