@@ -467,7 +467,7 @@ async fn overload_deadlines_and_slow_clients_over_http() {
     let config = data.path().join("quarry.toml");
     std::fs::write(
         &config,
-        "[admission]\nread = { in_flight = 1, queue = 0 }\n",
+        "[admission]\nread = { in_flight = 1, queue = 0 }\n[limits]\nstream_idle_secs = 2\n",
     )
     .unwrap();
     let (server, _url, base) = common::start_binary_doors(
@@ -563,4 +563,21 @@ async fn overload_deadlines_and_slow_clients_over_http() {
     );
     let text = String::from_utf8_lossy(&buf);
     assert!(buf.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+
+    // A body that stops midway does not hold its admission slot: after
+    // limits.stream_idle_secs (2 s here) the call ends with 504.
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(
+        b"POST /v1/collections/o/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"query\"",
+    )
+    .await
+    .unwrap();
+    let mut reply = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(60), tcp.read(&mut reply))
+        .await
+        .expect("a stalled body held its call for a minute")
+        .unwrap();
+    let text = String::from_utf8_lossy(&reply[..n]);
+    assert!(text.starts_with("HTTP/1.1 504"), "{text}");
+    assert!(text.contains("DEADLINE_EXCEEDED"), "{text}");
 }

@@ -28,12 +28,14 @@ pub struct Input {
     pub deadline: Option<Instant>,
     /// Largest body (or NDJSON line), `limits.max_message_bytes`.
     pub limit: usize,
+    /// Longest wait for the next piece of a body, `limits.stream_idle_secs`.
+    pub idle: Duration,
 }
 
 impl Input {
     /// The request message: the JSON body with the path and query fields set.
     pub async fn message<T: prost::Message + prost::Name + Default>(self) -> Result<T> {
-        let body = read_body(self.body, self.limit).await?;
+        let body = read_body(self.body, self.limit, self.idle).await?;
         let params: Vec<(&str, &str)> = self.params.iter().map(|(k, v)| (*k, v.as_str())).collect();
         crate::api::json::decode(&body, &params)
     }
@@ -122,10 +124,21 @@ fn blank(bytes: &[u8]) -> bool {
 
 /// The whole body, refused past `limit` bytes (read as it arrives: a body over the limit is
 /// never held whole).
-async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>> {
+async fn read_body(body: Body, limit: usize, idle: Duration) -> Result<Vec<u8>> {
     let mut data = body.into_data_stream();
     let mut out = Vec::new();
-    while let Some(chunk) = data.next().await {
+    // A client that stops sending midway would hold its admission slot: each piece must come
+    // within `limits.stream_idle_secs`, as a stream's messages must.
+    let stalled = || {
+        Error::DeadlineExceeded(format!(
+            "the request body stalled for {} s (limits.stream_idle_secs)",
+            idle.as_secs()
+        ))
+    };
+    while let Some(chunk) = tokio::time::timeout(idle, data.next())
+        .await
+        .map_err(|_| stalled())?
+    {
         // A body that breaks midway: the client went away.
         let chunk = chunk.map_err(|_| Error::Cancelled)?;
         if out.len() + chunk.len() > limit {
@@ -200,6 +213,7 @@ async fn serve(ctx: Context, route: &Route, r: Received) -> Result<Reply> {
         deadline,
         params,
         limit: ctx.max_body,
+        idle: ctx.body_idle,
     };
     let call = (route.call)(ctx.service.clone(), who, input);
     let reply = match deadline {
@@ -354,6 +368,7 @@ mod tests {
             params: vec![("collection", "c".to_string())],
             deadline: None,
             limit,
+            idle: Duration::from_secs(5),
         }
     }
 

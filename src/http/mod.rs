@@ -39,6 +39,8 @@ pub struct Context {
     pub admission: Arc<Admission>,
     /// Largest request body (and NDJSON line): `limits.max_message_bytes`, as for gRPC.
     pub max_body: usize,
+    /// Longest wait for the next piece of a request body: `limits.stream_idle_secs`.
+    pub body_idle: std::time::Duration,
 }
 
 /// The router of every route in [`routes::routes`], `/v1/openapi.json`, and JSON replies for

@@ -93,12 +93,13 @@ pub async fn serve(
             None
         }
         Some(listener) => {
-            let max_body = live.engine()?.config().limits.max_message_bytes;
+            let limits = live.engine()?.config().limits.clone();
             let ctx = crate::http::Context {
                 service: service.clone(),
                 authn: authn.clone(),
                 admission: admission.clone(),
-                max_body,
+                max_body: limits.max_message_bytes,
+                body_idle: std::time::Duration::from_secs(limits.stream_idle_secs),
             };
             Some(tokio::spawn(crate::http::serve(
                 ctx,
