@@ -150,6 +150,7 @@ impl Error {
 pub enum Code {
     Ok,
     Cancelled,
+    Unknown,
     InvalidArgument,
     DeadlineExceeded,
     NotFound,
@@ -157,18 +158,43 @@ pub enum Code {
     PermissionDenied,
     ResourceExhausted,
     FailedPrecondition,
+    Aborted,
+    OutOfRange,
     Unimplemented,
     Internal,
     Unavailable,
+    DataLoss,
     Unauthenticated,
 }
 
 impl Code {
+    /// Every code, in gRPC's numbering order.
+    pub const ALL: [Code; 17] = [
+        Code::Ok,
+        Code::Cancelled,
+        Code::Unknown,
+        Code::InvalidArgument,
+        Code::DeadlineExceeded,
+        Code::NotFound,
+        Code::AlreadyExists,
+        Code::PermissionDenied,
+        Code::ResourceExhausted,
+        Code::FailedPrecondition,
+        Code::Aborted,
+        Code::OutOfRange,
+        Code::Unimplemented,
+        Code::Internal,
+        Code::Unavailable,
+        Code::DataLoss,
+        Code::Unauthenticated,
+    ];
+
     /// The upper-case name (as grpc-go and grpcurl print it).
     pub fn name(self) -> &'static str {
         match self {
             Code::Ok => "OK",
             Code::Cancelled => "CANCELLED",
+            Code::Unknown => "UNKNOWN",
             Code::InvalidArgument => "INVALID_ARGUMENT",
             Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
             Code::NotFound => "NOT_FOUND",
@@ -176,9 +202,12 @@ impl Code {
             Code::PermissionDenied => "PERMISSION_DENIED",
             Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
             Code::FailedPrecondition => "FAILED_PRECONDITION",
+            Code::Aborted => "ABORTED",
+            Code::OutOfRange => "OUT_OF_RANGE",
             Code::Unimplemented => "UNIMPLEMENTED",
             Code::Internal => "INTERNAL",
             Code::Unavailable => "UNAVAILABLE",
+            Code::DataLoss => "DATA_LOSS",
             Code::Unauthenticated => "UNAUTHENTICATED",
         }
     }
@@ -189,13 +218,15 @@ impl Code {
         match self {
             Code::Ok => 200,
             Code::Cancelled => 499,
-            Code::InvalidArgument => 400,
+            Code::Unknown | Code::DataLoss => 500,
+            Code::InvalidArgument | Code::OutOfRange => 400,
             Code::DeadlineExceeded => 504,
             Code::NotFound => 404,
             Code::AlreadyExists => 409,
             Code::PermissionDenied => 403,
             Code::ResourceExhausted => 429,
             Code::FailedPrecondition => 412,
+            Code::Aborted => 409,
             Code::Unimplemented => 501,
             Code::Internal => 500,
             Code::Unavailable => 503,

@@ -274,7 +274,7 @@ pub fn global() -> &'static Registry {
         ),
         grpc_rejected: Family::new(
             "quarry_grpc_requests_rejected_total",
-            "gRPC requests refused with RESOURCE_EXHAUSTED by admission control, by class.",
+            "Requests refused with RESOURCE_EXHAUSTED by admission control (either door), by class.",
             &["class"],
             Kind::Counter,
         ),

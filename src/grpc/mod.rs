@@ -68,12 +68,9 @@ fn spawn_health_mirror(
     })
 }
 
+use crate::service::{KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT};
+pub use crate::service::{MAX_CONCURRENT_STREAMS, MAX_HEADER_LIST_BYTES};
 pub use crate::tls::TLS_HANDSHAKE_TIMEOUT;
-/// Concurrent HTTP/2 streams (calls) per connection: one client connection cannot hold more
-/// calls than this, whatever admission would let through.
-pub const MAX_CONCURRENT_STREAMS: u32 = 128;
-/// Largest request header block (all metadata of one call), in bytes.
-pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 
 use crate::service::SHUTDOWN_GRACE;
 
@@ -230,8 +227,8 @@ pub async fn serve(
     // Keepalive: a peer that vanished without closing its connection (a crashed client, a
     // cut network) is noticed within ~40 s and its calls end, so it pins nothing.
     let mut builder = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .tcp_keepalive(Some(std::time::Duration::from_secs(60)))
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)

@@ -23,29 +23,33 @@ pub fn from_status(s: Status) -> Error {
     }
 }
 
-/// A canonical code as tonic's.
+/// A canonical code as tonic's (the same numbering).
 pub fn grpc_code(c: error::Code) -> Code {
-    use error::Code as C;
-    match c {
-        C::Ok => Code::Ok,
-        C::Cancelled => Code::Cancelled,
-        C::InvalidArgument => Code::InvalidArgument,
-        C::DeadlineExceeded => Code::DeadlineExceeded,
-        C::NotFound => Code::NotFound,
-        C::AlreadyExists => Code::AlreadyExists,
-        C::PermissionDenied => Code::PermissionDenied,
-        C::ResourceExhausted => Code::ResourceExhausted,
-        C::FailedPrecondition => Code::FailedPrecondition,
-        C::Unimplemented => Code::Unimplemented,
-        C::Internal => Code::Internal,
-        C::Unavailable => Code::Unavailable,
-        C::Unauthenticated => Code::Unauthenticated,
-    }
+    Code::from_i32(c as i32)
+}
+
+/// tonic's code as the canonical one.
+pub fn core_code(c: Code) -> error::Code {
+    error::Code::ALL
+        .get(c as usize)
+        .copied()
+        .unwrap_or(error::Code::Unknown)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn canonical_codes_number_and_name_as_grpc_does() {
+        for (i, c) in crate::error::Code::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i);
+            assert_eq!(grpc_code(*c) as usize, i);
+            assert_eq!(core_code(grpc_code(*c)), *c);
+        }
+        assert_eq!(crate::grpc::observe::code_name(Code::DataLoss), "DATA_LOSS");
+        assert_eq!(crate::error::Code::Unauthenticated.http_status(), 401);
+    }
 
     #[test]
     fn codes() {

@@ -87,11 +87,21 @@ struct Lines {
 }
 
 impl Lines {
+    fn too_long(&self) -> Error {
+        Error::invalid(format!(
+            "an NDJSON line is over limits.max_message_bytes = {}",
+            self.limit
+        ))
+    }
+
     async fn next(&mut self) -> Result<Option<Vec<u8>>> {
         loop {
             if let Some(end) = self.buf[self.scanned..].iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = self.buf.drain(..=self.scanned + end).collect();
                 self.scanned = 0;
+                if line.len() > self.limit {
+                    return Err(self.too_long());
+                }
                 if !blank(&line) {
                     return Ok(Some(line));
                 }
@@ -99,10 +109,7 @@ impl Lines {
             }
             self.scanned = self.buf.len();
             if self.buf.len() > self.limit {
-                return Err(Error::invalid(format!(
-                    "an NDJSON line is over limits.max_message_bytes = {}",
-                    self.limit
-                )));
+                return Err(self.too_long());
             }
             match self.data.next().await {
                 Some(Ok(chunk)) => self.buf.extend_from_slice(&chunk),
@@ -402,6 +409,12 @@ mod tests {
         let over = ids(one, 8).await;
         assert!(
             matches!(over.last(), Some(Err(Error::InvalidArgument(_)))),
+            "{over:?}"
+        );
+        // The same when the long line and its newline arrive in one piece.
+        let over = ids("{\"document\": {\"id\": \"a\"}}\n", 8).await;
+        assert!(
+            matches!(over.first(), Some(Err(Error::InvalidArgument(_)))),
             "{over:?}"
         );
         // A line that is not a message is INVALID_ARGUMENT, naming the message.

@@ -18,28 +18,28 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::service::SHUTDOWN_GRACE;
+use crate::service::{
+    KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, MAX_CONCURRENT_STREAMS, MAX_HEADER_LIST_BYTES,
+    SHUTDOWN_GRACE,
+};
 use crate::tls::TLS_HANDSHAKE_TIMEOUT;
 
 /// How long a client has to send a request's headers (HTTP/1.1).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest request header block, in bytes (as the gRPC door's).
-pub const MAX_HEADER_BYTES: usize = 16 * 1024;
-/// Concurrent HTTP/2 streams per connection (as the gRPC door's).
-pub const MAX_CONCURRENT_STREAMS: u32 = 128;
 
 fn builder() -> Builder<TokioExecutor> {
     let mut b = Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(MAX_HEADER_BYTES.max(8192));
+        // hyper's read buffer, which bounds the request head; its floor is 8 KiB.
+        .max_buf_size((MAX_HEADER_LIST_BYTES as usize).max(8192));
     b.http2()
         .timer(TokioTimer::new())
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_interval(Some(KEEPALIVE_INTERVAL))
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        .max_header_list_size(MAX_HEADER_LIST_BYTES)
         .max_pending_accept_reset_streams(Some(64));
     b
 }

@@ -19,7 +19,7 @@ use utoipa::openapi::{
 };
 
 use super::routes::{BodyKind, ReplyKind, Route};
-use crate::error::{Error, Result};
+use crate::error::{Code, Error, Result};
 
 /// Where the document is served.
 pub const PATH: &str = "/v1/openapi.json";
@@ -268,20 +268,10 @@ fn field_of(message: &MessageDescriptor, name: &str) -> Result<FieldDescriptor> 
 }
 
 fn error_schema() -> Schema {
-    let codes = [
-        "CANCELLED",
-        "INVALID_ARGUMENT",
-        "DEADLINE_EXCEEDED",
-        "NOT_FOUND",
-        "ALREADY_EXISTS",
-        "PERMISSION_DENIED",
-        "RESOURCE_EXHAUSTED",
-        "FAILED_PRECONDITION",
-        "UNIMPLEMENTED",
-        "INTERNAL",
-        "UNAVAILABLE",
-        "UNAUTHENTICATED",
-    ];
+    let codes = Code::ALL
+        .iter()
+        .filter(|c| **c != Code::Ok)
+        .map(|c| c.name());
     ObjectBuilder::new()
         .schema_type(Type::Object)
         .property(

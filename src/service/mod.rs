@@ -52,6 +52,15 @@ pub use operations::{
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 
+/// Limits on one client connection, the same at both doors: concurrent HTTP/2 streams
+/// (calls; one connection cannot hold more, whatever admission would let through), the
+/// request header block (all metadata of one call), and HTTP/2 keepalive (a peer that
+/// vanished without closing is noticed within interval + timeout, and its calls end).
+pub const MAX_CONCURRENT_STREAMS: u32 = 128;
+pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+pub const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+pub const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How long shutdown waits for open calls (each door), then for the final checkpoint.
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
