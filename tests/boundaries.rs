@@ -981,3 +981,51 @@ async fn fifos_devices_and_endless_lines_never_hold_a_job() {
     eprintln!("shutdown with a job scanning an endless line took {took:?}");
     assert!(took < Duration::from_secs(15), "shutdown took {took:?}");
 }
+
+/// A gRPC peer that sends part of a message and then nothing, its connection alive, does not
+/// hold its call (and admission slot) forever: after `limits.stream_idle_secs` the call ends
+/// with DEADLINE_EXCEEDED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_request_stalled_midway_ends_after_the_idle_limit() {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = common::test_config(data.path());
+    config.limits.stream_idle_secs = 2;
+    let server = common::TestServer::start(config).await;
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}/quarry.v1.Search/Search"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut send) = client.send_request(request, false).unwrap();
+    // A gRPC frame announcing 100 bytes, of which 10 are sent; the stream stays open.
+    let mut frame = vec![0u8, 0, 0, 0, 100];
+    frame.extend_from_slice(&[0u8; 10]);
+    send.send_data(bytes::Bytes::from(frame), false).unwrap();
+    let response = tokio::time::timeout(std::time::Duration::from_secs(60), response)
+        .await
+        .expect("a stalled request held its call for a minute")
+        .unwrap();
+    let status = match response.headers().get("grpc-status") {
+        Some(s) => s.to_str().unwrap().to_string(),
+        None => {
+            let mut body = response.into_body();
+            let trailers =
+                tokio::time::timeout(std::time::Duration::from_secs(60), body.trailers())
+                    .await
+                    .expect("trailers")
+                    .unwrap()
+                    .expect("trailers present");
+            trailers["grpc-status"].to_str().unwrap().to_string()
+        }
+    };
+    assert_eq!(status, "4", "DEADLINE_EXCEEDED");
+    drop(send);
+    server.stop().await;
+}

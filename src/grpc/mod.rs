@@ -142,6 +142,7 @@ pub async fn serve(
     } = options;
     let engine = live.engine()?;
     let max = engine.config().limits.max_message_bytes;
+    let idle = std::time::Duration::from_secs(engine.config().limits.stream_idle_secs);
     let unavailable = engine.unavailable_collections().unwrap_or_default();
     drop(engine);
     let adapter = services::Adapter { service };
@@ -238,7 +239,7 @@ pub async fn serve(
         tracing::info!("TLS on");
     }
     let server = builder
-        .layer(observe::ObserveLayer::new(admission, authn))
+        .layer(observe::ObserveLayer::new(admission, authn, idle))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -63,13 +63,19 @@ pub fn client_deadline(headers: &http::HeaderMap) -> Option<Instant> {
 pub struct ObserveLayer {
     admission: Arc<Admission>,
     authn: Authenticator,
+    /// Longest wait for the next piece of a request body (`limits.stream_idle_secs`).
+    idle: Duration,
 }
 
 impl ObserveLayer {
     /// The layer over the process's one admission state and authenticator (shared with the
     /// HTTP door).
-    pub fn new(admission: Arc<Admission>, authn: Authenticator) -> ObserveLayer {
-        ObserveLayer { admission, authn }
+    pub fn new(admission: Arc<Admission>, authn: Authenticator, idle: Duration) -> ObserveLayer {
+        ObserveLayer {
+            admission,
+            authn,
+            idle,
+        }
     }
 }
 
@@ -81,6 +87,7 @@ impl<S> tower_layer::Layer<S> for ObserveLayer {
             inner,
             admission: self.admission.clone(),
             authn: self.authn.clone(),
+            idle: self.idle,
         }
     }
 }
@@ -90,6 +97,7 @@ pub struct Observe<S> {
     inner: S,
     admission: Arc<Admission>,
     authn: Authenticator,
+    idle: Duration,
 }
 
 /// The label a path outside the operations table is counted under: metrics label values come
@@ -100,13 +108,14 @@ type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
 impl<S, ReqBody, ResBody> tower_service::Service<http::Request<ReqBody>> for Observe<S>
 where
-    S: tower_service::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>
+    S: tower_service::Service<http::Request<tonic::body::Body>, Response = http::Response<ResBody>>
         + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    ReqBody: Send + 'static,
+    ReqBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    ReqBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     ResBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     ResBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
@@ -118,7 +127,12 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: http::Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
+        // A client that stops sending its request midway, its connection kept alive, would
+        // hold its admission slot: each piece of a request body must come within
+        // `limits.stream_idle_secs`, as on the HTTP door.
+        let idle = self.idle;
+        let mut req = req.map(|b| tonic::body::Body::new(IdleBody::new(b, idle)));
         // The clone serves this call; the ready one stays for the next (tower's rule).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -314,6 +328,77 @@ where
             Poll::Pending => {}
         }
         polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request body whose next piece must come within `idle` once it is waited for; past
+    /// that it ends with DEADLINE_EXCEEDED (a `Status`, which tonic reports as it is).
+    struct IdleBody<B> {
+        #[pin]
+        inner: B,
+        #[pin]
+        timer: Option<tokio::time::Sleep>,
+        idle: Duration,
+    }
+}
+
+impl<B> IdleBody<B> {
+    fn new(inner: B, idle: Duration) -> Self {
+        IdleBody {
+            inner,
+            timer: None,
+            idle,
+        }
+    }
+}
+
+impl<B> http_body::Body for IdleBody<B>
+where
+    B: http_body::Body<Data = bytes::Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = bytes::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(frame) => {
+                // The wait is over: the next one starts when it is needed.
+                this.timer.set(None);
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                if this.timer.is_none() {
+                    this.timer.set(Some(tokio::time::sleep(*this.idle)));
+                }
+                match this
+                    .timer
+                    .as_pin_mut()
+                    .map(|t| std::future::Future::poll(t, cx))
+                {
+                    Some(Poll::Ready(())) => {
+                        Poll::Ready(Some(Err(Box::new(Status::deadline_exceeded(format!(
+                            "the request stalled for {} s (limits.stream_idle_secs)",
+                            this.idle.as_secs()
+                        ))))))
+                    }
+                    _ => Poll::Pending,
+                }
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {
