@@ -77,6 +77,10 @@ pub struct Config {
     /// Directories server-side ingestion jobs may read (`--import-root`, repeatable). Empty:
     /// server-side sources are off (SubmitIngest is FAILED_PRECONDITION).
     pub import_roots: Vec<PathBuf>,
+    /// Where collections live (`[backend]`): the data directory (`embedded`, the default) or
+    /// a Qdrant node or cluster (`qdrant`; env `QUARRY_BACKEND`, `QUARRY_QDRANT_URL`,
+    /// `QUARRY_QDRANT_API_KEY`).
+    pub backend: crate::qdrant::BackendSettings,
 }
 
 /// How the server writes its log.
@@ -115,6 +119,7 @@ impl Default for Config {
             admission: Default::default(),
             log_format: LogFormat::Text,
             import_roots: Vec::new(),
+            backend: Default::default(),
         }
     }
 }
@@ -168,6 +173,19 @@ impl Config {
                 "QUARRY_METRICS_ALLOW_REMOTE" => {
                     self.metrics_allow_remote = parse_env(&key, &value)?
                 }
+                "QUARRY_BACKEND" => {
+                    self.backend.kind = serde_json::from_value(serde_json::Value::String(
+                        value.clone(),
+                    ))
+                    .map_err(|_| {
+                        Error::invalid(format!(
+                            "QUARRY_BACKEND is {}: use embedded or qdrant",
+                            crate::error::quote(&value)
+                        ))
+                    })?
+                }
+                "QUARRY_QDRANT_URL" => self.backend.url = value,
+                "QUARRY_QDRANT_API_KEY" => self.backend.api_key = Some(value),
                 "QUARRY_TLS_CERT" => self.tls.cert = Some(value.into()),
                 "QUARRY_TLS_KEY" => self.tls.key = Some(value.into()),
                 "QUARRY_TLS_CLIENT_CA" => self.tls.client_ca = Some(value.into()),
@@ -201,6 +219,7 @@ impl Config {
         }
         self.keys()?;
         self.tls.enabled()?;
+        self.backend.validate()?;
         if !self.http_listen.is_empty() && self.http_listen.parse::<std::net::SocketAddr>().is_err()
         {
             return Err(Error::invalid(format!(
@@ -260,6 +279,7 @@ impl Config {
             index: self.index.clone(),
             query_cache_entries: self.query_cache_entries,
             storage_cache_bytes: self.storage_cache_bytes,
+            backend: self.backend.clone(),
         }
     }
 

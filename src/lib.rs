@@ -26,6 +26,10 @@
 //!   resumable order, bad input failing one document (both ingestion paths read through it).
 //! - [`jobs`]: durable server-side ingestion jobs: a queue per collection, progress recorded
 //!   atomically with each batch, resumed after a restart; import roots.
+//! - [`backend`]: the seam between the engine and where a collection's data lives
+//!   (`CollectionStore`): the embedded default (`engine`'s own) or Qdrant.
+//! - [`qdrant`]: the Qdrant backend (collections on a Qdrant node or cluster, behind
+//!   `backend`), and local Qdrant processes for tests and benchmarks.
 //! - [`eval`]: BEIR collections and trec_eval-compatible metrics.
 //! - [`metrics`]: process-wide counters and histograms in the Prometheus text format.
 //! - [`tls`]: the process's rustls provider and PEM loading (server, CLI, router client).
@@ -42,6 +46,7 @@
 pub mod answer;
 pub mod api;
 pub mod auth;
+pub mod backend;
 pub mod chunk;
 pub mod client;
 pub mod config;
@@ -56,6 +61,7 @@ pub mod jobs;
 pub mod meta;
 pub mod metrics;
 pub mod model;
+pub mod qdrant;
 pub mod retrieve;
 pub mod server;
 pub mod service;

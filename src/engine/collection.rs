@@ -1,19 +1,18 @@
-//! One open collection: its sled trees, its two derived indexes, its embedding model, and the
-//! lock that makes it single-writer.
+//! One open collection: its record, its embedding model, its metadata key types, the lock that
+//! makes it single-writer, and its backing store (the seam of `backend.rs`).
 //!
 //! The behaviour lives next door, each file an `impl Collection` block for one concern:
-//! `ingest.rs` (writes), `search.rs` (reads), `recovery.rs` (applying logged operations to the
-//! indexes, replay, checkpoints).
+//! `ingest.rs` (writes), `search.rs` (reads), `documents.rs` (listing and deleting by filter);
+//! the embedded backend's own upkeep is in `embedded.rs` and `recovery.rs`.
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use super::embedded::Embedded;
+use crate::backend::CollectionStore;
 use crate::chunk::ChunkSettings;
-use crate::error::Result;
-use crate::index::{DenseIndex, LexicalIndex};
 use crate::model::Embedder;
-use crate::store::{CollectionRecord, CollectionTrees, Op};
+use crate::store::CollectionRecord;
 
 /// Default chunk size: 254 tokens leaves room for the two special tokens in a 256-token model
 /// window.
@@ -54,79 +53,95 @@ pub struct CollectionStats {
     pub stale: bool,
 }
 
-/// One open collection.
+/// One open collection: what every backend shares (its record, model, key types and single
+/// writer) and where its data lives ([`Backing`], read and written through
+/// [`CollectionStore`]).
 pub struct Collection {
     pub(super) record: CollectionRecord,
-    pub(super) trees: CollectionTrees,
     pub(super) embedder: Arc<dyn Embedder>,
-    pub(super) lexical: LexicalIndex,
-    pub(super) dense: DenseIndex,
     /// Serializes writes (and checkpoints) to this collection; searches never take it. The
     /// guard is moved into the blocking task that does the work, so a write whose caller goes
     /// away still holds the lock until it has finished (see [`Collection::write_guard`]).
     pub(super) write_lock: Arc<tokio::sync::Mutex<()>>,
-    /// Set when an index update failed after its operation was committed to sled: the
-    /// operation is kept in the log (checkpoints never trim past an index's applied sequence)
-    /// and the indexes catch up from the log before the next write applies anything.
-    pub(super) stale: AtomicBool,
     /// Set once the collection is deleted: work still holding it reports NOT_FOUND.
     pub(super) deleted: AtomicBool,
-    /// `collections/<id>/`: the index files.
-    pub(super) dir: PathBuf,
-    /// Document and chunk counts, maintained by every commit: sled's `len()` walks the whole
-    /// tree, too slow for every GetCollection on a large collection.
-    documents: AtomicU64,
-    pub(super) chunks: AtomicU64,
     /// Metadata key types (see [`crate::meta`]): loaded at open, extended by each commit
     /// that introduces keys (under the write lock), read by searches to resolve filters.
     pub(super) schema: std::sync::RwLock<crate::meta::Schema>,
+    pub(super) backing: Backing,
 }
 
-fn add_signed(counter: &AtomicU64, delta: i64) {
-    let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-        Some(n.saturating_add_signed(delta))
-    });
+/// Where a collection's data lives.
+pub(super) enum Backing {
+    /// Boxed: its indexes make it several times the size of the other.
+    Embedded(Box<Embedded>),
+    Qdrant(crate::qdrant::QdrantCollection),
 }
 
 impl Collection {
-    /// Wraps opened parts; counts the documents and chunks once.
+    /// Wraps opened parts.
     pub(super) fn new(
         record: CollectionRecord,
-        trees: CollectionTrees,
         embedder: Arc<dyn Embedder>,
-        lexical: LexicalIndex,
-        dense: DenseIndex,
-        dir: PathBuf,
+        backing: Backing,
         schema: crate::meta::Schema,
-    ) -> Result<Collection> {
-        let (documents, chunks) = trees.counts()?;
-        let documents = AtomicU64::new(documents);
-        let chunks = AtomicU64::new(chunks);
-        Ok(Collection {
+    ) -> Collection {
+        Collection {
             record,
-            trees,
             embedder,
-            lexical,
-            dense,
             write_lock: Arc::new(tokio::sync::Mutex::new(())),
-            stale: AtomicBool::new(false),
             deleted: AtomicBool::new(false),
-            dir,
-            documents,
-            chunks,
             schema: std::sync::RwLock::new(schema),
+            backing,
+        }
+    }
+
+    /// The backend seam: every read and write of shared engine code goes through it.
+    pub(super) fn store(&self) -> &dyn CollectionStore {
+        match &self.backing {
+            Backing::Embedded(e) => e.as_ref(),
+            Backing::Qdrant(q) => q,
+        }
+    }
+
+    /// The embedded backend's parts (recovery, checkpoints, snapshots), if this collection is
+    /// on it.
+    pub(super) fn local(&self) -> Option<&Embedded> {
+        match &self.backing {
+            Backing::Embedded(e) => Some(e.as_ref()),
+            Backing::Qdrant(_) => None,
+        }
+    }
+
+    /// [`Collection::local`], or FAILED_PRECONDITION naming what needs the embedded backend.
+    pub(super) fn require_local(&self, what: &str) -> crate::error::Result<&Embedded> {
+        self.local().ok_or_else(|| {
+            crate::error::Error::FailedPrecondition(format!(
+                "{what} works on the embedded backend; collection {} is on Qdrant (use Qdrant's own snapshots and tools there)",
+                crate::error::quote(&self.record.name)
+            ))
         })
     }
 
     pub fn stats(&self) -> CollectionStats {
+        let (documents, chunks) = self.counts();
+        let local = self.local();
         CollectionStats {
             name: self.record.name.clone(),
-            documents: self.documents.load(Ordering::Relaxed),
-            chunks: self.chunks.load(Ordering::Relaxed),
-            hnsw_points: self.dense.graph_points().unwrap_or(0),
-            hnsw_tombstones: self.dense.tombstones().unwrap_or(0),
-            stale: self.stale.load(Ordering::Relaxed),
+            documents,
+            chunks,
+            hnsw_points: local.map_or(0, |e| e.dense.graph_points().unwrap_or(0)),
+            hnsw_tombstones: local.map_or(0, |e| e.dense.tombstones().unwrap_or(0)),
+            stale: local.is_some_and(|e| e.stale.load(Ordering::Relaxed)),
         }
+    }
+
+    /// Documents and chunks (zero when the backend cannot say: the error is logged).
+    fn counts(&self) -> (u64, u64) {
+        self.store().counts().unwrap_or_else(|e| {
+            tracing::warn!(collection = %self.record.name, error = %e, "cannot count documents");
+            (0, 0)
+        })
     }
 
     /// A copy of the metadata key types.
@@ -178,10 +193,11 @@ impl Collection {
     }
 
     pub fn info(&self) -> CollectionInfo {
+        let (document_count, chunk_count) = self.counts();
         CollectionInfo {
             record: self.record.clone(),
-            document_count: self.documents.load(Ordering::Relaxed),
-            chunk_count: self.chunks.load(Ordering::Relaxed),
+            document_count,
+            chunk_count,
             schema: self.schema(),
         }
     }
@@ -191,12 +207,5 @@ impl Collection {
             max_tokens: self.record.chunk_tokens,
             overlap: self.record.chunk_overlap,
         }
-    }
-
-    /// Updates the maintained counts after a committed operation that changed the number of
-    /// documents by `documents`.
-    pub(super) fn count(&self, documents: i64, op: &Op) {
-        add_signed(&self.documents, documents);
-        add_signed(&self.chunks, op.add.len() as i64 - op.remove.len() as i64);
     }
 }

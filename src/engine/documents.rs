@@ -1,18 +1,19 @@
-//! Documents by filter: listing in id order with keyset paging, and deleting by filter.
+//! Documents by filter: listing with keyset paging, and deleting by filter.
 //!
-//! Both walk sled's document tree in id order and test each document with the resolved
-//! filter's plain-Rust evaluation ([`Filter::matches`]), the same semantics the indexes
-//! implement (the filter property test holds them equal). Paging is by key: a page token is the
-//! last id returned, so concurrent writes never make a page repeat or skip a document that
-//! existed throughout. Each request examines a bounded number of documents
-//! ([`SCAN_BUDGET`]); a selective filter over a large collection may return a short page with
-//! a token to continue.
+//! Both go through the backend's [`CollectionStore::scan`](crate::backend::CollectionStore):
+//! the embedded backend walks sled's document tree in id order and tests each document with the
+//! resolved filter's plain-Rust evaluation ([`Filter::matches`]), the same semantics the indexes
+//! implement (the filter property test holds them equal); Qdrant scrolls its document points
+//! with the translated filter, in its point order. Paging is by position: a page token is where
+//! the last page ended, so concurrent writes never make a page repeat or skip a document that
+//! existed throughout. Each request does a bounded amount of work ([`SCAN_BUDGET`] documents
+//! examined on the embedded backend); a selective filter over a large collection may return a
+//! short page with a token to continue.
 
 use super::{Collection, Engine};
 use crate::error::{Error, Result};
 use crate::filter::Filter;
 use crate::meta::Metadata;
-use crate::store::DocRecord;
 
 /// Documents one ListDocuments call examines at most.
 pub const SCAN_BUDGET: usize = 100_000;
@@ -73,35 +74,24 @@ impl Engine {
             )));
         }
         let filter = c.resolve(filter)?;
-        let mut documents = Vec::new();
-        let mut examined = 0;
-        for entry in c.docs_after(after) {
-            let (id, rec) = entry?;
-            examined += 1;
-            if filter.matches(&rec.metadata) {
-                documents.push(ListedDocument {
-                    id: id.clone(),
-                    title: rec.title,
-                    chunk_count: rec.chunk_ids.len(),
-                    metadata: if with_metadata {
-                        rec.metadata
-                    } else {
-                        Metadata::new()
-                    },
-                });
-            }
-            if documents.len() >= page_size || examined >= SCAN_BUDGET {
-                // More may follow: continue after this id (the next page may be empty).
-                let more = c.docs_after(Some(&id)).next().is_some();
-                return Ok(DocumentPage {
-                    documents,
-                    next_after: more.then_some(id),
-                });
-            }
-        }
+        let scan = c.store().scan(&filter, after, page_size)?;
+        let documents = scan
+            .docs
+            .into_iter()
+            .map(|rec| ListedDocument {
+                id: rec.id,
+                title: rec.title,
+                chunk_count: rec.chunk_ids.len(),
+                metadata: if with_metadata {
+                    rec.metadata
+                } else {
+                    Metadata::new()
+                },
+            })
+            .collect();
         Ok(DocumentPage {
             documents,
-            next_after: None,
+            next_after: scan.next,
         })
     }
 
@@ -123,14 +113,16 @@ impl Engine {
                 "delete by filter needs a filter that restricts: this one matches every document; set `all` to delete them all",
             ));
         }
-        let store = self.store.clone();
         c.run_write(move |c| {
             let filter = c.resolve(&filter)?;
             let mut matching = Vec::new();
-            for entry in c.docs_after(None) {
-                let (id, rec) = entry?;
-                if filter.matches(&rec.metadata) {
-                    matching.push(id);
+            let mut after = None;
+            loop {
+                let scan = c.store().scan(&filter, after.as_deref(), MAX_PAGE)?;
+                matching.extend(scan.docs.into_iter().map(|d| d.id));
+                match scan.next {
+                    Some(next) => after = Some(next),
+                    None => break,
                 }
             }
             let matched = matching.len();
@@ -142,7 +134,7 @@ impl Engine {
             }
             let mut deleted = 0;
             for batch in matching.chunks(DELETE_BATCH) {
-                deleted += c.delete_present(&store, batch.to_vec(), None)?;
+                deleted += c.delete_present(batch.to_vec(), None)?;
             }
             Ok(FilterDeletion { matched, deleted })
         })
@@ -163,6 +155,7 @@ impl Engine {
 impl Collection {
     /// `filter` resolved against this collection's key types.
     pub(super) fn resolve(&self, filter: &Filter) -> Result<Filter> {
+        self.learn_keys(&filter.keys())?;
         let schema = self
             .schema
             .read()
@@ -170,41 +163,33 @@ impl Collection {
         filter.resolve(&schema)
     }
 
-    /// Documents in id order, strictly after `after`.
-    fn docs_after(
-        &self,
-        after: Option<&str>,
-    ) -> impl Iterator<Item = Result<(String, DocRecord)>> + '_ {
-        let range = match after {
-            Some(a) => self.trees.docs.range::<&[u8], _>((
-                std::ops::Bound::Excluded(a.as_bytes()),
-                std::ops::Bound::Unbounded,
-            )),
-            None => self.trees.docs.iter(),
+    /// When some of `keys` are not known here and the backend is shared, reloads the key
+    /// types another front end may have added.
+    pub(super) fn learn_keys(&self, keys: &[&str]) -> Result<()> {
+        let unknown = {
+            let schema = self
+                .schema
+                .read()
+                .map_err(|_| Error::internal("schema lock poisoned"))?;
+            keys.iter().any(|k| !schema.contains_key(*k))
         };
-        range.map(|kv| {
-            let (k, v) = kv?;
-            let rec: DocRecord = serde_json::from_slice(&v)
-                .map_err(|e| Error::internal(format!("corrupt document record: {e}")))?;
-            Ok((String::from_utf8_lossy(&k).into_owned(), rec))
-        })
+        if unknown {
+            if let Some(shared) = self.store().shared_schema()? {
+                let mut schema = self
+                    .schema
+                    .write()
+                    .map_err(|_| Error::internal("schema lock poisoned"))?;
+                schema.extend(shared);
+            }
+        }
+        Ok(())
     }
 }
 
 impl Engine {
     /// Ids of the documents an ingestion job wrote from `source` (in id order), for `sync`.
     pub fn documents_from_source(&self, collection: &str, source: &str) -> Result<Vec<String>> {
-        let c = self.collection(collection)?;
-        let mut ids = Vec::new();
-        for kv in c.trees.docs.iter() {
-            let (_, v) = kv?;
-            let rec: DocRecord = serde_json::from_slice(&v)
-                .map_err(|e| Error::internal(format!("corrupt document record: {e}")))?;
-            if rec.source.as_deref() == Some(source) {
-                ids.push(rec.id);
-            }
-        }
-        Ok(ids)
+        self.collection(collection)?.store().ids_from_source(source)
     }
 
     /// A sled tree outside every collection (ingestion jobs keep their records there), in the

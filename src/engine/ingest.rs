@@ -1,16 +1,14 @@
 //! The write path: validate -> skip documents whose content hash is unchanged -> chunk -> embed
 //! -> commit durably -> apply to the indexes. Deletes share the last two steps.
 //!
-//! "Commit durably, then apply" ([`Collection::commit_and_apply`]) is the one place a write
-//! becomes acknowledged: one sled transaction stores documents, chunks and vectors and logs the
-//! operation; the flush makes it durable; only then are tantivy and HNSW updated, and a failure
-//! there is repaired by replaying the log at the next start-up.
+//! [`Collection::commit`] is the one place a write becomes acknowledged: it hands the chunked,
+//! embedded documents to the backend (`backend::CollectionStore::commit`), which returns once
+//! the write is durable (the embedded backend: "commit to sled, flush, then apply to the
+//! indexes", `embedded.rs`; Qdrant: versioned writes, `qdrant::write`).
 
 use std::collections::HashSet;
 
 use sha2::{Digest, Sha256};
-
-use std::sync::atomic::Ordering;
 
 use super::{Cancel, Collection, Engine};
 use crate::chunk::{self, titled};
@@ -182,21 +180,24 @@ impl Engine {
         let mut missing = Vec::new();
         let mut seen = HashSet::new();
         // Each id once: repeating an id must not multiply the reply.
-        for id in ids.iter().filter(|id| seen.insert(id.as_str())) {
-            let (Some(rec), Some(text)) = (c.trees.get_doc(id)?, c.trees.get_text(id)?) else {
+        let unique: Vec<String> = ids
+            .iter()
+            .filter(|id| seen.insert(id.as_str()))
+            .cloned()
+            .collect();
+        let store = c.store();
+        for (id, rec) in unique.iter().zip(store.docs(&unique)?) {
+            let (Some(rec), Some(text)) = (rec, store.text(id)?) else {
                 missing.push(id.clone());
                 continue;
             };
             let chunks = if include_chunks {
+                let got = store.chunks(&rec.chunk_ids)?;
                 rec.chunk_ids
                     .iter()
-                    .filter_map(|cid| {
-                        c.trees
-                            .get_chunk(*cid)
-                            .transpose()
-                            .map(|r| r.map(|r| (*cid, r)))
-                    })
-                    .collect::<Result<Vec<_>>>()?
+                    .zip(got)
+                    .filter_map(|(cid, r)| r.map(|r| (*cid, r)))
+                    .collect()
             } else {
                 Vec::new()
             };
@@ -273,23 +274,16 @@ fn given_spans(chunks: &[ChunkInput]) -> Vec<chunk::Span> {
 }
 
 impl Collection {
-    /// Commits one operation to sled and flushes it (from here on it is acknowledged and
-    /// survives any crash), updates the counts, then applies it to both indexes. `documents`
-    /// is the change in the number of documents.
-    ///
-    /// An index update that fails after the commit does not fail the write (it is durable):
-    /// the collection is marked stale, the operation stays in the log, and the indexes catch up
-    /// from the log before the next write applies anything, so no operation is ever skipped.
-    pub(super) fn commit_and_apply(
+    /// Commits one operation through the backend, durably (from here on it is acknowledged
+    /// and survives any crash), recording the metadata keys it introduces (the caller checked
+    /// their types under the write lock). `documents` is the change in the number of documents.
+    pub(super) fn commit(
         &self,
-        store: &Store,
         upserts: &[NewDocument],
         deletes: &[String],
         documents: i64,
         side: Option<&SideWrites>,
     ) -> Result<Op> {
-        self.catch_up_if_stale();
-        // Keys these documents use first (the caller checked their types under the lock).
         let mut new_keys = Schema::new();
         {
             let schema = self
@@ -304,36 +298,13 @@ impl Collection {
                 }
             }
         }
-        let committed = store.next_id().and_then(|seq| {
-            Ok((
-                seq,
-                self.trees.commit(seq, upserts, deletes, &new_keys, side)?,
-            ))
-        });
-        let (seq, op) = committed.inspect_err(|e| {
-            if e.is_storage_failure() {
-                store.mark_failed();
-            }
-        })?;
-        store.flush_blocking()?;
+        let op = self
+            .store()
+            .commit(upserts, deletes, documents, &new_keys, side)?;
         if !new_keys.is_empty() {
             if let Ok(mut schema) = self.schema.write() {
                 schema.extend(new_keys);
             }
-        }
-        self.count(documents, &op);
-        if self.stale.load(Ordering::Acquire) {
-            // Earlier operations are still unapplied: this one waits in the log with them.
-            return Ok(op);
-        }
-        if let Err(e) = self.apply_with(seq, &op, upserts) {
-            tracing::error!(
-                collection = %self.record.name,
-                seq,
-                error = %e,
-                "index update failed after a durable commit; kept in the log for replay"
-            );
-            self.stale.store(true, Ordering::Release);
         }
         Ok(op)
     }
@@ -347,11 +318,15 @@ impl Collection {
         let mut present = Vec::new();
         let mut missing = Vec::new();
         let mut seen = HashSet::new();
-        for id in ids.into_iter().filter(|id| seen.insert(id.clone())) {
-            if self.trees.get_doc(&id)?.is_some() {
-                present.push(id);
-            } else {
-                missing.push(id);
+        let unique: Vec<String> = ids
+            .into_iter()
+            .filter(|id| seen.insert(id.clone()))
+            .collect();
+        let found = self.store().docs(&unique)?;
+        for (id, doc) in unique.into_iter().zip(found) {
+            match doc {
+                Some(_) => present.push(id),
+                None => missing.push(id),
             }
         }
         let side = journal.map(|j| j(present.len())).transpose()?;
@@ -361,18 +336,17 @@ impl Collection {
             }
             return Ok((0, missing));
         }
-        Ok((self.delete_present(store, present, side.as_ref())?, missing))
+        Ok((self.delete_present(present, side.as_ref())?, missing))
     }
 
     /// Deletes documents known to exist (the caller holds the write lock) as one operation.
     pub(super) fn delete_present(
         &self,
-        store: &Store,
         ids: Vec<String>,
         side: Option<&SideWrites>,
     ) -> Result<usize> {
         if !ids.is_empty() {
-            self.commit_and_apply(store, &[], &ids, -(ids.len() as i64), side)?;
+            self.commit(&[], &ids, -(ids.len() as i64), side)?;
             crate::metrics::global()
                 .ingest_documents
                 .add(&[&self.record.name, "deleted"], ids.len() as f64);
@@ -391,6 +365,13 @@ impl Collection {
         let mut docs = docs;
         for d in &docs {
             self.check_shape(d)?;
+        }
+        {
+            let keys: HashSet<&str> = docs
+                .iter()
+                .flat_map(|d| d.metadata.keys().map(String::as_str))
+                .collect();
+            self.learn_keys(&keys.into_iter().collect::<Vec<_>>())?;
         }
         {
             let schema = self
@@ -426,11 +407,11 @@ impl Collection {
             .iter()
             .filter(|o| o.status == UpsertStatus::Created)
             .count() as i64;
-        let new_docs = self.prepare(store, changed, &mut outcomes, cancel)?;
+        let new_docs = self.prepare(changed, &mut outcomes, cancel)?;
         // Past this point the write runs to completion, whatever the caller does.
         cancel.check()?;
         let side = journal.map(|j| j(&outcomes)).transpose()?;
-        self.commit_and_apply(store, &new_docs, &[], created, side.as_ref())?;
+        self.commit(&new_docs, &[], created, side.as_ref())?;
         let chunks: usize = new_docs.iter().map(|d| d.chunks.len()).sum();
         self.record_outcomes(&outcomes, chunks);
         Ok(outcomes)
@@ -469,9 +450,10 @@ impl Collection {
     ) -> Result<(Vec<UpsertOutcome>, Vec<(usize, DocumentInput, String)>)> {
         let mut outcomes = Vec::with_capacity(docs.len());
         let mut changed = Vec::new();
-        for doc in docs {
+        let ids: Vec<String> = docs.iter().map(|d| d.id.clone()).collect();
+        let stored = self.store().docs(&ids)?;
+        for (doc, existing) in docs.into_iter().zip(stored) {
             let hash = content_hash(&doc);
-            let existing = self.trees.get_doc(&doc.id)?;
             let status = match &existing {
                 Some(old) if old.content_hash == hash => UpsertStatus::Unchanged,
                 Some(_) => UpsertStatus::Updated,
@@ -493,7 +475,6 @@ impl Collection {
     /// assembles what to commit (recording each document's chunk count in `outcomes`).
     fn prepare(
         &self,
-        store: &Store,
         changed: Vec<(usize, DocumentInput, String)>,
         outcomes: &mut [UpsertOutcome],
         cancel: &Cancel,
@@ -553,9 +534,9 @@ impl Collection {
         }
         let mut vectors = vectors.into_iter();
         let mut new_docs = Vec::with_capacity(changed.len());
-        for ((pos, mut doc, hash), spans) in changed.into_iter().zip(spans) {
-            // All chunks of one document version share a key (see `store::chunk_id`).
-            let key = store.next_id()?;
+        // All chunks of one document version share a key (see `store::chunk_id`).
+        let keys = self.store().version_keys(changed.len())?;
+        for (((pos, mut doc, hash), spans), key) in changed.into_iter().zip(spans).zip(keys) {
             let mut chunks = Vec::with_capacity(spans.len());
             let mut given = std::mem::take(&mut doc.chunks).into_iter();
             for s in &spans {

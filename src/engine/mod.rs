@@ -20,16 +20,22 @@
 //! [`SearchParams`]: crate::retrieve::SearchParams
 //! [`SearchOutcome`]: crate::retrieve::SearchOutcome
 
+#[cfg(test)]
+pub(crate) mod backends_tests;
 pub mod batch;
 mod cancel;
 mod collection;
 mod documents;
+mod embedded;
 #[cfg(test)]
 mod external_tests;
 #[cfg(test)]
 mod filter_tests;
 mod ingest;
+#[cfg(test)]
+mod qdrant_tests;
 mod recovery;
+mod remote;
 mod restore;
 mod restore_check;
 mod search;
@@ -56,6 +62,9 @@ use crate::store::{CollectionRecord, Store};
 
 pub use batch::{Batch, BATCH_BYTES, BATCH_DOCUMENTS};
 pub use cancel::{Cancel, CancelOnDrop};
+use collection::Backing;
+use embedded::Embedded;
+
 pub use collection::{
     Collection, CollectionInfo, CollectionSettings, CollectionStats, DEFAULT_CHUNK_OVERLAP,
     DEFAULT_CHUNK_TOKENS,
@@ -88,6 +97,9 @@ pub struct Engine {
     /// Held while a collection name is checked and taken (create, restore), so two calls for
     /// one name cannot both succeed.
     naming: Mutex<()>,
+    /// The Qdrant backend, when `[backend] kind = "qdrant"`: collections live there (sled
+    /// still keeps this server's own state: ingestion jobs).
+    remote: Option<Arc<crate::qdrant::Qdrant>>,
 }
 
 /// An engine's configuration, model source and loaded models: enough to open its data
@@ -157,6 +169,12 @@ impl Engine {
         let store =
             Store::open_with_cache(&config.data_dir.join("sled"), config.storage_cache_bytes)?;
         store.drop_orphan_trees()?;
+        let remote = match config.backend.kind {
+            crate::qdrant::BackendKind::Embedded => None,
+            crate::qdrant::BackendKind::Qdrant => {
+                Some(crate::qdrant::Qdrant::connect(&config.backend)?)
+            }
+        };
         let engine = Engine {
             config,
             store,
@@ -166,7 +184,12 @@ impl Engine {
             unavailable: RwLock::new(HashMap::new()),
             searches: std::sync::atomic::AtomicU64::new(0),
             naming: Mutex::new(()),
+            remote,
         };
+        if engine.remote.is_some() {
+            engine.start_remote()?;
+            return Ok(engine);
+        }
         let records = engine.store.list_collections()?;
         engine.remove_orphan_files(&records)?;
         for record in records {
@@ -315,9 +338,21 @@ impl Engine {
         };
         let dense = DenseIndex::open(&dir, record.dimension, params)?;
         let schema = trees.load_schema()?;
-        let collection = Collection::new(record, trees, embedder, lexical, dense, dir, schema)?;
-        collection.recover()?;
-        Ok(collection)
+        let local = Embedded::new(
+            record.clone(),
+            self.store.clone(),
+            trees,
+            lexical,
+            dense,
+            dir,
+        )?;
+        local.recover()?;
+        Ok(Collection::new(
+            record,
+            embedder,
+            Backing::Embedded(Box::new(local)),
+            schema,
+        ))
     }
 
     /// An open collection; NOT_FOUND, or FAILED_PRECONDITION with the reason when it exists
@@ -325,7 +360,33 @@ impl Engine {
     pub fn collection(&self, name: &str) -> Result<Arc<Collection>> {
         let open = self.open_map()?.get(name).cloned();
         if let Some(c) = open {
-            return Ok(c);
+            match &c.backing {
+                Backing::Qdrant(q) if q.due_for_check() => {}
+                _ => return Ok(c),
+            }
+            // Another front end may have deleted or re-created it: look again, now and then.
+            match self
+                .remote
+                .as_ref()
+                .map(|r| r.find(name))
+                .transpose()?
+                .flatten()
+            {
+                Some(found) if found.record.id == c.record.id => return Ok(c),
+                found => {
+                    self.open_map_mut()?.remove(name);
+                    match found {
+                        Some(found) => return self.open_remote(found),
+                        None => return Err(Error::CollectionNotFound(name.to_string())),
+                    }
+                }
+            }
+        }
+        if let Some(remote) = &self.remote {
+            valid_collection_name(name)?;
+            if let Some(found) = remote.find(name)? {
+                return self.open_remote(found);
+            }
         }
         match self.unavailable(name)? {
             Some(reason) => Err(Error::FailedPrecondition(format!(
@@ -363,7 +424,13 @@ impl Engine {
     ) -> Result<CollectionInfo> {
         valid_collection_name(name)?;
         let _naming = self.naming.lock().map_err(|_| poisoned())?;
-        if self.collection(name).is_ok() || self.unavailable(name)?.is_some() {
+        if let Some(remote) = &self.remote {
+            // Qdrant decides (another front end may have created or deleted it).
+            if remote.find(name)?.is_some() {
+                return Err(Error::CollectionExists(name.to_string()));
+            }
+            self.open_map_mut()?.remove(name);
+        } else if self.collection(name).is_ok() || self.unavailable(name)?.is_some() {
             return Err(Error::CollectionExists(name.to_string()));
         }
         self.check_free_disk()?;
@@ -398,15 +465,29 @@ impl Engine {
             )));
         }
         let embedder = self.embedder(&model)?;
+        let id = match self.remote {
+            // Only names local files on the embedded backend; unique enough to tell apart a
+            // collection re-created under the same name.
+            Some(_) => rand::random::<u64>() >> 1,
+            None => self.store.next_id()?,
+        };
         let record = CollectionRecord {
             name: name.to_string(),
-            id: self.store.next_id()?,
+            id,
             model,
             dimension: embedder.dimension(),
             chunk_tokens: chunking.max_tokens,
             chunk_overlap: chunking.overlap,
             created_unix_ms: now_ms(),
         };
+        if let Some(remote) = &self.remote {
+            remote.create(&record, &settings.metadata_schema)?;
+            let c = self.open_remote(crate::qdrant::Found {
+                record,
+                schema: settings.metadata_schema,
+            })?;
+            return Ok(c.info());
+        }
         // Declared types first: a crash before the record leaves orphan trees, dropped at start.
         self.store
             .trees(&record)?
@@ -430,6 +511,9 @@ impl Engine {
     }
 
     pub fn list_collections(&self) -> Result<Vec<CollectionInfo>> {
+        if self.remote.is_some() {
+            self.refresh_remote()?;
+        }
         let map = self.open_map()?;
         let mut out: Vec<CollectionInfo> = map.values().map(|c| c.info()).collect();
         out.sort_by(|a, b| a.record.name.cmp(&b.record.name));
@@ -454,18 +538,28 @@ impl Engine {
             }
             // From here on, work that still holds the collection reports NOT_FOUND.
             collection.deleted.store(true, Ordering::Release);
-            let (store, c) = (engine.store.clone(), collection.clone());
-            let dropped = tokio::task::spawn_blocking(move || store.delete_collection(&c.record))
-                .await
-                .map_err(|e| Error::internal(format!("delete task failed: {e}")))
-                .and_then(|r| r);
+            let (store, c, remote) = (
+                engine.store.clone(),
+                collection.clone(),
+                engine.remote.clone(),
+            );
+            let dropped = tokio::task::spawn_blocking(move || match remote {
+                Some(remote) => remote.delete(&c.record.name),
+                None => store.delete_collection(&c.record),
+            })
+            .await
+            .map_err(|e| Error::internal(format!("delete task failed: {e}")))
+            .and_then(|r| r);
             if let Err(e) = dropped {
                 collection.deleted.store(false, Ordering::Release);
                 return Err(e);
             }
             engine.open_map_mut()?.remove(&collection.record.name);
             crate::metrics::forget_collection(&collection.record.name);
-            if let Err(e) = std::fs::remove_dir_all(&collection.dir) {
+            let Some(local) = collection.local() else {
+                return Ok(());
+            };
+            if let Err(e) = std::fs::remove_dir_all(&local.dir) {
                 // Removed again at the next start-up.
                 tracing::warn!(error = %e, "could not remove collection files");
             }

@@ -3,8 +3,8 @@
 //!
 //! Every committed operation carries a sequence number. Each index records the last sequence
 //! it applied (tantivy in its commit payload, HNSW in its checkpoint's `meta.json`), and
-//! [`Collection::index_op`] applies an operation only to the indexes that have not seen it.
-//! At start-up ([`Collection::recover`]) logged operations after an index's sequence are
+//! [`Embedded::index_op`] applies an operation only to the indexes that have not seen it.
+//! At start-up ([`Embedded::recover`]) logged operations after an index's sequence are
 //! replayed; an index that is missing is rebuilt from sled. Nothing is re-embedded: vectors
 //! live in sled. Checkpoints (periodic and at shutdown) persist the HNSW graph, rebuild it when
 //! tombstones pile up, and trim the log up to what every index has applied.
@@ -14,7 +14,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Collection, Engine};
+use super::embedded::Embedded;
+use super::{Backing, Collection, Engine};
 use crate::error::{Error, Result};
 use crate::index::LexicalDoc;
 use crate::store::{ChunkRecord, DocRecord, NewDocument, Op, Store};
@@ -58,7 +59,12 @@ impl Engine {
                 if c2.deleted.load(Ordering::Acquire) {
                     return Ok(());
                 }
-                c2.checkpoint_blocking(&store, ratio, idle)
+                match &c2.backing {
+                    Backing::Embedded(e) => e.checkpoint_blocking(&store, ratio, idle),
+                    // Qdrant persists by itself; what is left to do is sweeping what
+                    // interrupted writes left behind, now and then.
+                    Backing::Qdrant(q) => q.sweep_if_due().map(|_| ()),
+                }
             })
             .await
             .map_err(|e| Error::internal(format!("checkpoint task failed: {e}")))??;
@@ -71,7 +77,7 @@ impl Engine {
     }
 }
 
-impl Collection {
+impl Embedded {
     /// Applies a just-committed operation to both indexes, taking its documents from `fresh`
     /// instead of re-reading them from sled.
     pub(super) fn apply_with(&self, seq: u64, op: &Op, fresh: &[NewDocument]) -> Result<()> {
@@ -226,7 +232,7 @@ impl Collection {
         Ok(())
     }
 
-    /// After an index update failed (see `commit_and_apply`): tries to bring the indexes up to
+    /// After an index update failed (see [`Embedded::commit`]): tries to bring the indexes up to
     /// date from the log; the collection stays stale, and writes keep their operations in the
     /// log, until that succeeds.
     pub(super) fn catch_up_if_stale(&self) {

@@ -105,6 +105,11 @@ impl Engine {
         rename: Option<&str>,
         allow: &dyn Fn(&[&str]) -> Result<()>,
     ) -> Result<Vec<CollectionInfo>> {
+        if self.remote.is_some() {
+            return Err(Error::FailedPrecondition(
+                "Quarry snapshot archives restore on the embedded backend; this server keeps its collections on Qdrant (use Qdrant's snapshots, or `quarry export` and `quarry ingest`)".into(),
+            ));
+        }
         let file = std::fs::File::open(archive).map_err(|e| {
             Error::NotFound(format!(
                 "cannot open snapshot {}: {e}",
@@ -279,10 +284,8 @@ impl Engine {
                     ))
                 }
             })?;
-            let applied = collection
-                .lexical
-                .applied_seq()?
-                .max(collection.dense.applied_seq()?);
+            let local = collection.require_local("restoring a Quarry snapshot")?;
+            let applied = local.lexical.applied_seq()?.max(local.dense.applied_seq()?);
             if applied >= MAX_ARCHIVE_ID || t.from.seq >= MAX_ARCHIVE_ID {
                 return Err(corrupt("an index claims an impossible sequence"));
             }

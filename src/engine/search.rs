@@ -3,20 +3,18 @@
 //!
 //! In hybrid mode a lone search embeds its query on every core, then runs the two retrievers
 //! side by side. Under concurrent load each search keeps to one thread instead
-//! (`model::lone_search`). Dense candidates are planned by filter
-//! selectivity ([`Collection::dense_candidates`]).
+//! (`model::lone_search`). The candidates come from the backend (`backend::CollectionStore`):
+//! the embedded one plans dense candidates by filter selectivity, Qdrant plans its own.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use super::{Collection, Engine, Limits};
 use crate::error::{Error, Result};
-use crate::filter::Filter;
-use crate::index::{exact_search, Rescore};
 use crate::model;
 use crate::retrieve::hybrid::{self, Ranked};
-use crate::retrieve::{DensePlan, Fused, Fusion, Hit, Mode, SearchOutcome, SearchParams};
-use crate::store::DocRecord;
+use crate::retrieve::{Fused, Fusion, Hit, Mode, SearchOutcome, SearchParams};
+use crate::store::{doc_key, DocRecord};
 
 impl Engine {
     /// Runs a search.
@@ -110,25 +108,12 @@ impl Collection {
             )));
         }
         let wanted = (p.offset + top_k).min(depth);
-        let filter = {
-            let schema = self
-                .schema
-                .read()
-                .map_err(|_| Error::internal("schema lock poisoned"))?;
-            p.filter.resolve(&schema)?
-        };
+        let filter = self.resolve(&p.filter)?;
+        let store = self.store();
         let lexical_side =
-            || -> Result<Ranked> { self.lexical.search(&p.query, depth, &filter, p.title_boost) };
-        let exact_limit = match p.dense_plan {
-            DensePlan::Auto => exact_limit.min(graph_walk_limit(
-                depth,
-                self.dense.graph_points().unwrap_or(0),
-            )),
-            DensePlan::Exact => usize::MAX,
-            DensePlan::Graph => 0,
-        };
+            || -> Result<Ranked> { store.lexical(&p.query, depth, &filter, p.title_boost) };
         let dense_from = |q: Result<Vec<f32>>| -> Result<Ranked> {
-            self.dense_candidates(&q?, depth, &filter, exact_limit)
+            store.dense(&q?, depth, &filter, p.dense_plan, exact_limit)
         };
         // A lone hybrid search embeds its query first, on every core (the wide session), then
         // runs the two retrievers side by side. Overlapping the lexical search with the
@@ -189,90 +174,70 @@ impl Collection {
         }
     }
 
-    /// The first `top_k` entries of a ranking as hits, with text and metadata from sled.
-    /// Chunks deleted since they were indexed are skipped.
+    /// The first `top_k` entries of a ranking as hits, with text and metadata from the
+    /// backend. Chunks deleted or replaced since they were ranked are skipped. Reads in rounds
+    /// of about the entries still wanted (one round when nothing changed meanwhile).
     fn hits(&self, fused: Vec<Fused>, top_k: usize, one_per_document: bool) -> Result<Vec<Hit>> {
+        let store = self.store();
         let mut hits = Vec::with_capacity(top_k);
         let mut docs: HashMap<String, Option<DocRecord>> = HashMap::new();
         let mut seen_docs = HashSet::new();
-        for f in fused {
-            if hits.len() >= top_k {
-                break;
+        let mut rest = fused.into_iter().peekable();
+        while hits.len() < top_k && rest.peek().is_some() {
+            let want = (top_k - hits.len()).max(1);
+            let mut round = Vec::with_capacity(want);
+            let mut round_docs = HashSet::new();
+            // One chunk per document is taken when grouping, so a round takes only entries
+            // of documents not seen yet.
+            while round.len() < want {
+                let Some(f) = rest.next() else { break };
+                if one_per_document && seen_docs.contains(&doc_key(f.chunk_id)) {
+                    continue;
+                }
+                if one_per_document && !round_docs.insert(doc_key(f.chunk_id)) {
+                    continue;
+                }
+                round.push(f);
             }
-            let Some(chunk) = self.trees.get_chunk(f.chunk_id)? else {
-                continue;
-            };
-            if one_per_document && !seen_docs.insert(chunk.doc_id.clone()) {
-                continue;
+            let ids: Vec<u64> = round.iter().map(|f| f.chunk_id).collect();
+            let chunks = store.chunks(&ids)?;
+            let unseen: Vec<String> = chunks
+                .iter()
+                .flatten()
+                .map(|c| c.doc_id.clone())
+                .filter(|d| !docs.contains_key(d))
+                .collect::<HashSet<_>>()
+                .into_iter()
+                .collect();
+            for (id, d) in unseen.iter().zip(store.docs(&unseen)?) {
+                docs.insert(id.clone(), d);
             }
-            if !docs.contains_key(&chunk.doc_id) {
-                docs.insert(chunk.doc_id.clone(), self.trees.get_doc(&chunk.doc_id)?);
+            for (f, chunk) in round.into_iter().zip(chunks) {
+                if hits.len() >= top_k {
+                    break;
+                }
+                let Some(chunk) = chunk else { continue };
+                if one_per_document && !seen_docs.insert(doc_key(f.chunk_id)) {
+                    continue;
+                }
+                let Some(d) = docs.get(&chunk.doc_id).and_then(|d| d.as_ref()) else {
+                    continue;
+                };
+                hits.push(Hit {
+                    title: d.title.clone(),
+                    metadata: d.metadata.clone(),
+                    doc_id: chunk.doc_id,
+                    chunk_id: f.chunk_id,
+                    ordinal: chunk.ordinal,
+                    text: chunk.text,
+                    start: chunk.start,
+                    end: chunk.end,
+                    score: f.score,
+                    lexical: f.lexical,
+                    dense: f.dense,
+                });
             }
-            let Some(d) = docs.get(&chunk.doc_id).and_then(|d| d.as_ref()) else {
-                continue;
-            };
-            hits.push(Hit {
-                title: d.title.clone(),
-                metadata: d.metadata.clone(),
-                doc_id: chunk.doc_id,
-                chunk_id: f.chunk_id,
-                ordinal: chunk.ordinal,
-                text: chunk.text,
-                start: chunk.start,
-                end: chunk.end,
-                score: f.score,
-                lexical: f.lexical,
-                dense: f.dense,
-            });
         }
         Ok(hits)
     }
-
-    /// Dense candidates, planned by filter selectivity: HNSW when unfiltered or when the
-    /// filter allows many chunks, exact scoring of the allowed chunks when it allows few
-    /// (HNSW's filtered search loses its early termination and gets slow there).
-    ///
-    /// Every one of the graph's `depth` candidates is rescored with sled's exact vector (see
-    /// `DenseIndex::search`): how a candidate is scored must depend on the ranking's depth
-    /// alone, never on the page asked for, or the pages of one query would be cut from
-    /// different rankings (a head rescored for page one, a longer one for page five, and
-    /// min-max fusion normalizing over both), and repeat or skip hits.
-    fn dense_candidates(
-        &self,
-        q: &[f32],
-        depth: usize,
-        filter: &Filter,
-        exact_limit: usize,
-    ) -> Result<Ranked> {
-        let exact = |id: u64| self.trees.get_vector(id);
-        let rescore = Rescore {
-            exact: &exact,
-            head: depth,
-        };
-        if filter.is_all() {
-            return self.dense.search(q, depth, None, rescore);
-        }
-        let allowed = self.lexical.matching_chunks(filter)?;
-        if allowed.len() <= exact_limit {
-            let mut vectors = Vec::with_capacity(allowed.len());
-            for id in &allowed {
-                if let Some(v) = self.trees.get_vector(*id)? {
-                    vectors.push((*id, v));
-                }
-            }
-            Ok(exact_search(q, vectors.into_iter(), depth))
-        } else {
-            self.dense.search(q, depth, Some(&allowed), rescore)
-        }
-    }
-}
-
-/// The number of allowed chunks up to which exact scoring beats the graph's filtered walk, from
-/// a cost model fitted on SciFact (`cargo bench --bench filters`): exact scoring costs about
-/// 0.8 us per allowed chunk, and the walk about 0.6 us per node it visits, which is about
-/// `depth / (allowed share)` nodes, `depth * points / allowed`. They cross where
-/// `allowed^2 = 0.7 * depth * points`: about 800 chunks at SciFact's 9,142, 8,400 at 10^6 (where
-/// `index.exact_filter_limit` caps it).
-fn graph_walk_limit(depth: usize, points: usize) -> usize {
-    (0.7 * depth as f64 * points as f64).sqrt() as usize
 }

@@ -24,6 +24,8 @@ pub struct EngineConfig {
     pub query_cache_entries: usize,
     /// Bytes of sled's page cache (see `store::DEFAULT_CACHE_BYTES`).
     pub storage_cache_bytes: u64,
+    /// Where collections live (`[backend]`): the data directory (default) or Qdrant.
+    pub backend: crate::qdrant::BackendSettings,
 }
 
 /// Default size of each model's query-vector cache: about 7 MiB for a 384-d model at most.
@@ -165,6 +167,7 @@ impl EngineConfig {
             index: IndexSettings::default(),
             query_cache_entries: DEFAULT_QUERY_CACHE_ENTRIES,
             storage_cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
+            backend: Default::default(),
         }
     }
 

@@ -29,7 +29,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::embedded::Embedded;
 use super::{now_ms, Collection, Engine};
+use crate::backend::CollectionStore;
 use crate::error::{quote, Error, Result};
 use crate::store::{doc_key, CollectionRecord};
 
@@ -153,6 +155,17 @@ impl Collection {
     /// dumps the records to `records`, and lists the index files (path in the archive, path
     /// on disk).
     fn dump(&self, records: &Path) -> Result<(SnapshotCollection, Vec<(String, PathBuf)>)> {
+        let local = self.require_local("a Quarry snapshot")?;
+        local.dump(records, self.embedder.fingerprint()?)
+    }
+}
+
+impl Embedded {
+    fn dump(
+        &self,
+        records: &Path,
+        model_fingerprint: String,
+    ) -> Result<(SnapshotCollection, Vec<(String, PathBuf)>)> {
         self.catch_up_if_stale();
         if self.stale.load(std::sync::atomic::Ordering::Acquire) {
             return Err(Error::FailedPrecondition(format!(
@@ -208,15 +221,15 @@ impl Collection {
                 }
             }
         }
-        let info = self.info();
+        let (documents, chunks) = self.counts()?;
         Ok((
             SnapshotCollection {
                 record: self.record.clone(),
-                model_fingerprint: self.embedder.fingerprint()?,
+                model_fingerprint,
                 seq,
                 max_id,
-                documents: info.document_count,
-                chunks: info.chunk_count,
+                documents,
+                chunks,
                 files: hashes,
             },
             files,

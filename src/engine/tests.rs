@@ -18,6 +18,10 @@ fn open(dir: &Path, embedder: &Arc<HashEmbedder>) -> Engine {
     .expect("engine opens")
 }
 
+fn open_with(config: &EngineConfig, embedder: &Arc<HashEmbedder>) -> Engine {
+    Engine::open(config.clone(), Arc::new(HashModels(embedder.clone()))).expect("engine opens")
+}
+
 fn doc(id: &str, text: &str) -> DocumentInput {
     DocumentInput {
         id: id.into(),
@@ -92,7 +96,9 @@ async fn recovers_a_write_committed_but_not_applied() {
             chunks: vec![(crate::store::chunk_id(key, 0), chunk, vectors[0].clone())],
         };
         let seq = engine.store.next_id().unwrap();
-        c.trees
+        c.local()
+            .unwrap()
+            .trees
             .commit(seq, &[new], &[], &Default::default(), None)
             .unwrap();
         engine.store.flush_blocking().unwrap();
@@ -147,7 +153,12 @@ async fn rebuilds_a_lost_dense_index_from_sled() {
 async fn grouping_returns_one_hit_per_document() {
     let dir = tempfile::tempdir().unwrap();
     let embedder = Arc::new(HashEmbedder::new(64).unwrap());
-    let engine = open(dir.path(), &embedder);
+    for (backend, engine) in super::backends_tests::engines(dir.path(), &embedder) {
+        grouping_on(backend, engine).await;
+    }
+}
+
+async fn grouping_on(backend: &str, engine: Engine) {
     engine.create_collection("c", small_chunks()).unwrap();
     let long = "basalt columns form as lava cools. basalt columns are hexagonal. \
                 basalt columns appear on coasts. basalt quarries cut columns.";
@@ -169,12 +180,12 @@ async fn grouping_returns_one_hit_per_document() {
         let long_hits = all.hits.iter().filter(|h| h.doc_id == "long").count();
         assert!(
             long_hits > 1,
-            "{mode:?} without grouping: {long_hits} chunks of one document"
+            "{backend} {mode:?} without grouping: {long_hits} chunks of one document"
         );
         p.group_by_document = true;
         let grouped = engine.search("c", p).await.unwrap();
         let ids: Vec<&str> = grouped.hits.iter().map(|h| h.doc_id.as_str()).collect();
-        assert_eq!(ids.len(), 2, "{mode:?} grouped: {ids:?}");
+        assert_eq!(ids.len(), 2, "{backend} {mode:?} grouped: {ids:?}");
         assert!(ids.contains(&"long") && ids.contains(&"other"));
     }
 }
@@ -224,7 +235,7 @@ async fn a_title_is_indexed_once_per_document_not_per_chunk() {
         assert_eq!(found(&engine, Mode::Lexical, "tourists").await, ["long"]);
         // An index written by an older version (no format marker) is rebuilt from sled.
         let c = engine.collection("c").unwrap();
-        let marker = c.dir.join("lexical").join("quarry-format");
+        let marker = c.local().unwrap().dir.join("lexical").join("quarry-format");
         drop((c, engine));
         std::fs::remove_file(marker).unwrap();
     }
@@ -245,21 +256,28 @@ async fn replay_never_inserts_a_vector_twice() {
         // The dense index applies "b" and is checkpointed with it; the lexical index fails
         // both the write and the checkpoint's repair, so it stays one operation behind.
         let c = engine.collection("c").unwrap();
-        c.lexical.fail_applies.store(2, Ordering::Relaxed);
+        c.local()
+            .unwrap()
+            .lexical
+            .fail_applies
+            .store(2, Ordering::Relaxed);
         engine.upsert("c", vec![doc("b", "marble")]).await.unwrap();
         engine.checkpoint().await.unwrap();
-        assert!(c.lexical.applied_seq().unwrap() < c.dense.applied_seq().unwrap());
-        assert_eq!(c.dense.graph_points().unwrap(), 2);
+        assert!(
+            c.local().unwrap().lexical.applied_seq().unwrap()
+                < c.local().unwrap().dense.applied_seq().unwrap()
+        );
+        assert_eq!(c.local().unwrap().dense.graph_points().unwrap(), 2);
     }
     // Recovery replays "b" into the lexical index only.
     let engine = open(dir.path(), &embedder);
     let c = engine.collection("c").unwrap();
     assert_eq!(
-        c.lexical.applied_seq().unwrap(),
-        c.dense.applied_seq().unwrap()
+        c.local().unwrap().lexical.applied_seq().unwrap(),
+        c.local().unwrap().dense.applied_seq().unwrap()
     );
     assert_eq!(
-        c.dense.graph_points().unwrap(),
+        c.local().unwrap().dense.graph_points().unwrap(),
         2,
         "no vector inserted twice"
     );
@@ -301,8 +319,14 @@ async fn hybrid_degrades_to_lexical_when_the_query_cannot_be_embedded() {
 async fn deletes_are_immediate_counted_and_survive_restart() {
     let dir = tempfile::tempdir().unwrap();
     let embedder = Arc::new(HashEmbedder::new(32).unwrap());
+    for (backend, config) in super::backends_tests::configs(dir.path()) {
+        deletes_on(backend, &config, &embedder).await;
+    }
+}
+
+async fn deletes_on(backend: &str, config: &EngineConfig, embedder: &Arc<HashEmbedder>) {
     {
-        let engine = open(dir.path(), &embedder);
+        let engine = open_with(config, embedder);
         engine.create_collection("c", small_chunks()).unwrap();
         engine
             .upsert(
@@ -326,23 +350,26 @@ async fn deletes_are_immediate_counted_and_survive_restart() {
             assert_eq!(
                 found(&engine, mode, "limestone").await,
                 vec!["keep"],
-                "{mode:?}"
+                "{backend} {mode:?}"
             );
         }
         let info = engine.collection("c").unwrap().info();
         let c = engine.collection("c").unwrap();
-        assert_eq!(info.document_count, c.trees.doc_count() as u64);
-        assert_eq!(info.chunk_count, c.trees.chunk_count() as u64);
-        assert_eq!(info.document_count, 1);
+        if let Some(local) = c.local() {
+            assert_eq!(info.document_count, local.trees.doc_count() as u64);
+            assert_eq!(info.chunk_count, local.trees.chunk_count() as u64);
+        }
+        assert_eq!(info.document_count, 1, "{backend}");
+        assert_eq!(info.chunk_count, 1, "{backend}");
         let (docs, missing) = engine.get_documents("c", &["gone".into()], false).unwrap();
         assert!(docs.is_empty() && missing == ["gone"]);
     }
-    let engine = open(dir.path(), &embedder);
+    let engine = open_with(config, embedder);
     for mode in MODES {
         assert_eq!(
             found(&engine, mode, "limestone").await,
             vec!["keep"],
-            "{mode:?}"
+            "{backend} {mode:?}"
         );
     }
     assert_eq!(engine.collection("c").unwrap().info().document_count, 1);
@@ -352,7 +379,12 @@ async fn deletes_are_immediate_counted_and_survive_restart() {
 async fn updates_replace_chunks_and_unchanged_documents_are_skipped() {
     let dir = tempfile::tempdir().unwrap();
     let embedder = Arc::new(HashEmbedder::new(32).unwrap());
-    let engine = open(dir.path(), &embedder);
+    for (backend, engine) in super::backends_tests::engines(dir.path(), &embedder) {
+        updates_on(backend, engine, &embedder).await;
+    }
+}
+
+async fn updates_on(backend: &str, engine: Engine, embedder: &Arc<HashEmbedder>) {
     engine.create_collection("c", Default::default()).unwrap();
     let first = engine
         .upsert("c", vec![doc("a", "sandstone arches")])
@@ -384,11 +416,11 @@ async fn updates_replace_chunks_and_unchanged_documents_are_skipped() {
         assert_eq!(
             texts,
             vec!["gneiss outcrops"],
-            "{mode:?}: the old chunk is gone"
+            "{backend} {mode:?}: the old chunk is gone"
         );
     }
     let info = engine.collection("c").unwrap().info();
-    assert_eq!((info.document_count, info.chunk_count), (1, 1));
+    assert_eq!((info.document_count, info.chunk_count), (1, 1), "{backend}");
 }
 
 #[tokio::test]
@@ -405,20 +437,24 @@ async fn an_index_failure_after_commit_is_repaired_never_skipped() {
             .unwrap();
         let c = engine.collection("c").unwrap();
         // The lexical commit fails after sled committed "b": the write is still acknowledged.
-        c.lexical.fail_applies.store(1, Ordering::Relaxed);
+        c.local()
+            .unwrap()
+            .lexical
+            .fail_applies
+            .store(1, Ordering::Relaxed);
         let out = engine
             .upsert("c", vec![doc("b", "marble sculpture")])
             .await
             .unwrap();
         assert_eq!(out[0].status, UpsertStatus::Created);
-        assert!(c.stale.load(Ordering::Relaxed));
+        assert!(c.local().unwrap().stale.load(Ordering::Relaxed));
         assert!(found(&engine, Mode::Lexical, "marble").await.is_empty());
         // The next write first replays "b" from the log, then applies itself.
         engine
             .upsert("c", vec![doc("d", "slate roof")])
             .await
             .unwrap();
-        assert!(!c.stale.load(Ordering::Relaxed));
+        assert!(!c.local().unwrap().stale.load(Ordering::Relaxed));
         for mode in MODES {
             assert_eq!(
                 found(&engine, mode, "marble sculpture").await[0],
@@ -435,13 +471,17 @@ async fn an_index_failure_after_commit_is_repaired_never_skipped() {
         assert_eq!(again[0].status, UpsertStatus::Unchanged);
         // Fail both the write's apply and the checkpoint's repair: the checkpoint must not
         // trim the unapplied operation from the log, so a restart still applies it.
-        c.lexical.fail_applies.store(2, Ordering::Relaxed);
+        c.local()
+            .unwrap()
+            .lexical
+            .fail_applies
+            .store(2, Ordering::Relaxed);
         engine
             .upsert("c", vec![doc("e", "basalt columns")])
             .await
             .unwrap();
         engine.checkpoint().await.unwrap();
-        assert!(c.stale.load(Ordering::Relaxed));
+        assert!(c.local().unwrap().stale.load(Ordering::Relaxed));
         assert!(found(&engine, Mode::Lexical, "basalt").await.is_empty());
     }
     let engine = open(dir.path(), &embedder);

@@ -57,9 +57,21 @@ async fn stop(jobs: Jobs) {
         .unwrap();
 }
 
+/// On both backends: the job's state stays in the front end's sled, the documents go where
+/// the collection lives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_directory_job_ingests_then_reruns_cheaply_and_syncs() {
     let data = tempfile::tempdir().unwrap();
+    let embedder = Arc::new(HashEmbedder::new(32).unwrap());
+    for (backend, config) in crate::engine::backends_tests::configs(data.path()) {
+        let engine = Engine::open(config, Arc::new(HashModels(embedder.clone()))).unwrap();
+        engine.create_collection("c", Default::default()).unwrap();
+        eprintln!("a directory job on the {backend} backend");
+        directory_job_on(Arc::new(engine)).await;
+    }
+}
+
+async fn directory_job_on(engine: Arc<Engine>) {
     let root = tempfile::tempdir().unwrap();
     let docs = root.path().join("docs");
     std::fs::create_dir_all(docs.join("sub")).unwrap();
@@ -67,11 +79,6 @@ async fn a_directory_job_ingests_then_reruns_cheaply_and_syncs() {
         std::fs::write(docs.join(format!("d{i}.txt")), format!("granite slab {i}")).unwrap();
     }
     std::fs::write(docs.join("sub/note.md"), "# Note\n\nmarble").unwrap();
-    let engine = engine(
-        data.path(),
-        HashEmbedder::new(32).unwrap(),
-        Limits::default(),
-    );
     let jobs = jobs(&engine, root.path());
 
     let job = jobs.submit("c", source(docs.clone()), false).unwrap();

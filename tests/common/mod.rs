@@ -291,3 +291,11 @@ pub fn python_venv(name: &str, packages: &[&str]) -> PathBuf {
     }
     venv
 }
+
+/// The Qdrant binary `scripts/provision-qdrant.sh` provides (built once per machine from
+/// ../shared/vendor), or `None`, said loudly, where it cannot be had.
+#[allow(dead_code)]
+pub fn qdrant_binary() -> Option<PathBuf> {
+    quarry::qdrant::node::provisioned_binary(Path::new(env!("CARGO_MANIFEST_DIR")))
+        .expect("scripts/provision-qdrant.sh runs")
+}

@@ -1,0 +1,233 @@
+//! Quarry on Qdrant, end to end: two real `quarry serve` processes (the real embedding model)
+//! configured with `[backend] kind = "qdrant"` on one real Qdrant node. A collection created
+//! through one front end is served by the other; a write acknowledged by one is visible to a
+//! search on the other at once, over gRPC and HTTP alike; the two rank identically; the
+//! fixture's eval gives the embedded backend's figures within a small margin; a delete on one is
+//! gone on the other. Skipped loudly where no Qdrant binary can be had.
+
+mod common;
+
+use std::path::Path;
+
+use quarry::api::pb;
+use quarry::qdrant::node::QdrantNode;
+use tonic::transport::Channel;
+
+struct FrontEnd {
+    child: std::process::Child,
+    url: String,
+    grpc: Channel,
+    http: String,
+}
+
+impl Drop for FrontEnd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn front_end(data: &Path, config: Option<&Path>) -> FrontEnd {
+    let mut extra: Vec<&str> = Vec::new();
+    let config_arg;
+    if let Some(c) = config {
+        config_arg = c.to_string_lossy().to_string();
+        extra.extend(["--config", config_arg.as_str()]);
+    }
+    let (child, url, http) = common::start_binary_doors(data, &extra);
+    let grpc = Channel::from_shared(url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    FrontEnd {
+        child,
+        url,
+        grpc,
+        http,
+    }
+}
+
+async fn hybrid(channel: &Channel, collection: &str, query: &str) -> Vec<(String, f32)> {
+    let r = pb::search_client::SearchClient::new(channel.clone())
+        .search(pb::SearchRequest {
+            collection: collection.into(),
+            query: query.into(),
+            top_k: 5,
+            ..Default::default()
+        })
+        .await
+        .expect("search")
+        .into_inner();
+    r.hits
+        .into_iter()
+        .map(|h| (h.document_id, h.score))
+        .collect()
+}
+
+/// nDCG@10 per mode of the fixture's eval set through `channel`.
+async fn eval(channel: &Channel, collection: &str) -> Vec<(String, f64)> {
+    let set = quarry::eval::beir::Dataset::open(&common::fixture_dir()).unwrap();
+    let texts = set.queries().unwrap();
+    let mut queries: Vec<pb::EvalQuery> = set
+        .qrels("test")
+        .unwrap()
+        .into_iter()
+        .map(|(id, judgments)| pb::EvalQuery {
+            text: texts[&id].clone(),
+            id,
+            judgments,
+        })
+        .collect();
+    queries.sort_by(|a, b| a.id.cmp(&b.id));
+    let request = pb::EvalRequest {
+        collection: collection.into(),
+        queries,
+        runs: vec![],
+        depth: 100,
+    };
+    let mut stream = pb::eval_client::EvalClient::new(channel.clone())
+        .evaluate(request)
+        .await
+        .expect("eval")
+        .into_inner();
+    let mut result = None;
+    while let Some(m) = stream.message().await.unwrap() {
+        if m.result.is_some() {
+            result = m.result;
+        }
+    }
+    result
+        .expect("a final result")
+        .runs
+        .into_iter()
+        .map(|run| (run.name, run.metrics.map_or(0.0, |m| m.ndcg_at_10)))
+        .collect()
+}
+
+#[tokio::test]
+async fn two_front_ends_on_one_qdrant_serve_the_same_collections() {
+    let Some(bin) = common::qdrant_binary() else {
+        return;
+    };
+    quarry::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let node = tokio::task::spawn_blocking({
+        let dir = dir.path().join("qdrant");
+        move || QdrantNode::single(&bin, &dir)
+    })
+    .await
+    .unwrap()
+    .expect("qdrant starts");
+    let config = dir.path().join("quarry.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[backend]\nkind = \"qdrant\"\nurl = \"{}\"\ncollection_prefix = \"it-\"\n",
+            node.url()
+        ),
+    )
+    .unwrap();
+    let a = front_end(&dir.path().join("a"), Some(&config)).await;
+    let b = front_end(&dir.path().join("b"), Some(&config)).await;
+    let embedded = front_end(&dir.path().join("embedded"), None).await;
+    common::create_fixture_collection(&a.grpc, "docs").await;
+    common::create_fixture_collection(&embedded.grpc, "docs").await;
+
+    // B serves what A wrote, ranked as A ranks it.
+    let query = "how do plants turn light into energy";
+    let from_a = hybrid(&a.grpc, "docs", query).await;
+    let from_b = hybrid(&b.grpc, "docs", query).await;
+    assert_eq!(from_a, from_b);
+    assert_eq!(from_a[0].0, "bio-photosynthesis", "{from_a:?}");
+    let listed = pb::collections_client::CollectionsClient::new(b.grpc.clone())
+        .list_collections(pb::ListCollectionsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let docs = listed
+        .collections
+        .iter()
+        .find(|c| c.name == "docs")
+        .unwrap();
+    assert_eq!(docs.document_count, common::fixture_docs().len() as u64);
+
+    // A write acknowledged by B is visible to A's next search, over HTTP too.
+    pb::documents_client::DocumentsClient::new(b.grpc.clone())
+        .upsert_documents(pb::UpsertDocumentsRequest {
+            collection: "docs".into(),
+            documents: vec![common::doc(
+                "new-basalt",
+                "Basalt columns form when thick lava flows cool and contract into hexagonal pillars.",
+            )],
+        })
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let found: serde_json::Value = http
+        .post(format!("{}/v1/collections/docs/search", a.http))
+        .json(&serde_json::json!({"query": "hexagonal basalt pillars from lava", "top_k": 3}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(found["hits"][0]["document_id"], "new-basalt", "{found}");
+
+    // The fixture's eval: Qdrant's figures beside the embedded backend's.
+    let on_qdrant = eval(&a.grpc, "docs").await;
+    let on_embedded = eval(&embedded.grpc, "docs").await;
+    eprintln!("fixture nDCG@10 embedded {on_embedded:?}");
+    eprintln!("fixture nDCG@10 qdrant   {on_qdrant:?}");
+    assert_eq!(on_qdrant.len(), on_embedded.len());
+    for ((name, q), (_, e)) in on_qdrant.iter().zip(&on_embedded) {
+        // The fixture has one extra document on Qdrant (new-basalt), unrelated to its queries.
+        assert!((q - e).abs() <= 0.05, "{name}: qdrant {q} vs embedded {e}");
+    }
+
+    // An export through B reads back through A unchanged: same content hashes.
+    let grpc_url = |f: &FrontEnd| f.url.clone();
+    let export = dir.path().join("docs.jsonl");
+    let cli = |url: &str, args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_quarry"))
+            .args(args)
+            .args(["--server", url])
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{text}");
+        text
+    };
+    let export_arg = export.to_string_lossy().to_string();
+    cli(
+        &grpc_url(&b),
+        &["export", "--collection", "docs", "--out", &export_arg],
+    );
+    let lines = std::fs::read_to_string(&export).unwrap().lines().count();
+    assert_eq!(lines, common::fixture_docs().len() + 1);
+    let again = cli(
+        &grpc_url(&a),
+        &["ingest", "--collection", "docs", &export_arg],
+    );
+    assert!(
+        again.contains(" 0 created, 0 updated, "),
+        "an export re-ingested changes nothing: {again}"
+    );
+
+    // A delete through A is gone for B.
+    pb::documents_client::DocumentsClient::new(a.grpc.clone())
+        .delete_documents(pb::DeleteDocumentsRequest {
+            collection: "docs".into(),
+            ids: vec!["new-basalt".into()],
+        })
+        .await
+        .unwrap();
+    let after = hybrid(&b.grpc, "docs", "hexagonal basalt pillars from lava").await;
+    assert!(after.iter().all(|(id, _)| id != "new-basalt"), "{after:?}");
+    drop(node);
+}
