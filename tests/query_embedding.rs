@@ -105,17 +105,8 @@ async fn concurrent_searches_use_every_session_and_rank_as_serial_ones() {
                         .into_iter()
                         .enumerate()
                     {
-                        // Sixteen at once is over the default read queue (3 per core):
-                        // as the refusal says, a well-behaved client backs off and retries.
-                        let r = loop {
-                            match search.search(request(q, mode)).await {
-                                Ok(r) => break r.into_inner(),
-                                Err(s) if s.code() == tonic::Code::ResourceExhausted => {
-                                    tokio::time::sleep(std::time::Duration::from_millis(20)).await
-                                }
-                                Err(s) => panic!("search failed: {s}"),
-                            }
-                        };
+                        // Sixteen at once is over the default read queue (3 per core).
+                        let r = backing_off(&mut search, request(q, mode)).await;
                         out.push((2 * i + m, ranking(&r)));
                     }
                 }
@@ -210,11 +201,9 @@ async fn repeated_queries_come_from_the_cache_with_identical_results() {
             let mut out = Vec::new();
             for round in 0..10 {
                 let i = (client + round) % queries.len();
-                let r = search
-                    .search(request(&queries[i], pb::SearchMode::Dense))
-                    .await
-                    .unwrap()
-                    .into_inner();
+                // Eight at once fill the default read queue (3 per core), and a reply can
+                // reach a client before its slot is free again.
+                let r = backing_off(&mut search, request(&queries[i], pb::SearchMode::Dense)).await;
                 out.push((i, ranking(&r)));
             }
             out
@@ -228,4 +217,21 @@ async fn repeated_queries_come_from_the_cache_with_identical_results() {
     // The six questions (and the two above) fit in the cache: none was embedded again.
     assert_eq!(model.queries_embedded(), embedded);
     server.stop().await;
+}
+
+/// A search as a well-behaved client makes it: on RESOURCE_EXHAUSTED it backs off and
+/// retries, as the refusal says.
+async fn backing_off(
+    search: &mut pb::search_client::SearchClient<tonic::transport::Channel>,
+    r: pb::SearchRequest,
+) -> pb::SearchResponse {
+    loop {
+        match search.search(r.clone()).await {
+            Ok(r) => return r.into_inner(),
+            Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await
+            }
+            Err(s) => panic!("search failed: {s}"),
+        }
+    }
 }
