@@ -65,46 +65,6 @@ async fn hybrid(channel: &Channel, collection: &str, query: &str) -> Vec<(String
         .collect()
 }
 
-/// nDCG@10 per mode of the fixture's eval set through `channel`.
-async fn eval(channel: &Channel, collection: &str) -> Vec<(String, f64)> {
-    let set = quarry::eval::beir::Dataset::open(&common::fixture_dir()).unwrap();
-    let texts = set.queries().unwrap();
-    let mut queries: Vec<pb::EvalQuery> = set
-        .qrels("test")
-        .unwrap()
-        .into_iter()
-        .map(|(id, judgments)| pb::EvalQuery {
-            text: texts[&id].clone(),
-            id,
-            judgments,
-        })
-        .collect();
-    queries.sort_by(|a, b| a.id.cmp(&b.id));
-    let request = pb::EvalRequest {
-        collection: collection.into(),
-        queries,
-        runs: vec![],
-        depth: 100,
-    };
-    let mut stream = pb::eval_client::EvalClient::new(channel.clone())
-        .evaluate(request)
-        .await
-        .expect("eval")
-        .into_inner();
-    let mut result = None;
-    while let Some(m) = stream.message().await.unwrap() {
-        if m.result.is_some() {
-            result = m.result;
-        }
-    }
-    result
-        .expect("a final result")
-        .runs
-        .into_iter()
-        .map(|run| (run.name, run.metrics.map_or(0.0, |m| m.ndcg_at_10)))
-        .collect()
-}
-
 #[tokio::test]
 async fn two_front_ends_on_one_qdrant_serve_the_same_collections() {
     let Some(bin) = common::qdrant_binary() else {
@@ -176,8 +136,9 @@ async fn two_front_ends_on_one_qdrant_serve_the_same_collections() {
     assert_eq!(found["hits"][0]["document_id"], "new-basalt", "{found}");
 
     // The fixture's eval: Qdrant's figures beside the embedded backend's.
-    let on_qdrant = eval(&a.grpc, "docs").await;
-    let on_embedded = eval(&embedded.grpc, "docs").await;
+    let on_qdrant = common::test_split_ndcg(&a.grpc, &common::fixture_dir(), "docs", vec![]).await;
+    let on_embedded =
+        common::test_split_ndcg(&embedded.grpc, &common::fixture_dir(), "docs", vec![]).await;
     eprintln!("fixture nDCG@10 embedded {on_embedded:?}");
     eprintln!("fixture nDCG@10 qdrant   {on_qdrant:?}");
     assert_eq!(on_qdrant.len(), on_embedded.len());

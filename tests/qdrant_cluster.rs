@@ -11,7 +11,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,59 +19,14 @@ use quarry::qdrant::node::QdrantCluster;
 use tonic::transport::Channel;
 use tonic::Code;
 
-fn scifact() -> Option<PathBuf> {
-    let dir = std::env::var_os("QUARRY_SCIFACT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/scifact")
-        });
-    if !dir.join("corpus.jsonl.gz").exists() {
-        eprintln!(
-            "!!! SKIPPED: SciFact not found (QUARRY_SCIFACT or ../shared/datasets/scifact) !!!"
-        );
-        return None;
-    }
-    Some(dir)
-}
-
 /// Hybrid nDCG@10 of SciFact's test split.
-async fn hybrid_ndcg(channel: &Channel, dataset: &quarry::eval::beir::Dataset) -> f64 {
-    let texts = dataset.queries().unwrap();
-    let mut queries: Vec<pb::EvalQuery> = dataset
-        .qrels("test")
-        .unwrap()
-        .into_iter()
-        .filter_map(|(id, judgments)| {
-            Some(pb::EvalQuery {
-                text: texts.get(&id)?.clone(),
-                id,
-                judgments,
-            })
-        })
-        .collect();
-    queries.sort_by(|a, b| a.id.cmp(&b.id));
-    let request = pb::EvalRequest {
-        collection: "scifact".into(),
-        queries,
-        runs: vec![pb::EvalRunSpec {
-            name: "hybrid".into(),
-            mode: pb::SearchMode::Hybrid as i32,
-            ..Default::default()
-        }],
-        depth: 100,
+async fn hybrid_ndcg(channel: &Channel, dir: &std::path::Path) -> f64 {
+    let hybrid = pb::EvalRunSpec {
+        name: "hybrid".into(),
+        mode: pb::SearchMode::Hybrid as i32,
+        ..Default::default()
     };
-    let mut stream = pb::eval_client::EvalClient::new(channel.clone())
-        .evaluate(request)
-        .await
-        .expect("eval")
-        .into_inner();
-    let mut ndcg = None;
-    while let Some(m) = stream.message().await.unwrap() {
-        if let Some(r) = m.result {
-            ndcg = r.runs[0].metrics.as_ref().map(|m| m.ndcg_at_10);
-        }
-    }
-    ndcg.expect("a result")
+    common::test_split_ndcg(channel, dir, "scifact", vec![hybrid]).await[0].1
 }
 
 fn kill_doc(n: usize) -> pb::Document {
@@ -92,7 +46,7 @@ fn clean(status: &tonic::Status, what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_qdrant_node_loses_nothing_acknowledged() {
-    let (Some(bin), Some(scifact)) = (common::qdrant_binary(), scifact()) else {
+    let (Some(bin), Some(scifact)) = (common::qdrant_binary(), common::scifact()) else {
         return;
     };
     quarry::tls::install_crypto_provider();
@@ -139,7 +93,7 @@ async fn a_killed_qdrant_node_loses_nothing_acknowledged() {
         "ingested {corpus} SciFact documents in {:?}",
         started.elapsed()
     );
-    let before = hybrid_ndcg(&channel, &dataset).await;
+    let before = hybrid_ndcg(&channel, &scifact).await;
     eprintln!("hybrid nDCG@10 before the kill: {before:.4}");
 
     // Node 0 (the first `url` names) dies; writers and searchers go on.
@@ -264,7 +218,7 @@ async fn a_killed_qdrant_node_loses_nothing_acknowledged() {
             .hits;
         assert_eq!(hits[0].document_id, format!("kill-{n}"));
     }
-    let after = hybrid_ndcg(&channel, &dataset).await;
+    let after = hybrid_ndcg(&channel, &scifact).await;
     eprintln!("hybrid nDCG@10 after the node returned: {after:.4}");
     assert!((after - before).abs() < 0.005, "{before} -> {after}");
     drop(server);

@@ -5,17 +5,21 @@
 //! One concern per file, each an `impl` block on [`Engine`] or [`Collection`]:
 //! - `mod.rs` (this file): opening the data directory, the model cache, the collection
 //!   registry (create, list, delete).
-//! - `collection.rs`: one open collection's parts, settings and maintained counts.
-//! - `ingest.rs`: the write path, and "commit durably, then apply", the one place a write
-//!   becomes acknowledged; `validate.rs`: the checks a document passes before any work.
+//! - `collection.rs`: one open collection: record, model, key types, write lock, and where its
+//!   data lives (`Backing`, reached through `backend::CollectionStore`).
+//! - `embedded.rs`: the embedded backend (sled, tantivy, HNSW), "commit durably, then apply";
+//!   `remote.rs`: the registry when collections live in Qdrant (`crate::qdrant`).
+//! - `ingest.rs`: the write path, and `Collection::commit`, the one place a write becomes
+//!   acknowledged; `validate.rs`: the checks a document passes before any work.
 //! - `search.rs`: the read path; fusion and grouping rules live in `retrieve::hybrid`.
 //! - `recovery.rs`: applying logged operations to the indexes, replay at start-up, checkpoints.
 //! - `snapshot.rs`: consistent online snapshots of collections, and restoring them.
 //! - `settings.rs`: [`EngineConfig`], [`Limits`], [`IndexSettings`].
 //!
-//! Invariants: sled is the only source of truth (the indexes are derived and repaired from its
-//! operation log); a write is acknowledged only after its sled transaction is flushed; writes to
-//! one collection are serialized by its write lock, and searches never take it.
+//! Invariants: a write is acknowledged only once its backend made it durable (the embedded
+//! backend: sled is the only source of truth, its transaction flushed, the indexes derived and
+//! repaired from its operation log; Qdrant: `qdrant::write`); writes to one collection are
+//! serialized by its write lock (in this process), and searches never take it.
 //!
 //! [`SearchParams`]: crate::retrieve::SearchParams
 //! [`SearchOutcome`]: crate::retrieve::SearchOutcome

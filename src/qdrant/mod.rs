@@ -190,11 +190,18 @@ pub(crate) fn block<T: Send + 'static>(
 }
 
 /// Qdrant's status text, cut to a readable length.
+/// Qdrant's text may echo what was sent to it: escaped (control characters, quotes) and cut.
 fn cut(s: &str) -> String {
     let s = s.trim();
-    match s.char_indices().nth(300) {
-        Some((i, _)) => format!("{}...", &s[..i]),
-        None => s.to_string(),
+    let head = match s.char_indices().nth(300) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    };
+    let escaped: String = head.chars().flat_map(char::escape_debug).collect();
+    if head.len() < s.len() {
+        format!("{escaped}...")
+    } else {
+        escaped
     }
 }
 

@@ -299,3 +299,70 @@ pub fn qdrant_binary() -> Option<PathBuf> {
     quarry::qdrant::node::provisioned_binary(Path::new(env!("CARGO_MANIFEST_DIR")))
         .expect("scripts/provision-qdrant.sh runs")
 }
+
+/// nDCG@10 per run of a BEIR collection's test split (`dir`) evaluated on `collection`
+/// through the Eval RPC (`runs` empty: lexical, dense and hybrid).
+#[allow(dead_code)]
+pub async fn test_split_ndcg(
+    channel: &Channel,
+    dir: &Path,
+    collection: &str,
+    runs: Vec<pb::EvalRunSpec>,
+) -> Vec<(String, f64)> {
+    let set = quarry::eval::beir::Dataset::open(dir).unwrap();
+    let texts = set.queries().unwrap();
+    let mut queries: Vec<pb::EvalQuery> = set
+        .qrels("test")
+        .unwrap()
+        .into_iter()
+        .filter_map(|(id, judgments)| {
+            Some(pb::EvalQuery {
+                text: texts.get(&id)?.clone(),
+                id,
+                judgments,
+            })
+        })
+        .collect();
+    queries.sort_by(|a, b| a.id.cmp(&b.id));
+    let request = pb::EvalRequest {
+        collection: collection.into(),
+        queries,
+        runs,
+        depth: 100,
+    };
+    let mut stream = pb::eval_client::EvalClient::new(channel.clone())
+        .evaluate(request)
+        .await
+        .expect("eval")
+        .into_inner();
+    let mut result = None;
+    while let Some(m) = stream.message().await.unwrap() {
+        if m.result.is_some() {
+            result = m.result;
+        }
+    }
+    result
+        .expect("a final result")
+        .runs
+        .into_iter()
+        .map(|run| (run.name, run.metrics.map_or(0.0, |m| m.ndcg_at_10)))
+        .collect()
+}
+
+/// SciFact's directory (`QUARRY_SCIFACT`, else `../shared/datasets/scifact`), or `None`, said
+/// loudly.
+#[allow(dead_code)]
+pub fn scifact() -> Option<PathBuf> {
+    let dir = std::env::var_os("QUARRY_SCIFACT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/scifact")
+        });
+    if !dir.join("corpus.jsonl.gz").exists() {
+        eprintln!(
+            "!!! SKIPPED: SciFact not found (QUARRY_SCIFACT or ../shared/datasets/scifact) !!!"
+        );
+        return None;
+    }
+    Some(dir)
+}
