@@ -12,9 +12,17 @@
 //! - jobs resume after the restart and end with exact counts (each document counted once);
 //! - the server starts cleanly (no ERROR in its start-up log).
 //!
-//! `QUARRY_CRASH_CYCLES` (default 20) and `QUARRY_CRASH_SEED` (default: from the clock,
-//! printed) choose the run: `QUARRY_CRASH_CYCLES=200 cargo test --test crash_torture --
-//! --nocapture`.
+//! The same journal check runs on the Qdrant backend, on a three-node cluster on loopback (3
+//! shards, replication factor 2): there a Qdrant node is also killed with SIGKILL in half the
+//! cycles, at a random moment (as late as the instant Quarry dies), and sometimes stays down
+//! while Quarry restarts and is checked. While a node is down a write may be refused with
+//! UNAVAILABLE: it stays uncertain (applied whole or not at all) until the next check. A
+//! Qdrant batch is not one transaction with the job's journal, so a job that resumes after a
+//! kill finds the documents its cut-off batch wrote unchanged: still each counted once.
+//!
+//! `QUARRY_CRASH_CYCLES` (default 20 embedded, 10 on Qdrant) and `QUARRY_CRASH_SEED`
+//! (default: from the clock, printed) choose the run: `QUARRY_CRASH_CYCLES=200 cargo test
+//! --test crash_torture -- --nocapture`.
 
 mod common;
 
@@ -22,10 +30,12 @@ use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use quarry::grpc::pb;
+use quarry::qdrant::node::QdrantCluster;
 use rand::{Rng, SeedableRng};
 use tonic::transport::Channel;
 
@@ -85,6 +95,8 @@ struct Journal {
     jobs: Vec<String>,
     /// Operations acknowledged, and operations a kill cut off that turned out applied or not.
     acked: u64,
+    /// Calls refused with UNAVAILABLE while a Qdrant node was down.
+    refused: u64,
     cut_applied: u64,
     cut_lost: u64,
 }
@@ -221,8 +233,39 @@ fn settle(j: &Shared, ns: &[usize], acked: bool) {
     }
 }
 
+/// How a cycle's clients learn the server was killed, and what they may meet before that.
+#[derive(Clone)]
+struct Cycle {
+    /// Set just before the kill: a call failing after it was cut off by the kill.
+    killed: Arc<AtomicBool>,
+    /// Qdrant nodes die too: UNAVAILABLE (or a deadline) while the server lives is allowed.
+    outages: bool,
+    journal: Shared,
+}
+
+impl Cycle {
+    /// Whether the client stops (the server was killed), or goes on after a failed call
+    /// whose documents stay uncertain; panics on a failure the run does not allow.
+    async fn failed(&self, s: &tonic::Status, what: &str) -> bool {
+        if self.killed.load(Ordering::Acquire) {
+            return true;
+        }
+        if self.outages
+            && matches!(
+                s.code(),
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+            )
+        {
+            self.journal.lock().unwrap().refused += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            return false;
+        }
+        panic!("{what} failed while the server lived: {s:?}");
+    }
+}
+
 /// One client's work until the server dies: unary upserts, streams or deletes.
-async fn client(url: String, j: Shared, seed: u64, kind: usize, dbf_group: usize) {
+async fn client(url: String, j: Shared, seed: u64, kind: usize, dbf_group: usize, cy: Cycle) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let Ok(ch) = Channel::from_shared(url)
         .unwrap()
@@ -279,26 +322,18 @@ async fn client(url: String, j: Shared, seed: u64, kind: usize, dbf_group: usize
         };
         match ok {
             Ok(()) => settle(&j, &ns, true),
-            // The server died: the operation stays uncertain until the next check.
-            Err(s)
-                if matches!(
-                    s.code(),
-                    tonic::Code::Unavailable
-                        | tonic::Code::Unknown
-                        | tonic::Code::Cancelled
-                        | tonic::Code::Internal
-                        | tonic::Code::DeadlineExceeded
-                ) =>
-            {
-                return
+            // The operation stays uncertain (its documents busy) until the next check.
+            Err(s) => {
+                if cy.failed(&s, "a write").await {
+                    return;
+                }
             }
-            Err(s) => panic!("operation refused: {s:?}"),
         }
     }
 }
 
 /// Delete by filter of one group, once, while the others write.
-async fn delete_group(url: String, j: Shared, g: usize, delay: Duration) {
+async fn delete_group(url: String, j: Shared, g: usize, delay: Duration, cy: Cycle) {
     tokio::time::sleep(delay).await;
     let ns: Vec<usize> = (0..POOL).filter(|n| n % GROUPS == g).collect();
     intend(&j, &ns, true);
@@ -312,8 +347,11 @@ async fn delete_group(url: String, j: Shared, g: usize, delay: Duration) {
             ..Default::default()
         })
         .await;
-    if r.is_ok() {
-        settle(&j, &ns, true);
+    match r {
+        Ok(_) => settle(&j, &ns, true),
+        Err(s) => {
+            cy.failed(&s, "a delete by filter").await;
+        }
     }
 }
 
@@ -502,8 +540,9 @@ async fn verify(ch: &Channel, j: &Shared, rng: &mut rand::rngs::StdRng, cycle: u
     }
 }
 
-/// Checks every job: a finished one has each of its documents exactly once.
-async fn check_jobs(ch: &Channel, j: &Shared, cycle: usize) -> usize {
+/// Checks every job: a finished one has each of its documents exactly once (on Qdrant, the
+/// documents of a batch cut off by a kill count as unchanged when the job writes them again).
+async fn check_jobs(ch: &Channel, j: &Shared, cycle: usize, qdrant: bool) -> usize {
     let ids = j.lock().unwrap().jobs.clone();
     let mut unfinished = 0;
     for jid in ids {
@@ -515,9 +554,16 @@ async fn check_jobs(ch: &Channel, j: &Shared, cycle: usize) -> usize {
         let c = job.counts.unwrap_or_default();
         match pb::JobState::try_from(job.state) {
             Ok(pb::JobState::Succeeded) => {
+                let rewritten = if qdrant { c.unchanged } else { 0 };
                 assert_eq!(
-                    (c.seen, c.created, c.updated, c.unchanged, c.failed),
-                    (JOB_DOCS as u64, JOB_DOCS as u64, 0, 0, 0),
+                    (
+                        c.seen,
+                        c.created + rewritten,
+                        c.updated,
+                        c.unchanged,
+                        c.failed
+                    ),
+                    (JOB_DOCS as u64, JOB_DOCS as u64, 0, rewritten, 0),
                     "cycle {cycle}: job {jid} counted a document twice or lost one: {job:?}"
                 );
             }
@@ -543,10 +589,38 @@ fn write_job_source(root: &Path, k: usize) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_writes_survive_random_sigkills() {
+    torture(None, 20).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_qdrant_acknowledged_writes_survive_sigkills_of_quarry_and_qdrant_nodes() {
+    let Some(bin) = common::qdrant_binary() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = tokio::task::block_in_place(|| QdrantCluster::start(&bin, dir.path(), 3))
+        .expect("a three-node cluster starts");
+    torture(Some(cluster), 10).await;
+}
+
+/// Brings a killed Qdrant node back on its storage and waits until the cluster has it again.
+fn revive(cluster: &mut QdrantCluster, node: usize) {
+    tokio::task::block_in_place(|| {
+        cluster.nodes[node].start()?;
+        cluster.nodes[node].wait_ready(Duration::from_secs(120))?;
+        cluster.wait_peers(cluster.nodes.len(), Duration::from_secs(120))
+    })
+    .expect("the Qdrant node rejoins");
+}
+
+/// Kills and restarts the server `cycles` times, checking it against the journal each time;
+/// on a Qdrant cluster (when given) its nodes die too.
+async fn torture(mut cluster: Option<QdrantCluster>, default_cycles: usize) {
+    let qdrant = cluster.is_some();
     let cycles: usize = std::env::var("QUARRY_CRASH_CYCLES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
+        .unwrap_or(default_cycles);
     let seed: u64 = std::env::var("QUARRY_CRASH_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -556,19 +630,33 @@ async fn acknowledged_writes_survive_random_sigkills() {
                 .unwrap()
                 .as_secs()
         });
-    eprintln!("crash torture: {cycles} cycles, QUARRY_CRASH_SEED={seed}");
+    let on = if qdrant {
+        "Qdrant, 3 nodes"
+    } else {
+        "embedded"
+    };
+    eprintln!("crash torture ({on}): {cycles} cycles, QUARRY_CRASH_SEED={seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let data = tempfile::tempdir().unwrap();
     let root = tempfile::tempdir().unwrap();
     let config = root.path().join("quarry.toml");
     // Checkpoints every second, so kills land in them too.
-    std::fs::write(&config, "[index]\ncheckpoint_interval_secs = 1\n").unwrap();
+    let mut settings = "[index]\ncheckpoint_interval_secs = 1\n".to_string();
+    if let Some(c) = &cluster {
+        settings += &format!(
+            "[backend]\nkind = \"qdrant\"\nurl = \"{}\"\nshard_number = 3\nreplication_factor = 2\ntimeout_secs = 10\n",
+            c.urls().join(",")
+        );
+    }
+    std::fs::write(&config, settings).unwrap();
     let journal: Shared = Arc::new(Mutex::new(Journal {
         docs: vec![Doc::default(); POOL],
         ..Default::default()
     }));
     let started = Instant::now();
-    let mut kills_in_jobs = 0;
+    let (mut kills_in_jobs, mut node_kills) = (0, 0);
+    // A Qdrant node killed in the last cycle and left down through this start and check.
+    let mut down: Option<usize> = None;
     for cycle in 0..=cycles {
         let server = start(data.path(), &config, root.path());
         SERVER_PID.store(server.child.id(), std::sync::atomic::Ordering::Relaxed);
@@ -596,13 +684,16 @@ async fn acknowledged_writes_survive_random_sigkills() {
                 .expect("create");
         } else {
             verify(&ch, &journal, &mut rng, cycle).await;
-            let unfinished = check_jobs(&ch, &journal, cycle).await;
+            let unfinished = check_jobs(&ch, &journal, cycle, qdrant).await;
             kills_in_jobs += unfinished.min(1);
+        }
+        if let (Some(c), Some(node)) = (cluster.as_mut(), down.take()) {
+            revive(c, node);
         }
         if cycle == cycles {
             // The last start: no kill. Every job must finish, exactly.
             let deadline = Instant::now() + Duration::from_secs(300);
-            while check_jobs(&ch, &journal, cycle).await > 0 {
+            while check_jobs(&ch, &journal, cycle, qdrant).await > 0 {
                 assert!(Instant::now() < deadline, "jobs did not finish");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -626,7 +717,25 @@ async fn acknowledged_writes_survive_random_sigkills() {
             journal.lock().unwrap().jobs.push(job.into_inner().id);
         }
         let dbf_group = rng.random_range(0..GROUPS);
-        let kill_after = Duration::from_millis(rng.random_range(150..2500));
+        // Longer on Qdrant, where each write is several round trips.
+        let kill_after = Duration::from_millis(if qdrant {
+            rng.random_range(500..6000)
+        } else {
+            rng.random_range(150..2500)
+        });
+        // On Qdrant, half the cycles also lose a node, at a moment up to Quarry's kill.
+        let node_fault = match &cluster {
+            Some(c) if rng.random_bool(0.5) => Some((
+                rng.random_range(0..c.nodes.len()),
+                Duration::from_millis(rng.random_range(0..=kill_after.as_millis() as u64)),
+            )),
+            _ => None,
+        };
+        let cy = Cycle {
+            killed: Arc::new(AtomicBool::new(false)),
+            outages: qdrant,
+            journal: journal.clone(),
+        };
         let mut tasks = Vec::new();
         for kind in 0..3 {
             tasks.push(tokio::spawn(client(
@@ -635,6 +744,7 @@ async fn acknowledged_writes_survive_random_sigkills() {
                 rng.random(),
                 kind,
                 dbf_group,
+                cy.clone(),
             )));
         }
         tasks.push(tokio::spawn(delete_group(
@@ -642,8 +752,17 @@ async fn acknowledged_writes_survive_random_sigkills() {
             journal.clone(),
             dbf_group,
             Duration::from_millis(rng.random_range(0..kill_after.as_millis() as u64 + 1)),
+            cy.clone(),
         )));
-        tokio::time::sleep(kill_after).await;
+        let mut slept = Duration::ZERO;
+        if let (Some(c), Some((node, at))) = (cluster.as_mut(), node_fault) {
+            tokio::time::sleep(at).await;
+            slept = at;
+            c.nodes[node].kill(); // SIGKILL
+            node_kills += 1;
+        }
+        tokio::time::sleep(kill_after - slept).await;
+        cy.killed.store(true, Ordering::Release);
         drop(server); // SIGKILL
         for t in tasks {
             match tokio::time::timeout(Duration::from_secs(60), t).await {
@@ -652,12 +771,29 @@ async fn acknowledged_writes_survive_random_sigkills() {
                 Err(_) => panic!("cycle {cycle}: a client hung after the kill"),
             }
         }
+        if let (Some(c), Some((node, _))) = (cluster.as_mut(), node_fault) {
+            // Sometimes the node stays down while Quarry restarts and is checked.
+            if cycle + 1 < cycles && rng.random_bool(0.3) {
+                down = Some(node);
+            } else {
+                revive(c, node);
+            }
+        }
     }
     let j = journal.lock().unwrap();
+    let nodes = if qdrant {
+        format!(
+            ", {node_kills} Qdrant nodes killed, {} calls refused while a node was down",
+            j.refused
+        )
+    } else {
+        String::new()
+    };
     eprintln!(
-        "crash torture: {cycles} kills survived in {:.0} s (seed {seed}): {} operations acknowledged; \
-         {} document writes cut off by a kill were found applied, {} not (each whole); {} jobs, \
-         {kills_in_jobs} restarts resumed an unfinished job",
+        "crash torture ({on}): {cycles} kills survived in {:.0} s (seed {seed}){nodes}: {} \
+         operations acknowledged; {} document writes cut off by a kill or refused were found \
+         applied, {} not (each whole); {} jobs, {kills_in_jobs} restarts resumed an unfinished \
+         job",
         started.elapsed().as_secs_f64(),
         j.acked,
         j.cut_applied,

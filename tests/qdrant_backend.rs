@@ -3,7 +3,9 @@
 //! through one front end is served by the other; a write acknowledged by one is visible to a
 //! search on the other at once, over gRPC and HTTP alike; the two rank identically; the
 //! fixture's eval gives the embedded backend's figures within a small margin; a delete on one is
-//! gone on the other. Skipped loudly where no Qdrant binary can be had.
+//! gone on the other. While the Qdrant node is down the front end is unready (`/readyz` 503,
+//! gRPC health NOT_SERVING, `quarry_backend_reachable 0`) and searches fail with UNAVAILABLE;
+//! once it is back, ready again. Skipped loudly where no Qdrant binary can be had.
 
 mod common;
 
@@ -18,6 +20,8 @@ struct FrontEnd {
     url: String,
     grpc: Channel,
     http: String,
+    /// The operations listener (`/readyz`, `/metrics`).
+    ops: String,
 }
 
 impl Drop for FrontEnd {
@@ -34,7 +38,7 @@ async fn front_end(data: &Path, config: Option<&Path>) -> FrontEnd {
         config_arg = c.to_string_lossy().to_string();
         extra.extend(["--config", config_arg.as_str()]);
     }
-    let (child, url, http) = common::start_binary_doors(data, &extra);
+    let (child, url, http, ops) = common::start_binary_all(data, &extra);
     let grpc = Channel::from_shared(url.clone())
         .unwrap()
         .connect()
@@ -45,7 +49,34 @@ async fn front_end(data: &Path, config: Option<&Path>) -> FrontEnd {
         url,
         grpc,
         http,
+        ops: format!("http://{ops}"),
     }
+}
+
+/// Polls `/readyz` of `f` until it answers `code` (20 s at most); returns its body.
+async fn readiness(f: &FrontEnd, code: u16) -> String {
+    let started = std::time::Instant::now();
+    loop {
+        let r = reqwest::get(format!("{}/readyz", f.ops)).await.unwrap();
+        let (status, body) = (r.status().as_u16(), r.text().await.unwrap());
+        if status == code {
+            return body;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "/readyz stayed {status} {body:?}, not {code}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+async fn grpc_health(f: &FrontEnd) -> i32 {
+    tonic_health::pb::health_client::HealthClient::new(f.grpc.clone())
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .status
 }
 
 async fn hybrid(channel: &Channel, collection: &str, query: &str) -> Vec<(String, f32)> {
@@ -190,5 +221,46 @@ async fn two_front_ends_on_one_qdrant_serve_the_same_collections() {
         .unwrap();
     let after = hybrid(&b.grpc, "docs", "hexagonal basalt pillars from lava").await;
     assert!(after.iter().all(|(id, _)| id != "new-basalt"), "{after:?}");
+
+    // Readiness follows Qdrant: no node answering means unready, not a silent failure.
+    use tonic_health::pb::health_check_response::ServingStatus;
+    readiness(&a, 200).await;
+    assert_eq!(grpc_health(&a).await, ServingStatus::Serving as i32);
+    let mut node = node;
+    node.kill();
+    let why = readiness(&a, 503).await;
+    assert!(why.contains("Qdrant"), "{why}");
+    assert_eq!(grpc_health(&a).await, ServingStatus::NotServing as i32);
+    let metrics = reqwest::get(format!("{}/metrics", a.ops))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("\nquarry_backend_reachable 0\n"),
+        "{metrics}"
+    );
+    let refused = pb::search_client::SearchClient::new(a.grpc.clone())
+        .search(pb::SearchRequest {
+            collection: "docs".into(),
+            query: "basalt".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    let node = tokio::task::spawn_blocking(move || {
+        node.start()?;
+        node.wait_ready(std::time::Duration::from_secs(120))?;
+        Ok::<_, quarry::Error>(node)
+    })
+    .await
+    .unwrap()
+    .expect("qdrant restarts");
+    readiness(&a, 200).await;
+    assert_eq!(grpc_health(&a).await, ServingStatus::Serving as i32);
+    let back = hybrid(&a.grpc, "docs", "how do plants turn light into energy").await;
+    assert_eq!(back[0].0, "bio-photosynthesis", "{back:?}");
     drop(node);
 }

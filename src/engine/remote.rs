@@ -26,6 +26,18 @@ impl Engine {
         Ok(())
     }
 
+    /// False while the backend cannot be reached (no Qdrant node answered the last call or
+    /// health check); always true on the embedded backend.
+    pub fn backend_reachable(&self) -> bool {
+        self.remote.as_ref().is_none_or(|r| r.reachable())
+    }
+
+    /// Asks the backend whether it answers now (Qdrant's health check), updating
+    /// [`Engine::backend_reachable`]. Blocking.
+    pub fn probe_backend(&self) -> bool {
+        self.remote.as_ref().is_none_or(|r| r.healthy())
+    }
+
     /// Opens a collection found in Qdrant (its model must give its vectors' dimension) and
     /// registers it.
     pub(super) fn open_remote(&self, found: crate::qdrant::Found) -> Result<Arc<Collection>> {

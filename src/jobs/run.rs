@@ -15,6 +15,10 @@ use crate::store::SideWrites;
 const PROGRESS_EVERY: u64 = 256;
 /// Documents deleted per operation by `sync`.
 const SYNC_BATCH: usize = 256;
+/// A job whose backend is unavailable (a Qdrant node restarting, a collection reopening) waits
+/// and retries, from this pause doubling up to the next, rather than failing.
+const BACKEND_WAIT_FIRST: std::time::Duration = std::time::Duration::from_millis(250);
+const BACKEND_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How a run ended.
 enum End {
@@ -132,6 +136,31 @@ fn record_metrics(outcomes: &[UpsertOutcome]) {
 }
 
 impl Run<'_> {
+    /// Runs `op` until it returns anything but [`Error::Unavailable`]: a job outlives an
+    /// outage of its backend (each retry of a write that was partly applied finds those
+    /// documents unchanged: still counted once). None when a stop or cancel came first.
+    fn patiently<T>(&self, mut op: impl FnMut() -> Result<T>) -> Result<Option<T>> {
+        let mut pause = BACKEND_WAIT_FIRST;
+        loop {
+            match op() {
+                Err(e @ Error::Unavailable(_)) => {
+                    if pause == BACKEND_WAIT_FIRST {
+                        tracing::warn!(error = %e, "a job waits for its backend");
+                    }
+                    let until = std::time::Instant::now() + pause;
+                    while std::time::Instant::now() < until {
+                        if self.interrupted().is_some() {
+                            return Ok(None);
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                    }
+                    pause = (pause * 2).min(BACKEND_WAIT_MAX);
+                }
+                other => return other.map(Some),
+            }
+        }
+    }
+
     fn interrupted(&self) -> Option<End> {
         if self.control.stop.load(Ordering::Acquire) {
             Some(End::Stopped)
@@ -260,36 +289,38 @@ impl Run<'_> {
                 .map(|(d, l)| (seen_key(next.id, &d.id), Some(l.clone().into_bytes()))),
         );
         let seen_again = seen.clone();
-        let tree = self.shared.store.tree.clone();
-        let mut recorded = next.clone();
-        let journal = Box::new(move |outcomes: &[UpsertOutcome]| -> Result<SideWrites> {
-            count(&mut recorded, outcomes);
-            let mut writes = vec![JobStore::record_write(&recorded)?];
-            writes.extend(seen);
-            Ok(SideWrites { tree, writes })
-        });
+        let journal = || {
+            let (tree, seen) = (self.shared.store.tree.clone(), seen.clone());
+            let mut recorded = next.clone();
+            Box::new(move |outcomes: &[UpsertOutcome]| -> Result<SideWrites> {
+                count(&mut recorded, outcomes);
+                let mut writes = vec![JobStore::record_write(&recorded)?];
+                writes.extend(seen);
+                Ok(SideWrites { tree, writes })
+            })
+        };
         let engine = &self.shared.engine;
         // A disk under the free-space watermark pauses the job (it retries every second)
         // rather than failing its documents or the job; a stop or cancel still ends it.
-        let mut journal = Some(journal);
-        let written = loop {
-            if let Err(Error::Exhausted(_)) = engine.check_free_disk() {
-                if self.interrupted().is_some() {
-                    // Unwritten, and `job` not advanced: the caller sees the interruption
-                    // next, and a resumed job reads this batch again.
-                    return Ok(());
-                }
-                std::thread::sleep(std::time::Duration::from_secs(1));
-                continue;
+        // (Unwritten, and `job` not advanced: the caller sees the interruption next, and a
+        // resumed job reads this batch again.)
+        while let Err(Error::Exhausted(_)) = engine.check_free_disk() {
+            if self.interrupted().is_some() {
+                return Ok(());
             }
-            let Some(journal) = journal.take() else {
-                return Err(Error::internal("a batch's journal was used twice"));
-            };
-            break self.shared.runtime.block_on(engine.upsert_journaled(
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+        let written = self.patiently(|| {
+            self.shared.runtime.block_on(engine.upsert_journaled(
                 collection,
                 docs.clone(),
-                Some(journal),
-            ));
+                Some(journal()),
+            ))
+        });
+        let written = match written {
+            Ok(None) => return Ok(()),
+            Ok(Some(outcomes)) => Ok(outcomes),
+            Err(e) => Err(e),
         };
         match written {
             Ok(outcomes) => {
@@ -320,7 +351,11 @@ impl Run<'_> {
         let source = job.spec.source.path.to_string_lossy().to_string();
         let collection = job.spec.collection.clone();
         let mut stale = Vec::new();
-        for id in engine.documents_from_source(&collection, &source)? {
+        let Some(ids) = self.patiently(|| engine.documents_from_source(&collection, &source))?
+        else {
+            return Ok(self.interrupted().unwrap_or(End::Stopped));
+        };
+        for id in ids {
             if self.shared.store.seen(job.id, &id)?.is_none() {
                 stale.push(id);
             }
@@ -329,20 +364,27 @@ impl Run<'_> {
             if let Some(end) = self.interrupted() {
                 return Ok(end);
             }
-            let tree = self.shared.store.tree.clone();
-            let mut recorded = job.clone();
-            let journal = Box::new(move |deleted: usize| -> Result<SideWrites> {
-                recorded.counts.deleted += deleted as u64;
-                Ok(SideWrites {
-                    tree,
-                    writes: vec![JobStore::record_write(&recorded)?],
+            let journal = || {
+                let tree = self.shared.store.tree.clone();
+                let mut recorded = job.clone();
+                Box::new(move |deleted: usize| -> Result<SideWrites> {
+                    recorded.counts.deleted += deleted as u64;
+                    Ok(SideWrites {
+                        tree,
+                        writes: vec![JobStore::record_write(&recorded)?],
+                    })
                 })
-            });
-            let deleted = self.shared.runtime.block_on(engine.delete_journaled(
-                &collection,
-                ids.to_vec(),
-                journal,
-            ))?;
+            };
+            let deleted = self.patiently(|| {
+                self.shared.runtime.block_on(engine.delete_journaled(
+                    &collection,
+                    ids.to_vec(),
+                    journal(),
+                ))
+            })?;
+            let Some(deleted) = deleted else {
+                return Ok(self.interrupted().unwrap_or(End::Stopped));
+            };
             job.counts.deleted += deleted as u64;
             crate::metrics::global()
                 .job_documents

@@ -326,3 +326,80 @@ async fn submissions_are_checked_before_they_queue() {
     assert!(jobs.list(None, 10, |_| true).unwrap().0.is_empty());
     stop(jobs).await;
 }
+
+/// A job outlives an outage of its backend: the Qdrant node dies while the job runs, the job
+/// waits (still running, not failed), and once the node is back it finishes with every
+/// document there and each counted once (a batch cut off by the outage finds the documents it
+/// wrote unchanged when written again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_waits_out_an_outage_of_its_backend() {
+    let project = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let Some(bin) = crate::qdrant::node::provisioned_binary(project).expect("provisioning runs")
+    else {
+        eprintln!("!!! SKIPPED: no Qdrant binary on this machine: a job's backend outage was NOT tested !!!");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let qdrant = dir.path().join("qdrant");
+    let mut node =
+        tokio::task::block_in_place(|| crate::qdrant::node::QdrantNode::single(&bin, &qdrant))
+            .expect("Qdrant starts");
+    let mut config = EngineConfig::new(dir.path().join("data"), "hash");
+    config.backend.kind = crate::qdrant::BackendKind::Qdrant;
+    config.backend.url = node.url();
+    config.backend.timeout_secs = 5;
+    let embedder = HashEmbedder::new(32)
+        .unwrap()
+        .with_delay(Duration::from_millis(2));
+    let engine = Engine::open(config, Arc::new(HashModels(Arc::new(embedder)))).unwrap();
+    engine.create_collection("c", Default::default()).unwrap();
+    let engine = Arc::new(engine);
+    let root = tempfile::tempdir().unwrap();
+    let corpus = root.path().join("corpus.jsonl");
+    let n = 2000u64;
+    let lines: String = (0..n)
+        .map(|i| format!("{{\"_id\": \"d{i}\", \"text\": \"word{i} granite\"}}\n"))
+        .collect();
+    std::fs::write(&corpus, lines).unwrap();
+    let jobs = jobs(&engine, root.path());
+    let id = jobs.submit("c", source(corpus), false).unwrap().id;
+    let mut changes = jobs.subscribe();
+    while jobs.get(id).unwrap().counts.created < 200 {
+        let _ = tokio::time::timeout(Duration::from_millis(20), changes.changed()).await;
+    }
+    node.kill();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let waiting = jobs.get(id).unwrap();
+    assert_eq!(waiting.state, JobState::Running, "{waiting:?}");
+    assert!(
+        waiting.counts.seen < n,
+        "the outage came too late: {waiting:?}"
+    );
+    tokio::task::block_in_place(|| {
+        node.start()?;
+        node.wait_ready(Duration::from_secs(120))
+    })
+    .expect("Qdrant restarts");
+    let started = std::time::Instant::now();
+    let job = loop {
+        let job = jobs.get(id).unwrap();
+        if job.state.is_finished() {
+            break job;
+        }
+        assert!(started.elapsed() < Duration::from_secs(240), "{job:?}");
+        let _ = tokio::time::timeout(Duration::from_millis(100), changes.changed()).await;
+    };
+    let c = &job.counts;
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+    assert_eq!(
+        (c.seen, c.created + c.unchanged, c.updated, c.failed),
+        (n, n, 0, 0),
+        "{job:?}"
+    );
+    let ids: Vec<String> = (0..n).map(|i| format!("d{i}")).collect();
+    for some in ids.chunks(500) {
+        let (_, missing) = engine.get_documents("c", some, false).unwrap();
+        assert!(missing.is_empty(), "lost {} documents", missing.len());
+    }
+    stop(jobs).await;
+}

@@ -210,6 +210,13 @@ fn cut(s: &str) -> String {
 /// internal fault.
 pub(crate) fn error(e: QdrantError) -> Error {
     use tonic::Code;
+    if unreachable(&e) {
+        let msg = match &e {
+            QdrantError::ResponseError { status } => cut(status.message()),
+            other => cut(&other.to_string()),
+        };
+        return Error::Unavailable(format!("no Qdrant node in `url` can be reached: {msg}"));
+    }
     match e {
         QdrantError::ResponseError { status } => {
             let msg = cut(status.message());
@@ -270,6 +277,8 @@ pub struct Qdrant {
     clients: Vec<Arc<qdrant_client::Qdrant>>,
     current: std::sync::atomic::AtomicUsize,
     settings: BackendSettings,
+    /// False while the last call (or health check) reached no node: `/readyz` reports it.
+    reachable: std::sync::atomic::AtomicBool,
 }
 
 /// Whether a failed call never reached a working node (so another node may serve it): the
@@ -317,6 +326,7 @@ impl Qdrant {
             clients,
             current: std::sync::atomic::AtomicUsize::new(0),
             settings: settings.clone(),
+            reachable: std::sync::atomic::AtomicBool::new(true),
         }))
     }
 
@@ -350,14 +360,27 @@ impl Qdrant {
                 self.current.store(k, Ordering::Relaxed);
             }
         }
+        let reached = !matches!(&out, Err(e) if unreachable(e));
+        if self.reachable.swap(reached, Ordering::Relaxed) != reached {
+            if reached {
+                tracing::info!("Qdrant answers again");
+            } else {
+                tracing::error!(nodes = n, "no Qdrant node in `url` can be reached");
+            }
+        }
         Ok(out)
+    }
+
+    /// Whether the last call (or health check) reached a node.
+    pub fn reachable(&self) -> bool {
+        self.reachable.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn settings(&self) -> &BackendSettings {
         &self.settings
     }
 
-    /// Whether Qdrant answers its health check.
+    /// Whether Qdrant answers its health check (on any node in `url`). Blocking.
     pub fn healthy(&self) -> bool {
         matches!(
             self.call(|c| async move { c.health_check().await }),

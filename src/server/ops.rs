@@ -1,6 +1,7 @@
 //! The operations HTTP listener (`--metrics-listen`, loopback by default): `/metrics`
 //! (Prometheus text format), `/healthz` (the process is up) and `/readyz` (it can serve:
-//! start-up finished, with recovery and model loading, and storage has not failed).
+//! start-up finished, with recovery and model loading, storage has not failed, and on the
+//! Qdrant backend a Qdrant node answers).
 //!
 //! It starts before the engine opens, so an orchestrator sees a live but unready process
 //! during recovery. Served by axum on the HTTP door's listener (header read timeout,
@@ -50,6 +51,9 @@ impl Readiness {
         if !engine.storage_healthy() {
             return Err("storage failed: writes cannot be made durable");
         }
+        if !engine.backend_reachable() {
+            return Err("no Qdrant node in [backend] url can be reached");
+        }
         Ok(())
     }
 }
@@ -81,6 +85,12 @@ fn render(readiness: &Readiness) -> String {
         "quarry_storage_healthy",
         "0 after a write failed in the storage (a full disk, an I/O error).",
         &[(vec![], f64::from(u8::from(engine.storage_healthy())))],
+    );
+    metrics::gauge(
+        &mut out,
+        "quarry_backend_reachable",
+        "0 while no node of the Qdrant backend answers (always 1 on the embedded backend).",
+        &[(vec![], f64::from(u8::from(engine.backend_reachable())))],
     );
     let stats = engine.collection_stats();
     type Sample = (Vec<(&'static str, String)>, f64);

@@ -2,11 +2,18 @@
 //! the server reports it (both doors' health; `/readyz`), and since sled keeps such an error
 //! until reopened, once the disk has room again this task reopens the data directory in
 //! place ([`Live::reopen`]) and the server serves again, without a restart.
+//!
+//! On the Qdrant backend it also asks Qdrant every [`BACKEND_PROBE_EVERY`] whether a node
+//! answers: while none does, both doors' health says NOT_SERVING and `/readyz` 503, so an
+//! orchestrator stops sending traffic that could only fail with UNAVAILABLE.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::service::Live;
+
+/// How often the watch asks the backend (Qdrant) whether it answers.
+pub const BACKEND_PROBE_EVERY: Duration = Duration::from_secs(2);
 
 /// Watches the storage every 250 ms until `stop` turns true; `healthy` tells the doors.
 pub fn spawn_watch(
@@ -15,8 +22,9 @@ pub fn spawn_watch(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut healthy = true;
+        let (mut storage_was, mut backend_was) = (true, true);
         let mut failing_since = Instant::now();
+        let mut probed = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
             tokio::select! {
@@ -26,20 +34,29 @@ pub fn spawn_watch(
             let Some(engine) = live.current() else {
                 continue;
             };
-            let now = engine.storage_healthy();
-            if now != healthy {
-                healthy = now;
-                if healthy {
-                    tracing::info!("storage healthy again: SERVING");
-                } else {
+            if probed.elapsed() >= BACKEND_PROBE_EVERY {
+                probed = Instant::now();
+                let probe = engine.clone();
+                let _ = tokio::task::spawn_blocking(move || probe.probe_backend()).await;
+            }
+            let (storage, backend) = (engine.storage_healthy(), engine.backend_reachable());
+            if (storage, backend) != (storage_was, backend_was) {
+                if storage_was && !storage {
                     failing_since = Instant::now();
                     tracing::error!(
                         "storage failed: NOT_SERVING until it recovers (reopened once the disk has room)"
                     );
                 }
-                let _ = healthy_tx.send(healthy);
+                if backend_was && !backend {
+                    tracing::error!("the backend cannot be reached: NOT_SERVING until it answers");
+                }
+                if storage && backend {
+                    tracing::info!("storage and backend healthy: SERVING");
+                }
+                (storage_was, backend_was) = (storage, backend);
+                let _ = healthy_tx.send(storage && backend);
             }
-            if healthy {
+            if storage {
                 continue;
             }
             let check = engine.clone();

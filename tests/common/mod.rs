@@ -186,6 +186,15 @@ pub fn start_binary(data: &Path, extra: &[&str]) -> (std::process::Child, String
 /// [`start_binary`], returning the HTTP/JSON door's URL too (empty when the server turned it
 /// off: with TLS).
 pub fn start_binary_doors(data: &Path, extra: &[&str]) -> (std::process::Child, String, String) {
+    let (child, grpc, http, _) = start_binary_all(data, extra);
+    (child, grpc, http)
+}
+
+/// [`start_binary_doors`], returning the operations listener's address (`/readyz`) too.
+pub fn start_binary_all(
+    data: &Path,
+    extra: &[&str],
+) -> (std::process::Child, String, String, String) {
     use std::io::{BufRead, BufReader};
     let models = provision();
     let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_quarry"))
@@ -217,7 +226,11 @@ pub fn start_binary_doors(data: &Path, extra: &[&str]) -> (std::process::Child, 
             if line.contains("HTTP/JSON API is OFF") {
                 let _ = tx.send(("http", String::new()));
             }
-            for (door, key) in [("grpc", " addr="), ("http", " http_addr=")] {
+            for (door, key) in [
+                ("grpc", " addr="),
+                ("http", " http_addr="),
+                ("ops", " metrics_addr="),
+            ] {
                 if let Some(rest) = line.split(key).nth(1) {
                     let addr = rest.split_whitespace().next().unwrap_or("").to_string();
                     let _ = tx.send((door, addr));
@@ -225,8 +238,8 @@ pub fn start_binary_doors(data: &Path, extra: &[&str]) -> (std::process::Child, 
             }
         }
     });
-    let (mut grpc, mut http) = (None, None);
-    while grpc.is_none() || http.is_none() {
+    let (mut grpc, mut http, mut ops) = (None, None, None);
+    while grpc.is_none() || http.is_none() || ops.is_none() {
         let (door, addr) = rx
             .recv_timeout(std::time::Duration::from_secs(120))
             .expect("server announced its addresses");
@@ -235,13 +248,13 @@ pub fn start_binary_doors(data: &Path, extra: &[&str]) -> (std::process::Child, 
         } else {
             format!("http://{addr}")
         });
-        if door == "grpc" {
-            grpc = url;
-        } else {
-            http = url;
+        match door {
+            "grpc" => grpc = url,
+            "http" => http = url,
+            _ => ops = Some(addr),
         }
     }
-    (server, grpc.unwrap(), http.unwrap())
+    (server, grpc.unwrap(), http.unwrap(), ops.unwrap())
 }
 
 /// `message` with `authorization: Bearer KEY` when a key is given.
