@@ -14,12 +14,17 @@
 //! The methods are blocking: the engine calls them from blocking tasks (as it always called
 //! sled, tantivy and HNSW).
 
+use std::collections::{HashMap, HashSet};
+
 use crate::error::Result;
 use crate::filter::Filter;
 use crate::meta::Schema;
 use crate::retrieve::hybrid::Ranked;
 use crate::retrieve::DensePlan;
 use crate::store::{ChunkRecord, DocRecord, NewDocument, Op, SideWrites};
+
+/// Chunks (`None` where not current) and the records of their documents, by id.
+pub type ChunksWithDocs = (Vec<Option<ChunkRecord>>, HashMap<String, DocRecord>);
 
 /// One call of [`CollectionStore::scan`]: documents passing a filter, and where to go on.
 #[derive(Debug, Clone, Default)]
@@ -81,6 +86,42 @@ pub trait CollectionStore: Send + Sync {
         plan: DensePlan,
         exact_limit: usize,
     ) -> Result<Ranked>;
+
+    /// Both candidate lists of a hybrid search (what [`lexical`](Self::lexical) and
+    /// [`dense`](Self::dense) return) when this backend answers them in one call: Qdrant, in
+    /// one round trip with one visibility check. `None` (the default): the engine runs the
+    /// two itself, side by side when it runs alone.
+    fn hybrid(
+        &self,
+        _query: &str,
+        _title_boost: f32,
+        _q: &[f32],
+        _depth: usize,
+        _filter: &Filter,
+        _plan: DensePlan,
+    ) -> Option<Result<(Ranked, Ranked)>> {
+        None
+    }
+
+    /// [`chunks`](Self::chunks), with the records of their documents (a search's hits need
+    /// both): a remote backend reads them with the visibility check it makes anyway.
+    fn chunks_with_docs(&self, ids: &[u64]) -> Result<ChunksWithDocs> {
+        let chunks = self.chunks(ids)?;
+        let wanted: Vec<String> = chunks
+            .iter()
+            .flatten()
+            .map(|c| c.doc_id.clone())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let docs = self.docs(&wanted)?;
+        let docs = wanted
+            .into_iter()
+            .zip(docs)
+            .filter_map(|(id, d)| Some((id, d?)))
+            .collect();
+        Ok((chunks, docs))
+    }
 
     /// Documents passing the (resolved) `filter`, from `after` on, at most `limit`, in the
     /// backend's document order (id order on the embedded backend); a bounded amount of work

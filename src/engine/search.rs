@@ -120,14 +120,24 @@ impl Collection {
         // embedding instead had three busy threads on two cores. Under concurrent load each
         // search keeps to one thread: the other core is busy with another search, and the
         // hand-off to rayon's pool costs more than it saves (see `model::lone_search`).
+        // A backend that answers both lists in one call (Qdrant) gets them asked together.
         let (lexical, dense) = match p.mode {
             Mode::Lexical => (lexical_side(), Ok(Vec::new())),
             Mode::Dense => (Ok(Vec::new()), dense_from(self.query_vector(&p))),
-            Mode::Hybrid if model::lone_search() => {
+            Mode::Hybrid => {
                 let q = self.query_vector(&p);
-                rayon::join(lexical_side, || dense_from(q))
+                let both = q.as_ref().ok().and_then(|q| {
+                    store.hybrid(&p.query, p.title_boost, q, depth, &filter, p.dense_plan)
+                });
+                match both {
+                    Some(both) => {
+                        let (lexical, dense) = both?;
+                        (Ok(lexical), Ok(dense))
+                    }
+                    None if model::lone_search() => rayon::join(lexical_side, || dense_from(q)),
+                    None => (lexical_side(), dense_from(q)),
+                }
             }
-            Mode::Hybrid => (lexical_side(), dense_from(self.query_vector(&p))),
         };
         let lexical = lexical?;
         let m = crate::metrics::global();
@@ -180,7 +190,7 @@ impl Collection {
     fn hits(&self, fused: Vec<Fused>, top_k: usize, one_per_document: bool) -> Result<Vec<Hit>> {
         let store = self.store();
         let mut hits = Vec::with_capacity(top_k);
-        let mut docs: HashMap<String, Option<DocRecord>> = HashMap::new();
+        let mut docs: HashMap<String, DocRecord> = HashMap::new();
         let mut seen_docs = HashSet::new();
         let mut rest = fused.into_iter().peekable();
         while hits.len() < top_k && rest.peek().is_some() {
@@ -200,18 +210,8 @@ impl Collection {
                 round.push(f);
             }
             let ids: Vec<u64> = round.iter().map(|f| f.chunk_id).collect();
-            let chunks = store.chunks(&ids)?;
-            let unseen: Vec<String> = chunks
-                .iter()
-                .flatten()
-                .map(|c| c.doc_id.clone())
-                .filter(|d| !docs.contains_key(d))
-                .collect::<HashSet<_>>()
-                .into_iter()
-                .collect();
-            for (id, d) in unseen.iter().zip(store.docs(&unseen)?) {
-                docs.insert(id.clone(), d);
-            }
+            let (chunks, found) = store.chunks_with_docs(&ids)?;
+            docs.extend(found);
             for (f, chunk) in round.into_iter().zip(chunks) {
                 if hits.len() >= top_k {
                     break;
@@ -220,7 +220,7 @@ impl Collection {
                 if one_per_document && !seen_docs.insert(doc_key(f.chunk_id)) {
                     continue;
                 }
-                let Some(d) = docs.get(&chunk.doc_id).and_then(|d| d.as_ref()) else {
+                let Some(d) = docs.get(&chunk.doc_id) else {
                     continue;
                 };
                 hits.push(Hit {

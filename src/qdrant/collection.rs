@@ -1,5 +1,5 @@
-//! One Quarry collection in Qdrant: the read side of [`CollectionStore`] (the writes are in
-//! `write.rs`).
+//! One Quarry collection in Qdrant: the read side of [`CollectionStore`] (its query and
+//! chunk-read calls are in `query.rs`, the writes in `write.rs`).
 //!
 //! Points (see the module docs of `qdrant`): a document point (`k` = "d") holds the document's
 //! record (`rec`, the JSON the embedded backend stores), its text (`text`), its id (`d`), its
@@ -13,17 +13,16 @@
 //! sees the chunks of a version that is not (or no longer) current: no half documents, no
 //! two versions of one.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use qdrant_client::qdrant::{
     self, point_id::PointIdOptions, Condition, CountPointsBuilder, GetPointsBuilder, PointId,
-    QueryPointsBuilder, ReadConsistencyType, RetrievedPoint, ScoredPoint, ScrollPointsBuilder,
-    VectorInput,
+    ReadConsistencyType, RetrievedPoint, ScrollPointsBuilder, VectorInput,
 };
 
 use super::{bm25, error, filter, Qdrant, ReadConsistency};
-use crate::backend::{CollectionStore, Scan};
+use crate::backend::{ChunksWithDocs, CollectionStore, Scan};
 use crate::error::{quote, Error, Result};
 use crate::filter::Filter;
 use crate::meta::Schema;
@@ -117,7 +116,7 @@ pub(super) fn get_int(payload: &HashMap<String, qdrant::Value>, key: &str) -> Op
     payload.get(key).and_then(|v| v.as_integer())
 }
 
-fn corrupt(what: &str) -> Error {
+pub(super) fn corrupt(what: &str) -> Error {
     Error::internal(format!("corrupt {what} in Qdrant"))
 }
 
@@ -194,70 +193,6 @@ impl QdrantCollection {
             })?
             .map_err(|e| self.gone(error(e)))?;
         Ok(got.result)
-    }
-
-    /// The current version of each of these documents (absent: not there).
-    pub(super) fn versions(&self, doc_ids: &[String]) -> Result<HashMap<String, i64>> {
-        let ids = doc_ids.iter().map(|d| doc_point(d)).collect();
-        let mut out = HashMap::new();
-        for p in self.get(ids, &["d", "v"])? {
-            if let (Some(d), Some(v)) = (get_str(&p.payload, "d"), get_int(&p.payload, "v")) {
-                out.insert(d, v);
-            }
-        }
-        Ok(out)
-    }
-
-    /// Keeps the candidates whose chunk is its document's current version.
-    fn current(&self, found: Vec<ScoredPoint>) -> Result<Ranked> {
-        let docs: Vec<String> = found
-            .iter()
-            .filter_map(|p| get_str(&p.payload, "d"))
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        let versions = self.versions(&docs)?;
-        Ok(found
-            .into_iter()
-            .filter_map(|p| {
-                let id = num_id(&p.id)?;
-                let d = get_str(&p.payload, "d")?;
-                let v = get_int(&p.payload, "v")?;
-                (versions.get(&d) == Some(&v)).then_some((id, p.score))
-            })
-            .collect())
-    }
-
-    fn query(
-        &self,
-        input: VectorInput,
-        using: &str,
-        depth: usize,
-        filter: &Filter,
-        exact: bool,
-    ) -> Result<Ranked> {
-        let mut req = QueryPointsBuilder::new(&self.name)
-            .query(qdrant::Query::new_nearest(input))
-            .using(using)
-            .limit(depth as u64)
-            .with_payload(qdrant::PayloadIncludeSelector {
-                fields: vec!["d".into(), "v".into()],
-            })
-            .read_consistency(self.read_consistency());
-        if let Some(f) = filter::translate(filter, Vec::new()) {
-            req = req.filter(f);
-        }
-        if exact {
-            req = req.params(qdrant::SearchParamsBuilder::default().exact(true));
-        }
-        let found = self
-            .conn
-            .call(move |c| {
-                let r = req.clone();
-                async move { c.query(r).await }
-            })?
-            .map_err(|e| self.gone(error(e)))?;
-        self.current(found.result)
     }
 
     /// Reads the collection's metadata (key types and BM25 statistics).
@@ -360,42 +295,17 @@ impl CollectionStore for QdrantCollection {
     }
 
     fn chunks(&self, ids: &[u64]) -> Result<Vec<Option<ChunkRecord>>> {
-        let points = self.get(
-            ids.iter().map(|i| PointId::from(*i)).collect(),
-            &["d", "v", "o", "s", "e", "t"],
-        )?;
-        let docs: Vec<String> = points
-            .iter()
-            .filter_map(|p| get_str(&p.payload, "d"))
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        let versions = self.versions(&docs)?;
-        let mut by_id = HashMap::new();
-        for p in points {
-            let (Some(id), Some(d), Some(v)) = (
-                num_id(&p.id),
-                get_str(&p.payload, "d"),
-                get_int(&p.payload, "v"),
-            ) else {
-                continue;
-            };
-            if versions.get(&d) != Some(&v) {
-                continue;
-            }
-            let int = |k: &str| get_int(&p.payload, k).ok_or_else(|| corrupt("chunk point"));
-            by_id.insert(
-                id,
-                ChunkRecord {
-                    doc_id: d,
-                    ordinal: int("o")? as u32,
-                    start: int("s")? as usize,
-                    end: int("e")? as usize,
-                    text: get_str(&p.payload, "t").unwrap_or_default(),
-                },
-            );
+        Ok(self.read_chunks(ids, &["d", "v"])?.0)
+    }
+
+    fn chunks_with_docs(&self, ids: &[u64]) -> Result<ChunksWithDocs> {
+        let (chunks, doc_points) = self.read_chunks(ids, &["d", "v", "rec"])?;
+        let mut docs = HashMap::new();
+        for p in &doc_points {
+            let rec = doc_record(p)?;
+            docs.insert(rec.id.clone(), rec);
         }
-        Ok(ids.iter().map(|i| by_id.remove(i)).collect())
+        Ok((chunks, docs))
     }
 
     fn version_keys(&self, n: usize) -> Result<Vec<u64>> {
@@ -424,13 +334,14 @@ impl CollectionStore for QdrantCollection {
         if indices.is_empty() || depth == 0 {
             return Ok(Vec::new());
         }
-        self.query(
+        let lexical = self.request(
             VectorInput::new_sparse(indices, values),
             "bm25",
             depth,
             filter,
             false,
-        )
+        );
+        Ok(self.query(vec![lexical])?.remove(0))
     }
 
     fn dense(
@@ -447,13 +358,53 @@ impl CollectionStore for QdrantCollection {
         // Qdrant plans filtered searches by its own cardinality estimates; Exact asks for
         // exact scoring, Graph and Auto leave it to Qdrant.
         let exact = plan == DensePlan::Exact;
-        self.query(
+        let dense = self.request(
             VectorInput::new_dense(q.to_vec()),
             "dense",
             depth,
             filter,
             exact,
-        )
+        );
+        Ok(self.query(vec![dense])?.remove(0))
+    }
+
+    /// One round trip for both lists (Qdrant's batch query), one visibility check.
+    fn hybrid(
+        &self,
+        query: &str,
+        title_boost: f32,
+        q: &[f32],
+        depth: usize,
+        filter: &Filter,
+        plan: DensePlan,
+    ) -> Option<Result<(Ranked, Ranked)>> {
+        let both = || -> Result<(Ranked, Ranked)> {
+            if depth == 0 {
+                return Ok((Vec::new(), Vec::new()));
+            }
+            let (indices, values) = bm25::query_vector(query, title_boost)?;
+            let dense = self.request(
+                VectorInput::new_dense(q.to_vec()),
+                "dense",
+                depth,
+                filter,
+                plan == DensePlan::Exact,
+            );
+            if indices.is_empty() {
+                return Ok((Vec::new(), self.query(vec![dense])?.remove(0)));
+            }
+            let lexical = self.request(
+                VectorInput::new_sparse(indices, values),
+                "bm25",
+                depth,
+                filter,
+                false,
+            );
+            let mut lists = self.query(vec![lexical, dense])?;
+            let dense = lists.pop().unwrap_or_default();
+            Ok((lists.pop().unwrap_or_default(), dense))
+        };
+        Some(both())
     }
 
     /// Scrolls the document points in Qdrant's point order; a page token is the point id the

@@ -26,6 +26,7 @@ mod bm25;
 mod collection;
 pub mod filter;
 pub mod node;
+mod query;
 mod write;
 
 use std::collections::HashMap;
