@@ -90,9 +90,39 @@ fn quarry_eval_on_fixtures_meets_recorded_metrics_and_writes_reports() {
         html.contains("<svg") && html.contains("<circle"),
         "charts missing"
     );
-    assert!(std::fs::read_to_string(out.path().join("report.md"))
-        .unwrap()
-        .contains("| hybrid |"));
+    let report = std::fs::read_to_string(out.path().join("report.md")).unwrap();
+    assert!(report.contains("| hybrid |"));
+
+    // Every run after the first against the first, paired over the 20 queries.
+    let comparisons = summary["comparisons"].as_array().unwrap();
+    assert_eq!(comparisons.len(), 3, "{summary}");
+    for c in comparisons {
+        assert_eq!(c["baseline"], "lexical");
+        let run = c["run"].as_str().unwrap();
+        assert_eq!(c["queries"], 20);
+        let m = &c["metrics"]["ndcg@10"];
+        let delta = m["delta"].as_f64().unwrap();
+        let means = |mode: &str| summary["modes"][mode]["ndcg@10"].as_f64().unwrap();
+        assert!(
+            (delta - (means(run) - means("lexical"))).abs() < 1e-9,
+            "{c}"
+        );
+        let (low, high) = (
+            m["ci95"][0].as_f64().unwrap(),
+            m["ci95"][1].as_f64().unwrap(),
+        );
+        assert!(low <= delta && delta <= high, "{c}");
+        let p = m["p_value"].as_f64().unwrap();
+        assert!(p > 0.0 && p <= 1.0, "{c}");
+        let count = |k: &str| m[k].as_u64().unwrap();
+        assert_eq!(count("wins") + count("losses") + count("ties"), 20, "{c}");
+        assert!(c["gate"]["holds"].is_boolean(), "{c}");
+        assert!(
+            report.contains(&format!("## `{run}` against `lexical` (20 paired queries)")),
+            "{report}"
+        );
+        assert!(table.contains(&format!("{run} against lexical")), "{table}");
+    }
 
     // A second run reuses the ingested collection: nothing is re-indexed.
     let second = run();

@@ -250,6 +250,20 @@ pub fn print_table(outcome: &EvalOutcome) {
     for r in &rows {
         println!("{}", line(r.iter().map(String::as_str).collect()));
     }
+    // Each run against the first, query by query (see `eval::compare`).
+    for c in report::comparisons(outcome) {
+        let verdict = crate::eval::compare::Gate::default().judge(&c);
+        println!(
+            "\n{} against {} ({} paired queries; difference [95% interval], p, wins/losses/ties): gate {}",
+            c.b,
+            c.a,
+            c.queries,
+            if verdict.holds { "holds" } else { "refuses" }
+        );
+        for l in report::comparison_lines(&c) {
+            println!("  {l}");
+        }
+    }
 }
 
 #[cfg(test)]

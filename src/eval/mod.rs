@@ -3,9 +3,12 @@
 //! - [`metrics`]: the scoring core (trec_eval definitions, documented tie-breaking).
 //! - [`beir`]: reads collections (corpus, queries, qrels).
 //! - [`run`]: evaluates a live collection in several configurations, with miss diagnostics.
+//! - [`compare`]: two runs query by query: deltas, paired bootstrap intervals, randomization
+//!   p-values, wins and losses, and the gate that refuses a change worse beyond its noise.
 //! - [`report`]: summary.json, TREC run files, per_query.jsonl, report.md and report.html.
 
 pub mod beir;
+pub mod compare;
 pub mod metrics;
 pub mod report;
 pub mod run;

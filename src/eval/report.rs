@@ -1,6 +1,7 @@
 //! Writing an evaluation's results: `summary.json`, one TREC run file per run, `per_query.jsonl`,
 //! `report.md` and `report.html` (inline SVG: metric bars per run, per-query scatter of the
-//! first hybrid run against lexical).
+//! first hybrid run against lexical). Every run after the first is compared with the first,
+//! query by query ([`super::compare`]), in summary.json, report.md and on the console.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -8,6 +9,7 @@ use std::path::Path;
 
 use serde_json::json;
 
+use super::compare::{self, Comparison, Gate};
 use super::metrics::QueryMetrics;
 use super::run::{EvalOutcome, RunOutcome};
 use crate::error::Result;
@@ -96,6 +98,60 @@ pub fn summary_rows(outcome: &EvalOutcome) -> Vec<[String; 9]> {
         .collect()
 }
 
+/// Every run after the first against the first (the baseline).
+pub fn comparisons(outcome: &EvalOutcome) -> Vec<Comparison> {
+    let Some((base, rest)) = outcome.runs.split_first() else {
+        return Vec::new();
+    };
+    rest.iter().map(|r| compare::compare(base, r)).collect()
+}
+
+/// One line per metric of a comparison: `metric  a -> b  delta [low, high]  p  W/L/T`.
+pub fn comparison_lines(c: &Comparison) -> Vec<String> {
+    c.metrics
+        .iter()
+        .map(|m| {
+            format!(
+                "{:<10}  {:.4} -> {:.4}  {:+.4} [{:+.4}, {:+.4}]  p={:.4}  {}/{}/{}",
+                m.metric,
+                m.a,
+                m.b,
+                m.delta,
+                m.ci_low,
+                m.ci_high,
+                m.p_value,
+                m.wins,
+                m.losses,
+                m.ties
+            )
+        })
+        .collect()
+}
+
+fn comparison_json(c: &Comparison) -> serde_json::Value {
+    let verdict = Gate::default().judge(c);
+    let metrics: serde_json::Map<String, serde_json::Value> = c
+        .metrics
+        .iter()
+        .map(|m| {
+            (
+                m.metric.to_string(),
+                json!({
+                    "a": m.a, "b": m.b, "delta": m.delta, "ci95": [m.ci_low, m.ci_high],
+                    "p_value": m.p_value, "wins": m.wins, "losses": m.losses, "ties": m.ties,
+                }),
+            )
+        })
+        .collect();
+    json!({
+        "baseline": c.a,
+        "run": c.b,
+        "queries": c.queries,
+        "metrics": metrics,
+        "gate": {"holds": verdict.holds, "worse": verdict.worse},
+    })
+}
+
 pub fn write_all(out: &Path, ctx: &Context, outcome: &EvalOutcome) -> Result<()> {
     std::fs::create_dir_all(out)?;
     std::fs::write(
@@ -130,6 +186,11 @@ pub fn summary(ctx: &Context, outcome: &EvalOutcome) -> serde_json::Value {
         "skipped_queries": outcome.skipped_queries,
         "tie_breaking": "score descending, then document id descending (trec_eval); run files write tied scores strictly decreasing in that order, so every tool reads the same ranking",
         "modes": modes,
+        "comparisons": comparisons(outcome).iter().map(comparison_json).collect::<Vec<_>>(),
+        "comparison_method": format!(
+            "paired over queries: mean difference, 95% paired-bootstrap interval and two-sided randomization p-value ({} resamples each, fixed seed); the gate refuses a run whose nDCG@10 or recall@10 is lower with p < 0.05",
+            compare::RESAMPLES
+        ),
     })
 }
 
@@ -266,6 +327,9 @@ pub fn markdown(ctx: &Context, outcome: &EvalOutcome) -> String {
             r.spec.name
         );
     }
+    for c in comparisons(outcome) {
+        markdown_comparison(&mut s, ctx, &c);
+    }
     if let Some(r) = outcome
         .runs
         .iter()
@@ -311,6 +375,62 @@ pub fn markdown(ctx: &Context, outcome: &EvalOutcome) -> String {
         }
     }
     s
+}
+
+/// A comparison's section of report.md: the paired statistics per metric, the gate's
+/// verdict, and the queries that moved most either way.
+fn markdown_comparison(s: &mut String, ctx: &Context, c: &Comparison) {
+    let verdict = Gate::default().judge(c);
+    let _ = writeln!(
+        s,
+        "\n## `{}` against `{}` ({} paired queries)\n",
+        c.b, c.a, c.queries
+    );
+    let _ = writeln!(
+        s,
+        "| metric | `{}` | `{}` | difference | 95% interval | p | wins / losses / ties |",
+        c.a, c.b
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+    for m in &c.metrics {
+        let _ = writeln!(
+            s,
+            "| {} | {:.4} | {:.4} | {:+.4} | [{:+.4}, {:+.4}] | {:.4} | {} / {} / {} |",
+            m.metric, m.a, m.b, m.delta, m.ci_low, m.ci_high, m.p_value, m.wins, m.losses, m.ties
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nGate (nDCG@10 and recall@10 not lower with p < 0.05): {}.",
+        if verdict.holds {
+            "holds".to_string()
+        } else {
+            format!(
+                "refused, worse beyond the noise: {}",
+                verdict.worse.join(", ")
+            )
+        }
+    );
+    let text = |id: &str| -> String {
+        ctx.queries
+            .get(id)
+            .map(|t| t.chars().take(80).collect::<String>().replace('|', "/"))
+            .unwrap_or_default()
+    };
+    let wins = c.changed.iter().take_while(|q| q.b > q.a).take(5);
+    let losses = c.changed.iter().rev().take_while(|q| q.b < q.a).take(5);
+    let _ = writeln!(s, "\n| query | nDCG@10 `{}` -> `{}` | text |", c.a, c.b);
+    let _ = writeln!(s, "|---|---|---|");
+    for q in wins.chain(losses) {
+        let _ = writeln!(
+            s,
+            "| {} | {:.3} -> {:.3} | {} |",
+            q.query_id,
+            q.a,
+            q.b,
+            text(&q.query_id)
+        );
+    }
 }
 
 /// Markdown `code` spans as HTML.
