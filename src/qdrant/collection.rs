@@ -18,10 +18,10 @@ use std::sync::{Arc, Mutex};
 
 use qdrant_client::qdrant::{
     self, point_id::PointIdOptions, Condition, CountPointsBuilder, GetPointsBuilder, PointId,
-    ReadConsistencyType, RetrievedPoint, ScrollPointsBuilder, VectorInput,
+    ReadConsistencyType, RetrievedPoint, ScrollPointsBuilder,
 };
 
-use super::{bm25, error, filter, Qdrant, ReadConsistency};
+use super::{error, filter, Qdrant, ReadConsistency};
 use crate::backend::{ChunksWithDocs, CollectionStore, Scan};
 use crate::error::{quote, Error, Result};
 use crate::filter::Filter;
@@ -330,18 +330,10 @@ impl CollectionStore for QdrantCollection {
         filter: &Filter,
         title_boost: f32,
     ) -> Result<Ranked> {
-        let (indices, values) = bm25::query_vector(query, title_boost)?;
-        if indices.is_empty() || depth == 0 {
-            return Ok(Vec::new());
+        match self.lexical_request(query, title_boost, depth, filter)? {
+            Some(lexical) if depth > 0 => Ok(self.query(vec![lexical])?.remove(0)),
+            _ => Ok(Vec::new()),
         }
-        let lexical = self.request(
-            VectorInput::new_sparse(indices, values),
-            "bm25",
-            depth,
-            filter,
-            false,
-        );
-        Ok(self.query(vec![lexical])?.remove(0))
     }
 
     fn dense(
@@ -355,16 +347,7 @@ impl CollectionStore for QdrantCollection {
         if depth == 0 {
             return Ok(Vec::new());
         }
-        // Qdrant plans filtered searches by its own cardinality estimates; Exact asks for
-        // exact scoring, Graph and Auto leave it to Qdrant.
-        let exact = plan == DensePlan::Exact;
-        let dense = self.request(
-            VectorInput::new_dense(q.to_vec()),
-            "dense",
-            depth,
-            filter,
-            exact,
-        );
+        let dense = self.dense_request(q, depth, filter, plan);
         Ok(self.query(vec![dense])?.remove(0))
     }
 
@@ -382,24 +365,10 @@ impl CollectionStore for QdrantCollection {
             if depth == 0 {
                 return Ok((Vec::new(), Vec::new()));
             }
-            let (indices, values) = bm25::query_vector(query, title_boost)?;
-            let dense = self.request(
-                VectorInput::new_dense(q.to_vec()),
-                "dense",
-                depth,
-                filter,
-                plan == DensePlan::Exact,
-            );
-            if indices.is_empty() {
+            let dense = self.dense_request(q, depth, filter, plan);
+            let Some(lexical) = self.lexical_request(query, title_boost, depth, filter)? else {
                 return Ok((Vec::new(), self.query(vec![dense])?.remove(0)));
-            }
-            let lexical = self.request(
-                VectorInput::new_sparse(indices, values),
-                "bm25",
-                depth,
-                filter,
-                false,
-            );
+            };
             let mut lists = self.query(vec![lexical, dense])?;
             let dense = lists.pop().unwrap_or_default();
             Ok((lists.pop().unwrap_or_default(), dense))

@@ -11,10 +11,11 @@ use qdrant_client::qdrant::{
 };
 
 use super::collection::{corrupt, doc_point, get_int, get_str, num_id, QdrantCollection};
-use super::{error, filter};
+use super::{bm25, error, filter};
 use crate::error::{Error, Result};
 use crate::filter::Filter;
 use crate::retrieve::hybrid::Ranked;
+use crate::retrieve::DensePlan;
 use crate::store::ChunkRecord;
 
 impl QdrantCollection {
@@ -54,7 +55,7 @@ impl QdrantCollection {
     }
 
     /// One nearest-neighbour request on the vector `using`, with the fields `current` needs.
-    pub(super) fn request(
+    fn request(
         &self,
         input: VectorInput,
         using: &str,
@@ -77,6 +78,36 @@ impl QdrantCollection {
             req = req.params(qdrant::SearchParamsBuilder::default().exact(true));
         }
         req.build()
+    }
+
+    /// The BM25 request for `query` (None when it has no term the index could match).
+    pub(super) fn lexical_request(
+        &self,
+        query: &str,
+        title_boost: f32,
+        depth: usize,
+        filter: &Filter,
+    ) -> Result<Option<QueryPoints>> {
+        let (indices, values) = bm25::query_vector(query, title_boost)?;
+        if indices.is_empty() {
+            return Ok(None);
+        }
+        let input = VectorInput::new_sparse(indices, values);
+        Ok(Some(self.request(input, "bm25", depth, filter, false)))
+    }
+
+    /// The dense request for the unit vector `q`. Qdrant plans filtered searches by its own
+    /// cardinality estimates; `Exact` asks for exact scoring, `Graph` and `Auto` leave it to
+    /// Qdrant.
+    pub(super) fn dense_request(
+        &self,
+        q: &[f32],
+        depth: usize,
+        filter: &Filter,
+        plan: DensePlan,
+    ) -> QueryPoints {
+        let input = VectorInput::new_dense(q.to_vec());
+        self.request(input, "dense", depth, filter, plan == DensePlan::Exact)
     }
 
     /// Runs `requests` in one call (one round trip) and keeps their current candidates.
