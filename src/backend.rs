@@ -88,8 +88,8 @@ pub trait CollectionStore: Send + Sync {
     ) -> Result<Ranked>;
 
     /// Both candidate lists of a hybrid search (what [`lexical`](Self::lexical) and
-    /// [`dense`](Self::dense) return) when this backend answers them in one call: Qdrant, in
-    /// one round trip with one visibility check. `None` (the default): the engine runs the
+    /// [`dense`](Self::dense) return) when this backend answers them together: Qdrant, as two
+    /// concurrent queries with one visibility check. `None` (the default): the engine runs the
     /// two itself, side by side when it runs alone.
     fn hybrid(
         &self,

@@ -351,7 +351,7 @@ impl CollectionStore for QdrantCollection {
         Ok(self.query(vec![dense])?.remove(0))
     }
 
-    /// One round trip for both lists (Qdrant's batch query), one visibility check.
+    /// Both lists as two concurrent queries, one visibility check.
     fn hybrid(
         &self,
         query: &str,
