@@ -25,19 +25,30 @@ pub fn spawn_watch(
         let (mut storage_was, mut backend_was) = (true, true);
         let mut failing_since = Instant::now();
         let mut probed = Instant::now();
+        // The probe runs beside the watch (a node that does not answer can take a connect
+        // timeout), and the watch wakes the moment it ends, so the doors' health follows the
+        // flag the probe set at once, as `/readyz` does, not a tick later.
+        let mut probe: Option<tokio::task::JoinHandle<bool>> = None;
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
+            let probe_done = async {
+                match probe.as_mut() {
+                    Some(handle) => handle.await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = tick.tick() => {}
+                _ = probe_done => probe = None,
                 _ = stop.changed() => return,
             }
             let Some(engine) = live.current() else {
                 continue;
             };
-            if probed.elapsed() >= BACKEND_PROBE_EVERY {
+            if probe.is_none() && probed.elapsed() >= BACKEND_PROBE_EVERY {
                 probed = Instant::now();
-                let probe = engine.clone();
-                let _ = tokio::task::spawn_blocking(move || probe.probe_backend()).await;
+                let prober = engine.clone();
+                probe = Some(tokio::task::spawn_blocking(move || prober.probe_backend()));
             }
             let (storage, backend) = (engine.storage_healthy(), engine.backend_reachable());
             if (storage, backend) != (storage_was, backend_was) {
