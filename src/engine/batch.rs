@@ -6,7 +6,8 @@
 //! write, whose new keys are not stored yet), so a bad document is rejected alone instead of
 //! failing the batch it would have joined. A batch is written when it holds
 //! [`BATCH_DOCUMENTS`] documents or [`BATCH_BYTES`] of text: large enough to amortize a
-//! commit, small enough to acknowledge promptly. A unary upsert is already one batch (the
+//! commit, small enough to acknowledge promptly; and never more documents than the server's
+//! `max_batch_documents`, so a gathered batch is never one the write would refuse. A unary upsert is already one batch (the
 //! caller's) and goes to [`Engine::upsert`](super::Engine::upsert) whole.
 
 use super::{DocumentInput, Engine};
@@ -56,9 +57,10 @@ impl<T> Batch<T> {
         self.docs.push((tag, doc));
     }
 
-    /// True when the batch should be written now.
-    pub fn is_full(&self) -> bool {
-        self.docs.len() >= BATCH_DOCUMENTS || self.bytes >= BATCH_BYTES
+    /// True when the batch should be written now (to `engine`, whose limits it keeps).
+    pub fn is_full(&self, engine: &Engine) -> bool {
+        let most = BATCH_DOCUMENTS.min(engine.config().limits.max_batch_documents.max(1));
+        self.docs.len() >= most || self.bytes >= BATCH_BYTES
     }
 
     pub fn is_empty(&self) -> bool {
@@ -71,5 +73,39 @@ impl<T> Batch<T> {
         self.bytes = 0;
         self.new_keys.clear();
         std::mem::take(&mut self.docs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::engine::EngineConfig;
+    use crate::model::hashed::{HashEmbedder, HashModels};
+
+    #[tokio::test]
+    async fn a_gathered_batch_never_exceeds_the_servers_batch_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = EngineConfig::new(dir.path(), "hash");
+        config.limits.max_batch_documents = 5;
+        let embedder = Arc::new(HashEmbedder::new(16).unwrap());
+        let engine = Engine::open(config, Arc::new(HashModels(embedder))).unwrap();
+        engine.create_collection("c", Default::default()).unwrap();
+        let mut batch = Batch::default();
+        for i in 0..5 {
+            assert!(!batch.is_full(&engine), "full at {i}");
+            let doc = DocumentInput {
+                id: format!("d{i}"),
+                text: "basalt".into(),
+                ..Default::default()
+            };
+            batch.check(&engine, "c", &doc).unwrap();
+            batch.push(i, doc);
+        }
+        assert!(batch.is_full(&engine));
+        // The write takes what was gathered: the limit is the engine's own.
+        let docs = batch.take().into_iter().map(|(_, d)| d).collect();
+        assert_eq!(engine.upsert("c", docs).await.unwrap().len(), 5);
     }
 }

@@ -245,7 +245,7 @@ impl Run<'_> {
                 }
             }
             (next.bytes_done, next.bytes_total) = reader.progress();
-            if batch.docs.is_full() || next.counts.seen - job.counts.seen >= PROGRESS_EVERY {
+            if batch.docs.is_full(engine) || next.counts.seen - job.counts.seen >= PROGRESS_EVERY {
                 self.write(job, &mut next, &mut batch, &collection)?;
             }
         }

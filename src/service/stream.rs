@@ -122,7 +122,7 @@ impl Service {
                     }
                     results.push(None);
                     batch.push(pos, doc);
-                    if batch.is_full() {
+                    if batch.is_full(&engine) {
                         flush(&engine, &name, &mut batch, &mut results).await?;
                     }
                 }
