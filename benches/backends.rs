@@ -139,6 +139,7 @@ fn eval_request(dataset: &Dataset) -> anyhow::Result<pb::EvalRequest> {
         queries,
         runs: vec![],
         depth: 100,
+        compare: vec![],
     })
 }
 

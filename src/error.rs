@@ -46,6 +46,9 @@ pub enum Error {
     CollectionNotFound(String),
     #[error("collection {} already exists", quote(.0))]
     CollectionExists(String),
+    /// Something else the caller wants to create is taken (a name that is an alias).
+    #[error("{0}")]
+    AlreadyExists(String),
     /// Something else the caller named does not exist (a job, a source path).
     #[error("{0}")]
     NotFound(String),
@@ -62,6 +65,10 @@ pub enum Error {
     /// example because the embedding model is not provisioned.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A change that named what it expected to find (an alias's current collection) found
+    /// something else: another caller changed it first. Nothing changed; read and retry.
+    #[error("{0}")]
+    Aborted(String),
 
     // ---- the inference router and its model --------------------------------------------
     /// The router could not be reached or failed, after retries and failover.
@@ -134,11 +141,13 @@ impl Error {
             Error::InvalidArgument(_)
                 | Error::CollectionNotFound(_)
                 | Error::CollectionExists(_)
+                | Error::AlreadyExists(_)
                 | Error::NotFound(_)
                 | Error::PermissionDenied(_)
                 | Error::Unauthenticated(_)
                 | Error::Exhausted(_)
                 | Error::FailedPrecondition(_)
+                | Error::Aborted(_)
                 | Error::Cancelled
         )
     }
@@ -252,11 +261,12 @@ impl Error {
         let code = match self {
             Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::CollectionNotFound(_) | Error::NotFound(_) => Code::NotFound,
-            Error::CollectionExists(_) => Code::AlreadyExists,
+            Error::CollectionExists(_) | Error::AlreadyExists(_) => Code::AlreadyExists,
             Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::Exhausted(_) => Code::ResourceExhausted,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            Error::Aborted(_) => Code::Aborted,
             Error::Embedding(_) | Error::Unavailable(_) => Code::Unavailable,
             Error::Upstream(_) | Error::ContractViolation { .. } => Code::Unavailable,
             Error::DeadlineExceeded(_) => Code::DeadlineExceeded,

@@ -42,6 +42,11 @@ enum Command {
         #[command(subcommand)]
         command: quarry::client::jobs::JobsCommand,
     },
+    /// Aliases: point a name at a collection, switch it atomically, remove it, list them.
+    Alias {
+        #[command(subcommand)]
+        command: quarry::client::alias::AliasCommand,
+    },
     /// Search a collection (one hit per document unless --chunks).
     Search(commands::SearchArgs),
     /// Evaluate retrieval on a BEIR-format collection (corpus, queries, qrels).
@@ -219,6 +224,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve(args).await,
         Command::Ingest(args) => commands::ingest(args).await,
         Command::Jobs { command } => quarry::client::jobs::run(command).await,
+        Command::Alias { command } => quarry::client::alias::run(command).await,
         Command::Snapshot { command } => quarry::client::snapshot::run(command).await,
         Command::Export(args) => {
             let out = args.out.clone();

@@ -157,6 +157,7 @@ async fn eval_rpc_evaluates_a_live_collection() {
         ],
         runs: vec![],
         depth: 20,
+        compare: vec![],
     };
     let mut client = pb::eval_client::EvalClient::new(channel.clone());
     let mut stream = client.evaluate(request.clone()).await.unwrap().into_inner();
@@ -198,6 +199,76 @@ async fn eval_rpc_evaluates_a_live_collection() {
     let hybrid = &result.runs[2];
     let a = hybrid.queries.iter().find(|q| q.query_id == "a").unwrap();
     assert_eq!(a.metrics.as_ref().unwrap().ndcg_at_10, 1.0);
+    // Every run after the first is compared with the first, query by query, on the server.
+    let pairs: Vec<(&str, &str)> = result
+        .comparisons
+        .iter()
+        .map(|c| (c.baseline.as_str(), c.candidate.as_str()))
+        .collect();
+    assert_eq!(pairs, vec![("lexical", "dense"), ("lexical", "hybrid")]);
+    for c in &result.comparisons {
+        assert_eq!(c.queries, 3);
+        let ndcg = c.metrics.iter().find(|m| m.metric == "ndcg@10").unwrap();
+        let mean = |name: &str| {
+            let run = result.runs.iter().find(|r| r.name == name).unwrap();
+            run.metrics.as_ref().unwrap().ndcg_at_10
+        };
+        assert!((ndcg.delta - (mean(&c.candidate) - mean(&c.baseline))).abs() < 1e-9);
+        assert!(
+            ndcg.ci_low <= ndcg.delta && ndcg.delta <= ndcg.ci_high,
+            "{ndcg:?}"
+        );
+        assert_eq!(ndcg.wins + ndcg.losses + ndcg.ties, 3);
+    }
+
+    // Two generations in one call: the same run on each collection, compared by name.
+    common::create_fixture_collection(&channel, "live_g2").await;
+    let mut generations = request.clone();
+    generations.runs = vec![
+        pb::EvalRunSpec {
+            name: "g1".into(),
+            mode: pb::SearchMode::Hybrid as i32,
+            ..Default::default()
+        },
+        pb::EvalRunSpec {
+            name: "g2".into(),
+            mode: pb::SearchMode::Hybrid as i32,
+            collection: "live_g2".into(),
+            ..Default::default()
+        },
+    ];
+    generations.compare = vec![pb::EvalComparePair {
+        baseline: "g1".into(),
+        candidate: "g2".into(),
+    }];
+    let mut s = client
+        .evaluate(generations.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut result = None;
+    while let Some(m) = s.message().await.unwrap() {
+        result = m.result.or(result);
+    }
+    let result = result.expect("a final result");
+    let c = &result.comparisons[0];
+    // The same corpus and settings in both: identical rankings, nothing moves.
+    assert_eq!((c.baseline.as_str(), c.candidate.as_str()), ("g1", "g2"));
+    assert!(c.changed.is_empty(), "{c:?}");
+    assert!(c
+        .metrics
+        .iter()
+        .all(|m| m.delta == 0.0 && m.p_value == 1.0 && m.ties == 3));
+    // A comparison must name runs the request has, each once.
+    let mut bad = generations.clone();
+    bad.compare[0].candidate = "g3".into();
+    let err = first_error(client.evaluate(bad).await.unwrap().into_inner()).await;
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("\"g3\""), "{}", err.message());
+    let mut bad = generations;
+    bad.runs[1].collection = "nope".into();
+    let err = first_error(client.evaluate(bad).await.unwrap().into_inner()).await;
+    assert_eq!(err.code(), Code::NotFound);
 
     // A run with a filter ranks only the documents that pass it.
     let mut filtered = request.clone();
@@ -266,21 +337,13 @@ async fn eval_requests_are_bounded_and_stop_when_the_client_leaves() {
             .collect(),
     };
     let mut client = pb::eval_client::EvalClient::new(channel.clone());
-    let first_error = |mut s: tonic::Streaming<pb::EvalProgress>| async move {
-        loop {
-            match s.message().await {
-                Err(e) => break e,
-                Ok(Some(_)) => continue,
-                Ok(None) => panic!("the request was accepted"),
-            }
-        }
-    };
     // Over max_eval_queries (2000).
     let many = pb::EvalRequest {
         collection: "live".into(),
         queries: (0..2001).map(|i| query(i, 0)).collect(),
         runs: vec![],
         depth: 10,
+        compare: vec![],
     };
     let err = first_error(client.evaluate(many).await.unwrap().into_inner()).await;
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -295,6 +358,7 @@ async fn eval_requests_are_bounded_and_stop_when_the_client_leaves() {
         queries: vec![query(0, 200_000)],
         runs: vec![],
         depth: 10,
+        compare: vec![],
     };
     let err = first_error(client.evaluate(heavy).await.unwrap().into_inner()).await;
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -310,6 +374,7 @@ async fn eval_requests_are_bounded_and_stop_when_the_client_leaves() {
         queries: (0..1500).map(|i| query(i, 0)).collect(),
         runs: vec![],
         depth: 10,
+        compare: vec![],
     };
     let mut stream = client.evaluate(long).await.unwrap().into_inner();
     let first = stream.message().await.unwrap().unwrap();
@@ -329,4 +394,15 @@ async fn eval_requests_are_bounded_and_stop_when_the_client_leaves() {
     );
     drop(client);
     server.stop().await;
+}
+
+/// The error that ends an evaluation's stream (panics if it ends without one).
+async fn first_error(mut s: tonic::Streaming<pb::EvalProgress>) -> tonic::Status {
+    loop {
+        match s.message().await {
+            Err(e) => break e,
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the request was accepted"),
+        }
+    }
 }

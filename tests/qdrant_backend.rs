@@ -79,6 +79,24 @@ async fn grpc_health(f: &FrontEnd) -> i32 {
         .status
 }
 
+/// gRPC health of `f` once `/readyz` has changed: `/readyz` reads the backend's flag when
+/// asked, health is pushed by the storage watch, which looks every 250 ms (and the moment its
+/// own probe ends), so health may follow up to one tick later; never more than a second.
+async fn health_follows(f: &FrontEnd, want: i32) {
+    let started = std::time::Instant::now();
+    loop {
+        let got = grpc_health(f).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "gRPC health stayed {got} a second after /readyz changed, not {want}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
 async fn hybrid(channel: &Channel, collection: &str, query: &str) -> Vec<(String, f32)> {
     let r = pb::search_client::SearchClient::new(channel.clone())
         .search(pb::SearchRequest {
@@ -94,6 +112,49 @@ async fn hybrid(channel: &Channel, collection: &str, query: &str) -> Vec<(String
         .into_iter()
         .map(|h| (h.document_id, h.score))
         .collect()
+}
+
+/// The collection `alias` resolves to on front end `f` now (GetCollection through it).
+async fn alias_seen_by(f: &FrontEnd, alias: &str) -> Option<String> {
+    let got = pb::collections_client::CollectionsClient::new(f.grpc.clone())
+        .get_collection(pb::GetCollectionRequest { name: alias.into() })
+        .await;
+    match got {
+        Ok(c) => {
+            let c = c.into_inner();
+            assert_eq!(c.requested_alias, alias);
+            Some(c.name)
+        }
+        Err(s) if s.code() == tonic::Code::NotFound => None,
+        Err(s) => panic!("{s:?}"),
+    }
+}
+
+/// Waits until `f` resolves `alias` to `want`: within RECHECK_AFTER of a change made through
+/// another front end (twice that at most, for a loaded machine).
+async fn wait_for_alias(f: &FrontEnd, alias: &str, want: Option<&str>) {
+    let started = std::time::Instant::now();
+    let bound = quarry::qdrant::RECHECK_AFTER * 2;
+    loop {
+        let seen = alias_seen_by(f, alias).await;
+        if seen.as_deref() == want {
+            eprintln!(
+                "alias change seen by the other front end after {:?}",
+                started.elapsed()
+            );
+            return;
+        }
+        assert!(
+            started.elapsed() < bound,
+            "{alias} still resolves to {seen:?}, not {want:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// B's hybrid hits on `docs` by its own name (what the alias must give).
+async fn from_b_after_write(b: &FrontEnd, query: &str) -> Vec<(String, f32)> {
+    hybrid(&b.grpc, "docs", query).await
 }
 
 #[tokio::test]
@@ -166,6 +227,62 @@ async fn two_front_ends_on_one_qdrant_serve_the_same_collections() {
         .unwrap();
     assert_eq!(found["hits"][0]["document_id"], "new-basalt", "{found}");
 
+    // Aliases are Qdrant's own: one set through A resolves through B; a switch through A is
+    // seen by B within RECHECK_AFTER; the collection an alias points to cannot be deleted.
+    let mut admin_a = pb::collections_client::CollectionsClient::new(a.grpc.clone());
+    admin_a
+        .create_collection(pb::CreateCollectionRequest {
+            name: "docs2".into(),
+            config: None,
+        })
+        .await
+        .unwrap();
+    let set = |collection: &str, expect: &str| pb::SetAliasRequest {
+        alias: "live".into(),
+        collection: collection.into(),
+        expect_collection: Some(expect.into()),
+    };
+    admin_a.set_alias(set("docs", "")).await.unwrap();
+    assert_eq!(alias_seen_by(&b, "live").await, Some("docs".to_string()));
+    assert_eq!(
+        hybrid(&b.grpc, "live", query).await,
+        from_b_after_write(&b, query).await
+    );
+    let switched = admin_a
+        .set_alias(set("docs2", "docs"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(switched.previous, "docs");
+    let stale = admin_a.set_alias(set("docs", "docs")).await.unwrap_err();
+    assert_eq!(stale.code(), tonic::Code::Aborted, "{stale:?}");
+    wait_for_alias(&b, "live", Some("docs2")).await;
+    let refused = admin_a
+        .delete_collection(pb::DeleteCollectionRequest {
+            name: "docs2".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    admin_a
+        .delete_alias(pb::DeleteAliasRequest {
+            alias: "live".into(),
+            expect_collection: Some("docs2".into()),
+        })
+        .await
+        .unwrap();
+    wait_for_alias(&b, "live", None).await;
+    admin_a
+        .delete_collection(pb::DeleteCollectionRequest {
+            name: "docs2".into(),
+        })
+        .await
+        .unwrap();
+
     // The fixture's eval: Qdrant's figures beside the embedded backend's.
     let on_qdrant = common::test_split_ndcg(&a.grpc, &common::fixture_dir(), "docs", vec![]).await;
     let on_embedded =
@@ -230,7 +347,7 @@ async fn two_front_ends_on_one_qdrant_serve_the_same_collections() {
     node.kill();
     let why = readiness(&a, 503).await;
     assert!(why.contains("Qdrant"), "{why}");
-    assert_eq!(grpc_health(&a).await, ServingStatus::NotServing as i32);
+    health_follows(&a, ServingStatus::NotServing as i32).await;
     let metrics = reqwest::get(format!("{}/metrics", a.ops))
         .await
         .unwrap()
@@ -259,7 +376,7 @@ async fn two_front_ends_on_one_qdrant_serve_the_same_collections() {
     .unwrap()
     .expect("qdrant restarts");
     readiness(&a, 200).await;
-    assert_eq!(grpc_health(&a).await, ServingStatus::Serving as i32);
+    health_follows(&a, ServingStatus::Serving as i32).await;
     let back = hybrid(&a.grpc, "docs", "how do plants turn light into energy").await;
     assert_eq!(back[0].0, "bio-photosynthesis", "{back:?}");
     drop(node);

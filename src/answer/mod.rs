@@ -219,7 +219,8 @@ impl Answerer {
         if params.top_k == 0 {
             params.top_k = 8;
         }
-        let retrieval = engine.search(&req.collection, params).await?;
+        // The collection resolved above (an alias is resolved once per call).
+        let retrieval = engine.search(&collection.record().name, params).await?;
         let retrieve_ms = started.elapsed().as_secs_f64() * 1000.0;
         emit(Progress::Retrieved {
             hits: retrieval.hits.len(),

@@ -7,6 +7,7 @@ use crate::engine::{
     ChunkInput, CollectionInfo, DocumentInput, StoredDocument, UpsertOutcome, UpsertStatus,
 };
 use crate::error::{Error, Result};
+use crate::eval::compare::Comparison;
 use crate::eval::metrics::QueryMetrics;
 use crate::eval::run::{EvalOutcome, Missed, QueryOutcome, RunOutcome, RunSpec};
 use crate::retrieve::{Fusion, Hit, Mode, RetrieverHit, SearchOutcome, SearchParams};
@@ -30,6 +31,8 @@ pub fn collection(info: CollectionInfo) -> pb::Collection {
         document_count: info.document_count,
         chunk_count: info.chunk_count,
         created_unix_ms: r.created_unix_ms,
+        aliases: Vec::new(),
+        requested_alias: String::new(),
     }
 }
 
@@ -295,9 +298,44 @@ fn metrics_core(m: Option<pb::Metrics>) -> QueryMetrics {
     }
 }
 
+/// A paired comparison on the wire.
+fn comparison_pb(c: Comparison) -> pb::EvalComparison {
+    pb::EvalComparison {
+        baseline: c.a,
+        candidate: c.b,
+        queries: c.queries as u32,
+        metrics: c
+            .metrics
+            .into_iter()
+            .map(|m| pb::MetricDelta {
+                metric: m.metric.to_string(),
+                baseline: m.a,
+                candidate: m.b,
+                delta: m.delta,
+                ci_low: m.ci_low,
+                ci_high: m.ci_high,
+                p_value: m.p_value,
+                wins: m.wins as u32,
+                losses: m.losses as u32,
+                ties: m.ties as u32,
+            })
+            .collect(),
+        changed: c
+            .changed
+            .into_iter()
+            .map(|q| pb::QueryDelta {
+                query_id: q.query_id,
+                baseline: q.a,
+                candidate: q.b,
+            })
+            .collect(),
+    }
+}
+
 pub fn eval_result(o: EvalOutcome) -> pb::EvalResult {
     pb::EvalResult {
         skipped_queries: o.skipped_queries as u32,
+        comparisons: o.comparisons.into_iter().map(comparison_pb).collect(),
         runs: o
             .runs
             .into_iter()
@@ -348,6 +386,8 @@ pub fn eval_outcome(r: pb::EvalResult) -> Result<EvalOutcome> {
     let nz = |x: u32| (x > 0).then_some(x);
     Ok(EvalOutcome {
         skipped_queries: r.skipped_queries as usize,
+        // A client's report compares the runs itself, with the same code (crate::eval::compare).
+        comparisons: Vec::new(),
         runs: r
             .runs
             .into_iter()
@@ -359,6 +399,7 @@ pub fn eval_outcome(r: pb::EvalResult) -> Result<EvalOutcome> {
                         fusion: Fusion::default(),
                         title_boost: 0.0,
                         filter: crate::filter::Filter::all(),
+                        collection: None,
                         name: run.name,
                     },
                     mean: metrics_core(run.metrics),

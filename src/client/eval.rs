@@ -176,9 +176,12 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<EvalOutcome> {
                 fusion: Some(grpc::fusion_to_pb(s.fusion)),
                 title_boost: Some(s.title_boost),
                 where_text: args.where_text.clone(),
+                collection: String::new(),
             })
             .collect(),
         depth: args.depth,
+        // Every run after the first against the first, as the report compares them.
+        compare: Vec::new(),
     };
     let mut client = pb::eval_client::EvalClient::new(channel)
         .max_decoding_message_size(usize::MAX)

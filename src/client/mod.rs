@@ -5,10 +5,12 @@
 //! - this module: connecting, creating collections, streaming ingestion, printing results.
 //! - [`load`]: the caller's files, directories and JSONL corpora as wire documents, streamed.
 //! - [`jobs`]: `quarry jobs` (server-side ingestion jobs).
+//! - [`alias`]: `quarry alias set|delete|list` (names that stand for a collection).
 //! - [`export`]: `quarry export` (a collection back out as corpus.jsonl).
 //! - [`snapshot`]: `quarry snapshot create|restore` (backups without re-embedding).
 //! - [`eval`]: `quarry eval` (ingest a BEIR collection, run the Eval RPC, write reports).
 
+pub mod alias;
 pub mod commands;
 pub mod eval;
 pub mod export;

@@ -24,6 +24,9 @@
 //! [`SearchParams`]: crate::retrieve::SearchParams
 //! [`SearchOutcome`]: crate::retrieve::SearchOutcome
 
+mod alias;
+#[cfg(test)]
+mod alias_tests;
 #[cfg(test)]
 pub(crate) mod backends_tests;
 pub mod batch;
@@ -359,9 +362,9 @@ impl Engine {
         ))
     }
 
-    /// An open collection; NOT_FOUND, or FAILED_PRECONDITION with the reason when it exists
-    /// but could not be opened.
-    pub fn collection(&self, name: &str) -> Result<Arc<Collection>> {
+    /// An open collection by its own name (not an alias: [`Engine::collection`]); NOT_FOUND,
+    /// or FAILED_PRECONDITION with the reason when it exists but could not be opened.
+    fn physical(&self, name: &str) -> Result<Arc<Collection>> {
         let open = self.open_map()?.get(name).cloned();
         if let Some(c) = open {
             match &c.backing {
@@ -428,6 +431,7 @@ impl Engine {
     ) -> Result<CollectionInfo> {
         valid_collection_name(name)?;
         let _naming = self.naming.lock().map_err(|_| poisoned())?;
+        self.refuse_alias_name(name)?;
         if let Some(remote) = &self.remote {
             // Qdrant decides (another front end may have created or deleted it).
             if remote.find(name)?.is_some() {
@@ -532,16 +536,12 @@ impl Engine {
         if self.unavailable(name)?.is_some() {
             return self.delete_unavailable(name).await;
         }
-        let collection = self.collection(name)?;
+        self.refuse_delete_through_alias(name)?;
+        let collection = self.physical(name)?;
         let engine = self.clone();
         tokio::spawn(async move {
             let _guard = collection.write_guard().await;
-            if collection.deleted.load(Ordering::Acquire) {
-                // Another delete got here first.
-                return Err(Error::CollectionNotFound(collection.record.name.clone()));
-            }
-            // From here on, work that still holds the collection reports NOT_FOUND.
-            collection.deleted.store(true, Ordering::Release);
+            engine.mark_deleted(&collection).await?;
             let (store, c, remote) = (
                 engine.store.clone(),
                 collection.clone(),

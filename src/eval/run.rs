@@ -8,9 +8,10 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
+use super::compare::{self, Comparison};
 use super::metrics::{self, QueryMetrics};
 use crate::engine::{Cancel, Engine};
-use crate::error::{Error, Result};
+use crate::error::{quote, Error, Result};
 use crate::retrieve::{Fusion, Mode, SearchParams};
 
 /// A query with its judgments (document id -> grade).
@@ -32,6 +33,9 @@ pub struct RunSpec {
     /// Only documents passing this filter are ranked (the single-retriever diagnostics that
     /// explain misses stay unfiltered).
     pub filter: crate::filter::Filter,
+    /// The collection (or alias) this run searches instead of the evaluation's: two
+    /// generations of a collection compared in one evaluation.
+    pub collection: Option<String>,
 }
 
 impl RunSpec {
@@ -76,6 +80,7 @@ impl RunSpec {
             fusion,
             title_boost,
             filter: crate::filter::Filter::all(),
+            collection: None,
         })
     }
 
@@ -121,10 +126,60 @@ pub struct RunOutcome {
 pub struct EvalOutcome {
     pub runs: Vec<RunOutcome>,
     pub skipped_queries: usize,
+    /// The paired comparisons asked for ([`comparison_pairs`]).
+    pub comparisons: Vec<Comparison>,
 }
 
 /// Most run configurations in one evaluation.
 pub const MAX_RUNS: usize = 16;
+
+/// Most comparisons in one evaluation (each resamples every query 20,000 times).
+pub const MAX_COMPARISONS: usize = 16;
+
+/// The comparisons `compare` names (baseline, candidate run names) as indices into `runs`;
+/// none named: every run after the first against the first. INVALID_ARGUMENT for a name no
+/// run has or two runs share, a run compared with itself, or too many comparisons.
+pub fn comparison_pairs(
+    runs: &[RunSpec],
+    compare: &[(String, String)],
+) -> Result<Vec<(usize, usize)>> {
+    if compare.is_empty() {
+        return Ok((1..runs.len()).map(|i| (0, i)).collect());
+    }
+    if compare.len() > MAX_COMPARISONS {
+        return Err(Error::invalid(format!(
+            "{} comparisons, over the limit of {MAX_COMPARISONS}",
+            compare.len()
+        )));
+    }
+    let index = |name: &str| -> Result<usize> {
+        let mut found = runs.iter().enumerate().filter(|(_, r)| r.name == name);
+        match (found.next(), found.next()) {
+            (Some((i, _)), None) => Ok(i),
+            (None, _) => Err(Error::invalid(format!(
+                "a comparison names run {}, which the request does not have",
+                quote(name)
+            ))),
+            (Some(_), Some(_)) => Err(Error::invalid(format!(
+                "two runs are named {}: runs that are compared need names of their own",
+                quote(name)
+            ))),
+        }
+    };
+    compare
+        .iter()
+        .map(|(a, b)| {
+            let pair = (index(a)?, index(b)?);
+            if pair.0 == pair.1 {
+                return Err(Error::invalid(format!(
+                    "a comparison compares run {} with itself",
+                    quote(a)
+                )));
+            }
+            Ok(pair)
+        })
+        .collect()
+}
 
 /// The runs evaluated when none are named: each retriever alone, then the default fusion.
 pub const DEFAULT_RUNS: &str = "lexical,dense,hybrid";
@@ -146,18 +201,21 @@ fn position(ranking: &[(String, f64)], doc: &str) -> Option<u32> {
 }
 
 impl Engine {
-    /// Runs `queries` in every configuration of `runs` against `collection`. `progress` is
-    /// called after each query with (done, total) over all runs.
+    /// Runs `queries` in every configuration of `runs` against `collection` (a run that
+    /// names its own collection searches that one), then the comparisons `compare` names
+    /// ([`comparison_pairs`]). `progress` is called after each query with (done, total) over
+    /// all runs.
+    #[allow(clippy::too_many_arguments)]
     pub async fn evaluate(
         &self,
         collection: &str,
         queries: &[EvalQuery],
         runs: &[RunSpec],
         depth: usize,
+        compare: &[(String, String)],
         progress: &mut (dyn FnMut(usize, usize) + Send),
         cancel: &Cancel,
     ) -> Result<EvalOutcome> {
-        self.collection(collection)?;
         let limits = &self.config().limits;
         if queries.len() > limits.max_eval_queries {
             return Err(Error::invalid(format!(
@@ -191,6 +249,23 @@ impl Engine {
         } else {
             runs.to_vec()
         };
+        let pairs = comparison_pairs(&runs, compare)?;
+        // Every collection resolved once: an alias switched mid-run does not mix two
+        // collections' rankings.
+        let base = self.collection(collection)?.record().name.clone();
+        let run_targets: Vec<String> = runs
+            .iter()
+            .map(|r| match &r.collection {
+                Some(c) => Ok(self.collection(c)?.record().name.clone()),
+                None => Ok(base.clone()),
+            })
+            .collect::<Result<_>>()?;
+        let mut targets: Vec<&str> = Vec::new();
+        for t in &run_targets {
+            if !targets.contains(&t.as_str()) {
+                targets.push(t);
+            }
+        }
         let judged: Vec<&EvalQuery> = queries
             .iter()
             .filter(|q| q.judgments.values().any(|g| *g > 0))
@@ -201,11 +276,11 @@ impl Engine {
                 "no query has a relevant judgment (grade > 0): nothing to evaluate",
             ));
         }
-        // Single-retriever rankings, for diagnosing misses in every run.
-        let single = [Mode::Lexical, Mode::Dense];
-        let total = judged.len() * (runs.len() + single.len());
+        // Single-retriever rankings of each collection, for diagnosing misses in every run.
+        let total = judged.len() * (runs.len() + 2 * targets.len());
         let mut done = 0;
-        let rank_one = |mode: Mode,
+        let rank_one = |target: &str,
+                        mode: Mode,
                         fusion: Fusion,
                         title_boost: f32,
                         filter: crate::filter::Filter,
@@ -221,11 +296,12 @@ impl Engine {
                 title_boost,
                 ..Default::default()
             };
+            let target = target.to_string();
             async move {
                 // The caller may have gone: stop between queries.
                 cancel.check()?;
                 let started = Instant::now();
-                let outcome = self.search(collection, params).await?;
+                let outcome = self.search(&target, params).await?;
                 let ms = started.elapsed().as_secs_f64() * 1000.0;
                 let results: Vec<(String, f64)> = outcome
                     .hits
@@ -245,31 +321,36 @@ impl Engine {
                 Ok::<_, Error>((ranking, ms))
             }
         };
-        let mut lexical = Vec::with_capacity(judged.len());
-        let mut dense = Vec::with_capacity(judged.len());
-        for q in &judged {
-            let all = crate::filter::Filter::all();
-            lexical.push(
-                rank_one(Mode::Lexical, Fusion::default(), 0.0, all.clone(), q)
-                    .await?
-                    .0,
+        // Per collection: each query's lexical and dense rankings.
+        type Singles = (Vec<Vec<(String, f64)>>, Vec<Vec<(String, f64)>>);
+        let mut singles: HashMap<&str, Singles> = HashMap::new();
+        for &target in &targets {
+            let (mut lexical, mut dense) = (
+                Vec::with_capacity(judged.len()),
+                Vec::with_capacity(judged.len()),
             );
-            done += 1;
-            progress(done, total);
-            dense.push(
-                rank_one(Mode::Dense, Fusion::default(), 0.0, all, q)
-                    .await?
-                    .0,
-            );
-            done += 1;
-            progress(done, total);
+            for q in &judged {
+                let all = crate::filter::Filter::all();
+                let one = |mode| rank_one(target, mode, Fusion::default(), 0.0, all.clone(), q);
+                lexical.push(one(Mode::Lexical).await?.0);
+                done += 1;
+                progress(done, total);
+                dense.push(one(Mode::Dense).await?.0);
+                done += 1;
+                progress(done, total);
+            }
+            singles.insert(target, (lexical, dense));
         }
         let mut out = Vec::with_capacity(runs.len());
-        for spec in runs {
+        for (spec, target) in runs.into_iter().zip(&run_targets) {
+            let (lexical, dense) = singles
+                .get(target.as_str())
+                .ok_or_else(|| Error::internal("no diagnostics for a run's collection"))?;
             let mut queries_out = Vec::with_capacity(judged.len());
             let mut latencies = Vec::with_capacity(judged.len());
             for (i, q) in judged.iter().enumerate() {
                 let (ranking, ms) = rank_one(
+                    target,
                     spec.mode,
                     spec.fusion,
                     spec.title_boost,
@@ -316,9 +397,21 @@ impl Engine {
                 queries: queries_out,
             });
         }
+        cancel.check()?;
+        // The resamplings are CPU work: off the async threads.
+        let (runs, comparisons) = tokio::task::spawn_blocking(move || {
+            let comparisons = pairs
+                .iter()
+                .map(|&(a, b)| compare::compare(&out[a], &out[b]))
+                .collect();
+            (out, comparisons)
+        })
+        .await
+        .map_err(|e| Error::internal(format!("comparison task failed: {e}")))?;
         Ok(EvalOutcome {
-            runs: out,
+            runs,
             skipped_queries,
+            comparisons,
         })
     }
 }
@@ -345,6 +438,27 @@ mod tests {
         assert_eq!((t.name.as_str(), t.title_boost), ("lexical-title0.5", 0.5));
         assert!(RunSpec::parse("hybrid-magic").is_err());
         assert!(RunSpec::parse("hybrid-rrf:x").is_err());
+    }
+
+    #[test]
+    fn comparisons_name_runs_of_their_own() {
+        let runs: Vec<RunSpec> = ["lexical", "dense", "hybrid"]
+            .iter()
+            .map(|r| RunSpec::parse(r).unwrap())
+            .collect();
+        assert_eq!(comparison_pairs(&runs, &[]).unwrap(), vec![(0, 1), (0, 2)]);
+        let pair = |a: &str, b: &str| (a.to_string(), b.to_string());
+        assert_eq!(
+            comparison_pairs(&runs, &[pair("hybrid", "dense")]).unwrap(),
+            vec![(2, 1)]
+        );
+        let e = comparison_pairs(&runs, &[pair("hybrid", "bm42")]).unwrap_err();
+        assert!(e.to_string().contains("\"bm42\""), "{e}");
+        assert!(comparison_pairs(&runs, &[pair("dense", "dense")]).is_err());
+        let twice = vec![runs[0].clone(), runs[0].clone()];
+        assert!(comparison_pairs(&twice, &[pair("lexical", "lexical")]).is_err());
+        let many = vec![pair("lexical", "dense"); MAX_COMPARISONS + 1];
+        assert!(comparison_pairs(&runs, &many).is_err());
     }
 
     #[test]

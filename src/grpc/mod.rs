@@ -1,7 +1,7 @@
 //! The gRPC transport: the only layer that knows the wire protocol.
 //!
 //! - [`pb`]: the API's messages ([`crate::api::pb`]) and tonic's stubs generated with them.
-//! - `services` (Collections, Documents, Search) and `streaming` (Jobs, Admin, Eval,
+//! - `services` (Collections, Access, Documents, Search) and `streaming` (Jobs, Admin, Eval,
 //!   Answers): decode, call [`crate::service::Service`], encode. No request semantics.
 //! - `status`: core errors as `tonic::Status` (the decision is [`crate::Error::public`]).
 //! - [`codec`]: prost's codec, with undecodable requests reported as INVALID_ARGUMENT.
@@ -47,6 +47,7 @@ fn spawn_health_mirror(
     let services = [
         "",
         <pb::collections_server::CollectionsServer<services::Adapter>>::NAME,
+        <pb::access_server::AccessServer<services::Adapter>>::NAME,
         <pb::documents_server::DocumentsServer<services::Adapter>>::NAME,
         <pb::jobs_server::JobsServer<services::Adapter>>::NAME,
         <pb::admin_server::AdminServer<services::Adapter>>::NAME,
@@ -159,6 +160,9 @@ pub async fn serve(
     let collections = pb::collections_server::CollectionsServer::new(adapter.clone())
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
+    let access = pb::access_server::AccessServer::new(adapter.clone())
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
     let documents = pb::documents_server::DocumentsServer::new(adapter.clone())
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
@@ -179,6 +183,9 @@ pub async fn serve(
         .max_encoding_message_size(max);
     health_reporter
         .set_serving::<pb::collections_server::CollectionsServer<services::Adapter>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::access_server::AccessServer<services::Adapter>>()
         .await;
     health_reporter
         .set_serving::<pb::documents_server::DocumentsServer<services::Adapter>>()
@@ -244,6 +251,7 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(collections)
+        .add_service(access)
         .add_service(documents)
         .add_service(jobs_server)
         .add_service(admin)

@@ -1,4 +1,4 @@
-//! The Collections, Documents and Search services (the others are in `streaming`): decode,
+//! The Collections, Access, Documents and Search services (the others are in `streaming`): decode,
 //! call [`Service`], encode. Every request semantic (defaults, paging, batching,
 //! authorization) is the service layer's.
 
@@ -59,6 +59,33 @@ impl pb::collections_server::Collections for Adapter {
     ) -> Result<Response<pb::DeleteCollectionResponse>, Status> {
         let (who, r) = parts(request)?;
         reply(self.service.delete_collection(&who, r).await)
+    }
+
+    async fn set_alias(
+        &self,
+        request: Request<pb::SetAliasRequest>,
+    ) -> Result<Response<pb::Alias>, Status> {
+        let (who, r) = parts(request)?;
+        reply(self.service.set_alias(&who, r).await)
+    }
+
+    async fn delete_alias(
+        &self,
+        request: Request<pb::DeleteAliasRequest>,
+    ) -> Result<Response<pb::DeleteAliasResponse>, Status> {
+        let (who, r) = parts(request)?;
+        reply(self.service.delete_alias(&who, r).await)
+    }
+}
+
+#[tonic::async_trait]
+impl pb::access_server::Access for Adapter {
+    async fn who_am_i(
+        &self,
+        request: Request<pb::WhoAmIRequest>,
+    ) -> Result<Response<pb::WhoAmIResponse>, Status> {
+        let (who, r) = parts(request)?;
+        reply(self.service.who_am_i(&who, r).await)
     }
 }
 

@@ -11,7 +11,9 @@ use super::call::{Input, Reply};
 use crate::api::{json, pb};
 use crate::auth::Principal;
 use crate::error::{quote, Error, Result};
-use crate::service::{Events, Service, ADMIN, ANSWERS, COLLECTIONS, DOCUMENTS, EVAL, JOBS, SEARCH};
+use crate::service::{
+    Events, Service, ACCESS, ADMIN, ANSWERS, COLLECTIONS, DOCUMENTS, EVAL, JOBS, SEARCH,
+};
 
 /// How a route takes its request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,6 +139,15 @@ pub fn routes() -> Vec<Route> {
         unary!(DELETE "/v1/collections/{collection}", COLLECTIONS, "DeleteCollection",
             "Delete a collection and everything in it", delete_collection,
             pb::DeleteCollectionRequest => pb::DeleteCollectionResponse, path: ["name"], query: [], None),
+        unary!(GET "/v1/whoami", ACCESS, "WhoAmI",
+            "What the caller's key may do: its name, right and collections", who_am_i,
+            pb::WhoAmIRequest => pb::WhoAmIResponse, path: [], query: [], None),
+        unary!(PUT "/v1/aliases/{alias}", COLLECTIONS, "SetAlias",
+            "Point an alias at a collection (create it, or switch it in one atomic step)", set_alias,
+            pb::SetAliasRequest => pb::Alias, path: ["alias"], query: [], Json),
+        unary!(DELETE "/v1/aliases/{alias}", COLLECTIONS, "DeleteAlias",
+            "Remove an alias (never its collection)", delete_alias,
+            pb::DeleteAliasRequest => pb::DeleteAliasResponse, path: ["alias"], query: ["expect_collection"], None),
         unary!(POST "/v1/collections/{collection}/documents", DOCUMENTS, "UpsertDocuments",
             "Upsert a batch of documents (all or nothing)", upsert_documents,
             pb::UpsertDocumentsRequest => pb::UpsertDocumentsResponse, path: ["collection"], query: [], Json),

@@ -15,6 +15,7 @@
 //! - per document a point without vectors (a UUID derived from the document id) holding its
 //!   record, its text and its current version: making that point name a new version is the
 //!   one step that switches a document to it (`collection.rs`, `write.rs`);
+//! - Quarry's aliases are Qdrant's aliases (`alias.rs`);
 //! - both candidate lists come from Qdrant, each filtered by the translated filter tree, and
 //!   Quarry fuses them itself, so explanations, weighted fusion and eval are the same in kind.
 //!
@@ -22,6 +23,7 @@
 //! runtime of their own ([`block`]), so a blocking engine thread (or a test's single-threaded
 //! runtime) never has to drive Qdrant's I/O itself.
 
+mod alias;
 mod bm25;
 mod collection;
 pub mod filter;
@@ -40,7 +42,7 @@ use qdrant_client::qdrant::{
 use qdrant_client::QdrantError;
 use serde::{Deserialize, Serialize};
 
-pub use collection::QdrantCollection;
+pub use collection::{QdrantCollection, RECHECK_AFTER};
 pub use write::Step;
 
 use crate::error::{quote, Error, Result};
@@ -280,6 +282,8 @@ pub struct Qdrant {
     settings: BackendSettings,
     /// False while the last call (or health check) reached no node: `/readyz` reports it.
     reachable: std::sync::atomic::AtomicBool,
+    /// Quarry's aliases as last read (`alias.rs`).
+    alias_cache: alias::Cache,
 }
 
 /// Whether a failed call never reached a working node (so another node may serve it): the
@@ -328,6 +332,7 @@ impl Qdrant {
             current: std::sync::atomic::AtomicUsize::new(0),
             settings: settings.clone(),
             reachable: std::sync::atomic::AtomicBool::new(true),
+            alias_cache: Default::default(),
         }))
     }
 

@@ -1,11 +1,27 @@
-//! Collections: create, get, list, delete.
+//! Collections: create, get, list, delete; aliases: set (create or switch) and delete.
 
 use crate::api::{convert, meta_convert, pb};
 use crate::auth::Principal;
-use crate::engine::CollectionSettings;
+use crate::engine::{CollectionInfo, CollectionSettings, Engine};
 use crate::error::Result;
+use crate::store::check_expected;
 
 use super::{authorize, blocking, row, Service, Touches, COLLECTIONS};
+
+/// A collection on the wire with the aliases `who` may see that point to it.
+fn with_aliases(
+    info: CollectionInfo,
+    aliases: &[(String, String)],
+    who: &Principal,
+) -> pb::Collection {
+    let mut c = convert::collection(info);
+    c.aliases = aliases
+        .iter()
+        .filter(|(alias, target)| *target == c.name && who.may_use(alias))
+        .map(|(alias, _)| alias.clone())
+        .collect();
+    c
+}
 
 impl Service {
     pub async fn create_collection(
@@ -28,6 +44,7 @@ impl Service {
         Ok(convert::collection(info))
     }
 
+    /// A collection by its name or an alias (then `requested_alias` says which).
     pub async fn get_collection(
         &self,
         who: &Principal,
@@ -38,23 +55,41 @@ impl Service {
             row(COLLECTIONS, "GetCollection")?,
             Touches::Named(&[&r.name]),
         )?;
-        let c = self.engine()?.collection(&r.name)?;
-        Ok(convert::collection(c.info()))
+        let engine = self.engine()?;
+        let name = r.name.clone();
+        let (info, aliases) =
+            blocking(move || Ok((engine.collection(&name)?.info(), engine.aliases()?))).await?;
+        let mut c = with_aliases(info, &aliases, who);
+        if c.name != r.name {
+            c.requested_alias = r.name;
+        }
+        Ok(c)
     }
 
-    /// The collections the caller may see (a scoped key sees only its own).
+    /// The collections and aliases the caller may see (a scoped key sees only its own).
     pub async fn list_collections(
         &self,
         who: &Principal,
         _r: pb::ListCollectionsRequest,
     ) -> Result<pb::ListCollectionsResponse> {
         authorize(who, row(COLLECTIONS, "ListCollections")?, Touches::Nothing)?;
-        let list = self.engine()?.list_collections()?;
+        let engine = self.engine()?;
+        let (list, aliases) =
+            blocking(move || Ok((engine.list_collections()?, engine.aliases()?))).await?;
         Ok(pb::ListCollectionsResponse {
             collections: list
                 .into_iter()
                 .filter(|c| who.may_use(&c.record.name))
-                .map(convert::collection)
+                .map(|c| with_aliases(c, &aliases, who))
+                .collect(),
+            aliases: aliases
+                .into_iter()
+                .filter(|(alias, _)| who.may_use(alias))
+                .map(|(alias, collection)| pb::Alias {
+                    alias,
+                    collection,
+                    previous: String::new(),
+                })
                 .collect(),
         })
     }
@@ -71,5 +106,67 @@ impl Service {
         )?;
         self.engine()?.delete_collection(&r.name).await?;
         Ok(pb::DeleteCollectionResponse {})
+    }
+
+    /// Creates or switches an alias. Authorized against the collection the alias points to
+    /// now, and the switch only happens if it still points there (another switch in between
+    /// is refused ABORTED), so a key never moves an alias away from a collection it may not use.
+    pub async fn set_alias(&self, who: &Principal, r: pb::SetAliasRequest) -> Result<pb::Alias> {
+        let op = row(COLLECTIONS, "SetAlias")?;
+        let (engine, from) = self.alias_now(&r.alias).await?;
+        authorize(
+            who,
+            op,
+            Touches::Alias {
+                alias: &r.alias,
+                to: Some(&r.collection),
+                from: from.as_deref(),
+            },
+        )?;
+        check_expected(&r.alias, from.as_deref(), r.expect_collection.as_deref())?;
+        blocking(move || {
+            let expect = from.unwrap_or_default();
+            engine.set_alias(&r.alias, &r.collection, Some(&expect))?;
+            Ok(pb::Alias {
+                alias: r.alias,
+                collection: r.collection,
+                previous: expect,
+            })
+        })
+        .await
+    }
+
+    /// Removes an alias (never its collection), authorized like [`Service::set_alias`].
+    pub async fn delete_alias(
+        &self,
+        who: &Principal,
+        r: pb::DeleteAliasRequest,
+    ) -> Result<pb::DeleteAliasResponse> {
+        let op = row(COLLECTIONS, "DeleteAlias")?;
+        let (engine, from) = self.alias_now(&r.alias).await?;
+        authorize(
+            who,
+            op,
+            Touches::Alias {
+                alias: &r.alias,
+                to: None,
+                from: from.as_deref(),
+            },
+        )?;
+        check_expected(&r.alias, from.as_deref(), r.expect_collection.as_deref())?;
+        let collection = blocking(move || {
+            // No `from`: the engine answers NOT_FOUND.
+            engine.delete_alias(&r.alias, from.as_deref())
+        })
+        .await?;
+        Ok(pb::DeleteAliasResponse { collection })
+    }
+
+    /// The engine, and the collection `alias` points to now (if it is an alias).
+    async fn alias_now(&self, alias: &str) -> Result<(std::sync::Arc<Engine>, Option<String>)> {
+        let engine = self.engine()?;
+        let (e, a) = (engine.clone(), alias.to_string());
+        let from = blocking(move || e.alias_target(&a)).await?;
+        Ok((engine, from))
     }
 }

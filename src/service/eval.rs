@@ -1,5 +1,6 @@
 //! Evaluation of a live collection against the caller's judgments: progress about every 1%
-//! of the queries, then the results.
+//! of the queries, then the results and the paired comparisons between runs (two
+//! generations of a collection are two runs, each naming its collection).
 
 use std::time::Instant;
 
@@ -18,6 +19,7 @@ fn run_spec(s: pb::EvalRunSpec) -> Result<RunSpec> {
         fusion: convert::fusion(s.fusion)?,
         title_boost: s.title_boost.unwrap_or(0.0).max(0.0),
         filter: meta_convert::request_filter(Default::default(), None, &s.where_text)?,
+        collection: Some(s.collection).filter(|c| !c.is_empty()),
         name: s.name,
     })
 }
@@ -31,11 +33,15 @@ impl Service {
         r: pb::EvalRequest,
         deadline: Option<Instant>,
     ) -> Result<Events<pb::EvalProgress>> {
-        authorize(
-            who,
-            row(EVAL, "Evaluate")?,
-            Touches::Named(&[&r.collection]),
-        )?;
+        // The request's collection and every collection a run names.
+        let mut named: Vec<&str> = vec![&r.collection];
+        named.extend(
+            r.runs
+                .iter()
+                .map(|s| s.collection.as_str())
+                .filter(|c| !c.is_empty()),
+        );
+        authorize(who, row(EVAL, "Evaluate")?, Touches::Named(&named))?;
         let engine = self.engine()?;
         engine.collection(&r.collection)?;
         if r.queries.is_empty() {
@@ -51,6 +57,11 @@ impl Service {
             })
             .collect();
         let runs: Vec<RunSpec> = r.runs.into_iter().map(run_spec).collect::<Result<_>>()?;
+        let compare: Vec<(String, String)> = r
+            .compare
+            .into_iter()
+            .map(|p| (p.baseline, p.candidate))
+            .collect();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let cancel = Cancel::new();
         let client_gone = cancel.clone();
@@ -86,6 +97,7 @@ impl Service {
                     &queries,
                     &runs,
                     depth,
+                    &compare,
                     &mut progress,
                     &cancel,
                 )

@@ -7,7 +7,7 @@
 //! only decode a request into the message, call the method and encode the reply or the error;
 //! so the same request gets the same answer through either.
 //!
-//! - [`collections`], [`documents`], [`stream`], [`search`], [`jobs`], [`snapshots`],
+//! - [`collections`], [`access`], [`documents`], [`stream`], [`search`], [`jobs`], [`snapshots`],
 //!   [`eval`], [`answers`]: the operations (streaming replies as [`Events`]).
 //! - [`live`]: the engine the operations call, reopened in place after a storage failure.
 //! - [`headers`]: API keys and request ids, read off the headers both doors share.
@@ -25,6 +25,7 @@
 //! admission, a role in each handler) drifts as RPCs are added; a row per operation, with a
 //! test that every RPC of the proto has one, cannot.
 
+pub mod access;
 pub mod admission;
 pub mod answers;
 pub mod collections;
@@ -45,8 +46,8 @@ pub use headers::{request_id, Authenticator};
 pub use live::Live;
 
 pub use operations::{
-    authorize, authorize_right, operation, row, Class, Operation, Scope, Touches, ADMIN, ANSWERS,
-    COLLECTIONS, DOCUMENTS, EVAL, JOBS, OPERATIONS, SEARCH,
+    authorize, authorize_right, operation, row, Class, Operation, Scope, Touches, ACCESS, ADMIN,
+    ANSWERS, COLLECTIONS, DOCUMENTS, EVAL, JOBS, OPERATIONS, SEARCH,
 };
 
 use crate::engine::Engine;

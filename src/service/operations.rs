@@ -50,6 +50,11 @@ pub enum Scope {
     /// The collections an uploaded archive restores, under the names they are restored as;
     /// checked after the manifest is read and before anything is written.
     Archive,
+    /// An alias change: the alias, the collection the caller points it at, and the collection
+    /// it points to now (server state, so a refusal for it does not name it).
+    Alias,
+    /// Nothing but the caller's own key (what it may do): no collection data.
+    Caller,
 }
 
 /// One row of the table.
@@ -81,6 +86,7 @@ const fn op(
 }
 
 pub const COLLECTIONS: &str = "quarry.v1.Collections";
+pub const ACCESS: &str = "quarry.v1.Access";
 pub const DOCUMENTS: &str = "quarry.v1.Documents";
 pub const JOBS: &str = "quarry.v1.Jobs";
 pub const ADMIN: &str = "quarry.v1.Admin";
@@ -125,6 +131,14 @@ pub const OPERATIONS: &[Operation] = &[
         C::Write,
         Some(R::Admin),
         S::Named,
+    ),
+    op(COLLECTIONS, "SetAlias", C::Write, Some(R::Admin), S::Alias),
+    op(
+        COLLECTIONS,
+        "DeleteAlias",
+        C::Write,
+        Some(R::Admin),
+        S::Alias,
     ),
     op(
         DOCUMENTS,
@@ -175,6 +189,8 @@ pub const OPERATIONS: &[Operation] = &[
         Some(R::Admin),
         S::Archive,
     ),
+    // Any valid key may ask what it may do; the answer is about the key, no collection.
+    op(ACCESS, "WhoAmI", C::Read, Some(R::Read), S::Caller),
     op(SEARCH, "Search", C::Read, Some(R::Read), S::Named),
     op(EVAL, "Evaluate", C::Eval, Some(R::Read), S::Named),
     op(ANSWERS, "Answer", C::Answer, Some(R::Read), S::Named),
@@ -230,6 +246,13 @@ pub enum Touches<'a> {
         collection: &'a str,
         not_found: &'a str,
     },
+    /// An alias change: `alias` and `to` (named by the caller; `to` absent for a removal),
+    /// `from` (the collection the alias points to now, if it exists: server state).
+    Alias {
+        alias: &'a str,
+        to: Option<&'a str>,
+        from: Option<&'a str>,
+    },
 }
 
 /// The first half of [`authorize`]: whether `who` has the right `op` needs, whatever it
@@ -256,12 +279,13 @@ pub fn authorize_right(who: &Principal, op: &Operation) -> Result<()> {
 pub fn authorize(who: &Principal, op: &Operation, touches: Touches<'_>) -> Result<()> {
     let fits = matches!(
         (op.scope, touches),
-        (Scope::None, Touches::Nothing)
+        (Scope::None | Scope::Caller, Touches::Nothing)
             | (Scope::Named, Touches::Named(_))
             | (Scope::Listed, Touches::Nothing | Touches::Named(_))
             | (Scope::JobOwner, Touches::Owner { .. })
             | (Scope::NamedOrAll, Touches::Named(_) | Touches::All)
             | (Scope::Archive, Touches::Named(_))
+            | (Scope::Alias, Touches::Alias { .. })
     );
     if !fits {
         return Err(Error::internal(format!(
@@ -275,14 +299,7 @@ pub fn authorize(who: &Principal, op: &Operation, touches: Touches<'_>) -> Resul
     authorize_right(who, op)?;
     match touches {
         Touches::Nothing => Ok(()),
-        Touches::Named(names) => match names.iter().find(|n| !who.may_use(n)) {
-            None => Ok(()),
-            Some(n) => Err(Error::PermissionDenied(format!(
-                "key {} may not use collection {}",
-                quote(&who.name),
-                quote(n)
-            ))),
-        },
+        Touches::Named(names) => may_use_all(who, names),
         Touches::All if who.collections.is_some() => Err(Error::PermissionDenied(format!(
             "key {} is limited to some collections and this call would touch every one: name the collections",
             quote(&who.name)
@@ -295,6 +312,30 @@ pub fn authorize(who: &Principal, op: &Operation, touches: Touches<'_>) -> Resul
             true => Ok(()),
             false => Err(Error::NotFound(not_found.to_string())),
         },
+        Touches::Alias { alias, to, from } => {
+            let named: Vec<&str> = std::iter::once(alias).chain(to).collect();
+            may_use_all(who, &named)?;
+            match from {
+                Some(from) if !who.may_use(from) => Err(Error::PermissionDenied(format!(
+                    "key {} may not change alias {}: it may not use the collection the alias points to now",
+                    quote(&who.name),
+                    quote(alias)
+                ))),
+                _ => Ok(()),
+            }
+        }
+    }
+}
+
+/// PERMISSION_DENIED naming the first of `names` (all named by the caller) `who` may not use.
+fn may_use_all(who: &Principal, names: &[&str]) -> Result<()> {
+    match names.iter().find(|n| !who.may_use(n)) {
+        None => Ok(()),
+        Some(n) => Err(Error::PermissionDenied(format!(
+            "key {} may not use collection {}",
+            quote(&who.name),
+            quote(n)
+        ))),
     }
 }
 
@@ -418,5 +459,56 @@ mod tests {
             collections: Some(Default::default()),
         };
         assert!(authorize(&nobody, health, Touches::Nothing).is_ok());
+    }
+
+    #[test]
+    fn alias_changes_need_admin_on_the_alias_and_both_collections() {
+        let set = operation(COLLECTIONS, "SetAlias").unwrap();
+        let tenant = Principal {
+            name: "tenant".into(),
+            role: Role::Admin,
+            collections: Some(["docs".to_string(), "g1".to_string(), "g2".to_string()].into()),
+        };
+        let change = |to, from| Touches::Alias {
+            alias: "docs",
+            to: Some(to),
+            from,
+        };
+        assert!(authorize(&tenant, set, change("g2", Some("g1"))).is_ok());
+        assert!(authorize(&tenant, set, change("g2", None)).is_ok());
+        // The collection it points at, named by the caller: named in the refusal.
+        let e = authorize(&tenant, set, change("other", Some("g1"))).unwrap_err();
+        assert!(e.to_string().contains("\"other\""), "{e}");
+        // The collection it points to now is server state: refused without its name.
+        let e = authorize(&tenant, set, change("g2", Some("secret"))).unwrap_err();
+        assert!(
+            matches!(&e, Error::PermissionDenied(m) if !m.contains("secret")),
+            "{e}"
+        );
+        let outsider = Touches::Alias {
+            alias: "theirs",
+            to: Some("g1"),
+            from: None,
+        };
+        assert!(authorize(&tenant, set, outsider).is_err());
+        // A write key may not switch an alias, even on its own collections.
+        let writer = Principal {
+            role: Role::Write,
+            ..tenant.clone()
+        };
+        let e = authorize(&writer, set, change("g2", Some("g1"))).unwrap_err();
+        assert!(e.to_string().contains("needs the admin right"), "{e}");
+        let delete = operation(COLLECTIONS, "DeleteAlias").unwrap();
+        let removal = |from| Touches::Alias {
+            alias: "docs",
+            to: None,
+            from,
+        };
+        assert!(authorize(&tenant, delete, removal(Some("g1"))).is_ok());
+        assert!(authorize(&tenant, delete, removal(Some("secret"))).is_err());
+        assert!(matches!(
+            authorize(&tenant, delete, Touches::Named(&["docs"])),
+            Err(Error::Internal(_))
+        ));
     }
 }

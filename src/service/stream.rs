@@ -71,6 +71,9 @@ impl Service {
         let op = row(DOCUMENTS, "StreamUpsertDocuments")?;
         let mut messages = std::pin::pin!(messages);
         let mut collection: Option<String> = None;
+        // The collection it names, resolved once (an alias switched mid-stream does not split
+        // the stream's batches between two collections).
+        let mut target: Option<String> = None;
         let mut results: Results = Vec::new();
         let mut batch: Batch<usize> = Batch::default();
         let idle = std::time::Duration::from_secs(self.engine()?.config().limits.stream_idle_secs);
@@ -87,10 +90,10 @@ impl Service {
             if let Some(name) = collection_of(&collection, &message.collection)? {
                 // The right was checked before admission; the collection when it is named.
                 authorize(who, op, Touches::Named(&[&name]))?;
-                self.engine()?.collection(&name)?;
+                target = Some(self.engine()?.collection(&name)?.record().name.clone());
                 collection = Some(name);
             }
-            let name = collection.clone().unwrap_or_default();
+            let name = target.clone().unwrap_or_default();
             let Some(doc) = message.document else {
                 continue;
             };
@@ -128,7 +131,7 @@ impl Service {
                 }
             }
         }
-        if let Some(name) = &collection {
+        if let Some(name) = &target {
             flush(&*self.engine()?, name, &mut batch, &mut results).await?;
         }
         Ok(pb::UpsertDocumentsResponse {

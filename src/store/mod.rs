@@ -15,6 +15,7 @@
 //! - `c{id}/oplog`: sequence (u64 BE) -> [`Op`] (JSON); trimmed once every index has it
 //! - `c{id}/schema`: metadata key -> its [`ValueType`] (JSON), written with the first document
 //!   that uses the key, in the same transaction
+//! - `aliases`: alias -> the collection it points to (`aliases.rs`)
 
 use std::path::Path;
 
@@ -495,7 +496,9 @@ impl CollectionTrees {
     }
 }
 
+mod aliases;
 mod commit;
+pub use aliases::{check_expected, Expect};
 use commit::{decode_counts, encode_counts, COUNTS};
 
 #[cfg(test)]

@@ -342,6 +342,7 @@ pub async fn test_split_ndcg(
         queries,
         runs,
         depth: 100,
+        compare: vec![],
     };
     let mut stream = pb::eval_client::EvalClient::new(channel.clone())
         .evaluate(request)
