@@ -5,6 +5,7 @@
 //!   resource-style path under `/v1`; the router and the OpenAPI document are built from it.
 //! - `call`: one call, in the gRPC request layer's order: authenticate, admit, read the body
 //!   within its limit, decode, call, encode; errors as JSON with the HTTP status of their code.
+//! - [`console`]: the web console at `/console` (static pages over this API, embedded).
 //! - [`openapi`]: the OpenAPI 3.1 document, generated from the route table and the proto
 //!   descriptors, served at `/v1/openapi.json`.
 //! - [`listen`]: the listener: plaintext or TLS (the server's certificate and client CA, as
@@ -16,6 +17,7 @@
 //! door's. No handler here holds request semantics: they are the service layer's.
 
 mod call;
+pub mod console;
 pub mod listen;
 pub mod openapi;
 pub mod routes;
@@ -105,6 +107,7 @@ pub fn router(ctx: Context) -> anyhow::Result<axum::Router> {
     };
     Ok(router
         .route(openapi::PATH, axum::routing::get(openapi))
+        .merge(console::routes())
         .fallback(|headers: http::HeaderMap| async move {
             let id = crate::service::request_id(&headers);
             call::error_reply(

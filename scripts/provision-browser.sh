@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Provisions a real browser for the console's browser tests (tests/console.rs): Debian's
+# Chromium and its WebDriver (packages chromium and chromium-driver, installed with apt-get
+# when missing and we are root), and Selenium from PyPI in a venv under
+# ${QUARRY_CACHE:-~/.cache/quarry}/browser-venv, every package pinned by SHA-256
+# (tests/console/requirements.txt, installed with --require-hashes).
+# Prints three lines: the venv's python, the chromium binary, the chromedriver binary.
+# Exits 3, saying so loudly, where no browser can be had (not Debian, not root): the browser
+# tests then skip, never silently.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cache="${QUARRY_CACHE:-$HOME/.cache/quarry}"
+venv="$cache/browser-venv"
+requirements="$root/tests/console/requirements.txt"
+chromium="${QUARRY_CHROMIUM:-/usr/bin/chromium}"
+driver="${QUARRY_CHROMEDRIVER:-/usr/bin/chromedriver}"
+
+if [ ! -x "$chromium" ] || [ ! -x "$driver" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "provision-browser: installing Debian's chromium and chromium-driver" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q --no-install-recommends chromium chromium-driver >&2 \
+      || { apt-get update -q >&2 && apt-get install -y -q --no-install-recommends chromium chromium-driver >&2; }
+  else
+    echo "!!! SKIPPED: the console's browser tests need chromium and chromedriver ($chromium, $driver): apt-get install chromium chromium-driver, or set QUARRY_CHROMIUM and QUARRY_CHROMEDRIVER !!!" >&2
+    exit 3
+  fi
+fi
+
+# Reinstalled whenever the pins change.
+stamp="$venv/.ready-$(sha256sum "$requirements" | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  echo "provision-browser: installing Selenium (pinned by SHA-256) into $venv" >&2
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps --require-hashes \
+    -r "$requirements" >&2
+  touch "$stamp"
+fi
+
+echo "$venv/bin/python"
+echo "$chromium"
+echo "$driver"

@@ -1,0 +1,266 @@
+//! The web console in a real browser: headless Chromium (Debian's, through Selenium from
+//! PyPI; `scripts/provision-browser.sh`) drives the real console against the real server and
+//! its real model: every page loads, a search's hits and an explanation chart, a filter's
+//! error pointing at its column, a document's chunks, a job followed live and another
+//! cancelled, an eval comparison between two generations as charts, a read-only key with no
+//! write controls (and the API refusing its write), keyboard and labels, a phone's width, and
+//! no request to any host but the server. Screenshots go to `target/console-screenshots`.
+//! Where no browser can be had the test says SKIPPED loudly.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use common::{fixture_dir, keyed, test_config, TestServer};
+use quarry::auth::{AuthSettings, Role, ScopedKey};
+use quarry::grpc::pb;
+
+const ADMIN: &str = "console-admin-0123456789";
+const READER: &str = "console-reader-0123456789";
+
+/// The browser's python, chromium and chromedriver, or `None` (said loudly).
+fn browser() -> Option<(String, String, String)> {
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/provision-browser.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run provision-browser.sh");
+    if out.status.code() == Some(3) {
+        eprintln!(
+            "!!! SKIPPED: the console's browser test: no browser on this machine (see above) !!!"
+        );
+        return None;
+    }
+    assert!(out.status.success(), "provision-browser.sh failed");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut lines = text.lines().map(str::to_string);
+    Some((lines.next()?, lines.next()?, lines.next()?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_works_in_a_real_browser() {
+    let Some((python, chromium, chromedriver)) = browser() else {
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    let imports = tempfile::tempdir().unwrap();
+    let mut config = test_config(data.path());
+    config.import_roots = vec![imports.path().to_path_buf()];
+    // SciFact, where ../shared has it, for the page load times on a real collection.
+    // (Canonical: a job's source path may not contain `..`.)
+    let scifact = common::scifact().map(|d| d.canonicalize().expect("SciFact's directory"));
+    if let Some(dir) = &scifact {
+        config.import_roots.push(dir.clone());
+    }
+    config.auth = AuthSettings {
+        api_key: Some(ADMIN.into()),
+        read_only_api_key: None,
+        keys: vec![ScopedKey {
+            key: READER.into(),
+            role: Role::Read,
+            collections: vec!["mini".into(), "mini_small".into()],
+            name: "reader".into(),
+        }],
+    };
+    let server = TestServer::start(config).await;
+    let channel = server.channel().await;
+
+    // Two generations of one corpus: the default chunking, and tiny chunks.
+    let mut collections = pb::collections_client::CollectionsClient::new(channel.clone());
+    create_fixture_collection_keyed(&channel, "mini", None).await;
+    create_fixture_collection_keyed(
+        &channel,
+        "mini_small",
+        Some(pb::CollectionConfig {
+            chunk_tokens: 24,
+            chunk_overlap: Some(0),
+            ..Default::default()
+        }),
+    )
+    .await;
+    collections
+        .set_alias(keyed(
+            pb::SetAliasRequest {
+                alias: "docs".into(),
+                collection: "mini".into(),
+                expect_collection: Some(String::new()),
+            },
+            Some(ADMIN),
+        ))
+        .await
+        .unwrap();
+
+    if let Some(dir) = &scifact {
+        ingest_scifact(&channel, dir).await;
+    }
+
+    // A source for the jobs page big enough that a second job waits behind the first.
+    let corpus = imports.path().join("many.jsonl");
+    let mut f = std::fs::File::create(&corpus).unwrap();
+    for i in 0..1500 {
+        writeln!(
+            f,
+            "{{\"_id\": \"n{i}\", \"text\": \"Note {i} about basalt, granite and quartz, kept for the jobs page.\"}}"
+        )
+        .unwrap();
+    }
+    drop(f);
+
+    let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots");
+    let cfg = serde_json::json!({
+        "base": server.http_url,
+        "admin_key": ADMIN,
+        "read_key": READER,
+        "collection": "mini",
+        "other": "mini_small",
+        "query": "which organelle makes ATP",
+        // No router is configured here: the page shows the server's refusal (the answer
+        // contract itself is tested against llama.cpp in tests/llama_router.rs).
+        "ask": "which organelle makes ATP?",
+        "bad_filter": "year >= ",
+        "queries_file": fixture_dir().join("queries.jsonl"),
+        "qrels_file": fixture_dir().join("qrels/test.tsv"),
+        "job_path": corpus,
+        "screenshots": shots,
+        "chromium": chromium,
+        "chromedriver": chromedriver,
+        "scifact": scifact.is_some(),
+    });
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/console/drive.py");
+    let mut child = Command::new(&python)
+        .arg(script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the browser driver");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(cfg.to_string().as_bytes())
+        .unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    for line in printed.lines() {
+        eprintln!("[browser] {line}");
+    }
+    assert!(out.status.success(), "the browser run failed:\n{printed}");
+    if scifact.is_some() {
+        assert!(printed.contains("SciFact page load times"), "{printed}");
+    }
+    for page in [
+        "collections",
+        "documents",
+        "search",
+        "jobs",
+        "eval",
+        "collections-phone",
+    ] {
+        assert!(
+            shots.join(format!("{page}.png")).is_file(),
+            "no screenshot of {page}"
+        );
+    }
+    // The job the browser cancelled really is cancelled on the server.
+    let jobs = pb::jobs_client::JobsClient::new(channel.clone())
+        .list_jobs(keyed(pb::ListJobsRequest::default(), Some(ADMIN)))
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    assert!(
+        jobs.iter()
+            .any(|j| j.state == pb::JobState::Cancelled as i32),
+        "{jobs:?}"
+    );
+    server.stop().await;
+}
+
+/// The fixture corpus in a new collection, created and filled with the admin key.
+async fn create_fixture_collection_keyed(
+    channel: &tonic::transport::Channel,
+    name: &str,
+    config: Option<pb::CollectionConfig>,
+) {
+    pb::collections_client::CollectionsClient::new(channel.clone())
+        .create_collection(keyed(
+            pb::CreateCollectionRequest {
+                name: name.into(),
+                config,
+            },
+            Some(ADMIN),
+        ))
+        .await
+        .expect("create a collection");
+    pb::documents_client::DocumentsClient::new(channel.clone())
+        .upsert_documents(keyed(
+            pb::UpsertDocumentsRequest {
+                collection: name.into(),
+                documents: common::fixture_docs(),
+            },
+            Some(ADMIN),
+        ))
+        .await
+        .expect("fill a collection");
+}
+
+/// SciFact's corpus in collection `scifact`, through a server-side job (as an operator would).
+async fn ingest_scifact(channel: &tonic::transport::Channel, dir: &std::path::Path) {
+    pb::collections_client::CollectionsClient::new(channel.clone())
+        .create_collection(keyed(
+            pb::CreateCollectionRequest {
+                name: "scifact".into(),
+                config: None,
+            },
+            Some(ADMIN),
+        ))
+        .await
+        .expect("create scifact");
+    let mut jobs = pb::jobs_client::JobsClient::new(channel.clone());
+    let job = jobs
+        .submit_ingest(keyed(
+            pb::SubmitIngestRequest {
+                collection: "scifact".into(),
+                source: Some(pb::IngestSource {
+                    path: dir.join("corpus.jsonl.gz").display().to_string(),
+                    ..Default::default()
+                }),
+                sync: false,
+            },
+            Some(ADMIN),
+        ))
+        .await
+        .expect("submit the SciFact job")
+        .into_inner();
+    let started = std::time::Instant::now();
+    loop {
+        let now = jobs
+            .get_job(keyed(pb::GetJobRequest { id: job.id.clone() }, Some(ADMIN)))
+            .await
+            .unwrap()
+            .into_inner();
+        if now.state == pb::JobState::Succeeded as i32 {
+            let c = now.counts.unwrap_or_default();
+            eprintln!(
+                "SciFact ingested: {} documents, {} chunks in {:.0} s",
+                c.created,
+                c.chunks,
+                started.elapsed().as_secs_f64()
+            );
+            assert_eq!(c.failed, 0);
+            return;
+        }
+        assert!(
+            now.state == pb::JobState::Queued as i32 || now.state == pb::JobState::Running as i32,
+            "{now:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
