@@ -364,7 +364,7 @@ impl Engine {
 
     /// An open collection by its own name (not an alias: [`Engine::collection`]); NOT_FOUND,
     /// or FAILED_PRECONDITION with the reason when it exists but could not be opened.
-    fn physical(&self, name: &str) -> Result<Arc<Collection>> {
+    pub(super) fn physical(&self, name: &str) -> Result<Arc<Collection>> {
         let open = self.open_map()?.get(name).cloned();
         if let Some(c) = open {
             match &c.backing {

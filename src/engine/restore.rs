@@ -343,7 +343,9 @@ impl Engine {
             }
             let name = rename.unwrap_or(&c.record.name).to_string();
             valid_collection_name(&name)?;
-            if self.collection(&name).is_ok() || self.unavailable(&name)?.is_some() {
+            // One name, one thing: never under the name of an alias either.
+            self.refuse_alias_name(&name)?;
+            if self.physical(&name).is_ok() || self.unavailable(&name)?.is_some() {
                 return Err(Error::CollectionExists(name));
             }
             let embedder = self.embedder(&c.record.model)?;

@@ -95,6 +95,14 @@ async fn a_restored_snapshot_answers_as_the_original_and_takes_new_writes() {
         .restore_snapshot(&archive, None, Some("c2"), &|_| Ok(()))
         .unwrap_err();
     assert!(matches!(e, Error::CollectionExists(_)), "{e}");
+    // Nor under the name of an alias (one name, one thing).
+    engine.set_alias("latest", "c", Some("")).unwrap();
+    let e = engine
+        .restore_snapshot(&archive, None, Some("latest"), &|_| Ok(()))
+        .unwrap_err();
+    assert!(matches!(e, Error::AlreadyExists(_)), "{e}");
+    assert_eq!(engine.collection("latest").unwrap().record().name, "c");
+    engine.delete_alias("latest", None).unwrap();
 
     // Into another data directory: loaded, not re-embedded; then new writes, and a reopen.
     let fresh = Arc::new(HashEmbedder::new(32).unwrap());
