@@ -85,8 +85,15 @@ impl Engine {
                 continue;
             }
             let name = f.record.name.clone();
-            if let Err(e) = self.open_remote(f) {
-                tracing::error!(collection = %quote(&name), error = %e, "collection in Qdrant cannot be opened");
+            match self.open_remote(f) {
+                Ok(_) => {}
+                // A node down or restarting: the collection opens when first used.
+                Err(e @ Error::Unavailable(_)) => {
+                    tracing::warn!(collection = %quote(&name), error = %e, "collection in Qdrant cannot be opened now; it opens when first used")
+                }
+                Err(e) => {
+                    tracing::error!(collection = %quote(&name), error = %e, "collection in Qdrant cannot be opened")
+                }
             }
         }
         Ok(())

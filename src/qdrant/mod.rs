@@ -244,6 +244,9 @@ pub(crate) fn error(e: QdrantError) -> Error {
     }
 }
 
+/// Whether Qdrant's message says a shard or a peer could not be reached (a node down or
+/// restarting), however Qdrant's own error wraps it: for example "1 of 1 read operations
+/// failed: ... 'The service is currently unavailable', message: \"tcp connect error\"".
 fn is_replica_loss(msg: &str) -> bool {
     let m = msg.to_ascii_lowercase();
     [
@@ -251,8 +254,10 @@ fn is_replica_loss(msg: &str) -> bool {
         "replica",
         "dead",
         "not available",
+        "unavailable",
         "transport error",
         "connection",
+        "connect error",
     ]
     .iter()
     .any(|w| m.contains(w))
@@ -567,4 +572,20 @@ fn schema_of(metadata: &HashMap<String, qdrant_client::qdrant::Value>) -> Schema
         }
     }
     out
+}
+
+#[cfg(test)]
+mod error_tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_that_cannot_be_reached_is_a_temporary_loss() {
+        let peer_down = "Service internal error: 1 of 1 read operations failed:\n  Service internal error: Tonic status error: code: 'The service is currently unavailable', message: \"tcp connect error\"";
+        let status = tonic::Status::internal(peer_down);
+        let e = error(QdrantError::ResponseError { status });
+        assert!(matches!(e, Error::Unavailable(_)), "{e}");
+        let status = tonic::Status::internal("Wrong input: vector dimension mismatch");
+        let e = error(QdrantError::ResponseError { status });
+        assert!(matches!(e, Error::Internal(_)), "{e}");
+    }
 }
