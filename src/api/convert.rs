@@ -332,6 +332,44 @@ fn comparison_pb(c: Comparison) -> pb::EvalComparison {
     }
 }
 
+/// The reverse of [`comparison_pb`]; metrics this build does not know are left out.
+fn comparison_core(c: pb::EvalComparison) -> Comparison {
+    use crate::eval::compare::{MetricDelta, QueryDelta, METRICS};
+    Comparison {
+        a: c.baseline,
+        b: c.candidate,
+        queries: c.queries as usize,
+        metrics: c
+            .metrics
+            .into_iter()
+            .filter_map(|m| {
+                let metric = METRICS.iter().find(|(n, _)| *n == m.metric)?.0;
+                Some(MetricDelta {
+                    metric,
+                    a: m.baseline,
+                    b: m.candidate,
+                    delta: m.delta,
+                    ci_low: m.ci_low,
+                    ci_high: m.ci_high,
+                    p_value: m.p_value,
+                    wins: m.wins as usize,
+                    losses: m.losses as usize,
+                    ties: m.ties as usize,
+                })
+            })
+            .collect(),
+        changed: c
+            .changed
+            .into_iter()
+            .map(|q| QueryDelta {
+                query_id: q.query_id,
+                a: q.baseline,
+                b: q.candidate,
+            })
+            .collect(),
+    }
+}
+
 pub fn eval_result(o: EvalOutcome) -> pb::EvalResult {
     pb::EvalResult {
         skipped_queries: o.skipped_queries as u32,
@@ -386,8 +424,7 @@ pub fn eval_outcome(r: pb::EvalResult) -> Result<EvalOutcome> {
     let nz = |x: u32| (x > 0).then_some(x);
     Ok(EvalOutcome {
         skipped_queries: r.skipped_queries as usize,
-        // A client's report compares the runs itself, with the same code (crate::eval::compare).
-        comparisons: Vec::new(),
+        comparisons: r.comparisons.into_iter().map(comparison_core).collect(),
         runs: r
             .runs
             .into_iter()

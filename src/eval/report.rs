@@ -98,12 +98,13 @@ pub fn summary_rows(outcome: &EvalOutcome) -> Vec<[String; 9]> {
         .collect()
 }
 
-/// Every run after the first against the first (the baseline).
+/// Every run after the first against the first: the server's (Eval RPC), else computed here.
 pub fn comparisons(outcome: &EvalOutcome) -> Vec<Comparison> {
-    let Some((base, rest)) = outcome.runs.split_first() else {
-        return Vec::new();
-    };
-    rest.iter().map(|r| compare::compare(base, r)).collect()
+    match outcome.runs.split_first() {
+        _ if !outcome.comparisons.is_empty() => outcome.comparisons.clone(),
+        Some((base, rest)) => rest.iter().map(|r| compare::compare(base, r)).collect(),
+        None => Vec::new(),
+    }
 }
 
 /// One line per metric of a comparison: `metric  a -> b  delta [low, high]  p  W/L/T`.
