@@ -290,6 +290,53 @@ proptest! {
     }
 }
 
+/// A strict and an inclusive bound on one side (CI found Qdrant using the strict one only):
+/// every backend and retriever must honour both.
+#[test]
+fn two_bounds_on_one_side_equal_the_oracle() {
+    let fx = fixture();
+    let (f, i) = (Value::Float, Value::Int);
+    let ranges = [
+        Range {
+            gt: Some(f(-2.5)),
+            gte: Some(i(-1)),
+            lte: Some(i(-2)),
+            ..Default::default()
+        },
+        Range {
+            gt: Some(f(-2.5)),
+            gte: Some(f(-1.0)),
+            ..Default::default()
+        },
+        Range {
+            gt: Some(f(0.5)),
+            gte: Some(f(-1.0)),
+            lt: Some(f(1.5)),
+            lte: Some(f(1.0)),
+        },
+        Range {
+            lt: Some(f(-1.0)),
+            lte: Some(f(1.0)),
+            ..Default::default()
+        },
+    ];
+    for r in ranges {
+        let filter = Filter::cond("score", Test::Range(r));
+        for engine in &fx.engines {
+            let resolved = filter
+                .resolve(&engine.collection("c").unwrap().schema())
+                .unwrap();
+            let allowed = |id: &str| resolved.matches(&fx.metadata[id]);
+            for mode in [Mode::Lexical, Mode::Dense] {
+                let oracle = run(engine, &fx.rt, mode, Filter::all(), DOCS);
+                let filtered = run(engine, &fx.rt, mode, filter.clone(), DOCS);
+                let what = format!("{:?} {mode:?} {filter:?}", engine.backend_kind());
+                assert_matches_oracle(&what, &filtered, &oracle, &allowed, DOCS);
+            }
+        }
+    }
+}
+
 #[test]
 fn pages_concatenate_to_the_full_ranking() {
     let fx = fixture();

@@ -406,7 +406,28 @@ fn resolve_range(key: &str, r: &Range, t: ValueType) -> Result<Range> {
             *slot = Some(v);
         }
     }
-    Ok(out)
+    Ok(one_bound_per_side(out))
+}
+
+/// Keeps the tighter of a strict and an inclusive bound on the same side (at equal values,
+/// the strict one), so every backend gets at most one bound per side. Backends do not agree
+/// on both: Qdrant's numeric index, for one, uses `gt` and ignores a `gte` beside it.
+fn one_bound_per_side(mut r: Range) -> Range {
+    if let (Some(gt), Some(gte)) = (&r.gt, &r.gte) {
+        if compare(gt, gte) == Some(Ordering::Less) {
+            r.gt = None;
+        } else {
+            r.gte = None;
+        }
+    }
+    if let (Some(lt), Some(lte)) = (&r.lt, &r.lte) {
+        if compare(lt, lte) == Some(Ordering::Greater) {
+            r.lt = None;
+        } else {
+            r.lte = None;
+        }
+    }
+    r
 }
 
 #[cfg(test)]
@@ -467,6 +488,84 @@ mod tests {
         check("missing = 3 OR lang != \"fr\"", true);
         check("unknown_key = \"x\"", false);
         check("NOT unknown_key = \"x\"", true);
+    }
+
+    #[test]
+    fn a_range_keeps_one_bound_per_side_the_tighter() {
+        let resolve = |key: &str, gt, gte, lt, lte| {
+            let f = Filter::cond(key, Test::Range(Range { gt, gte, lt, lte }));
+            match f.resolve(&schema()).unwrap() {
+                Filter::Cond(Condition {
+                    test: Test::Range(r),
+                    ..
+                }) => r,
+                f => panic!("{f:?}"),
+            }
+        };
+        let (f, i) = (Value::Float, Value::Int);
+        // The inclusive bound is tighter on both sides.
+        let r = resolve(
+            "score",
+            Some(f(-2.5)),
+            Some(i(-1)),
+            Some(f(3.0)),
+            Some(i(2)),
+        );
+        assert_eq!(
+            r,
+            Range {
+                gte: Some(f(-1.0)),
+                lte: Some(f(2.0)),
+                ..Default::default()
+            }
+        );
+        // The strict bound is tighter, and at equal values the strict one wins.
+        let r = resolve(
+            "score",
+            Some(f(1.0)),
+            Some(f(1.0)),
+            Some(f(0.5)),
+            Some(f(2.0)),
+        );
+        assert_eq!(
+            r,
+            Range {
+                gt: Some(f(1.0)),
+                lt: Some(f(0.5)),
+                ..Default::default()
+            }
+        );
+        // A fractional bound on an integer becomes inclusive and then competes as one.
+        let r = resolve(
+            "year",
+            Some(i(2020)),
+            Some(f(2019.5)),
+            None,
+            Some(f(2030.5)),
+        );
+        assert_eq!(
+            r,
+            Range {
+                gt: Some(i(2020)),
+                lte: Some(i(2030)),
+                ..Default::default()
+            }
+        );
+        let r = resolve(
+            "year",
+            Some(f(2020.5)),
+            Some(i(2020)),
+            Some(i(2030)),
+            Some(i(2030)),
+        );
+        assert_eq!(
+            r,
+            Range {
+                gte: Some(i(2021)),
+                lt: Some(i(2030)),
+                ..Default::default()
+            }
+        );
     }
 
     #[test]

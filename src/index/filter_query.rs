@@ -126,7 +126,8 @@ pub fn compile(field: Field, f: &Filter) -> Box<dyn Query> {
     }
 }
 
-/// One term range; the tighter bound wins where both strict and inclusive are given.
+/// One term range. A resolved range has at most one bound per side (`Filter::resolve` keeps
+/// the tighter), so a strict bound is simply used when present.
 fn range(field: Field, key: &str, r: &Range) -> Box<dyn Query> {
     let Some(t) = [&r.gt, &r.gte, &r.lt, &r.lte]
         .into_iter()
@@ -137,27 +138,14 @@ fn range(field: Field, key: &str, r: &Range) -> Box<dyn Query> {
         return Box::new(EmptyQuery);
     };
     let enc = |v: &Value| value_terms(key, v).remove(0);
-    let pick = |strict: &Option<Value>, inclusive: &Option<Value>, lower: bool| {
+    let pick = |strict: &Option<Value>, inclusive: &Option<Value>| {
         let s = strict.as_ref().map(|v| Bound::Excluded(enc(v)));
-        let i = inclusive.as_ref().map(|v| Bound::Included(enc(v)));
-        match (s, i) {
-            (Some(Bound::Excluded(a)), Some(Bound::Included(b))) => {
-                // Equal encodings: the strict bound is the tighter.
-                let strict_wins = if lower { a >= b } else { a <= b };
-                Some(if strict_wins {
-                    Bound::Excluded(a)
-                } else {
-                    Bound::Included(b)
-                })
-            }
-            (s, i) => s.or(i),
-        }
+        s.or_else(|| inclusive.as_ref().map(|v| Bound::Included(enc(v))))
     };
-    let lower =
-        pick(&r.gt, &r.gte, true).unwrap_or_else(|| Bound::Included(format!("{key}{SEP}{t}")));
+    let lower = pick(&r.gt, &r.gte).unwrap_or_else(|| Bound::Included(format!("{key}{SEP}{t}")));
     let next_tag = char::from_u32(t as u32 + 1).unwrap_or(t);
-    let upper = pick(&r.lt, &r.lte, false)
-        .unwrap_or_else(|| Bound::Excluded(format!("{key}{SEP}{next_tag}")));
+    let upper =
+        pick(&r.lt, &r.lte).unwrap_or_else(|| Bound::Excluded(format!("{key}{SEP}{next_tag}")));
     let to_term = |b: Bound<String>| match b {
         Bound::Included(s) => Bound::Included(Term::from_field_text(field, &s)),
         Bound::Excluded(s) => Bound::Excluded(Term::from_field_text(field, &s)),
