@@ -119,6 +119,15 @@ impl Drop for Slot {
     }
 }
 
+/// A place in a class's queue, held while a call waits for a slot.
+struct QueuePlace<'a>(&'a AtomicUsize);
+
+impl Drop for QueuePlace<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// The admission state shared by every connection.
 pub struct Admission {
     gates: HashMap<Class, Gate>,
@@ -191,15 +200,93 @@ impl Admission {
         if queued.is_err() {
             return Err(busy());
         }
-        let mut until = Instant::now() + self.queue_wait;
+        // The place is given back however the wait ends, also when the caller leaves and this
+        // future is dropped mid-wait (a leaked place would shrink the queue for good).
+        let _place = QueuePlace(&gate.waiting);
+        let queued_at = Instant::now();
+        let mut until = queued_at + self.queue_wait;
         if let Some(d) = deadline {
             until = until.min(d);
         }
         let got = tokio::time::timeout_at(until.into(), gate.slots.clone().acquire_owned()).await;
-        gate.waiting.fetch_sub(1, Ordering::AcqRel);
         match got {
             Ok(Ok(p)) => Ok(Some(slot(p))),
-            _ => Err(busy()),
+            _ => {
+                metrics::global().grpc_rejected.inc(&[class.name()]);
+                Err(Error::Exhausted(format!(
+                    "server busy: no {} slot came free within {} ms (admission.queue_wait_ms, or the call's deadline); retry with backoff",
+                    class.name(),
+                    until.saturating_duration_since(queued_at).as_millis()
+                )))
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one_and_one() -> Admission {
+        let limit = ClassLimit {
+            in_flight: 1,
+            queue: 1,
+            max_queue_delay_ms: 0,
+        };
+        Admission::new(&AdmissionSettings {
+            write: limit,
+            queue_wait_ms: 60_000,
+            ..Default::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_leaves_the_queue_gives_its_place_back() {
+        let admission = Arc::new(one_and_one());
+        let held = admission.admit(Class::Write, None).await.unwrap();
+        // Many callers queue and leave (their futures dropped mid-wait, as when a client
+        // disconnects): each frees its place.
+        for _ in 0..5 {
+            let a = admission.clone();
+            let waiter = tokio::spawn(async move { a.admit(Class::Write, None).await.map(|_| ()) });
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert!(!waiter.is_finished(), "a queued call waits for the slot");
+            waiter.abort();
+            assert!(waiter.await.unwrap_err().is_cancelled());
+        }
+        // The queue's one place is free: a new call waits and gets the slot when it is freed.
+        let a = admission.clone();
+        let waiter =
+            tokio::spawn(async move { a.admit(Class::Write, None).await.map(|s| s.is_some()) });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Meanwhile the queue is full: one more is refused at once.
+        let e = admission.admit(Class::Write, None).await.err().unwrap();
+        assert!(matches!(e, Error::Exhausted(_)), "{e}");
+        drop(held);
+        assert!(waiter.await.unwrap().unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_wait_that_times_out_gives_its_place_back() {
+        let admission = one_and_one();
+        let _held = admission.admit(Class::Write, None).await.unwrap();
+        for _ in 0..3 {
+            let deadline = Instant::now() + Duration::from_millis(10);
+            let e = admission
+                .admit(Class::Write, Some(deadline))
+                .await
+                .err()
+                .unwrap();
+            assert!(
+                e.to_string().contains("no write slot came free within"),
+                "{e}"
+            );
+        }
+        assert_eq!(
+            admission.gates[&Class::Write]
+                .waiting
+                .load(Ordering::Acquire),
+            0
+        );
     }
 }
