@@ -40,6 +40,8 @@ mod external_tests;
 mod filter_tests;
 mod ingest;
 #[cfg(test)]
+mod listing_tests;
+#[cfg(test)]
 mod qdrant_tests;
 mod recovery;
 mod remote;
