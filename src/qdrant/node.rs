@@ -239,6 +239,50 @@ impl QdrantCluster {
         }
     }
 
+    /// Waits until, as every running node sees it, each replica of `collection` is Active and
+    /// no shard transfer runs (a collection not created yet counts as healthy). A node that
+    /// comes back recovers its replicas by shard transfers after it is ready: until then a
+    /// replication factor of 2 does not survive losing another node.
+    pub fn wait_replicas_active(&self, collection: &str, within: Duration) -> Result<()> {
+        let started = Instant::now();
+        let path = format!("/collections/{collection}/cluster");
+        loop {
+            let mut pending = Vec::new();
+            for (i, node) in self.nodes.iter().enumerate().filter(|(_, n)| n.running()) {
+                match node.http_get(&path) {
+                    Ok((404, _)) => {}
+                    Ok((200, body)) => {
+                        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                        let r = &v["result"];
+                        let replicas = [&r["local_shards"], &r["remote_shards"]];
+                        let all_active = replicas.iter().all(|list| {
+                            list.as_array().is_some_and(|l| {
+                                l.iter().all(|s| s["state"].as_str() == Some("Active"))
+                            })
+                        });
+                        let moving = r["shard_transfers"]
+                            .as_array()
+                            .is_none_or(|t| !t.is_empty());
+                        if !all_active || moving {
+                            pending.push(format!("node {i}: {body}"));
+                        }
+                    }
+                    other => pending.push(format!("node {i}: {other:?}")),
+                }
+            }
+            if pending.is_empty() {
+                return Ok(());
+            }
+            if started.elapsed() > within {
+                return Err(Error::Unavailable(format!(
+                    "replicas of {collection} not all active after {within:?}: {}",
+                    pending.join("; ")
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
     /// The gRPC URL of each node.
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(QdrantNode::url).collect()
