@@ -228,6 +228,7 @@ async fn jobs_of_other_collections_are_not_found_word_for_word() {
                     ..Default::default()
                 }),
                 sync: false,
+                switch_alias: String::new(),
             },
             Some(ADMIN),
         ))
@@ -819,6 +820,7 @@ async fn submit(
                     ..Default::default()
                 }),
                 sync: false,
+                switch_alias: String::new(),
             },
             Some(ADMIN),
         ))

@@ -233,6 +233,7 @@ async fn ingest_scifact(channel: &tonic::transport::Channel, dir: &std::path::Pa
                     ..Default::default()
                 }),
                 sync: false,
+                switch_alias: String::new(),
             },
             Some(ADMIN),
         ))

@@ -62,7 +62,9 @@ pub fn job_to_pb(j: Job) -> pb::Job {
                 text: source.fields.text,
                 metadata: source.fields.metadata,
             }),
+            collection: j.spec.from_collection.unwrap_or_default(),
         }),
+        switch_alias: j.spec.switch_alias.unwrap_or_default(),
         sync: j.spec.sync,
         counts: Some(pb::JobCounts {
             seen: j.counts.seen,

@@ -19,6 +19,9 @@ use crate::grpc::pb;
 pub enum JobsCommand {
     /// Submit an ingestion of PATH (read by the server, under its import roots).
     Submit(SubmitArgs),
+    /// Re-index: build a new generation (--collection, created with the settings given) from
+    /// the documents of --from, catch up with its writes, and optionally switch an alias.
+    Reindex(ReindexArgs),
     /// Show one job.
     Status(IdArgs),
     /// List jobs, newest first.
@@ -74,6 +77,31 @@ pub struct SubmitArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct ReindexArgs {
+    #[command(flatten)]
+    pub server: ServerArg,
+    /// The collection (or alias) whose stored documents are indexed again.
+    #[arg(long)]
+    pub from: String,
+    /// The new generation; created with the settings below when it does not exist.
+    #[arg(long)]
+    pub collection: String,
+    #[command(flatten)]
+    pub new_collection: NewCollection,
+    /// Switch this alias (which points to --from) to the new generation at the end.
+    #[arg(long)]
+    pub switch_alias: Option<String>,
+    /// Follow the job until it ends (as `jobs watch`).
+    #[arg(long)]
+    pub wait: bool,
+    #[arg(long)]
+    pub json: bool,
+    /// Hide the progress bar of --wait.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
 pub struct IdArgs {
     #[command(flatten)]
     pub server: ServerArg,
@@ -110,6 +138,15 @@ fn state_name(state: i32) -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// What a job reads: its path, or `collection:NAME` for a re-index.
+fn source_name(j: &pb::Job) -> String {
+    match &j.source {
+        Some(s) if !s.collection.is_empty() => format!("collection:{}", s.collection),
+        Some(s) => s.path.clone(),
+        None => String::new(),
+    }
+}
+
 /// A job as JSON.
 pub fn job_json(j: &pb::Job) -> serde_json::Value {
     let c = j.counts.unwrap_or_default();
@@ -117,8 +154,9 @@ pub fn job_json(j: &pb::Job) -> serde_json::Value {
         "id": j.id,
         "collection": j.collection,
         "state": state_name(j.state),
-        "source": j.source.as_ref().map(|s| s.path.clone()).unwrap_or_default(),
+        "source": source_name(j),
         "sync": j.sync,
+        "switch_alias": j.switch_alias,
         "counts": {
             "seen": c.seen, "created": c.created, "updated": c.updated,
             "unchanged": c.unchanged, "deleted": c.deleted, "failed": c.failed,
@@ -151,7 +189,7 @@ fn seconds(j: &pb::Job) -> f64 {
 }
 
 fn print_job(j: &pb::Job) {
-    let source = j.source.as_ref().map(|s| s.path.as_str()).unwrap_or("");
+    let source = source_name(j);
     println!(
         "job {} {}: collection {:?}, source {source}{}",
         j.id,
@@ -210,6 +248,7 @@ async fn client(server: &ServerArg) -> anyhow::Result<Client> {
 pub async fn run(command: JobsCommand) -> anyhow::Result<()> {
     match command {
         JobsCommand::Submit(a) => submit(a).await,
+        JobsCommand::Reindex(a) => reindex(a).await,
         JobsCommand::Status(a) => {
             let job = client(&a.server)
                 .await?
@@ -272,24 +311,57 @@ async fn submit(a: SubmitArgs) -> anyhow::Result<()> {
                     text: field(a.text_field),
                     metadata: field(a.metadata_field),
                 }),
+                collection: String::new(),
             }),
             sync: a.sync,
+            switch_alias: String::new(),
         })
         .await
         .map_err(status_error)?
         .into_inner();
-    if !a.wait {
-        if a.json {
+    follow(&mut c, job, a.wait, a.json, a.quiet).await
+}
+
+async fn reindex(a: ReindexArgs) -> anyhow::Result<()> {
+    let channel = super::connect(&a.server.server, &a.server.access).await?;
+    super::ensure_collection(channel.clone(), &a.collection, &a.new_collection).await?;
+    let mut c = pb::jobs_client::JobsClient::new(channel);
+    let job = c
+        .submit_ingest(pb::SubmitIngestRequest {
+            collection: a.collection.clone(),
+            source: Some(pb::IngestSource {
+                collection: a.from.clone(),
+                ..Default::default()
+            }),
+            sync: true,
+            switch_alias: a.switch_alias.unwrap_or_default(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    follow(&mut c, job, a.wait, a.json, a.quiet).await
+}
+
+/// After a submission: print the job, or follow it to its end with `wait`.
+async fn follow(
+    c: &mut Client,
+    job: pb::Job,
+    wait: bool,
+    json: bool,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    if !wait {
+        if json {
             return show(&job, true);
         }
         println!("submitted job {} ({})", job.id, state_name(job.state));
         return Ok(());
     }
-    if !a.json {
+    if !json {
         eprintln!("submitted job {}", job.id);
     }
-    let job = watch(&mut c, &job.id, !a.quiet && !a.json).await?;
-    show(&job, a.json)?;
+    let job = watch(c, &job.id, !quiet && !json).await?;
+    show(&job, json)?;
     outcome(&job)
 }
 
@@ -339,7 +411,7 @@ async fn list(a: ListArgs) -> anyhow::Result<()> {
             j.collection,
             c.seen,
             c.failed,
-            j.source.as_ref().map(|s| s.path.as_str()).unwrap_or("")
+            source_name(j)
         );
     }
     Ok(())

@@ -11,6 +11,9 @@
 //! switch is one atomic, durable step. Changes take the engine's naming lock, so within one
 //! server a switch never races a create, a delete or another switch; a change may name what it
 //! expects to find ([`Expect`]) and is refused ABORTED when another caller changed it first.
+//! Writes go through [`Engine::write_via`]: one that resolved an alias and got the write lock
+//! only after the alias moved is refused ABORTED rather than written to the generation the
+//! alias left (what makes a re-index's switch lose nothing).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -18,6 +21,16 @@ use std::sync::Arc;
 use super::{poisoned, valid_collection_name, Collection, Engine};
 use crate::error::{quote, Error, Result};
 use crate::store::Expect;
+
+/// A collection as a call resolved it: the name the caller gave (perhaps an alias) and the
+/// collection that name stood for then. A call that writes more than once (a stream's
+/// batches) resolves once and writes through this, so its writes are fenced alike (see
+/// [`Engine::write_via`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    pub requested: String,
+    pub collection: String,
+}
 
 impl Engine {
     /// An open collection by its name or by an alias of it; NOT_FOUND, or FAILED_PRECONDITION
@@ -27,6 +40,43 @@ impl Engine {
             Some(target) => self.physical(&target),
             None => self.physical(name),
         }
+    }
+
+    /// `name` resolved now (see [`Resolved`]).
+    pub fn resolve(&self, name: &str) -> Result<Resolved> {
+        Ok(Resolved {
+            requested: name.to_string(),
+            collection: self.collection(name)?.record().name.clone(),
+        })
+    }
+
+    /// Runs blocking `work` as the one writer of the collection `to` resolved to. A write that
+    /// came through an alias and gets the write lock only after the alias moved away is
+    /// refused ABORTED instead of landing in a generation the alias no longer names: a
+    /// re-index switches an alias while it holds the old generation's write lock, after its
+    /// last catch-up pass, so every write the old generation took is in the new one and every
+    /// later one goes there (the caller's retry resolves the alias again).
+    pub(super) async fn write_via<T: Send + 'static>(
+        &self,
+        to: &Resolved,
+        work: impl FnOnce(&Collection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let c = self.physical(&to.collection)?;
+        let guard = c.write_guard().await;
+        if to.requested != to.collection
+            && self.alias_target(&to.requested)?.as_deref() != Some(to.collection.as_str())
+        {
+            return Err(Error::Aborted(format!(
+                "alias {} was switched to another collection while this write waited; nothing was written: retry it",
+                quote(&to.requested)
+            )));
+        }
+        c.run_locked(guard, work).await
+    }
+
+    /// Holds the writes of collection `name` (on this server) until the guard is dropped.
+    pub async fn write_fence(&self, name: &str) -> Result<tokio::sync::OwnedMutexGuard<()>> {
+        Ok(self.physical(name)?.write_guard().await)
     }
 
     /// The collection `name` points to, if it is an alias.

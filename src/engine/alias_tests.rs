@@ -135,3 +135,48 @@ async fn aliases_on(backend: &str, engine: &Arc<Engine>) {
     let e = engine.delete_alias("nope", None).unwrap_err();
     assert!(matches!(e, Error::NotFound(_)), "{backend}: {e}");
 }
+
+/// A write that resolved an alias and waits for the write lock while the alias is switched
+/// (as a re-index does, holding the old generation's lock) is refused ABORTED, never written
+/// to the old generation; retried, it reaches the new one. A write to the old generation by
+/// its own name still goes there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_through_a_switched_alias_is_refused_not_misplaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let embedder = Arc::new(HashEmbedder::new(64).unwrap());
+    for (backend, config) in super::backends_tests::configs(dir.path()) {
+        let engine =
+            Arc::new(Engine::open(config, Arc::new(HashModels(embedder.clone()))).unwrap());
+        engine.create_collection("old", Default::default()).unwrap();
+        engine.create_collection("new", Default::default()).unwrap();
+        engine.set_alias("live", "old", Some("")).unwrap();
+        let fence = engine.write_fence("old").await.unwrap();
+        let e = engine.clone();
+        let waiting =
+            tokio::spawn(async move { e.upsert("live", vec![doc("w", "waited granite")]).await });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(
+            !waiting.is_finished(),
+            "{backend}: the write waits for the lock"
+        );
+        engine.set_alias("live", "new", Some("old")).unwrap();
+        drop(fence);
+        let refused = waiting.await.unwrap().unwrap_err();
+        assert!(matches!(refused, Error::Aborted(_)), "{backend}: {refused}");
+        assert!(refused.to_string().contains("retry"), "{refused}");
+        let (found, _) = engine.get_documents("old", &["w".into()], false).unwrap();
+        assert!(found.is_empty(), "{backend}: written to the old generation");
+        engine
+            .upsert("live", vec![doc("w", "waited granite")])
+            .await
+            .unwrap();
+        let (found, _) = engine.get_documents("new", &["w".into()], false).unwrap();
+        assert_eq!(found.len(), 1, "{backend}");
+        engine
+            .upsert("old", vec![doc("o", "by its own name")])
+            .await
+            .unwrap();
+        let (found, _) = engine.get_documents("old", &["o".into()], false).unwrap();
+        assert_eq!(found.len(), 1, "{backend}");
+    }
+}

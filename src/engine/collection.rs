@@ -156,14 +156,15 @@ impl Collection {
         self.write_lock.clone().lock_owned().await
     }
 
-    /// Runs blocking `work` as this collection's one writer. The write lock's guard moves into
-    /// the blocking task with the work, so if the caller goes away the lock is still held
-    /// until the work has ended; a collection deleted meanwhile answers NOT_FOUND.
-    pub(super) async fn run_write<T: Send + 'static>(
+    /// Runs blocking `work` as this collection's one writer, with its write lock `guard` (see
+    /// [`Engine::write_via`](super::Engine::write_via)). The guard moves into the blocking
+    /// task with the work, so if the caller goes away the lock is still held until the work
+    /// has ended; a collection deleted meanwhile answers NOT_FOUND.
+    pub(super) async fn run_locked<T: Send + 'static>(
         self: &Arc<Self>,
+        guard: tokio::sync::OwnedMutexGuard<()>,
         work: impl FnOnce(&Collection) -> crate::error::Result<T> + Send + 'static,
     ) -> crate::error::Result<T> {
-        let guard = self.write_guard().await;
         let c = self.clone();
         tokio::task::spawn_blocking(move || {
             let _guard = guard;

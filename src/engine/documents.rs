@@ -32,6 +32,9 @@ pub struct ListedDocument {
     pub metadata: Metadata,
 }
 
+/// A page of `(id, content hash)` pairs and where the next page starts.
+pub type HashPage = (Vec<(String, String)>, Option<String>);
+
 /// A page of ListDocuments.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DocumentPage {
@@ -95,6 +98,26 @@ impl Engine {
         })
     }
 
+    /// A page of the collection's documents as `(id, content hash)`, in its listing order,
+    /// and where the next page starts: what a re-index compares two generations by.
+    pub fn document_hashes(
+        &self,
+        collection: &str,
+        after: Option<&str>,
+        page_size: usize,
+    ) -> Result<HashPage> {
+        let c = self.collection(collection)?;
+        let scan = c
+            .store()
+            .scan(&Filter::all(), after, page_size.clamp(1, MAX_PAGE))?;
+        let docs = scan
+            .docs
+            .into_iter()
+            .map(|rec| (rec.id, rec.content_hash))
+            .collect();
+        Ok((docs, scan.next))
+    }
+
     /// Deletes every document passing `filter` (or, with `dry_run`, counts them). The filter
     /// must not be empty. Runs as the collection's writer, to completion whatever the caller
     /// does; large deletions commit in batches of [`DELETE_BATCH`], each durable before the
@@ -106,14 +129,14 @@ impl Engine {
         options: FilterDeleteOptions,
     ) -> Result<FilterDeletion> {
         let FilterDeleteOptions { dry_run, all } = options;
-        let c = self.collection(collection)?;
+        let to = self.resolve(collection)?;
         self.check_filter(&filter)?;
         if !filter.restricts() && !all {
             return Err(Error::invalid(
                 "delete by filter needs a filter that restricts: this one matches every document; set `all` to delete them all",
             ));
         }
-        c.run_write(move |c| {
+        self.write_via(&to, move |c| {
             let filter = c.resolve(&filter)?;
             let mut matching = Vec::new();
             let mut after = None;

@@ -10,7 +10,7 @@ use std::collections::HashSet;
 
 use sha2::{Digest, Sha256};
 
-use super::{Cancel, Collection, Engine};
+use super::{Cancel, Collection, Engine, Resolved};
 use crate::chunk::{self, titled};
 use crate::error::{quote, Error, Result};
 use crate::meta::{self, Metadata, Schema, Value};
@@ -146,7 +146,18 @@ impl Engine {
         docs: Vec<DocumentInput>,
         journal: Option<UpsertJournal>,
     ) -> Result<Vec<UpsertOutcome>> {
-        let collection = self.collection(collection)?;
+        let to = self.resolve(collection)?;
+        self.upsert_resolved(&to, docs, journal).await
+    }
+
+    /// [`Engine::upsert_journaled`] to a collection the call resolved before (a stream's
+    /// batches), fenced as [`Engine::write_via`] says.
+    pub async fn upsert_resolved(
+        &self,
+        to: &Resolved,
+        docs: Vec<DocumentInput>,
+        journal: Option<UpsertJournal>,
+    ) -> Result<Vec<UpsertOutcome>> {
         self.validate_batch(&docs)?;
         self.check_free_disk()?;
         // If this future is dropped (the caller went away), `_stop` raises the flag and the
@@ -156,9 +167,10 @@ impl Engine {
         let _stop = cancel.on_drop();
         let max_keys = self.config.limits.max_metadata_keys;
         let store = self.store.clone();
-        collection
-            .run_write(move |c| c.upsert_blocking(&store, docs, &cancel, max_keys, journal))
-            .await
+        self.write_via(to, move |c| {
+            c.upsert_blocking(&store, docs, &cancel, max_keys, journal)
+        })
+        .await
     }
 
     /// Reads documents by id; returns them and the ids that do not exist.
@@ -225,7 +237,7 @@ impl Engine {
         collection: &str,
         ids: Vec<String>,
     ) -> Result<(usize, Vec<String>)> {
-        let c = self.collection(collection)?;
+        let to = self.resolve(collection)?;
         if ids.len() > self.config.limits.max_batch_documents {
             return Err(Error::invalid(format!(
                 "{} ids, over the limit max_batch_documents = {}",
@@ -234,7 +246,7 @@ impl Engine {
             )));
         }
         let store = self.store.clone();
-        c.run_write(move |c| c.delete_blocking(&store, ids, None))
+        self.write_via(&to, move |c| c.delete_blocking(&store, ids, None))
             .await
     }
 
@@ -246,10 +258,10 @@ impl Engine {
         ids: Vec<String>,
         journal: DeleteJournal,
     ) -> Result<usize> {
-        let c = self.collection(collection)?;
+        let to = self.resolve(collection)?;
         let store = self.store.clone();
-        let (deleted, _) = c
-            .run_write(move |c| c.delete_blocking(&store, ids, Some(journal)))
+        let (deleted, _) = self
+            .write_via(&to, move |c| c.delete_blocking(&store, ids, Some(journal)))
             .await?;
         Ok(deleted)
     }

@@ -69,6 +69,7 @@ use crate::model::query::CachedEmbedder;
 use crate::model::{Embedder, ModelSource};
 use crate::store::{CollectionRecord, Store};
 
+pub use alias::Resolved;
 pub use batch::{Batch, BATCH_BYTES, BATCH_DOCUMENTS};
 pub use cancel::{Cancel, CancelOnDrop};
 use collection::Backing;
@@ -79,7 +80,8 @@ pub use collection::{
     DEFAULT_CHUNK_TOKENS,
 };
 pub use documents::{
-    DocumentPage, FilterDeleteOptions, FilterDeletion, ListedDocument, MAX_PAGE, SCAN_BUDGET,
+    DocumentPage, FilterDeleteOptions, FilterDeletion, HashPage, ListedDocument, MAX_PAGE,
+    SCAN_BUDGET,
 };
 pub use ingest::{
     content_hash, ChunkInput, DocumentInput, StoredDocument, UpsertOutcome, UpsertStatus,

@@ -22,6 +22,9 @@
 //!   the documents of its source that it did not see (the ids it saw are kept in sled while it
 //!   runs, so this too survives a restart).
 //! - **Sources are read by the server**, so only under the operator's [`ImportRoots`].
+//! - **A re-index is a job too** ([`Jobs::submit_reindex`]): its source is another collection
+//!   of this server, read from what Quarry stores, and it ends by catching up with the writes
+//!   that collection took meanwhile and, if asked, switching an alias (`run/reindex.rs`).
 //!
 //! `record.rs` holds the stored form, `roots.rs` the path policy, `run.rs` one job's run.
 
@@ -165,6 +168,70 @@ impl Jobs {
         }
         source.path = s.settings.roots.resolve(&source.path)?;
         crate::source::check(&source)?;
+        self.enqueue(JobSpec {
+            collection: collection.to_string(),
+            source,
+            sync,
+            from_collection: None,
+            switch_alias: None,
+        })
+    }
+
+    /// Submits a re-index: `collection` (a new generation, created with its settings) gets
+    /// every document of `from` (a collection, or an alias: resolved now) from what Quarry
+    /// stores, then catches up with the writes `from` took meanwhile; when `switch_alias` is
+    /// given (an alias that points to `from` now), the job switches it to `collection` as its
+    /// last step. See `reindex.rs`.
+    pub fn submit_reindex(
+        &self,
+        collection: &str,
+        from: &str,
+        switch_alias: Option<&str>,
+    ) -> Result<Job> {
+        let s = &self.shared;
+        let target = s.engine.collection(collection)?;
+        let source = s.engine.collection(from)?;
+        let (target_name, from) = (target.record().name.clone(), source.record().name.clone());
+        if target_name != collection {
+            return Err(Error::invalid(format!(
+                "{} is an alias: a re-index writes into a collection (the new generation)",
+                quote(collection)
+            )));
+        }
+        if target_name == from {
+            return Err(Error::invalid(format!(
+                "a re-index needs another collection to write into: {} is the one it reads",
+                quote(collection)
+            )));
+        }
+        if source.external_dimension().is_some() || target.external_dimension().is_some() {
+            return Err(Error::FailedPrecondition(format!(
+                "a re-index embeds texts again: {} or {} holds vectors given by the client, which only the client can give again",
+                quote(&from),
+                quote(collection)
+            )));
+        }
+        if let Some(alias) = switch_alias {
+            if s.engine.alias_target(alias)?.as_deref() != Some(from.as_str()) {
+                return Err(Error::FailedPrecondition(format!(
+                    "alias {} does not point to {}: a re-index switches an alias from the collection it reads",
+                    quote(alias),
+                    quote(&from)
+                )));
+            }
+        }
+        self.enqueue(JobSpec {
+            collection: collection.to_string(),
+            source: SourceSpec::default(),
+            sync: true,
+            from_collection: Some(from),
+            switch_alias: switch_alias.map(str::to_string),
+        })
+    }
+
+    /// Records a new job and starts it when its collection's turn comes.
+    fn enqueue(&self, spec: JobSpec) -> Result<Job> {
+        let s = &self.shared;
         let mut sched = s.lock()?;
         let pending = s
             .store
@@ -186,21 +253,15 @@ impl Jobs {
             ),
             None => 1,
         };
-        let job = Job::new(
-            id,
-            JobSpec {
-                collection: collection.to_string(),
-                source,
-                sync,
-            },
-            now_ms(),
-        );
+        let job = Job::new(id, spec, now_ms());
         s.store.put(
             &job,
             vec![(NEXT_ID.to_vec(), Some((id + 1).to_be_bytes().to_vec()))],
         )?;
         s.engine.flush_blocking()?;
-        tracing::info!(job = id, collection = %quote(collection), source = %quote(&job.spec.source.path.to_string_lossy()), sync, "job submitted");
+        let spec = &job.spec;
+        let from = spec.from_collection.as_deref().unwrap_or("");
+        tracing::info!(job = id, collection = %quote(&spec.collection), source = %quote(&spec.source.path.to_string_lossy()), from = %quote(from), sync = spec.sync, "job submitted");
         s.start_ready(&mut sched);
         drop(sched);
         s.changed();
@@ -389,5 +450,7 @@ impl Shared {
     }
 }
 
+#[cfg(test)]
+mod reindex_tests;
 #[cfg(test)]
 mod tests;

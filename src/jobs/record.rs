@@ -87,6 +87,13 @@ pub struct JobSpec {
     /// `path` is canonical (resolved under an import root at submission).
     pub source: SourceSpec,
     pub sync: bool,
+    /// A re-index: the job copies this collection (a generation, resolved at submission)
+    /// instead of reading `source`, then catches up with the writes it took meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_collection: Option<String>,
+    /// A re-index's last step: switch this alias from `from_collection` to `collection`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switch_alias: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -4,6 +4,8 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+mod reindex;
+
 use super::record::{seen_key, JobStore};
 use super::{now_ms, Control, Job, JobState, Shared};
 use crate::engine::{DocumentInput, UpsertOutcome, UpsertStatus};
@@ -64,10 +66,13 @@ pub(super) fn run(shared: &Arc<Shared>, mut job: Job, control: &Arc<Control>) ->
         return false;
     }
     tracing::info!(job = job.id, collection = %quote(&job.spec.collection), "job running");
-    let ended = r.read(&mut job).and_then(|end| match end {
-        End::Done if job.spec.sync => r.sync(&mut job),
-        other => Ok(other),
-    });
+    let ended = match job.spec.from_collection.clone() {
+        Some(from) => r.reindex(&mut job, &from),
+        None => r.read(&mut job).and_then(|end| match end {
+            End::Done if job.spec.sync => r.sync(&mut job),
+            other => Ok(other),
+        }),
+    };
     job.finished_unix_ms = now_ms();
     match ended {
         Ok(End::Stopped) => return false,
@@ -364,6 +369,18 @@ impl Run<'_> {
             if let Some(end) = self.interrupted() {
                 return Ok(end);
             }
+            if !self.delete(job, &collection, ids)? {
+                return Ok(self.interrupted().unwrap_or(End::Stopped));
+            }
+        }
+        Ok(End::Done)
+    }
+
+    /// Deletes `ids` from `collection`, counted in `job` atomically with the delete. False
+    /// when a stop or cancel came first.
+    fn delete(&mut self, job: &mut Job, collection: &str, ids: &[String]) -> Result<bool> {
+        let engine = &self.shared.engine;
+        {
             let journal = || {
                 let tree = self.shared.store.tree.clone();
                 let mut recorded = job.clone();
@@ -377,13 +394,13 @@ impl Run<'_> {
             };
             let deleted = self.patiently(|| {
                 self.shared.runtime.block_on(engine.delete_journaled(
-                    &collection,
+                    collection,
                     ids.to_vec(),
                     journal(),
                 ))
             })?;
             let Some(deleted) = deleted else {
-                return Ok(self.interrupted().unwrap_or(End::Stopped));
+                return Ok(false);
             };
             job.counts.deleted += deleted as u64;
             crate::metrics::global()
@@ -391,6 +408,6 @@ impl Run<'_> {
                 .add(&["deleted"], deleted as f64);
             self.shared.changed();
         }
-        Ok(End::Done)
+        Ok(true)
     }
 }

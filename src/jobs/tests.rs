@@ -39,7 +39,7 @@ fn source(path: PathBuf) -> SourceSpec {
 }
 
 /// Waits until job `id` has finished.
-async fn finished(jobs: &Jobs, id: u64) -> Job {
+pub(super) async fn finished(jobs: &Jobs, id: u64) -> Job {
     let mut changes = jobs.subscribe();
     for _ in 0..600 {
         let job = jobs.get(id).unwrap();
@@ -51,7 +51,7 @@ async fn finished(jobs: &Jobs, id: u64) -> Job {
     panic!("job {id} did not finish: {:?}", jobs.get(id).unwrap());
 }
 
-async fn stop(jobs: Jobs) {
+pub(super) async fn stop(jobs: Jobs) {
     tokio::task::spawn_blocking(move || jobs.stop())
         .await
         .unwrap();

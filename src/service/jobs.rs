@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 
-use super::{authorize, blocking, row, Events, Service, Touches, JOBS};
+use super::{authorize, blocking, row, Events, Service, Touches, COLLECTIONS, JOBS};
 use crate::api::jobs::{job_to_pb, source_from_pb, state_from_pb};
 use crate::api::pb;
 use crate::auth::Principal;
@@ -39,17 +39,63 @@ impl Service {
         who: &Principal,
         r: pb::SubmitIngestRequest,
     ) -> Result<pb::Job> {
+        let source = r
+            .source
+            .ok_or_else(|| Error::invalid("the request has no source"))?;
+        if !source.collection.is_empty() {
+            return self
+                .submit_reindex(who, r.collection, source, r.switch_alias)
+                .await;
+        }
         authorize(
             who,
             row(JOBS, "SubmitIngest")?,
             Touches::Named(&[&r.collection]),
         )?;
-        let source = source_from_pb(
-            r.source
-                .ok_or_else(|| Error::invalid("the request has no source"))?,
-        );
+        if !r.switch_alias.is_empty() {
+            return Err(Error::invalid(
+                "switch_alias is for a re-index (a source that names a collection)",
+            ));
+        }
+        let source = source_from_pb(source);
         let jobs = self.live.jobs()?;
         let job = blocking(move || jobs.submit(&r.collection, source, r.sync)).await?;
+        Ok(job_to_pb(job))
+    }
+
+    /// A re-index: the write right on both collections, and when it switches an alias, what
+    /// switching that alias needs (the admin right on the alias and both collections).
+    async fn submit_reindex(
+        &self,
+        who: &Principal,
+        collection: String,
+        source: pb::IngestSource,
+        switch_alias: String,
+    ) -> Result<pb::Job> {
+        let from = source.collection;
+        authorize(
+            who,
+            row(JOBS, "SubmitIngest")?,
+            Touches::Named(&[&collection, &from]),
+        )?;
+        if !source.path.is_empty() {
+            return Err(Error::invalid(
+                "a source names a path or a collection, not both",
+            ));
+        }
+        let alias = (!switch_alias.is_empty()).then_some(switch_alias);
+        if let Some(alias) = &alias {
+            let now = self.engine()?.alias_target(alias)?;
+            let touches = Touches::Alias {
+                alias,
+                to: Some(&collection),
+                from: now.as_deref(),
+            };
+            authorize(who, row(COLLECTIONS, "SetAlias")?, touches)?;
+        }
+        let jobs = self.live.jobs()?;
+        let job =
+            blocking(move || jobs.submit_reindex(&collection, &from, alias.as_deref())).await?;
         Ok(job_to_pb(job))
     }
 

@@ -9,7 +9,7 @@ use futures::{Stream, StreamExt};
 
 use crate::api::{convert, pb};
 use crate::auth::Principal;
-use crate::engine::{Batch, Engine};
+use crate::engine::{Batch, Engine, Resolved};
 use crate::error::{clip, quote, Error, Result};
 
 use super::{authorize, row, Service, Touches, DOCUMENTS};
@@ -24,7 +24,7 @@ type Results = Vec<Option<pb::DocumentResult>>;
 
 async fn flush(
     engine: &Engine,
-    collection: &str,
+    to: &Resolved,
     batch: &mut Batch<usize>,
     results: &mut Results,
 ) -> Result<()> {
@@ -32,7 +32,7 @@ async fn flush(
         return Ok(());
     }
     let (positions, docs): (Vec<usize>, Vec<_>) = batch.take().into_iter().unzip();
-    let outcomes = engine.upsert(collection, docs).await?;
+    let outcomes = engine.upsert_resolved(to, docs, None).await?;
     for (pos, o) in positions.into_iter().zip(outcomes) {
         results[pos] = Some(convert::outcome(o));
     }
@@ -72,8 +72,9 @@ impl Service {
         let mut messages = std::pin::pin!(messages);
         let mut collection: Option<String> = None;
         // The collection it names, resolved once (an alias switched mid-stream does not split
-        // the stream's batches between two collections).
-        let mut target: Option<String> = None;
+        // the stream's batches between two collections: the batches after the switch are
+        // refused ABORTED, see `Engine::write_via`).
+        let mut target: Option<Resolved> = None;
         let mut results: Results = Vec::new();
         let mut batch: Batch<usize> = Batch::default();
         let idle = std::time::Duration::from_secs(self.engine()?.config().limits.stream_idle_secs);
@@ -90,10 +91,13 @@ impl Service {
             if let Some(name) = collection_of(&collection, &message.collection)? {
                 // The right was checked before admission; the collection when it is named.
                 authorize(who, op, Touches::Named(&[&name]))?;
-                target = Some(self.engine()?.collection(&name)?.record().name.clone());
+                target = Some(self.engine()?.resolve(&name)?);
                 collection = Some(name);
             }
-            let name = target.clone().unwrap_or_default();
+            let Some(to) = target.clone() else {
+                continue;
+            };
+            let name = to.collection.clone();
             let Some(doc) = message.document else {
                 continue;
             };
@@ -121,18 +125,18 @@ impl Service {
                 })),
                 Ok(doc) => {
                     if batch.holds(&doc.id).is_some() {
-                        flush(&engine, &name, &mut batch, &mut results).await?;
+                        flush(&engine, &to, &mut batch, &mut results).await?;
                     }
                     results.push(None);
                     batch.push(pos, doc);
                     if batch.is_full(&engine) {
-                        flush(&engine, &name, &mut batch, &mut results).await?;
+                        flush(&engine, &to, &mut batch, &mut results).await?;
                     }
                 }
             }
         }
-        if let Some(name) = &target {
-            flush(&*self.engine()?, name, &mut batch, &mut results).await?;
+        if let Some(to) = &target {
+            flush(&*self.engine()?, to, &mut batch, &mut results).await?;
         }
         Ok(pb::UpsertDocumentsResponse {
             results: results.into_iter().flatten().collect(),

@@ -140,7 +140,7 @@ impl Files {
             doc,
             cursor: Cursor {
                 after_file: Some(e.rel),
-                lines: 0,
+                ..Cursor::default()
             },
         })
     }

@@ -182,8 +182,8 @@ impl Jsonl {
                 location: format!("{}:{}", self.name, self.lines),
                 doc,
                 cursor: Cursor {
-                    after_file: None,
                     lines: self.lines,
+                    ..Cursor::default()
                 },
             }));
         }

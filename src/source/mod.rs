@@ -111,6 +111,9 @@ pub struct Cursor {
     pub after_file: Option<String>,
     #[serde(default)]
     pub lines: u64,
+    /// A collection source (a re-index): where the next page of its documents starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_document: Option<String>,
 }
 
 /// One document read, or the reason it could not be.
