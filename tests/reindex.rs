@@ -1,5 +1,6 @@
-//! Re-index through the real server and the real model: a new generation with another
-//! chunking is built by `quarry jobs reindex` (the real binary) from the texts the server
+//! Re-index through the real server and the real models: a new generation with another model
+//! (`all-minilm-l6-v2-w8`, provisioned like the default) and another chunking is built by
+//! `quarry jobs reindex` (the real binary) from the texts the server
 //! stores, while an application keeps writing through the alias over gRPC; the alias is
 //! switched at the end. Everything the application was acknowledged, before, during and after
 //! the job, is what the alias serves afterwards. The same submission over HTTP, and the
@@ -26,6 +27,8 @@ const ADMIN: &str = "admin-0123456789abcdef";
 /// Writes to the new generation only.
 const NARROW: &str = "narrow-0123456789abcdef";
 const DOCS: usize = 120;
+/// The new generation's model: the same architecture with other int8 weights.
+const OTHER_MODEL: &str = "all-minilm-l6-v2-w8";
 
 fn text(i: usize, version: u32) -> String {
     const WORDS: [&str; 12] = [
@@ -81,7 +84,8 @@ async fn served(
     }
 }
 
-async fn chunk_tokens(server: &TestServer, name: &str) -> (String, u32, u64) {
+/// A collection's name, model, chunk size and chunk count.
+async fn chunk_tokens(server: &TestServer, name: &str) -> (String, String, u32, u64) {
     let c = CollectionsClient::new(server.channel().await)
         .get_collection(keyed(
             pb::GetCollectionRequest { name: name.into() },
@@ -90,7 +94,13 @@ async fn chunk_tokens(server: &TestServer, name: &str) -> (String, u32, u64) {
         .await
         .unwrap()
         .into_inner();
-    (c.name, c.config.unwrap().chunk_tokens, c.chunk_count)
+    let config = c.config.unwrap();
+    (
+        c.name,
+        config.embedding_model,
+        config.chunk_tokens,
+        c.chunk_count,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,12 +117,20 @@ async fn a_reindex_under_writes_switches_the_alias_and_loses_nothing() {
             name: "narrow".into(),
         }],
     };
+    let models = common::provision();
+    let other = quarry::model::catalog::MODELS
+        .iter()
+        .find(|m| m.name == OTHER_MODEL)
+        .expect("the catalog has the other model");
+    quarry::model::fetch::ensure(other, &models, &mut |m: &str| eprintln!("[provision] {m}"))
+        .expect("provision the other model");
     let server = TestServer::start(config).await;
     let mut collections = CollectionsClient::new(server.channel().await);
     let mut documents = DocumentsClient::new(server.channel().await);
     let mut jobs = JobsClient::new(server.channel().await);
     for name in ["gen1", "gen2"] {
         let chunking = (name == "gen2").then(|| pb::CollectionConfig {
+            embedding_model: OTHER_MODEL.into(),
             chunk_tokens: 48,
             chunk_overlap: Some(8),
             ..Default::default()
@@ -278,9 +296,13 @@ async fn a_reindex_under_writes_switches_the_alias_and_loses_nothing() {
 
     // The alias names the new generation, chunked by its own settings, and serves the
     // initial documents with every acknowledged write applied.
-    let (name, tokens, chunks_new) = chunk_tokens(&server, "kb").await;
-    assert_eq!((name.as_str(), tokens), ("gen2", 48));
-    let (_, _, chunks_old) = chunk_tokens(&server, "gen1").await;
+    let (name, new_model, tokens, chunks_new) = chunk_tokens(&server, "kb").await;
+    assert_eq!(
+        (name.as_str(), new_model.as_str(), tokens),
+        ("gen2", OTHER_MODEL, 48)
+    );
+    let (_, model_old, _, chunks_old) = chunk_tokens(&server, "gen1").await;
+    assert_ne!(model_old, OTHER_MODEL);
     assert!(
         chunks_new > chunks_old,
         "{chunks_new} chunks against {chunks_old}"
