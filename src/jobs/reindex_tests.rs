@@ -188,3 +188,53 @@ async fn reindex_on(backend: &str, engine: Arc<Engine>, root: &std::path::Path) 
     assert!(job.counts.seen as usize >= DOCS - 60, "{:?}", job.counts);
     stop_jobs(jobs).await;
 }
+
+/// A re-index stopped mid-copy (a server stop or crash) resumes after its last committed
+/// batch: every document copied exactly once, none read or embedded again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_reindex_resumes_without_copying_twice() {
+    let data = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let n = 600;
+    let slow = || {
+        HashEmbedder::new(32)
+            .unwrap()
+            .with_delay(Duration::from_millis(2))
+    };
+    let id = {
+        let engine = super::tests::engine(data.path(), slow(), Default::default());
+        for part in (0..n).collect::<Vec<_>>().chunks(100) {
+            let docs = part.iter().map(|&i| doc(i, 1)).collect();
+            engine.upsert("c", docs).await.unwrap();
+        }
+        engine.create_collection("g2", Default::default()).unwrap();
+        let jobs = super::tests::jobs(&engine, root.path());
+        let id = jobs.submit_reindex("g2", "c", None).unwrap().id;
+        let mut changes = jobs.subscribe();
+        while jobs.get(id).unwrap().counts.created < 128 {
+            let _ = tokio::time::timeout(Duration::from_millis(50), changes.changed()).await;
+        }
+        stop_jobs(jobs).await;
+        let job = engine
+            .named_tree("jobs")
+            .map(|tree| JobStore { tree })
+            .unwrap()
+            .get(id)
+            .unwrap()
+            .unwrap();
+        assert_eq!(job.state, JobState::Running, "a stopped job stays running");
+        assert!(job.counts.created < n as u64, "stopped before the end: {job:?}");
+        id
+    };
+    let engine = super::tests::engine(data.path(), slow(), Default::default());
+    let jobs = super::tests::jobs(&engine, root.path());
+    let job = finished(&jobs, id).await;
+    assert_eq!((job.state, job.resumed), (JobState::Succeeded, 1), "{job:?}");
+    assert_eq!(
+        (job.counts.seen, job.counts.created, job.counts.unchanged),
+        (n as u64, n as u64, 0),
+        "{job:?}"
+    );
+    assert_eq!(contents(&engine, "g2"), contents(&engine, "c"));
+    stop_jobs(jobs).await;
+}

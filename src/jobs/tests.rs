@@ -10,7 +10,7 @@ use crate::engine::{DocumentInput, EngineConfig, Limits};
 use crate::model::hashed::{HashEmbedder, HashModels};
 use crate::source::{Format, SourceSpec};
 
-fn engine(dir: &Path, embedder: HashEmbedder, limits: Limits) -> Arc<Engine> {
+pub(super) fn engine(dir: &Path, embedder: HashEmbedder, limits: Limits) -> Arc<Engine> {
     let mut config = EngineConfig::new(dir, "hash");
     config.limits = limits;
     let engine = Engine::open(config, Arc::new(HashModels(Arc::new(embedder)))).unwrap();
@@ -20,7 +20,7 @@ fn engine(dir: &Path, embedder: HashEmbedder, limits: Limits) -> Arc<Engine> {
     Arc::new(engine)
 }
 
-fn jobs(engine: &Arc<Engine>, root: &Path) -> Jobs {
+pub(super) fn jobs(engine: &Arc<Engine>, root: &Path) -> Jobs {
     Jobs::start(
         engine.clone(),
         JobSettings {
