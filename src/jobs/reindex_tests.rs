@@ -223,13 +223,20 @@ async fn a_stopped_reindex_resumes_without_copying_twice() {
             .unwrap()
             .unwrap();
         assert_eq!(job.state, JobState::Running, "a stopped job stays running");
-        assert!(job.counts.created < n as u64, "stopped before the end: {job:?}");
+        assert!(
+            job.counts.created < n as u64,
+            "stopped before the end: {job:?}"
+        );
         id
     };
     let engine = super::tests::engine(data.path(), slow(), Default::default());
     let jobs = super::tests::jobs(&engine, root.path());
     let job = finished(&jobs, id).await;
-    assert_eq!((job.state, job.resumed), (JobState::Succeeded, 1), "{job:?}");
+    assert_eq!(
+        (job.state, job.resumed),
+        (JobState::Succeeded, 1),
+        "{job:?}"
+    );
     assert_eq!(
         (job.counts.seen, job.counts.created, job.counts.unchanged),
         (n as u64, n as u64, 0),
