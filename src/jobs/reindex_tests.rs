@@ -245,3 +245,46 @@ async fn a_stopped_reindex_resumes_without_copying_twice() {
     assert_eq!(contents(&engine, "g2"), contents(&engine, "c"));
     stop_jobs(jobs).await;
 }
+
+/// An ingestion job into an alias that is switched while it runs fails no document: a batch
+/// refused at the switch (nothing written) is retried, and goes to the new collection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_into_an_alias_switched_midway_fails_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let corpus = root.path().join("corpus.jsonl");
+    let n = 800;
+    let lines: Vec<String> = (0..n)
+        .map(|i| format!(r#"{{"_id": "d{i}", "text": "word{i} granite"}}"#))
+        .collect();
+    std::fs::write(&corpus, lines.join("\n")).unwrap();
+    let slow = HashEmbedder::new(32)
+        .unwrap()
+        .with_delay(Duration::from_millis(2));
+    let engine = super::tests::engine(data.path(), slow, Default::default());
+    engine.create_collection("c2", Default::default()).unwrap();
+    engine.set_alias("live", "c", Some("")).unwrap();
+    let jobs = super::tests::jobs(&engine, root.path());
+    let source = crate::source::SourceSpec {
+        path: corpus,
+        ..Default::default()
+    };
+    let id = jobs.submit("live", source, false).unwrap().id;
+    let mut changes = jobs.subscribe();
+    while jobs.get(id).unwrap().counts.created < 100 {
+        let _ = tokio::time::timeout(Duration::from_millis(20), changes.changed()).await;
+    }
+    // The switch as a re-index makes it: under the old collection's write lock.
+    let fence = engine.write_fence("c").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    engine.set_alias("live", "c2", Some("c")).unwrap();
+    drop(fence);
+    let job = finished(&jobs, id).await;
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+    assert_eq!((job.counts.failed, job.counts.created), (0, n), "{job:?}");
+    let old = engine.collection("c").unwrap().info().document_count;
+    let new = engine.collection("c2").unwrap().info().document_count;
+    assert_eq!(old + new, n, "each document in one collection");
+    assert!(old >= 100 && new > 0, "split at the switch: {old} + {new}");
+    stop_jobs(jobs).await;
+}

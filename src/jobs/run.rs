@@ -144,10 +144,19 @@ impl Run<'_> {
     /// Runs `op` until it returns anything but [`Error::Unavailable`]: a job outlives an
     /// outage of its backend (each retry of a write that was partly applied finds those
     /// documents unchanged: still counted once). None when a stop or cancel came first.
+    ///
+    /// A write refused ABORTED because the job's collection is an alias that was switched
+    /// while the write waited (nothing was written) is retried at once: the retry resolves
+    /// the alias again, as every batch of a job does.
     fn patiently<T>(&self, mut op: impl FnMut() -> Result<T>) -> Result<Option<T>> {
         let mut pause = BACKEND_WAIT_FIRST;
         loop {
             match op() {
+                Err(Error::Aborted(_)) => {
+                    if self.interrupted().is_some() {
+                        return Ok(None);
+                    }
+                }
                 Err(e @ Error::Unavailable(_)) => {
                     if pause == BACKEND_WAIT_FIRST {
                         tracing::warn!(error = %e, "a job waits for its backend");
