@@ -39,6 +39,19 @@ pub enum FormatArg {
     Jsonl,
 }
 
+/// What a submission does once the job is accepted.
+#[derive(Args, Debug)]
+pub struct FollowArgs {
+    /// Follow the job until it ends (as `jobs watch`).
+    #[arg(long)]
+    pub wait: bool,
+    #[arg(long)]
+    pub json: bool,
+    /// Hide the progress bar of --wait.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
 #[derive(Args, Debug)]
 pub struct SubmitArgs {
     #[command(flatten)]
@@ -64,14 +77,8 @@ pub struct SubmitArgs {
     /// JSONL field holding a metadata object.
     #[arg(long)]
     pub metadata_field: Option<String>,
-    /// Follow the job until it ends (as `jobs watch`).
-    #[arg(long)]
-    pub wait: bool,
-    #[arg(long)]
-    pub json: bool,
-    /// Hide the progress bar of --wait.
-    #[arg(long)]
-    pub quiet: bool,
+    #[command(flatten)]
+    pub follow: FollowArgs,
     /// A path on the server; a relative one is made absolute against this directory.
     pub path: PathBuf,
 }
@@ -91,14 +98,8 @@ pub struct ReindexArgs {
     /// Switch this alias (which points to --from) to the new generation at the end.
     #[arg(long)]
     pub switch_alias: Option<String>,
-    /// Follow the job until it ends (as `jobs watch`).
-    #[arg(long)]
-    pub wait: bool,
-    #[arg(long)]
-    pub json: bool,
-    /// Hide the progress bar of --wait.
-    #[arg(long)]
-    pub quiet: bool,
+    #[command(flatten)]
+    pub follow: FollowArgs,
 }
 
 #[derive(Args, Debug)]
@@ -319,7 +320,7 @@ async fn submit(a: SubmitArgs) -> anyhow::Result<()> {
         .await
         .map_err(status_error)?
         .into_inner();
-    follow(&mut c, job, a.wait, a.json, a.quiet).await
+    follow(&mut c, job, &a.follow).await
 }
 
 async fn reindex(a: ReindexArgs) -> anyhow::Result<()> {
@@ -339,17 +340,12 @@ async fn reindex(a: ReindexArgs) -> anyhow::Result<()> {
         .await
         .map_err(status_error)?
         .into_inner();
-    follow(&mut c, job, a.wait, a.json, a.quiet).await
+    follow(&mut c, job, &a.follow).await
 }
 
 /// After a submission: print the job, or follow it to its end with `wait`.
-async fn follow(
-    c: &mut Client,
-    job: pb::Job,
-    wait: bool,
-    json: bool,
-    quiet: bool,
-) -> anyhow::Result<()> {
+async fn follow(c: &mut Client, job: pb::Job, f: &FollowArgs) -> anyhow::Result<()> {
+    let FollowArgs { wait, json, quiet } = *f;
     if !wait {
         if json {
             return show(&job, true);
