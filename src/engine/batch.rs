@@ -19,6 +19,12 @@ pub const BATCH_DOCUMENTS: usize = 64;
 /// Text bytes per write (titles and texts), beside the count.
 pub const BATCH_BYTES: usize = 8 * 1024 * 1024;
 
+/// Documents per write on `engine`: [`BATCH_DOCUMENTS`], never more than its
+/// `max_batch_documents` (a re-index pages its source by this too).
+pub fn batch_documents(engine: &Engine) -> usize {
+    BATCH_DOCUMENTS.min(engine.config().limits.max_batch_documents.max(1))
+}
+
 /// Documents waiting for one write, each with the caller's tag (a position in a reply, a
 /// location in a source).
 pub struct Batch<T> {
@@ -59,8 +65,7 @@ impl<T> Batch<T> {
 
     /// True when the batch should be written now (to `engine`, whose limits it keeps).
     pub fn is_full(&self, engine: &Engine) -> bool {
-        let most = BATCH_DOCUMENTS.min(engine.config().limits.max_batch_documents.max(1));
-        self.docs.len() >= most || self.bytes >= BATCH_BYTES
+        self.docs.len() >= batch_documents(engine) || self.bytes >= BATCH_BYTES
     }
 
     pub fn is_empty(&self) -> bool {

@@ -70,7 +70,7 @@ use crate::model::{Embedder, ModelSource};
 use crate::store::{CollectionRecord, Store};
 
 pub use alias::Resolved;
-pub use batch::{Batch, BATCH_BYTES, BATCH_DOCUMENTS};
+pub use batch::{batch_documents, Batch, BATCH_BYTES, BATCH_DOCUMENTS};
 pub use cancel::{Cancel, CancelOnDrop};
 use collection::Backing;
 use embedded::Embedded;

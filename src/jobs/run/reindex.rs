@@ -30,7 +30,7 @@
 use std::collections::BTreeMap;
 
 use super::{Batch, End, Run};
-use crate::engine::BATCH_DOCUMENTS;
+use crate::engine::batch_documents;
 use crate::error::{quote, Result};
 use crate::jobs::Job;
 
@@ -72,7 +72,7 @@ impl Run<'_> {
     /// Phase 1: every document of `from`, a page per batch. `Some` when interrupted.
     fn copy(&mut self, job: &mut Job, from: &str) -> Result<Option<End>> {
         let engine = self.shared.engine.clone();
-        let page = BATCH_DOCUMENTS.min(engine.config().limits.max_batch_documents.max(1));
+        let page = batch_documents(&engine);
         if job.items_total == 0 {
             job.items_total = engine.collection(from)?.info().document_count;
         }
@@ -143,14 +143,14 @@ impl Run<'_> {
             .filter(|id| !source.contains_key(*id))
             .cloned()
             .collect();
-        let page = BATCH_DOCUMENTS.min(self.shared.engine.config().limits.max_batch_documents);
-        for ids in differ.chunks(page.max(1)) {
+        let page = batch_documents(&self.shared.engine);
+        for ids in differ.chunks(page) {
             let mut next = job.clone();
             if self.interrupted().is_some() || !self.copy_documents(job, &mut next, from, ids)? {
                 return Ok(None);
             }
         }
-        for ids in gone.chunks(page.max(1)) {
+        for ids in gone.chunks(page) {
             if self.interrupted().is_some() || !self.delete(job, &target, ids)? {
                 return Ok(None);
             }
