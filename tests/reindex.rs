@@ -286,6 +286,23 @@ async fn a_reindex_under_writes_switches_the_alias_and_loses_nothing() {
     assert_eq!(job["state"], "succeeded", "{job}");
     assert_eq!(job["source"], "collection:gen1", "{job}");
     assert_eq!(job["switch_alias"], "kb", "{job}");
+    // A key that may not use the source does not see the job (it would name the source).
+    let hidden = jobs
+        .get_job(keyed(
+            pb::GetJobRequest {
+                id: job["id"].as_str().unwrap().to_string(),
+            },
+            Some(NARROW),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(hidden.code(), Code::NotFound, "{hidden:?}");
+    let listed = jobs
+        .list_jobs(keyed(pb::ListJobsRequest::default(), Some(NARROW)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.jobs.is_empty(), "{:?}", listed.jobs);
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Release);
     let (model, steps, aborted) = writer.await.unwrap();

@@ -96,6 +96,13 @@ pub struct JobSpec {
     pub switch_alias: Option<String>,
 }
 
+impl JobSpec {
+    /// The collections the job touches: its own, and a re-index's source.
+    pub fn collections(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.collection.as_str()).chain(self.from_collection.as_deref())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {
     pub id: u64,

@@ -2,7 +2,7 @@
 //! submitting and cancelling need the write right on it, reading and watching the read
 //! right; a listing leaves out the jobs of collections the key may not read, and a job of a
 //! collection the key may not use is "not found", word for word like a job that does not
-//! exist.
+//! exist. A re-index's collections are both its own and its source.
 
 use std::time::Duration;
 
@@ -26,11 +26,15 @@ impl Service {
     fn job_for(&self, who: &Principal, id: &str, method: &str) -> Result<Job> {
         let job = parse_id(id).and_then(|id| self.live.jobs()?.get(id))?;
         let not_found = format!("job {} not found", job.id);
-        let touches = Touches::Owner {
-            collection: &job.spec.collection,
-            not_found: &not_found,
-        };
-        authorize(who, row(JOBS, method)?, touches)?;
+        // A re-index touches its source too: a key that may not use it does not see the job
+        // (which would name the source).
+        for collection in job.spec.collections() {
+            let touches = Touches::Owner {
+                collection,
+                not_found: &not_found,
+            };
+            authorize(who, row(JOBS, method)?, touches)?;
+        }
         Ok(job)
     }
 
@@ -129,7 +133,7 @@ impl Service {
         let (jobs, more) = self.live.jobs()?.list(before, size, |j| {
             (r.collection.is_empty() || j.spec.collection == r.collection)
                 && state.is_none_or(|s| j.state == s)
-                && who.may_use(&j.spec.collection)
+                && j.spec.collections().all(|c| who.may_use(c))
         })?;
         let next_page_token = match (more, jobs.last()) {
             (true, Some(last)) => last.id.to_string(),
