@@ -140,6 +140,7 @@ fn eval_request(dataset: &Dataset) -> anyhow::Result<pb::EvalRequest> {
         runs: vec![],
         depth: 100,
         compare: vec![],
+        split: String::new(),
     })
 }
 

@@ -47,6 +47,15 @@ enum Command {
         #[command(subcommand)]
         command: quarry::client::alias::AliasCommand,
     },
+    /// Eval sets: attach queries with judgments to a collection or alias, in named splits.
+    Evalset {
+        #[command(subcommand)]
+        command: quarry::client::gate::EvalsetCommand,
+    },
+    /// Switch an alias to a new generation only if the eval gate holds (exit 3 when refused).
+    Promote(quarry::client::gate::PromoteArgs),
+    /// Switch an alias back to the generation its last promotion replaced.
+    Rollback(quarry::client::gate::RollbackArgs),
     /// Search a collection (one hit per document unless --chunks).
     Search(commands::SearchArgs),
     /// Evaluate retrieval on a BEIR-format collection (corpus, queries, qrels).
@@ -212,6 +221,11 @@ async fn async_main() -> std::process::ExitCode {
             eprintln!("Error: {e:?}");
             if e.downcast_ref::<commands::DocumentsFailed>().is_some() {
                 std::process::ExitCode::from(2)
+            } else if e
+                .downcast_ref::<quarry::client::gate::GateRefused>()
+                .is_some()
+            {
+                std::process::ExitCode::from(3)
             } else {
                 std::process::ExitCode::FAILURE
             }
@@ -225,6 +239,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ingest(args) => commands::ingest(args).await,
         Command::Jobs { command } => quarry::client::jobs::run(command).await,
         Command::Alias { command } => quarry::client::alias::run(command).await,
+        Command::Evalset { command } => quarry::client::gate::evalset(command).await,
+        Command::Promote(args) => quarry::client::gate::promote(args).await,
+        Command::Rollback(args) => quarry::client::gate::rollback(args).await,
         Command::Snapshot { command } => quarry::client::snapshot::run(command).await,
         Command::Export(args) => {
             let out = args.out.clone();

@@ -247,6 +247,7 @@ pub struct Registry {
     pub hnsw_repaired: Family,
     pub jobs: Family,
     pub job_documents: Family,
+    pub gate_decisions: Family,
 }
 
 static REGISTRY: OnceLock<Registry> = OnceLock::new();
@@ -368,6 +369,12 @@ pub fn global() -> &'static Registry {
             &["outcome"],
             Kind::Counter,
         ),
+        gate_decisions: Family::new(
+            "quarry_gate_decisions_total",
+            "Promotions and rollbacks of an alias, by outcome (promoted, refused by the eval gate, rolled_back).",
+            &["outcome"],
+            Kind::Counter,
+        ),
     })
 }
 
@@ -404,6 +411,7 @@ pub fn render() -> String {
         &r.hnsw_repaired,
         &r.jobs,
         &r.job_documents,
+        &r.gate_decisions,
     ] {
         f.render(&mut out);
     }

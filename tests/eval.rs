@@ -158,6 +158,7 @@ async fn eval_rpc_evaluates_a_live_collection() {
         runs: vec![],
         depth: 20,
         compare: vec![],
+        split: String::new(),
     };
     let mut client = pb::eval_client::EvalClient::new(channel.clone());
     let mut stream = client.evaluate(request.clone()).await.unwrap().into_inner();
@@ -344,6 +345,7 @@ async fn eval_requests_are_bounded_and_stop_when_the_client_leaves() {
         runs: vec![],
         depth: 10,
         compare: vec![],
+        split: String::new(),
     };
     let err = first_error(client.evaluate(many).await.unwrap().into_inner()).await;
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -359,6 +361,7 @@ async fn eval_requests_are_bounded_and_stop_when_the_client_leaves() {
         runs: vec![],
         depth: 10,
         compare: vec![],
+        split: String::new(),
     };
     let err = first_error(client.evaluate(heavy).await.unwrap().into_inner()).await;
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -375,6 +378,7 @@ async fn eval_requests_are_bounded_and_stop_when_the_client_leaves() {
         runs: vec![],
         depth: 10,
         compare: vec![],
+        split: String::new(),
     };
     let mut stream = client.evaluate(long).await.unwrap().into_inner();
     let first = stream.message().await.unwrap().unwrap();

@@ -111,6 +111,7 @@ async fn answers_eval_jobs_and_snapshots_over_http_match_grpc() {
         runs: vec![],
         depth: 10,
         compare: vec![],
+        split: String::new(),
     };
     let mut grpc_stream = pb::eval_client::EvalClient::new(channel.clone())
         .evaluate(eval.clone())

@@ -33,6 +33,7 @@ pub fn collection(info: CollectionInfo) -> pb::Collection {
         created_unix_ms: r.created_unix_ms,
         aliases: Vec::new(),
         requested_alias: String::new(),
+        gates: Vec::new(),
     }
 }
 
@@ -304,37 +305,93 @@ fn comparison_pb(c: Comparison) -> pb::EvalComparison {
         baseline: c.a,
         candidate: c.b,
         queries: c.queries as u32,
-        metrics: c
-            .metrics
-            .into_iter()
-            .map(|m| pb::MetricDelta {
-                metric: m.metric.to_string(),
-                baseline: m.a,
-                candidate: m.b,
-                delta: m.delta,
-                ci_low: m.ci_low,
-                ci_high: m.ci_high,
-                p_value: m.p_value,
-                wins: m.wins as u32,
-                losses: m.losses as u32,
-                ties: m.ties as u32,
-            })
+        metrics: c.metrics.into_iter().map(metric_delta_pb).collect(),
+        changed: c.changed.into_iter().map(query_delta_pb).collect(),
+    }
+}
+
+fn metric_delta_pb(m: crate::eval::compare::MetricDelta) -> pb::MetricDelta {
+    pb::MetricDelta {
+        metric: m.metric.to_string(),
+        baseline: m.a,
+        candidate: m.b,
+        delta: m.delta,
+        ci_low: m.ci_low,
+        ci_high: m.ci_high,
+        p_value: m.p_value,
+        wins: m.wins as u32,
+        losses: m.losses as u32,
+        ties: m.ties as u32,
+    }
+}
+
+fn query_delta_pb(q: crate::eval::compare::QueryDelta) -> pb::QueryDelta {
+    pb::QueryDelta {
+        query_id: q.query_id,
+        baseline: q.a,
+        candidate: q.b,
+    }
+}
+
+/// A gate decision on the wire.
+pub fn gate_record(r: crate::eval::gate::GateRecord) -> pb::GateRecord {
+    use crate::eval::gate::Action;
+    pb::GateRecord {
+        action: match r.action {
+            Action::Promote => "promote",
+            Action::Rollback => "rollback",
+        }
+        .into(),
+        alias: r.alias,
+        baseline: r.baseline,
+        candidate: r.candidate,
+        switched: r.switched,
+        split: r.split,
+        split_owner: r.split_owner,
+        run: r.run,
+        queries: r.queries as u32,
+        primary: r.primary,
+        alpha: r.alpha,
+        holds: r.holds,
+        worse: r.worse,
+        metrics: r.metrics.into_iter().map(metric_delta_pb).collect(),
+        wins: r.wins.into_iter().map(query_delta_pb).collect(),
+        losses: r.losses.into_iter().map(query_delta_pb).collect(),
+        decided_unix_ms: r.decided_unix_ms,
+    }
+}
+
+/// The comparison a gate record holds (its listed wins and losses as the changed queries),
+/// for printing as `quarry eval` prints one.
+pub fn gate_comparison(r: &pb::GateRecord) -> Comparison {
+    comparison_core(pb::EvalComparison {
+        baseline: r.baseline.clone(),
+        candidate: r.candidate.clone(),
+        queries: r.queries,
+        metrics: r.metrics.clone(),
+        changed: r
+            .wins
+            .iter()
+            .chain(r.losses.iter().rev())
+            .cloned()
             .collect(),
-        changed: c
-            .changed
-            .into_iter()
-            .map(|q| pb::QueryDelta {
-                query_id: q.query_id,
-                baseline: q.a,
-                candidate: q.b,
-            })
-            .collect(),
+    })
+}
+
+/// An eval split as listed.
+pub fn eval_split(s: crate::eval::sets::SplitInfo) -> pb::EvalSplit {
+    pb::EvalSplit {
+        collection: s.owner,
+        split: s.split,
+        queries: s.queries as u32,
+        judgments: s.judgments as u32,
+        uploaded_unix_ms: s.uploaded_unix_ms,
     }
 }
 
 /// The reverse of [`comparison_pb`]; metrics this build does not know are left out.
 fn comparison_core(c: pb::EvalComparison) -> Comparison {
-    use crate::eval::compare::{MetricDelta, QueryDelta, METRICS};
+    use crate::eval::compare::{metric_named, MetricDelta, QueryDelta};
     Comparison {
         a: c.baseline,
         b: c.candidate,
@@ -343,7 +400,7 @@ fn comparison_core(c: pb::EvalComparison) -> Comparison {
             .metrics
             .into_iter()
             .filter_map(|m| {
-                let metric = METRICS.iter().find(|(n, _)| *n == m.metric)?.0;
+                let metric = metric_named(&m.metric)?;
                 Some(MetricDelta {
                     metric,
                     a: m.baseline,

@@ -151,8 +151,12 @@ pub struct AskArgs {
 #[derive(Args, Debug)]
 pub struct EvalCmd {
     /// BEIR dataset directory: corpus.jsonl[.gz], queries.jsonl, qrels/<split>.tsv.
-    #[arg(long)]
-    pub dataset: PathBuf,
+    #[arg(long, required_unless_present = "compare")]
+    pub dataset: Option<PathBuf>,
+    /// Compare two generations (collections) on the eval set attached to --collection (or to
+    /// the collection it is an alias of): each run on both, B against A, query by query.
+    #[arg(long, num_args = 2, value_names = ["GEN_A", "GEN_B"], conflicts_with = "dataset")]
+    pub compare: Option<Vec<String>>,
     #[arg(long, default_value = "test")]
     pub split: String,
     /// Comma-separated runs: lexical, dense, hybrid (default fusion), hybrid-rrf:K,
@@ -321,8 +325,16 @@ pub async fn ask(args: AskArgs) -> anyhow::Result<()> {
 /// `quarry eval`.
 pub async fn evaluate(args: EvalCmd) -> anyhow::Result<()> {
     let out = args.out.clone();
+    let compare = match args.compare {
+        Some(pair) => match <[String; 2]>::try_from(pair) {
+            Ok([a, b]) => Some((a, b)),
+            Err(_) => bail!("--compare takes two collections"),
+        },
+        None => None,
+    };
     let outcome = eval::run(eval::EvalArgs {
         dataset: args.dataset,
+        compare,
         split: args.split,
         modes: args.modes,
         out: args.out,

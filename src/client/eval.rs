@@ -1,10 +1,12 @@
-//! `quarry eval`: evaluate retrieval on a BEIR-format collection.
+//! `quarry eval`: evaluate retrieval on a BEIR-format collection, or compare two generations
+//! of a collection on the eval set attached to it (`--compare A B`).
 //!
-//! Ingests the corpus into a collection (unchanged documents are skipped by content hash, so an
+//! With a dataset it ingests the corpus into a collection (unchanged documents are skipped by content hash, so an
 //! already-ingested collection is reused as it is), sends the split's queries and judgments to
 //! the Eval RPC, and writes the reports (`eval::report`). Without `--server` it runs an
 //! in-process server on a loopback port over `--data-dir`, so no separate `quarry serve` is
-//! needed.
+//! needed. With `--compare` nothing is ingested: each run goes to both generations and the
+//! report compares them query by query (`eval::compare`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -20,7 +22,10 @@ use crate::grpc::{self, pb};
 
 #[derive(Debug, Clone)]
 pub struct EvalArgs {
-    pub dataset: PathBuf,
+    /// The BEIR directory to ingest and evaluate; `None` with `compare`.
+    pub dataset: Option<PathBuf>,
+    /// Two generations to compare on the eval set attached to `collection`.
+    pub compare: Option<(String, String)>,
     pub split: String,
     /// Run specs (see `RunSpec::parse`).
     pub modes: Vec<String>,
@@ -83,11 +88,120 @@ pub fn collection_name(dataset: &Path, settings: &NewCollection) -> String {
         .collect()
 }
 
-/// Runs the evaluation and writes the reports; returns the outcome.
-pub async fn run(args: EvalArgs) -> anyhow::Result<EvalOutcome> {
-    let dataset = Dataset::open(&args.dataset)?;
+/// A run on the wire (`collection` empty: the request's).
+pub(crate) fn run_pb(s: &RunSpec, where_text: &str, collection: &str) -> pb::EvalRunSpec {
+    pb::EvalRunSpec {
+        name: s.name.clone(),
+        mode: grpc::mode_to_pb(s.mode) as i32,
+        fusion: Some(grpc::fusion_to_pb(s.fusion)),
+        title_boost: Some(s.title_boost),
+        where_text: where_text.to_string(),
+        collection: collection.to_string(),
+    }
+}
+
+/// The request of a dataset evaluation: the corpus ingested into the collection (created if
+/// needed), the split's judged queries sent with the request.
+async fn dataset_request(
+    args: &EvalArgs,
+    dataset_dir: &Path,
+    channel: client::Conn,
+    specs: &[RunSpec],
+) -> anyhow::Result<(pb::EvalRequest, Context)> {
+    let dataset = Dataset::open(dataset_dir)?;
     let queries = dataset.queries()?;
     let qrels = dataset.qrels(&args.split)?;
+    let eval_queries: Vec<pb::EvalQuery> = crate::eval::beir::join(&queries, &qrels)
+        .with_context(|| format!("qrels/{}.tsv against queries.jsonl", args.split))?
+        .into_iter()
+        .map(|q| pb::EvalQuery {
+            id: q.id,
+            text: q.text,
+            judgments: q.judgments,
+        })
+        .collect();
+    if eval_queries.is_empty() {
+        bail!("qrels/{}.tsv has no judgments", args.split);
+    }
+    let collection = args
+        .collection
+        .clone()
+        .unwrap_or_else(|| collection_name(dataset_dir, &args.settings));
+    client::ensure_collection(channel.clone(), &collection, &args.settings).await?;
+    let docs = client::load::load_jsonl(&dataset.corpus_path()?)?;
+    let report = client::ingest(channel.clone(), &collection, docs, args.progress).await?;
+    eprintln!(
+        "corpus: {} documents ({} re-indexed) in {:.1} s",
+        report.documents,
+        report.documents - report.by_status.get("unchanged").copied().unwrap_or(0),
+        report.seconds
+    );
+    let request = pb::EvalRequest {
+        collection: collection.clone(),
+        queries: eval_queries,
+        runs: specs
+            .iter()
+            .map(|s| run_pb(s, &args.where_text, ""))
+            .collect(),
+        depth: args.depth,
+        // Every run after the first against the first, as the report compares them.
+        compare: Vec::new(),
+        split: String::new(),
+    };
+    let ctx = Context {
+        dataset: dataset_dir.display().to_string(),
+        split: args.split.clone(),
+        collection,
+        model: String::new(),
+        queries: queries.into_iter().collect::<HashMap<_, _>>(),
+    };
+    Ok((request, ctx))
+}
+
+/// The request of `--compare A B`: the split of the eval set attached to the collection (or
+/// alias), each run on both generations, each pair compared (B against A).
+fn compare_request(
+    args: &EvalArgs,
+    (a, b): &(String, String),
+    specs: &[RunSpec],
+) -> anyhow::Result<(pb::EvalRequest, Context)> {
+    let collection = args.collection.clone().ok_or_else(|| {
+        anyhow!("--compare needs --collection (the collection or alias whose eval set is used)")
+    })?;
+    let mut runs = Vec::new();
+    let mut compare = Vec::new();
+    for s in specs {
+        let name = |generation: &str| format!("{generation}/{}", s.name);
+        for generation in [a, b] {
+            let mut run = run_pb(s, &args.where_text, generation);
+            run.name = name(generation);
+            runs.push(run);
+        }
+        compare.push(pb::EvalComparePair {
+            baseline: name(a),
+            candidate: name(b),
+        });
+    }
+    let request = pb::EvalRequest {
+        collection: collection.clone(),
+        queries: Vec::new(),
+        runs,
+        depth: args.depth,
+        compare,
+        split: args.split.clone(),
+    };
+    let ctx = Context {
+        dataset: format!("eval set attached to {collection}"),
+        split: args.split.clone(),
+        collection,
+        model: String::new(),
+        queries: HashMap::new(),
+    };
+    Ok((request, ctx))
+}
+
+/// Runs the evaluation and writes the reports; returns the outcome.
+pub async fn run(args: EvalArgs) -> anyhow::Result<EvalOutcome> {
     let modes = if args.modes.is_empty() {
         crate::eval::run::DEFAULT_RUNS
             .split(',')
@@ -100,25 +214,6 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<EvalOutcome> {
         .iter()
         .map(|m| RunSpec::parse(m))
         .collect::<Result<_, _>>()?;
-    let mut ids: Vec<&String> = qrels.keys().collect();
-    ids.sort();
-    let mut eval_queries = Vec::with_capacity(ids.len());
-    for id in ids {
-        let text = queries.get(id).ok_or_else(|| {
-            anyhow!(
-                "query {id:?} is judged in qrels/{}.tsv but missing from queries.jsonl",
-                args.split
-            )
-        })?;
-        eval_queries.push(pb::EvalQuery {
-            id: id.clone(),
-            text: text.clone(),
-            judgments: qrels[id].clone().into_iter().collect(),
-        });
-    }
-    if eval_queries.is_empty() {
-        bail!("qrels/{}.tsv has no judgments", args.split);
-    }
 
     // A server to talk to: the given one, or our own on a loopback port.
     let local = match &args.server {
@@ -144,45 +239,19 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<EvalOutcome> {
         (None, None) => unreachable!("a local server was started"),
     };
     let channel = client::connect(&url, &args.access).await?;
-    let collection = args
-        .collection
-        .clone()
-        .unwrap_or_else(|| collection_name(&args.dataset, &args.settings));
-    client::ensure_collection(channel.clone(), &collection, &args.settings).await?;
-    let docs = client::load::load_jsonl(&dataset.corpus_path()?)?;
-    let report = client::ingest(channel.clone(), &collection, docs, args.progress).await?;
-    eprintln!(
-        "corpus: {} documents ({} re-indexed) in {:.1} s",
-        report.documents,
-        report.documents - report.by_status.get("unchanged").copied().unwrap_or(0),
-        report.seconds
-    );
+    let (request, mut ctx) = match (&args.compare, &args.dataset) {
+        (Some(pair), _) => compare_request(&args, pair, &specs)?,
+        (None, Some(dir)) => dataset_request(&args, dir, channel.clone(), &specs).await?,
+        (None, None) => bail!("give --dataset DIR, or --collection X --compare A B"),
+    };
     let info = pb::collections_client::CollectionsClient::new(channel.clone())
         .get_collection(pb::GetCollectionRequest {
-            name: collection.clone(),
+            name: ctx.collection.clone(),
         })
         .await
         .map_err(|s| anyhow!("{}", s.message()))?
         .into_inner();
-
-    let request = pb::EvalRequest {
-        collection: collection.clone(),
-        queries: eval_queries,
-        runs: specs
-            .iter()
-            .map(|s| pb::EvalRunSpec {
-                name: s.name.clone(),
-                mode: grpc::mode_to_pb(s.mode) as i32,
-                fusion: Some(grpc::fusion_to_pb(s.fusion)),
-                title_boost: Some(s.title_boost),
-                where_text: args.where_text.clone(),
-                collection: String::new(),
-            })
-            .collect(),
-        depth: args.depth,
-        // Every run after the first against the first, as the report compares them.
-        compare: Vec::new(),
-    };
+    ctx.model = info.config.map(|c| c.embedding_model).unwrap_or_default();
     let mut client = pb::eval_client::EvalClient::new(channel)
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX);
@@ -208,13 +277,6 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<EvalOutcome> {
     progress.finish_and_clear();
     let result = result.ok_or_else(|| anyhow!("the server ended the eval without a result"))?;
     let outcome = grpc::eval_outcome(result)?;
-    let ctx = Context {
-        dataset: args.dataset.display().to_string(),
-        split: args.split.clone(),
-        collection,
-        model: info.config.map(|c| c.embedding_model).unwrap_or_default(),
-        queries: queries.into_iter().collect::<HashMap<_, _>>(),
-    };
     report::write_all(&args.out, &ctx, &outcome)
         .with_context(|| format!("cannot write reports to {}", args.out.display()))?;
     if let Some(l) = local {

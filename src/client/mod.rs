@@ -14,6 +14,7 @@ pub mod alias;
 pub mod commands;
 pub mod eval;
 pub mod export;
+pub mod gate;
 pub mod jobs;
 pub mod load;
 pub mod snapshot;

@@ -132,6 +132,12 @@ impl Engine {
             None => self.store.set_alias(alias, collection, expect)?,
         };
         tracing::info!(alias = %quote(alias), collection = %quote(collection), previous = ?previous, "alias set");
+        if previous.is_none() {
+            // A new alias: records a crash left under its name are not its own.
+            if let Err(e) = self.forget_records_blocking(alias) {
+                tracing::warn!(error = %e, alias = %quote(alias), "could not clear old records under the alias's name");
+            }
+        }
         Ok(previous)
     }
 
@@ -143,6 +149,9 @@ impl Engine {
             Some(remote) => remote.remove_alias(alias, expect)?,
             None => self.store.remove_alias(alias, expect)?,
         };
+        if let Err(e) = self.forget_records_blocking(alias) {
+            tracing::warn!(error = %e, alias = %quote(alias), "could not remove the alias's eval sets");
+        }
         tracing::info!(alias = %quote(alias), collection = %quote(&collection), "alias deleted");
         Ok(collection)
     }

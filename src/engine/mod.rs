@@ -43,6 +43,7 @@ mod ingest;
 mod listing_tests;
 #[cfg(test)]
 mod qdrant_tests;
+pub mod records;
 mod recovery;
 mod remote;
 mod restore;
@@ -91,6 +92,7 @@ pub use recovery::spawn_checkpointer;
 pub use settings::{EngineConfig, IndexSettings, Limits, DEFAULT_QUERY_CACHE_ENTRIES};
 pub use snapshot::{SnapshotCollection, SnapshotManifest, SNAPSHOT_FORMAT};
 pub use validate::free_disk_bytes;
+use validate::valid_collection_name;
 
 pub struct Engine {
     config: EngineConfig,
@@ -136,7 +138,17 @@ fn poisoned() -> Error {
     Error::internal("collection map poisoned")
 }
 
-fn now_ms() -> u64 {
+/// Runs blocking engine work (sled reads, index lookups, Qdrant calls) off the async runtime.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::internal(format!("task failed: {e}")))?
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -146,21 +158,6 @@ fn now_ms() -> u64 {
 /// What a collection name may be, as a regular expression (for API documents); the check is
 /// [`valid_collection_name`].
 pub const COLLECTION_NAME_PATTERN: &str = "^[A-Za-z0-9_-]{1,64}$";
-
-fn valid_collection_name(name: &str) -> Result<()> {
-    if name.is_empty()
-        || name.len() > 64
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-    {
-        return Err(Error::invalid(format!(
-            "invalid collection name {}: use 1-64 characters of [A-Za-z0-9_-]",
-            quote(name)
-        )));
-    }
-    Ok(())
-}
 
 impl Engine {
     /// Opens the data directory, every collection in it, and their models. Blocking.
@@ -446,6 +443,8 @@ impl Engine {
             return Err(Error::CollectionExists(name.to_string()));
         }
         self.check_free_disk()?;
+        // Records a crash left under this name (a deleted collection's) are not the new one's.
+        self.forget_records_blocking(name)?;
         let model = settings.model.filter(|m| !m.is_empty());
         let model = match (settings.vector_dimension, model) {
             (Some(_), Some(_)) => {
@@ -564,6 +563,7 @@ impl Engine {
             }
             engine.open_map_mut()?.remove(&collection.record.name);
             crate::metrics::forget_collection(&collection.record.name);
+            engine.forget_records(&collection.record.name).await;
             let Some(local) = collection.local() else {
                 return Ok(());
             };

@@ -264,3 +264,19 @@ impl Engine {
         Ok(())
     }
 }
+
+/// A collection or alias name: 1-64 characters of `[A-Za-z0-9_-]` (`COLLECTION_NAME_PATTERN`).
+pub(super) fn valid_collection_name(name: &str) -> Result<()> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(Error::invalid(format!(
+            "invalid collection name {}: use 1-64 characters of [A-Za-z0-9_-]",
+            quote(name)
+        )));
+    }
+    Ok(())
+}

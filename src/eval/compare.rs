@@ -38,7 +38,7 @@ pub const METRICS: [(&str, Reader); 5] = [
 ];
 
 /// One metric of a paired comparison (`b` against the baseline `a`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct MetricDelta {
     pub metric: &'static str,
     pub a: f64,
@@ -57,11 +57,57 @@ pub struct MetricDelta {
 }
 
 /// One query's difference, for the lists of biggest wins and losses.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct QueryDelta {
     pub query_id: String,
     pub a: f64,
     pub b: f64,
+}
+
+/// [`MetricDelta`] as read back from a record: the metric's name is checked against
+/// [`METRICS`].
+mod stored {
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    struct MetricDelta {
+        metric: String,
+        a: f64,
+        b: f64,
+        delta: f64,
+        ci_low: f64,
+        ci_high: f64,
+        p_value: f64,
+        wins: usize,
+        losses: usize,
+        ties: usize,
+    }
+
+    impl<'de> serde::Deserialize<'de> for super::MetricDelta {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let m = MetricDelta::deserialize(d)?;
+            let metric = super::metric_named(&m.metric).ok_or_else(|| {
+                serde::de::Error::custom(format!("unknown metric {:?}", m.metric))
+            })?;
+            Ok(super::MetricDelta {
+                metric,
+                a: m.a,
+                b: m.b,
+                delta: m.delta,
+                ci_low: m.ci_low,
+                ci_high: m.ci_high,
+                p_value: m.p_value,
+                wins: m.wins,
+                losses: m.losses,
+                ties: m.ties,
+            })
+        }
+    }
+}
+
+/// The name of [`METRICS`] equal to `name`.
+pub fn metric_named(name: &str) -> Option<&'static str> {
+    METRICS.iter().find(|(n, _)| *n == name).map(|(n, _)| *n)
 }
 
 /// A paired comparison of run `b` against the baseline run `a`.

@@ -103,6 +103,46 @@ impl pb::eval_server::Eval for Adapter {
         let (who, r) = parts(request)?;
         stream(self.service.evaluate(&who, r, deadline).await)
     }
+
+    async fn put_eval_split(
+        &self,
+        request: Request<pb::PutEvalSplitRequest>,
+    ) -> Result<Response<pb::EvalSplit>, Status> {
+        let (who, r) = parts(request)?;
+        reply(self.service.put_eval_split(&who, r).await)
+    }
+
+    async fn list_eval_splits(
+        &self,
+        request: Request<pb::ListEvalSplitsRequest>,
+    ) -> Result<Response<pb::ListEvalSplitsResponse>, Status> {
+        let (who, r) = parts(request)?;
+        reply(self.service.list_eval_splits(&who, r).await)
+    }
+
+    async fn delete_eval_split(
+        &self,
+        request: Request<pb::DeleteEvalSplitRequest>,
+    ) -> Result<Response<pb::DeleteEvalSplitResponse>, Status> {
+        let (who, r) = parts(request)?;
+        reply(self.service.delete_eval_split(&who, r).await)
+    }
+
+    async fn promote(
+        &self,
+        request: Request<pb::PromoteRequest>,
+    ) -> Result<Response<pb::PromoteResponse>, Status> {
+        let (who, r) = parts(request)?;
+        reply(self.service.promote(&who, r).await)
+    }
+
+    async fn rollback(
+        &self,
+        request: Request<pb::RollbackRequest>,
+    ) -> Result<Response<pb::PromoteResponse>, Status> {
+        let (who, r) = parts(request)?;
+        reply(self.service.rollback(&who, r).await)
+    }
 }
 
 #[tonic::async_trait]

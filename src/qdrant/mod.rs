@@ -27,6 +27,7 @@ mod alias;
 mod bm25;
 mod collection;
 pub mod filter;
+mod meta;
 pub mod node;
 mod query;
 mod write;
@@ -289,6 +290,8 @@ pub struct Qdrant {
     reachable: std::sync::atomic::AtomicBool,
     /// Quarry's aliases as last read (`alias.rs`).
     alias_cache: alias::Cache,
+    /// Whether the records collection is known to exist (`meta.rs`).
+    records_ready: std::sync::atomic::AtomicBool,
 }
 
 /// Whether a failed call never reached a working node (so another node may serve it): the
@@ -338,6 +341,7 @@ impl Qdrant {
             settings: settings.clone(),
             reachable: std::sync::atomic::AtomicBool::new(true),
             alias_cache: Default::default(),
+            records_ready: Default::default(),
         }))
     }
 

@@ -57,9 +57,23 @@ impl Service {
         )?;
         let engine = self.engine()?;
         let name = r.name.clone();
-        let (info, aliases) =
-            blocking(move || Ok((engine.collection(&name)?.info(), engine.aliases()?))).await?;
+        let (info, aliases, gates) = blocking(move || {
+            let info = engine.collection(&name)?.info();
+            let gates = engine.gate_records(&info.record.name)?;
+            Ok((info, engine.aliases()?, gates))
+        })
+        .await?;
         let mut c = with_aliases(info, &aliases, who);
+        // A record names an alias and two collections: shown only if the key may see all three.
+        c.gates = gates
+            .into_iter()
+            .filter(|g| {
+                [&g.alias, &g.baseline, &g.candidate]
+                    .iter()
+                    .all(|n| who.may_use(n))
+            })
+            .map(convert::gate_record)
+            .collect();
         if c.name != r.name {
             c.requested_alias = r.name;
         }
@@ -163,7 +177,10 @@ impl Service {
     }
 
     /// The engine, and the collection `alias` points to now (if it is an alias).
-    async fn alias_now(&self, alias: &str) -> Result<(std::sync::Arc<Engine>, Option<String>)> {
+    pub(super) async fn alias_now(
+        &self,
+        alias: &str,
+    ) -> Result<(std::sync::Arc<Engine>, Option<String>)> {
         let engine = self.engine()?;
         let (e, a) = (engine.clone(), alias.to_string());
         let from = blocking(move || e.alias_target(&a)).await?;

@@ -6,14 +6,14 @@ use std::time::Instant;
 
 use futures::StreamExt;
 
-use super::{authorize, row, Events, Service, Touches, EVAL};
+use super::{authorize, blocking, row, Events, Service, Touches, EVAL};
 use crate::api::{convert, meta_convert, pb};
 use crate::auth::Principal;
 use crate::engine::Cancel;
 use crate::error::{Error, Result};
 use crate::eval::run::{EvalQuery, RunSpec};
 
-fn run_spec(s: pb::EvalRunSpec) -> Result<RunSpec> {
+pub(super) fn run_spec(s: pb::EvalRunSpec) -> Result<RunSpec> {
     Ok(RunSpec {
         mode: convert::mode(s.mode)?,
         fusion: convert::fusion(s.fusion)?,
@@ -44,18 +44,19 @@ impl Service {
         authorize(who, row(EVAL, "Evaluate")?, Touches::Named(&named))?;
         let engine = self.engine()?;
         engine.collection(&r.collection)?;
-        if r.queries.is_empty() {
-            return Err(Error::invalid("the request has no queries"));
-        }
-        let queries: Vec<EvalQuery> = r
-            .queries
-            .into_iter()
-            .map(|q| EvalQuery {
-                id: q.id,
-                text: q.text,
-                judgments: q.judgments.into_iter().collect(),
-            })
-            .collect();
+        let queries: Vec<EvalQuery> = match (r.split.is_empty(), r.queries.is_empty()) {
+            (true, true) => return Err(Error::invalid("the request has no queries and no split")),
+            (true, false) => super::gates::eval_queries(r.queries),
+            (false, true) => {
+                let (e, c, split) = (engine.clone(), r.collection.clone(), r.split.clone());
+                blocking(move || e.eval_split(&c, &split)).await?.1
+            }
+            (false, false) => {
+                return Err(Error::invalid(
+                    "give queries or a split of the attached eval set, not both",
+                ))
+            }
+        };
         let runs: Vec<RunSpec> = r.runs.into_iter().map(run_spec).collect::<Result<_>>()?;
         let compare: Vec<(String, String)> = r
             .compare

@@ -8,7 +8,7 @@
 //! so the same request gets the same answer through either.
 //!
 //! - [`collections`], [`access`], [`documents`], [`stream`], [`search`], [`jobs`], [`snapshots`],
-//!   [`eval`], [`answers`]: the operations (streaming replies as [`Events`]).
+//!   [`eval`], [`gates`], [`answers`]: the operations (streaming replies as [`Events`]).
 //! - [`live`]: the engine the operations call, reopened in place after a storage failure.
 //! - [`headers`]: API keys and request ids, read off the headers both doors share.
 //! - [`operations`]: the one table of operations (service, method, admission class, the right
@@ -31,6 +31,7 @@ pub mod answers;
 pub mod collections;
 pub mod documents;
 pub mod eval;
+pub mod gates;
 pub mod headers;
 pub mod jobs;
 pub mod live;
@@ -50,8 +51,8 @@ pub use operations::{
     ANSWERS, COLLECTIONS, DOCUMENTS, EVAL, JOBS, OPERATIONS, SEARCH,
 };
 
-use crate::engine::Engine;
-use crate::error::{Error, Result};
+use crate::engine::{blocking, Engine};
+use crate::error::Result;
 
 /// Limits on one client connection, the same at both doors: concurrent HTTP/2 streams
 /// (calls; one connection cannot hold more, whatever admission would let through), the
@@ -100,11 +101,4 @@ impl Service {
     fn engine(&self) -> Result<Arc<Engine>> {
         self.live.engine()
     }
-}
-
-/// Runs blocking engine work (sled reads, index lookups) off the async runtime.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::internal(format!("task failed: {e}")))?
 }

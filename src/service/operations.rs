@@ -193,6 +193,13 @@ pub const OPERATIONS: &[Operation] = &[
     op(ACCESS, "WhoAmI", C::Read, Some(R::Read), S::Caller),
     op(SEARCH, "Search", C::Read, Some(R::Read), S::Named),
     op(EVAL, "Evaluate", C::Eval, Some(R::Read), S::Named),
+    // Judgments decide promotions: changing them is an admin right, like switching an alias.
+    op(EVAL, "PutEvalSplit", C::Write, Some(R::Admin), S::Named),
+    op(EVAL, "ListEvalSplits", C::Read, Some(R::Read), S::Named),
+    op(EVAL, "DeleteEvalSplit", C::Write, Some(R::Admin), S::Named),
+    // A promotion evaluates (the eval class) and may switch the alias (its admin rule).
+    op(EVAL, "Promote", C::Eval, Some(R::Admin), S::Alias),
+    op(EVAL, "Rollback", C::Write, Some(R::Admin), S::Alias),
     op(ANSWERS, "Answer", C::Answer, Some(R::Read), S::Named),
     op(ANSWERS, "AnswerStream", C::Answer, Some(R::Read), S::Named),
     op(HEALTH, "Check", C::Free, None, S::None),
@@ -317,7 +324,7 @@ pub fn authorize(who: &Principal, op: &Operation, touches: Touches<'_>) -> Resul
             may_use_all(who, &named)?;
             match from {
                 Some(from) if !who.may_use(from) => Err(Error::PermissionDenied(format!(
-                    "key {} may not change alias {}: it may not use the collection the alias points to now",
+                    "key {} may not change alias {}: it may not use the collection the alias points to now (or, for a rollback, returns to)",
                     quote(&who.name),
                     quote(alias)
                 ))),

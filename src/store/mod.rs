@@ -498,6 +498,7 @@ impl CollectionTrees {
 
 mod aliases;
 mod commit;
+mod records;
 pub use aliases::{check_expected, Expect};
 use commit::{decode_counts, encode_counts, COUNTS};
 

@@ -343,6 +343,7 @@ pub async fn test_split_ndcg(
         runs,
         depth: 100,
         compare: vec![],
+        split: String::new(),
     };
     let mut stream = pb::eval_client::EvalClient::new(channel.clone())
         .evaluate(request)

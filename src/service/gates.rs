@@ -1,0 +1,189 @@
+//! Eval sets attached to a collection (put, list, delete) and the gated alias changes built
+//! on them (promote, rollback): see `eval/sets.rs` and `eval/gate.rs` for what they do.
+
+use super::eval::run_spec;
+use super::{authorize, blocking, row, Service, Touches, EVAL};
+use crate::api::{convert, pb};
+use crate::auth::Principal;
+use crate::engine::Cancel;
+use crate::error::{Error, Result};
+use crate::eval::compare::{metric_named, Gate, METRICS};
+use crate::eval::gate::Promotion;
+use crate::eval::run::{EvalQuery, RunSpec};
+
+/// The split a promotion measures when the request names none.
+pub const DEFAULT_PROMOTE_SPLIT: &str = "test";
+
+/// The gate a request asks for: its primary metrics and level, or the defaults.
+fn gate(primary: Vec<String>, alpha: Option<f64>) -> Result<Gate> {
+    let mut g = Gate::default();
+    if !primary.is_empty() {
+        g.primary = primary
+            .iter()
+            .map(|m| {
+                metric_named(m).ok_or_else(|| {
+                    let known: Vec<&str> = METRICS.iter().map(|(n, _)| *n).collect();
+                    Error::invalid(format!(
+                        "unknown metric {}: use {}",
+                        crate::error::quote(m),
+                        known.join(", ")
+                    ))
+                })
+            })
+            .collect::<Result<_>>()?;
+    }
+    if let Some(a) = alpha {
+        if !(a > 0.0 && a <= 0.5) {
+            return Err(Error::invalid(format!(
+                "alpha {a} is out of range: use 0 < alpha <= 0.5"
+            )));
+        }
+        g.alpha = a;
+    }
+    Ok(g)
+}
+
+/// Queries on the wire as the eval takes them.
+pub(super) fn eval_queries(queries: Vec<pb::EvalQuery>) -> Vec<EvalQuery> {
+    queries
+        .into_iter()
+        .map(|q| EvalQuery {
+            id: q.id,
+            text: q.text,
+            judgments: q.judgments.into_iter().collect(),
+        })
+        .collect()
+}
+
+impl Service {
+    pub async fn put_eval_split(
+        &self,
+        who: &Principal,
+        r: pb::PutEvalSplitRequest,
+    ) -> Result<pb::EvalSplit> {
+        let op = row(EVAL, "PutEvalSplit")?;
+        authorize(who, op, Touches::Named(&[&r.collection]))?;
+        let engine = self.engine()?;
+        let queries = eval_queries(r.queries);
+        let info =
+            blocking(move || engine.put_eval_split(&r.collection, &r.split, queries)).await?;
+        Ok(convert::eval_split(info))
+    }
+
+    pub async fn list_eval_splits(
+        &self,
+        who: &Principal,
+        r: pb::ListEvalSplitsRequest,
+    ) -> Result<pb::ListEvalSplitsResponse> {
+        let op = row(EVAL, "ListEvalSplits")?;
+        authorize(who, op, Touches::Named(&[&r.collection]))?;
+        let engine = self.engine()?;
+        let splits = blocking(move || engine.eval_splits(&r.collection)).await?;
+        Ok(pb::ListEvalSplitsResponse {
+            splits: splits.into_iter().map(convert::eval_split).collect(),
+        })
+    }
+
+    pub async fn delete_eval_split(
+        &self,
+        who: &Principal,
+        r: pb::DeleteEvalSplitRequest,
+    ) -> Result<pb::DeleteEvalSplitResponse> {
+        let op = row(EVAL, "DeleteEvalSplit")?;
+        authorize(who, op, Touches::Named(&[&r.collection]))?;
+        let engine = self.engine()?;
+        blocking(move || engine.delete_eval_split(&r.collection, &r.split)).await?;
+        Ok(pb::DeleteEvalSplitResponse {})
+    }
+
+    /// Authorized like SetAlias against what the alias points to now; the promotion is
+    /// refused ABORTED if the alias moves before it switches. A caller that leaves stops the
+    /// evaluation (the future is dropped) and nothing is switched.
+    pub async fn promote(
+        &self,
+        who: &Principal,
+        r: pb::PromoteRequest,
+    ) -> Result<pb::PromoteResponse> {
+        let op = row(EVAL, "Promote")?;
+        let (engine, from) = self.alias_now(&r.alias).await?;
+        let to = Some(r.candidate.as_str());
+        authorize(
+            who,
+            op,
+            Touches::Alias {
+                alias: &r.alias,
+                to,
+                from: from.as_deref(),
+            },
+        )?;
+        let run = match r.run {
+            Some(s) if !s.collection.is_empty() => {
+                return Err(Error::invalid(
+                    "run.collection must be empty: a promotion runs on the alias's collection and the candidate",
+                ))
+            }
+            Some(s) => run_spec(s)?,
+            None => RunSpec::parse("hybrid")?,
+        };
+        let split = Some(r.split).filter(|s| !s.is_empty());
+        let promotion = Promotion {
+            baseline: from.unwrap_or_default(),
+            alias: r.alias,
+            candidate: r.candidate,
+            split: split.unwrap_or_else(|| DEFAULT_PROMOTE_SPLIT.to_string()),
+            run,
+            gate: gate(r.primary, r.alpha)?,
+            depth: r.depth as usize,
+        };
+        let record = engine.promote(promotion, &Cancel::new()).await?;
+        Ok(pb::PromoteResponse {
+            promoted: record.switched,
+            record: Some(convert::gate_record(record)),
+        })
+    }
+
+    /// Authorized like SetAlias, on the collection the alias points to now and the one it
+    /// returns to (server state, so a refusal names neither).
+    pub async fn rollback(
+        &self,
+        who: &Principal,
+        r: pb::RollbackRequest,
+    ) -> Result<pb::PromoteResponse> {
+        let op = row(EVAL, "Rollback")?;
+        let (engine, from) = self.alias_now(&r.alias).await?;
+        let alias = r.alias.as_str();
+        authorize(
+            who,
+            op,
+            Touches::Alias {
+                alias,
+                to: None,
+                from: from.as_deref(),
+            },
+        )?;
+        let (e, a) = (engine.clone(), r.alias.clone());
+        let (current, target) = blocking(move || e.rollback_target(&a)).await?;
+        let alias = r.alias.as_str();
+        authorize(
+            who,
+            op,
+            Touches::Alias {
+                alias,
+                to: None,
+                from: Some(&target),
+            },
+        )?;
+        if from.as_deref() != Some(current.as_str()) {
+            return Err(Error::Aborted(format!(
+                "alias {} was switched while the rollback started; nothing changed: retry it",
+                crate::error::quote(&r.alias)
+            )));
+        }
+        crate::store::check_expected(&r.alias, Some(&current), r.expect_collection.as_deref())?;
+        let record = blocking(move || engine.rollback(&r.alias, &current, &target)).await?;
+        Ok(pb::PromoteResponse {
+            promoted: true,
+            record: Some(convert::gate_record(record)),
+        })
+    }
+}
