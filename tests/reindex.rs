@@ -9,10 +9,9 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
+use common::generations::{served, Writer};
 use common::{cli, doc, keyed, test_config, TestServer};
 use quarry::auth::{AuthSettings, Role, ScopedKey};
 use quarry::grpc::pb;
@@ -37,51 +36,6 @@ fn text(i: usize, version: u32) -> String {
     ];
     let words: Vec<&str> = (0..60).map(|k| WORDS[(i * 5 + k * k) % 12]).collect();
     format!("Version {version} of note {i}: {}.", words.join(" "))
-}
-
-/// Every document the collection (or alias) serves: id -> text.
-async fn served(
-    docs: &mut DocumentsClient<tonic::transport::Channel>,
-    name: &str,
-) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let mut token = String::new();
-    loop {
-        let page = docs
-            .list_documents(keyed(
-                pb::ListDocumentsRequest {
-                    collection: name.into(),
-                    page_size: 40,
-                    page_token: token,
-                    ..Default::default()
-                },
-                Some(ADMIN),
-            ))
-            .await
-            .unwrap()
-            .into_inner();
-        let ids: Vec<String> = page.documents.iter().map(|d| d.id.clone()).collect();
-        let got = docs
-            .get_documents(keyed(
-                pb::GetDocumentsRequest {
-                    collection: name.into(),
-                    ids,
-                    include_chunks: false,
-                },
-                Some(ADMIN),
-            ))
-            .await
-            .unwrap()
-            .into_inner();
-        for d in got.documents {
-            let d = d.document.unwrap();
-            out.insert(d.id, d.text);
-        }
-        token = page.next_page_token;
-        if token.is_empty() {
-            return out;
-        }
-    }
 }
 
 /// A collection's name, model, chunk size and chunk count.
@@ -210,51 +164,7 @@ async fn a_reindex_under_writes_switches_the_alias_and_loses_nothing() {
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
 
     // The application writes through the alias all along (it knows no generation).
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (channel, stop) = (server.channel().await, stop.clone());
-        tokio::spawn(async move {
-            let mut docs = DocumentsClient::new(channel);
-            let mut model: BTreeMap<String, Option<String>> = BTreeMap::new();
-            let (mut step, mut aborted) = (0usize, 0usize);
-            while !stop.load(Ordering::Acquire) {
-                step += 1;
-                let i = (step * 29) % (DOCS + 30);
-                let id = format!("n{i:03}");
-                let body = text(i, 1 + step as u32);
-                let done = if step % 4 == 0 {
-                    docs.delete_documents(keyed(
-                        pb::DeleteDocumentsRequest {
-                            collection: "kb".into(),
-                            ids: vec![id.clone()],
-                        },
-                        Some(ADMIN),
-                    ))
-                    .await
-                    .map(|_| None)
-                } else {
-                    docs.upsert_documents(keyed(
-                        pb::UpsertDocumentsRequest {
-                            collection: "kb".into(),
-                            documents: vec![doc(&id, &body)],
-                        },
-                        Some(ADMIN),
-                    ))
-                    .await
-                    .map(|_| Some(body))
-                };
-                match done {
-                    Ok(now) => {
-                        model.insert(id, now);
-                    }
-                    // Refused at the switch: nothing was written; the next write goes on.
-                    Err(s) if s.code() == Code::Aborted => aborted += 1,
-                    Err(s) => panic!("a write through the alias failed: {s:?}"),
-                }
-            }
-            (model, step, aborted)
-        })
-    };
+    let writer = Writer::start(server.channel().await, "kb", ADMIN, ("n", DOCS + 30), text);
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // The CLI submits the re-index and follows it to its end.
@@ -304,11 +214,10 @@ async fn a_reindex_under_writes_switches_the_alias_and_loses_nothing() {
         .into_inner();
     assert!(listed.jobs.is_empty(), "{:?}", listed.jobs);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::Release);
-    let (model, steps, aborted) = writer.await.unwrap();
+    let written = writer.stop().await;
     eprintln!(
-        "{steps} writes through the alias, {aborted} refused at the switch; job counts {}",
-        job["counts"]
+        "{} writes through the alias, {} refused at the switch; job counts {}",
+        written.steps, written.aborted, job["counts"]
     );
 
     // The alias names the new generation, chunked by its own settings, and serves the
@@ -324,17 +233,12 @@ async fn a_reindex_under_writes_switches_the_alias_and_loses_nothing() {
         chunks_new > chunks_old,
         "{chunks_new} chunks against {chunks_old}"
     );
-    let mut expected: BTreeMap<String, String> = initial
+    let initial: BTreeMap<String, String> = initial
         .iter()
         .map(|d| (d.id.clone(), d.text.clone()))
         .collect();
-    for (id, now) in model {
-        match now {
-            Some(t) => expected.insert(id, t),
-            None => expected.remove(&id),
-        };
-    }
-    let now = served(&mut documents, "kb").await;
+    let expected = written.applied_to(&initial);
+    let now = served(server.channel().await, "kb", ADMIN).await;
     assert_eq!(now.len(), expected.len());
     assert!(
         now == expected,
@@ -403,6 +307,6 @@ async fn a_reindex_under_writes_switches_the_alias_and_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(state.ends_with("SUCCEEDED"), "{state}");
-    assert!(served(&mut documents, "gen3").await == expected);
+    assert!(served(server.channel().await, "gen3", ADMIN).await == expected);
     server.stop().await;
 }

@@ -346,6 +346,7 @@ pub fn gate_record(r: crate::eval::gate::GateRecord) -> pb::GateRecord {
         baseline: r.baseline,
         candidate: r.candidate,
         switched: r.switched,
+        caught_up: r.caught_up,
         split: r.split,
         split_owner: r.split_owner,
         run: r.run,

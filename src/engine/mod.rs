@@ -38,6 +38,7 @@ mod embedded;
 mod external_tests;
 #[cfg(test)]
 mod filter_tests;
+pub mod generations;
 mod ingest;
 #[cfg(test)]
 mod listing_tests;

@@ -6,7 +6,13 @@
 //! compares them query by query ([`super::compare`]). The alias switches only if the gate
 //! holds: no primary metric worse beyond its noise. The switch names the baseline it expects,
 //! so a switch made by someone else during the evaluation is refused ABORTED rather than
-//! overwritten. Either way the decision and its figures are recorded with the candidate
+//! overwritten.
+//!
+//! A candidate is usually a re-index that finished a while ago, and the baseline has taken
+//! writes since. So the candidate is first brought up to date (`engine/generations.rs`), then
+//! measured, and if the gate holds it is caught up once more under the baseline's write lock
+//! and switched to before the lock is released, exactly as a re-index switches: no write the
+//! baseline acknowledged is missing behind the alias afterwards. Either way the decision and its figures are recorded with the candidate
 //! (GetCollection shows a collection's records, newest first).
 //!
 //! `rollback(alias)` switches the alias back to the generation the last promotion through it
@@ -51,6 +57,10 @@ pub struct GateRecord {
     pub candidate: String,
     /// Whether the alias was switched.
     pub switched: bool,
+    /// Documents written to or deleted from the candidate to bring it up to date with the
+    /// baseline (writes the baseline took after the candidate was built).
+    #[serde(default)]
+    pub caught_up: u64,
     /// The split measured and the name it is attached to (empty for a rollback).
     pub split: String,
     pub split_owner: String,
@@ -162,6 +172,9 @@ impl Engine {
         let (engine, alias, split) = (self.clone(), p.alias.clone(), p.split.clone());
         let (info, queries) =
             crate::engine::blocking(move || engine.eval_split(&alias, &split)).await?;
+        // A candidate built earlier lacks what the baseline took since: measured on the same
+        // documents, and switched to only with all of them.
+        let mut caught_up = self.catch_up_candidate(&baseline, &candidate).await?;
         let runs = [
             RunSpec {
                 name: "baseline".into(),
@@ -198,6 +211,7 @@ impl Engine {
             baseline: baseline.clone(),
             candidate: candidate.clone(),
             switched: false,
+            caught_up: 0,
             split: info.split,
             split_owner: info.owner,
             run: p.run.name.clone(),
@@ -211,6 +225,18 @@ impl Engine {
             losses,
             decided_unix_ms: crate::engine::now_ms(),
         };
+        // The switch, as a re-index makes it: under the baseline's write lock, after a last
+        // catch-up, so every write the baseline acknowledged is in the candidate, and a write
+        // that waited for the lock through the alias is refused ABORTED (`write_via`).
+        let _fence = match record.holds {
+            true => {
+                let fence = self.write_fence(&baseline).await?;
+                caught_up += self.catch_up_candidate(&baseline, &candidate).await?;
+                Some(fence)
+            }
+            false => None,
+        };
+        record.caught_up = caught_up;
         let engine = self.clone();
         crate::engine::blocking(move || {
             if record.holds {
@@ -221,6 +247,21 @@ impl Engine {
             Ok(record)
         })
         .await
+    }
+
+    /// [`Engine::catch_up`] of a candidate, FAILED_PRECONDITION when it cannot be (a
+    /// collection of client-given vectors has no model to embed the baseline's texts with).
+    async fn catch_up_candidate(self: &Arc<Self>, baseline: &str, candidate: &str) -> Result<u64> {
+        self.catch_up(baseline, candidate)
+            .await
+            .map_err(|e| match e {
+                Error::InvalidArgument(m) => Error::FailedPrecondition(format!(
+                    "{} cannot be brought up to date with {}: {m}",
+                    quote(candidate),
+                    quote(baseline)
+                )),
+                e => e,
+            })
     }
 
     /// Where a rollback of `alias` goes: (what it points to now, the generation the last
@@ -244,15 +285,24 @@ impl Engine {
     }
 
     /// Switches `alias` from `current` back to `target` ([`Engine::rollback_target`]), if it
-    /// still points to `current` (else ABORTED), and records it with `target`. Blocking.
-    pub fn rollback(&self, alias: &str, current: &str, target: &str) -> Result<GateRecord> {
-        self.set_alias(alias, target, Some(current))?;
+    /// still points to `current` (else ABORTED), and records it with `target`. Like a
+    /// promotion, under `current`'s write lock and after catching `target` up with the
+    /// writes `current` took since it was promoted, so the rollback loses none of them.
+    pub async fn rollback(
+        self: &Arc<Self>,
+        alias: &str,
+        current: &str,
+        target: &str,
+    ) -> Result<GateRecord> {
+        let _fence = self.write_fence(current).await?;
+        let caught_up = self.catch_up_candidate(current, target).await?;
         let record = GateRecord {
             action: Action::Rollback,
             alias: alias.to_string(),
             baseline: current.to_string(),
             candidate: target.to_string(),
             switched: true,
+            caught_up,
             split: String::new(),
             split_owner: String::new(),
             run: String::new(),
@@ -266,8 +316,13 @@ impl Engine {
             losses: Vec::new(),
             decided_unix_ms: crate::engine::now_ms(),
         };
-        self.record_gate(target, &record)?;
-        Ok(record)
+        let (engine, alias, current) = (self.clone(), alias.to_string(), current.to_string());
+        crate::engine::blocking(move || {
+            engine.set_alias(&alias, &record.candidate, Some(&current))?;
+            engine.record_gate(&record.candidate, &record)?;
+            Ok(record)
+        })
+        .await
     }
 }
 

@@ -16,31 +16,38 @@ const WORDS: [&str; 12] = [
     "slate", "shale", "chalk",
 ];
 
-/// Document `i`: two words of its own, so a query of those words finds it.
-fn text(i: usize) -> String {
-    format!(
-        "{} {} sample{i} from the field",
+/// Document `i`'s two words: each word is in many documents, each pair in one, far apart in
+/// the text, so a query of the pair finds the document only where one chunk holds both.
+fn pair(i: usize) -> (&'static str, &'static str) {
+    (
         WORDS[i % WORDS.len()],
-        WORDS[(i / WORDS.len() + i + 1) % WORDS.len()]
+        WORDS[(i + 1 + i / WORDS.len()) % WORDS.len()],
     )
 }
 
-fn docs(n: usize, shift: usize) -> Vec<DocumentInput> {
+fn docs(n: usize) -> Vec<DocumentInput> {
+    let filler = "notes about the outcrop and its layers ".repeat(3);
     (0..n)
-        .map(|i| DocumentInput {
-            id: format!("d{i}"),
-            text: text((i + shift) % n),
-            ..Default::default()
+        .map(|i| {
+            let (a, b) = pair(i);
+            DocumentInput {
+                id: format!("d{i}"),
+                text: format!("{a} {filler} {b}"),
+                ..Default::default()
+            }
         })
         .collect()
 }
 
 fn split(n: usize) -> Vec<EvalQuery> {
     (0..n)
-        .map(|i| EvalQuery {
-            id: format!("q{i}"),
-            text: format!("sample{i} {}", WORDS[i % WORDS.len()]),
-            judgments: HashMap::from([(format!("d{i}"), 1)]),
+        .map(|i| {
+            let (a, b) = pair(i);
+            EvalQuery {
+                id: format!("q{i}"),
+                text: format!("{a} {b}"),
+                judgments: HashMap::from([(format!("d{i}"), 1)]),
+            }
         })
         .collect()
 }
@@ -85,13 +92,30 @@ async fn worse_is_refused_equal_is_promoted_and_rollback_restores_on_both_backen
         let engine = Arc::new(
             Engine::open(config, Arc::new(HashModels(embedder.clone()))).expect("engine opens"),
         );
-        // g1 serves; g_bad has every text on the wrong document; g_same is g1 again.
-        for (name, shift) in [("g1", 0), ("g_bad", 1), ("g_same", 0)] {
-            engine.create_collection(name, Default::default()).unwrap();
-            engine.upsert(name, docs(N, shift)).await.unwrap();
+        // g1 serves; g_bad is made worse on purpose (chunks too small to hold a query's two
+        // words); g_same has g1's settings.
+        for (name, tokens) in [("g1", None), ("g_bad", Some(8)), ("g_same", None)] {
+            let settings = crate::engine::CollectionSettings {
+                chunk_tokens: tokens,
+                chunk_overlap: tokens.map(|_| 0),
+                ..Default::default()
+            };
+            engine.create_collection(name, settings).unwrap();
+            engine.upsert(name, docs(N)).await.unwrap();
         }
         engine.set_alias("docs", "g1", Some("")).unwrap();
         engine.put_eval_split("docs", "test", split(N)).unwrap();
+        // Writes the generations built earlier do not have: a promotion brings them over.
+        let late = DocumentInput {
+            id: "late".into(),
+            text: "late obsidian arrival".into(),
+            ..Default::default()
+        };
+        engine.upsert("docs", vec![late]).await.unwrap();
+        engine
+            .delete_documents("docs", vec!["d47".into()])
+            .await
+            .unwrap();
         let before = answers(&engine, "docs", N).await;
 
         let cancel = Cancel::new();
@@ -104,6 +128,10 @@ async fn worse_is_refused_equal_is_promoted_and_rollback_restores_on_both_backen
             "{backend}: {refused:?}"
         );
         assert!(refused.worse.contains(&"ndcg@10".to_string()), "{backend}");
+        assert_eq!(
+            refused.caught_up, 2,
+            "{backend}: measured on the same documents"
+        );
         assert_eq!((refused.queries, refused.split_owner.as_str()), (N, "docs"));
         assert!(!refused.losses.is_empty() && refused.losses.len() <= CHANGED_LISTED);
         assert_eq!(engine.alias_target("docs").unwrap().as_deref(), Some("g1"));
@@ -132,7 +160,7 @@ async fn worse_is_refused_equal_is_promoted_and_rollback_restores_on_both_backen
             engine.rollback_target("docs").unwrap(),
             ("g_same".to_string(), "g1".to_string())
         );
-        let back = engine.rollback("docs", "g_same", "g1").unwrap();
+        let back = engine.rollback("docs", "g_same", "g1").await.unwrap();
         assert_eq!(
             (back.action, back.candidate.as_str()),
             (Action::Rollback, "g1")
@@ -145,12 +173,32 @@ async fn worse_is_refused_equal_is_promoted_and_rollback_restores_on_both_backen
             engine.rollback_target("docs"),
             Err(Error::FailedPrecondition(_))
         ));
+        // A rollback brings back what the alias took since the promotion.
+        let again = engine
+            .promote(promotion("g_same", "g1"), &cancel)
+            .await
+            .unwrap();
+        assert!(again.switched, "{backend}");
+        let after = DocumentInput {
+            id: "after".into(),
+            text: "written after the promotion".into(),
+            ..Default::default()
+        };
+        engine.upsert("docs", vec![after]).await.unwrap();
+        let back = engine.rollback("docs", "g_same", "g1").await.unwrap();
+        assert_eq!(back.caught_up, 1, "{backend}");
+        assert_eq!(
+            engine
+                .get_documents("docs", &["after".into()], false)
+                .unwrap()
+                .0
+                .len(),
+            1
+        );
         // A switch in between: the rollback is refused and nothing moves.
         engine.set_alias("docs", "g_same", Some("g1")).unwrap();
-        assert!(matches!(
-            engine.rollback("docs", "g1", "g_bad"),
-            Err(Error::Aborted(_))
-        ));
+        let moved = engine.rollback("docs", "g1", "g_bad").await;
+        assert!(matches!(moved, Err(Error::Aborted(_))), "{moved:?}");
 
         // Each collection keeps its last MAX_RECORDS records, newest first.
         let mut last = None;

@@ -180,7 +180,7 @@ impl Service {
             )));
         }
         crate::store::check_expected(&r.alias, Some(&current), r.expect_collection.as_deref())?;
-        let record = blocking(move || engine.rollback(&r.alias, &current, &target)).await?;
+        let record = engine.rollback(&r.alias, &current, &target).await?;
         Ok(pb::PromoteResponse {
             promoted: true,
             record: Some(convert::gate_record(record)),

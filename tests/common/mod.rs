@@ -4,6 +4,8 @@
 
 pub mod cli;
 pub mod fake_router;
+#[allow(dead_code)]
+pub mod generations;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};

@@ -10,8 +10,9 @@
 //!    resumed job goes on after the last page written, like an ingestion job.
 //! 2. **Catch up**: the source keeps taking writes while the copy runs, and a copy in listing
 //!    order misses what changed behind its position. A pass compares both generations by
-//!    `(id, content hash)`: it writes what differs and deletes from the new generation what
-//!    the source no longer has. Passes repeat while they find differences (at most
+//!    `(id, content hash)` (`engine/generations.rs`, which a promotion's last step uses too):
+//!    it writes what differs and deletes from the new generation what the source no longer
+//!    has. Passes repeat while they find differences (at most
 //!    [`MAX_PASSES`]); each finds only what changed during the one before. Comparing states,
 //!    not replaying a log, works on every backend (Qdrant keeps no operation log) and is
 //!    idempotent, so a resumed job simply runs its passes again.
@@ -31,13 +32,12 @@ use std::collections::BTreeMap;
 
 use super::{Batch, End, Run};
 use crate::engine::batch_documents;
+use crate::engine::generations::{generation_diff, GenerationDiff, HASH_PAGE};
 use crate::error::{quote, Result};
 use crate::jobs::Job;
 
 /// Catch-up passes before the fenced one, at most.
 pub const MAX_PASSES: usize = 8;
-/// Document hashes read per listing call while comparing generations.
-const HASH_PAGE: usize = 1000;
 
 impl Run<'_> {
     /// Runs a re-index from `from` into the job's collection.
@@ -133,16 +133,7 @@ impl Run<'_> {
         let (Some(source), Some(copy)) = (self.hashes(from)?, self.hashes(&target)?) else {
             return Ok(None);
         };
-        let differ: Vec<String> = source
-            .iter()
-            .filter(|(id, hash)| copy.get(*id) != Some(*hash))
-            .map(|(id, _)| id.clone())
-            .collect();
-        let gone: Vec<String> = copy
-            .keys()
-            .filter(|id| !source.contains_key(*id))
-            .cloned()
-            .collect();
+        let GenerationDiff { differ, gone } = generation_diff(&source, &copy);
         let page = batch_documents(&self.shared.engine);
         for ids in differ.chunks(page) {
             let mut next = job.clone();
