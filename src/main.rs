@@ -56,6 +56,13 @@ enum Command {
     Promote(quarry::client::gate::PromoteArgs),
     /// Switch an alias back to the generation its last promotion replaced.
     Rollback(quarry::client::gate::RollbackArgs),
+    /// A collection's search settings: show, propose, adopt through the eval gate.
+    Settings {
+        #[command(subcommand)]
+        command: quarry::client::settings::SettingsCommand,
+    },
+    /// Search a grid of settings on one split; propose the best only if it holds on another.
+    Tune(quarry::client::settings::TuneArgs),
     /// Search a collection (one hit per document unless --chunks).
     Search(commands::SearchArgs),
     /// Evaluate retrieval on a BEIR-format collection (corpus, queries, qrels).
@@ -242,6 +249,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Evalset { command } => quarry::client::gate::evalset(command).await,
         Command::Promote(args) => quarry::client::gate::promote(args).await,
         Command::Rollback(args) => quarry::client::gate::rollback(args).await,
+        Command::Settings { command } => quarry::client::settings::settings(command).await,
+        Command::Tune(args) => quarry::client::settings::tune(args).await,
         Command::Snapshot { command } => quarry::client::snapshot::run(command).await,
         Command::Export(args) => {
             let out = args.out.clone();

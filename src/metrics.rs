@@ -371,7 +371,7 @@ pub fn global() -> &'static Registry {
         ),
         gate_decisions: Family::new(
             "quarry_gate_decisions_total",
-            "Promotions and rollbacks of an alias, by outcome (promoted, refused by the eval gate, rolled_back).",
+            "Decisions of the eval gate, by outcome: promotions of an alias (promoted, refused), rollbacks (rolled_back), search settings (adopted, refused) and tunings' checks (tune_held, tune_refused).",
             &["outcome"],
             Kind::Counter,
         ),

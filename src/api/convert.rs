@@ -34,6 +34,8 @@ pub fn collection(info: CollectionInfo) -> pb::Collection {
         aliases: Vec::new(),
         requested_alias: String::new(),
         gates: Vec::new(),
+        search_settings: None,
+        proposed_settings: None,
     }
 }
 
@@ -159,7 +161,7 @@ pub fn mode_to_pb(m: Mode) -> pb::SearchMode {
 /// Largest fusion weight, title boost and RRF k a request may set: far beyond any useful
 /// value, small enough that every fused score stays finite.
 pub const MAX_WEIGHT: f32 = 1000.0;
-pub const MAX_RRF_K: f32 = 1_000_000.0;
+pub use crate::engine::search_settings::MAX_RRF_K;
 
 fn bounded(w: Option<f32>, default: f32, max: f32, name: &str) -> Result<f32> {
     let w = w.unwrap_or(default);
@@ -175,19 +177,22 @@ fn weight(w: Option<f32>, default: f32, name: &str) -> Result<f32> {
     bounded(w, default, MAX_WEIGHT, name)
 }
 
-pub fn fusion(f: Option<pb::Fusion>) -> Result<Fusion> {
-    match f.and_then(|f| f.method) {
-        None => Ok(Fusion::default()),
-        Some(pb::fusion::Method::Rrf(r)) => Ok(Fusion::Rrf {
+/// A request's fusion; `None` when it names none (the collection's setting applies).
+pub fn fusion(f: Option<pb::Fusion>) -> Result<Option<Fusion>> {
+    let Some(method) = f.and_then(|f| f.method) else {
+        return Ok(None);
+    };
+    Ok(Some(match method {
+        pb::fusion::Method::Rrf(r) => Fusion::Rrf {
             k: bounded(r.k, 60.0, MAX_RRF_K, "rrf.k")?,
             lexical_weight: weight(r.lexical_weight, 1.0, "rrf.lexical_weight")?,
             dense_weight: weight(r.dense_weight, 1.0, "rrf.dense_weight")?,
-        }),
-        Some(pb::fusion::Method::Weighted(w)) => Ok(Fusion::Weighted {
+        },
+        pb::fusion::Method::Weighted(w) => Fusion::Weighted {
             lexical_weight: weight(w.lexical_weight, 0.6, "weighted.lexical_weight")?,
             dense_weight: weight(w.dense_weight, 0.4, "weighted.dense_weight")?,
-        }),
-    }
+        },
+    }))
 }
 
 pub fn fusion_to_pb(f: Fusion) -> pb::Fusion {
@@ -335,13 +340,8 @@ fn query_delta_pb(q: crate::eval::compare::QueryDelta) -> pb::QueryDelta {
 
 /// A gate decision on the wire.
 pub fn gate_record(r: crate::eval::gate::GateRecord) -> pb::GateRecord {
-    use crate::eval::gate::Action;
     pb::GateRecord {
-        action: match r.action {
-            Action::Promote => "promote",
-            Action::Rollback => "rollback",
-        }
-        .into(),
+        action: r.action.as_str().into(),
         alias: r.alias,
         baseline: r.baseline,
         candidate: r.candidate,
@@ -377,6 +377,38 @@ pub fn gate_comparison(r: &pb::GateRecord) -> Comparison {
             .cloned()
             .collect(),
     })
+}
+
+/// Search settings on the wire.
+pub fn search_settings_pb(s: crate::retrieve::SearchSettings) -> pb::SearchSettings {
+    pb::SearchSettings {
+        fusion: Some(fusion_to_pb(s.fusion)),
+        candidates: s.candidates as u32,
+    }
+}
+
+/// Search settings from the wire (fusion unset: the default).
+pub fn search_settings(s: pb::SearchSettings) -> Result<crate::retrieve::SearchSettings> {
+    Ok(crate::retrieve::SearchSettings {
+        fusion: fusion(s.fusion)?.unwrap_or_default(),
+        candidates: s.candidates as usize,
+    })
+}
+
+/// A tuning's outcome on the wire.
+pub fn tune_outcome(o: crate::eval::tune::TuneOutcome) -> pb::TuneResponse {
+    let tuned = |(s, ndcg): (crate::retrieve::SearchSettings, f64)| pb::TunedSetting {
+        settings: Some(search_settings_pb(s)),
+        ndcg_at_10: ndcg,
+    };
+    let best_score = o.grid.first().map_or(0.0, |b| b.1);
+    pb::TuneResponse {
+        adopted: Some(tuned((o.adopted, o.adopted_score))),
+        best: Some(tuned((o.best, best_score))),
+        grid: o.grid.into_iter().map(tuned).collect(),
+        check: Some(gate_record(o.check)),
+        proposed: o.proposed,
+    }
 }
 
 /// An eval split as listed.
@@ -491,7 +523,8 @@ pub fn eval_outcome(r: pb::EvalResult) -> Result<EvalOutcome> {
                 Ok(RunOutcome {
                     spec: RunSpec {
                         mode: mode(run.mode)?,
-                        fusion: Fusion::default(),
+                        fusion: None,
+                        candidates: 0,
                         title_boost: 0.0,
                         filter: crate::filter::Filter::all(),
                         collection: None,

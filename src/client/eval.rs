@@ -93,10 +93,11 @@ pub(crate) fn run_pb(s: &RunSpec, where_text: &str, collection: &str) -> pb::Eva
     pb::EvalRunSpec {
         name: s.name.clone(),
         mode: grpc::mode_to_pb(s.mode) as i32,
-        fusion: Some(grpc::fusion_to_pb(s.fusion)),
+        fusion: s.fusion.map(grpc::fusion_to_pb),
         title_boost: Some(s.title_boost),
         where_text: where_text.to_string(),
         collection: collection.to_string(),
+        candidates: s.candidates as u32,
     }
 }
 

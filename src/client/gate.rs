@@ -126,20 +126,20 @@ pub struct RollbackArgs {
     pub json: bool,
 }
 
-type Client = pb::eval_client::EvalClient<super::Conn>;
+pub(super) type Client = pb::eval_client::EvalClient<super::Conn>;
 
-async fn client(server: &ServerArg) -> anyhow::Result<Client> {
+pub(super) async fn client(server: &ServerArg) -> anyhow::Result<Client> {
     Ok(
         pb::eval_client::EvalClient::new(super::connect(&server.server, &server.access).await?)
             .max_encoding_message_size(usize::MAX),
     )
 }
 
-fn status_error(s: tonic::Status) -> anyhow::Error {
+pub(super) fn status_error(s: tonic::Status) -> anyhow::Error {
     anyhow!("{:?}: {}", s.code(), s.message())
 }
 
-fn json<T: prost::Message + prost::Name>(m: &T) -> anyhow::Result<String> {
+pub(super) fn json<T: prost::Message + prost::Name>(m: &T) -> anyhow::Result<String> {
     Ok(String::from_utf8(crate::api::json::encode(m)?)?)
 }
 
@@ -202,7 +202,9 @@ pub fn print_record(r: &pb::GateRecord) {
         return;
     }
     let verdict = match (r.switched, r.holds) {
+        (true, _) if r.action == "adopt" => "ADOPTED".to_string(),
         (true, _) => "PROMOTED: the alias now points to it".to_string(),
+        (false, true) if r.action == "tune" => "holds on the check split".to_string(),
         (false, true) => "not switched".to_string(),
         (false, false) => format!(
             "REFUSED: {} worse beyond the noise (p < {})",
@@ -210,17 +212,21 @@ pub fn print_record(r: &pb::GateRecord) {
             r.alpha
         ),
     };
+    match r.action.as_str() {
+        "adopt" | "tune" => println!("search settings of {}: {}: {verdict}", r.candidate, r.run),
+        _ => println!(
+            "{} against {} behind alias {}: {verdict}",
+            r.candidate, r.baseline, r.alias
+        ),
+    }
     println!(
-        "{} against {} behind alias {}: {verdict}",
-        r.candidate, r.baseline, r.alias
-    );
-    println!(
-        "split {} of {} ({} paired queries), run {}, primary {}",
+        "split {} of {} ({} paired queries), run {}, primary {}; caught up: {}",
         r.split,
         r.split_owner,
         r.queries,
         r.run,
-        r.primary.join(", ")
+        r.primary.join(", "),
+        r.caught_up
     );
     let c = grpc::gate_comparison(r);
     println!("difference [95% interval], p, wins/losses/ties:");

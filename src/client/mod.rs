@@ -17,6 +17,7 @@ pub mod export;
 pub mod gate;
 pub mod jobs;
 pub mod load;
+pub mod settings;
 pub mod snapshot;
 
 use std::collections::HashMap;

@@ -50,6 +50,7 @@ mod remote;
 mod restore;
 mod restore_check;
 mod search;
+pub mod search_settings;
 mod settings;
 mod snapshot;
 #[cfg(test)]
@@ -114,6 +115,8 @@ pub struct Engine {
     /// The Qdrant backend, when `[backend] kind = "qdrant"`: collections live there (sled
     /// still keeps this server's own state: ingestion jobs).
     remote: Option<Arc<crate::qdrant::Qdrant>>,
+    /// Each collection's search settings as last read (`search_settings.rs`).
+    settings_cache: search_settings::Cache,
 }
 
 /// An engine's configuration, model source and loaded models: enough to open its data
@@ -194,6 +197,7 @@ impl Engine {
             searches: std::sync::atomic::AtomicU64::new(0),
             naming: Mutex::new(()),
             remote,
+            settings_cache: Default::default(),
         };
         if engine.remote.is_some() {
             engine.start_remote()?;

@@ -20,6 +20,7 @@ impl Engine {
     /// Runs a search.
     pub async fn search(&self, collection: &str, params: SearchParams) -> Result<SearchOutcome> {
         let c = self.collection(collection)?;
+        let params = self.with_settings(&c, params)?;
         self.validate_search(&params)?;
         self.searches
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -73,7 +74,7 @@ impl Engine {
                 return Err(Error::invalid("query_vector must not be all zeros"));
             }
         }
-        if let Fusion::Rrf { k, .. } = p.fusion {
+        if let Some(Fusion::Rrf { k, .. }) = p.fusion {
             if !(k >= 0.0 && k.is_finite()) {
                 return Err(Error::invalid("RRF k must be a finite number >= 0"));
             }
@@ -146,7 +147,8 @@ impl Collection {
             m.search_candidates.add(&["dense"], d.len() as f64);
         }
         let (mode, dense, warning) = hybrid::settle_dense(p.mode, dense)?;
-        let fused = hybrid::combine(mode, lexical, dense, p.fusion, p.group_by_document);
+        let fusion = p.fusion.unwrap_or_default();
+        let fused = hybrid::combine(mode, lexical, dense, fusion, p.group_by_document);
         let total_candidates = fused.len();
         let mut hits = self.hits(fused, wanted + 1, p.group_by_document)?;
         // The next page starts where this one ends, as long as the ranking goes on: the one

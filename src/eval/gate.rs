@@ -44,6 +44,21 @@ pub const CHANGED_LISTED: usize = 10;
 pub enum Action {
     Promote,
     Rollback,
+    /// Search settings adopted (or refused) by the gate (`tune.rs`).
+    Adopt,
+    /// A tuning's check of its best setting on another split (`tune.rs`).
+    Tune,
+}
+
+impl Action {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Action::Promote => "promote",
+            Action::Rollback => "rollback",
+            Action::Adopt => "adopt",
+            Action::Tune => "tune",
+        }
+    }
 }
 
 /// A gate decision (or a rollback), as recorded with the collection it was about.
@@ -97,7 +112,7 @@ pub struct Promotion {
 
 /// The biggest nDCG@10 wins and losses of a comparison (`changed` runs from the biggest win
 /// to the biggest loss).
-fn biggest(c: &Comparison) -> (Vec<QueryDelta>, Vec<QueryDelta>) {
+pub(super) fn biggest(c: &Comparison) -> (Vec<QueryDelta>, Vec<QueryDelta>) {
     let wins = c.changed.iter().filter(|d| d.b > d.a);
     let losses = c.changed.iter().rev().filter(|d| d.b < d.a);
     (
@@ -123,7 +138,7 @@ impl Engine {
     }
 
     /// Records `r` with `collection`, keeping the last [`MAX_RECORDS`]. Blocking.
-    fn record_gate(&self, collection: &str, r: &GateRecord) -> Result<()> {
+    pub(crate) fn record_gate(&self, collection: &str, r: &GateRecord) -> Result<()> {
         let item = format!("{:016}-{:08x}", r.decided_unix_ms, rand::random::<u32>());
         let value = serde_json::to_string(r).map_err(corrupt)?;
         self.record_put(collection, GATES, &item, &value)?;
@@ -138,7 +153,10 @@ impl Engine {
         let outcome = match (r.action, r.switched) {
             (Action::Rollback, _) => "rolled_back",
             (Action::Promote, true) => "promoted",
-            (Action::Promote, false) => "refused",
+            (Action::Promote, false) | (Action::Adopt, false) => "refused",
+            (Action::Adopt, true) => "adopted",
+            (Action::Tune, _) if r.holds => "tune_held",
+            (Action::Tune, _) => "tune_refused",
         };
         crate::metrics::global().gate_decisions.inc(&[outcome]);
         Ok(())

@@ -8,6 +8,8 @@
 //! - [`sets`]: eval sets attached to a collection or alias, in named splits.
 //! - [`gate`]: promotion of a generation behind an alias when the gate holds, rollback, and
 //!   the record of every decision.
+//! - [`tune`]: search settings proposed, measured and adopted through the same gate, and the
+//!   grid search that proposes them.
 //! - [`report`]: summary.json, TREC run files, per_query.jsonl, report.md and report.html.
 
 pub mod beir;
@@ -17,3 +19,4 @@ pub mod metrics;
 pub mod report;
 pub mod run;
 pub mod sets;
+pub mod tune;

@@ -27,7 +27,10 @@ pub struct EvalQuery {
 pub struct RunSpec {
     pub name: String,
     pub mode: Mode,
-    pub fusion: Fusion,
+    /// `None`: the collection's setting.
+    pub fusion: Option<Fusion>,
+    /// Candidates per retriever (0: the collection's setting, else the evaluation's depth).
+    pub candidates: usize,
     /// BM25 title-field boost (0: none).
     pub title_boost: f32,
     /// Only documents passing this filter are ranked (the single-retriever diagnostics that
@@ -54,23 +57,23 @@ impl RunSpec {
         };
         let parts: Vec<&str> = base.split(':').collect();
         let (mode, fusion) = match parts.as_slice() {
-            ["lexical"] => (Mode::Lexical, Fusion::default()),
-            ["dense"] => (Mode::Dense, Fusion::default()),
-            ["hybrid"] => (Mode::Hybrid, Fusion::default()),
+            ["lexical"] => (Mode::Lexical, None),
+            ["dense"] => (Mode::Dense, None),
+            ["hybrid"] => (Mode::Hybrid, None),
             ["hybrid-rrf", k] => (
                 Mode::Hybrid,
-                Fusion::Rrf {
+                Some(Fusion::Rrf {
                     k: num(k)?,
                     lexical_weight: 1.0,
                     dense_weight: 1.0,
-                },
+                }),
             ),
             ["hybrid-weighted", l, d] => (
                 Mode::Hybrid,
-                Fusion::Weighted {
+                Some(Fusion::Weighted {
                     lexical_weight: num(l)?,
                     dense_weight: num(d)?,
-                },
+                }),
             ),
             _ => return Err(bad()),
         };
@@ -78,6 +81,7 @@ impl RunSpec {
             name: spec.replace(':', "-").replace("@title=", "-title"),
             mode,
             fusion,
+            candidates: 0,
             title_boost,
             filter: crate::filter::Filter::all(),
             collection: None,
@@ -281,7 +285,8 @@ impl Engine {
         let mut done = 0;
         let rank_one = |target: &str,
                         mode: Mode,
-                        fusion: Fusion,
+                        fusion: Option<Fusion>,
+                        candidates: usize,
                         title_boost: f32,
                         filter: crate::filter::Filter,
                         q: &EvalQuery| {
@@ -292,7 +297,7 @@ impl Engine {
                 mode,
                 fusion,
                 group_by_document: true,
-                candidates: depth,
+                candidates,
                 title_boost,
                 ..Default::default()
             };
@@ -331,7 +336,7 @@ impl Engine {
             );
             for q in &judged {
                 let all = crate::filter::Filter::all();
-                let one = |mode| rank_one(target, mode, Fusion::default(), 0.0, all.clone(), q);
+                let one = |mode| rank_one(target, mode, None, depth, 0.0, all.clone(), q);
                 lexical.push(one(Mode::Lexical).await?.0);
                 done += 1;
                 progress(done, total);
@@ -346,6 +351,15 @@ impl Engine {
             let (lexical, dense) = singles
                 .get(target.as_str())
                 .ok_or_else(|| Error::internal("no diagnostics for a run's collection"))?;
+            // The run's depth of candidates, else the collection's, else the evaluation's.
+            let candidates = match spec.candidates {
+                0 => self.search_settings(target)?.candidates,
+                n => n,
+            };
+            let candidates = match candidates {
+                0 => depth,
+                n => n.max(depth),
+            };
             let mut queries_out = Vec::with_capacity(judged.len());
             let mut latencies = Vec::with_capacity(judged.len());
             for (i, q) in judged.iter().enumerate() {
@@ -353,6 +367,7 @@ impl Engine {
                     target,
                     spec.mode,
                     spec.fusion,
+                    candidates,
                     spec.title_boost,
                     spec.filter.clone(),
                     q,
@@ -427,13 +442,18 @@ mod tests {
         assert_eq!(w.name, "hybrid-weighted-0.6-0.4");
         assert_eq!(
             w.fusion,
-            Fusion::Weighted {
+            Some(Fusion::Weighted {
                 lexical_weight: 0.6,
                 dense_weight: 0.4
-            }
+            })
         );
         let r = RunSpec::parse("hybrid-rrf:20").unwrap();
-        assert!(matches!(r.fusion, Fusion::Rrf { k, .. } if k == 20.0));
+        assert!(matches!(r.fusion, Some(Fusion::Rrf { k, .. }) if k == 20.0));
+        assert_eq!(
+            RunSpec::parse("hybrid").unwrap().fusion,
+            None,
+            "the collection's"
+        );
         let t = RunSpec::parse("lexical@title=0.5").unwrap();
         assert_eq!((t.name.as_str(), t.title_boost), ("lexical-title0.5", 0.5));
         assert!(RunSpec::parse("hybrid-magic").is_err());

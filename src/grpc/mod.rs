@@ -32,8 +32,8 @@ pub use crate::api::pb;
 pub use crate::service::{live, Live};
 
 pub use convert::{
-    document_for_upsert, eval_outcome, fusion_to_pb, gate_comparison, mode as mode_from_pb,
-    mode_to_pb,
+    document_for_upsert, eval_outcome, fusion as fusion_from_pb, fusion_to_pb, gate_comparison,
+    mode as mode_from_pb, mode_to_pb,
 };
 pub use status::to_status;
 

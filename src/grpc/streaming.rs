@@ -143,6 +143,30 @@ impl pb::eval_server::Eval for Adapter {
         let (who, r) = parts(request)?;
         reply(self.service.rollback(&who, r).await)
     }
+
+    async fn propose_settings(
+        &self,
+        request: Request<pb::ProposeSettingsRequest>,
+    ) -> Result<Response<pb::Collection>, Status> {
+        let (who, r) = parts(request)?;
+        reply(self.service.propose_settings(&who, r).await)
+    }
+
+    async fn adopt_settings(
+        &self,
+        request: Request<pb::AdoptSettingsRequest>,
+    ) -> Result<Response<pb::PromoteResponse>, Status> {
+        let (who, r) = parts(request)?;
+        reply(self.service.adopt_settings(&who, r).await)
+    }
+
+    async fn tune(
+        &self,
+        request: Request<pb::TuneRequest>,
+    ) -> Result<Response<pb::TuneResponse>, Status> {
+        let (who, r) = parts(request)?;
+        reply(self.service.tune(&who, r).await)
+    }
 }
 
 #[tonic::async_trait]

@@ -12,7 +12,8 @@
 use std::collections::HashMap;
 
 /// How to combine the two lists.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "method", rename_all = "snake_case")]
 pub enum Fusion {
     Rrf {
         k: f32,
@@ -26,6 +27,44 @@ pub enum Fusion {
 }
 
 impl Fusion {
+    /// A short name: `weighted:0.6:0.4`, `rrf:60` (`rrf:60:LW:DW` with other weights).
+    pub fn label(&self) -> String {
+        match *self {
+            Fusion::Weighted {
+                lexical_weight,
+                dense_weight,
+            } => format!("weighted:{lexical_weight}:{dense_weight}"),
+            Fusion::Rrf {
+                k,
+                lexical_weight,
+                dense_weight,
+            } if lexical_weight == 1.0 && dense_weight == 1.0 => format!("rrf:{k}"),
+            Fusion::Rrf {
+                k,
+                lexical_weight,
+                dense_weight,
+            } => format!("rrf:{k}:{lexical_weight}:{dense_weight}"),
+        }
+    }
+
+    /// Parses what [`Fusion::label`] prints: `weighted:L:D`, `rrf:K` or `rrf:K:L:D`.
+    pub fn parse_label(s: &str) -> Option<Fusion> {
+        let nums: Option<Vec<f32>> = s.split(':').skip(1).map(|x| x.parse().ok()).collect();
+        match (s.split(':').next()?, nums?.as_slice()) {
+            ("weighted", &[lexical_weight, dense_weight]) => Some(Fusion::Weighted {
+                lexical_weight,
+                dense_weight,
+            }),
+            ("rrf", &[k]) => Some(Fusion::rrf(k)),
+            ("rrf", &[k, lexical_weight, dense_weight]) => Some(Fusion::Rrf {
+                k,
+                lexical_weight,
+                dense_weight,
+            }),
+            _ => None,
+        }
+    }
+
     /// Reciprocal rank fusion with constant `k` and equal weights.
     pub fn rrf(k: f32) -> Fusion {
         Fusion::Rrf {

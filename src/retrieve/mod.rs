@@ -48,7 +48,8 @@ pub struct SearchParams {
     /// 0 means the default (10).
     pub top_k: usize,
     pub mode: Mode,
-    pub fusion: Fusion,
+    /// `None`: the collection's setting ([`SearchSettings`]).
+    pub fusion: Option<Fusion>,
     /// Which documents may be returned (unresolved; [`crate::filter::Filter::all`] for any).
     pub filter: crate::filter::Filter,
     /// Hits to skip before the first returned (pagination).
@@ -56,13 +57,35 @@ pub struct SearchParams {
     pub group_by_document: bool,
     /// Caller-computed query vector; embedded from `query` when absent.
     pub query_vector: Option<Vec<f32>>,
-    /// Candidates per retriever; 0 means max(100, 2 * top_k).
+    /// Candidates per retriever; 0 means the collection's setting, and where that is 0 too,
+    /// max(100, 2 * top_k).
     pub candidates: usize,
     /// Weight of title matches relative to body matches in BM25.
     pub title_boost: f32,
     /// How a filtered dense search finds its candidates (benchmarks and diagnostics; the
     /// wire always leaves it to the planner).
     pub dense_plan: DensePlan,
+}
+
+/// A collection's search settings: what a search that does not say otherwise uses. Adopted
+/// per collection only through the eval gate (`eval/tune.rs`); the defaults are the settings
+/// chosen on SciFact's train split.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SearchSettings {
+    pub fusion: Fusion,
+    /// Candidates per retriever (0: max(100, 2 * top_k)).
+    pub candidates: usize,
+}
+
+impl SearchSettings {
+    /// A short name: `weighted:0.6:0.4 candidates=200`.
+    pub fn label(&self) -> String {
+        match self.candidates {
+            0 => self.fusion.label(),
+            n => format!("{} candidates={n}", self.fusion.label()),
+        }
+    }
 }
 
 /// How a filtered dense search finds its candidates.

@@ -57,14 +57,20 @@ impl Service {
         )?;
         let engine = self.engine()?;
         let name = r.name.clone();
-        let (info, aliases, gates) = blocking(move || {
+        let (info, aliases, gates, settings) = blocking(move || {
             let info = engine.collection(&name)?.info();
             let gates = engine.gate_records(&info.record.name)?;
-            Ok((info, engine.aliases()?, gates))
+            let settings = (
+                engine.search_settings(&name)?,
+                engine.proposed_settings(&name)?,
+            );
+            Ok((info, engine.aliases()?, gates, settings))
         })
         .await?;
         let mut c = with_aliases(info, &aliases, who);
         // A record names an alias and two collections: shown only if the key may see all three.
+        c.search_settings = Some(convert::search_settings_pb(settings.0));
+        c.proposed_settings = settings.1.map(convert::search_settings_pb);
         c.gates = gates
             .into_iter()
             .filter(|g| {

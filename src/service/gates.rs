@@ -1,5 +1,6 @@
-//! Eval sets attached to a collection (put, list, delete) and the gated alias changes built
-//! on them (promote, rollback): see `eval/sets.rs` and `eval/gate.rs` for what they do.
+//! Eval sets attached to a collection (put, list, delete) and the gated changes built on
+//! them: an alias's (promote, rollback) and a collection's search settings (propose, adopt,
+//! tune). See `eval/sets.rs`, `eval/gate.rs` and `eval/tune.rs` for what they do.
 
 use super::eval::run_spec;
 use super::{authorize, blocking, row, Service, Touches, EVAL};
@@ -11,8 +12,12 @@ use crate::eval::compare::{metric_named, Gate, METRICS};
 use crate::eval::gate::Promotion;
 use crate::eval::run::{EvalQuery, RunSpec};
 
-/// The split a promotion measures when the request names none.
+/// The split a promotion (or an adoption of settings, or a tuning's check) measures when the
+/// request names none.
 pub const DEFAULT_PROMOTE_SPLIT: &str = "test";
+
+/// The split a tuning searches its grid on when the request names none.
+pub const DEFAULT_TUNE_SPLIT: &str = "train";
 
 /// The gate a request asks for: its primary metrics and level, or the defaults.
 fn gate(primary: Vec<String>, alpha: Option<f64>) -> Result<Gate> {
@@ -185,5 +190,66 @@ impl Service {
             promoted: true,
             record: Some(convert::gate_record(record)),
         })
+    }
+
+    /// Stores a proposal; the collection as GetCollection shows it.
+    pub async fn propose_settings(
+        &self,
+        who: &Principal,
+        r: pb::ProposeSettingsRequest,
+    ) -> Result<pb::Collection> {
+        let op = row(EVAL, "ProposeSettings")?;
+        authorize(who, op, Touches::Named(&[&r.collection]))?;
+        let settings = convert::search_settings(r.settings.unwrap_or_default())?;
+        let engine = self.engine()?;
+        let name = r.collection.clone();
+        blocking(move || engine.propose_settings(&name, settings)).await?;
+        let get = pb::GetCollectionRequest { name: r.collection };
+        self.get_collection(who, get).await
+    }
+
+    /// The proposal measured against the adopted settings, adopted if the gate holds.
+    pub async fn adopt_settings(
+        &self,
+        who: &Principal,
+        r: pb::AdoptSettingsRequest,
+    ) -> Result<pb::PromoteResponse> {
+        let op = row(EVAL, "AdoptSettings")?;
+        authorize(who, op, Touches::Named(&[&r.collection]))?;
+        let gate = gate(r.primary, r.alpha)?;
+        let split = Some(r.split).filter(|s| !s.is_empty());
+        let split = split.unwrap_or_else(|| DEFAULT_PROMOTE_SPLIT.to_string());
+        let engine = self.engine()?;
+        let record = engine
+            .adopt_settings(&r.collection, &split, &gate, &Cancel::new())
+            .await?;
+        Ok(pb::PromoteResponse {
+            promoted: record.switched,
+            record: Some(convert::gate_record(record)),
+        })
+    }
+
+    /// A grid search on one split, checked on another; proposes the best if it holds.
+    pub async fn tune(&self, who: &Principal, r: pb::TuneRequest) -> Result<pb::TuneResponse> {
+        let op = row(EVAL, "Tune")?;
+        authorize(who, op, Touches::Named(&[&r.collection]))?;
+        let gate = gate(r.primary, r.alpha)?;
+        let or = |s: String, d: &str| if s.is_empty() { d.to_string() } else { s };
+        let tune_split = or(r.tune_split, DEFAULT_TUNE_SPLIT);
+        let check_split = or(r.check_split, DEFAULT_PROMOTE_SPLIT);
+        let grid = match r.grid.is_empty() {
+            true => crate::eval::tune::default_grid(),
+            false => r
+                .grid
+                .into_iter()
+                .map(convert::search_settings)
+                .collect::<Result<_>>()?,
+        };
+        let engine = self.engine()?;
+        let splits = (tune_split.as_str(), check_split.as_str());
+        let outcome = engine
+            .tune(&r.collection, splits, grid, &gate, &Cancel::new())
+            .await?;
+        Ok(convert::tune_outcome(outcome))
     }
 }

@@ -200,6 +200,10 @@ pub const OPERATIONS: &[Operation] = &[
     // A promotion evaluates (the eval class) and may switch the alias (its admin rule).
     op(EVAL, "Promote", C::Eval, Some(R::Admin), S::Alias),
     op(EVAL, "Rollback", C::Write, Some(R::Admin), S::Alias),
+    // Search settings change what every search of a collection returns: admin, like aliases.
+    op(EVAL, "ProposeSettings", C::Write, Some(R::Admin), S::Named),
+    op(EVAL, "AdoptSettings", C::Eval, Some(R::Admin), S::Named),
+    op(EVAL, "Tune", C::Eval, Some(R::Admin), S::Named),
     op(ANSWERS, "Answer", C::Answer, Some(R::Read), S::Named),
     op(ANSWERS, "AnswerStream", C::Answer, Some(R::Read), S::Named),
     op(HEALTH, "Check", C::Free, None, S::None),

@@ -8,7 +8,10 @@ const BIN: &str = env!("CARGO_BIN_EXE_quarry");
 
 /// Runs `quarry ARGS` against `url` (`--server` goes after the (sub)command's name).
 pub fn quarry(url: &str, args: &[&str]) -> Output {
-    let at = if matches!(args[0], "jobs" | "snapshot" | "alias" | "evalset") {
+    let at = if matches!(
+        args[0],
+        "jobs" | "snapshot" | "alias" | "evalset" | "settings"
+    ) {
         2
     } else {
         1
