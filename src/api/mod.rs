@@ -8,11 +8,12 @@
 //!
 //! - [`pb`]: the code `build.rs` generates (messages, and tonic's stubs, which only `grpc`
 //!   uses).
-//! - [`convert`], [`meta_convert`]: messages <-> core types. Shapes that only exist on the
+//! - [`convert`], [`meta_convert`], [`eval_convert`]: messages <-> core types. Shapes that only exist on the
 //!   wire (enums, oneofs, page tokens) are checked here; limits are checked by the engine.
 //! - [`json`]: proto3 JSON for any message, driven by the descriptors.
 
 pub mod convert;
+pub mod eval_convert;
 pub mod jobs;
 pub mod json;
 pub mod meta_convert;

@@ -59,7 +59,7 @@ mod snapshot_tests;
 mod tests;
 mod validate;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -275,25 +275,6 @@ impl Engine {
 
     fn collections_dir(&self) -> PathBuf {
         self.config.data_dir.join("collections")
-    }
-
-    /// Removes index directories of collections that no longer exist (a delete that crashed
-    /// before removing its files).
-    fn remove_orphan_files(&self, records: &[CollectionRecord]) -> Result<()> {
-        let live: HashSet<String> = records.iter().map(|r| r.id.to_string()).collect();
-        let root = self.collections_dir();
-        if !root.exists() {
-            return Ok(());
-        }
-        for entry in std::fs::read_dir(&root)? {
-            let entry = entry?;
-            let name = entry.file_name().to_string_lossy().to_string();
-            if !live.contains(&name) {
-                tracing::info!(dir = %entry.path().display(), "removing files of a deleted collection");
-                std::fs::remove_dir_all(entry.path())?;
-            }
-        }
-        Ok(())
     }
 
     /// Loads (and caches) an embedding model by name. Blocking. The cache's lock is not held

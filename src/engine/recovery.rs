@@ -18,7 +18,7 @@ use super::embedded::Embedded;
 use super::{Backing, Collection, Engine};
 use crate::error::{Error, Result};
 use crate::index::LexicalDoc;
-use crate::store::{ChunkRecord, DocRecord, NewDocument, Op, Store};
+use crate::store::{ChunkRecord, CollectionRecord, DocRecord, NewDocument, Op, Store};
 
 /// Which indexes an operation is applied to.
 #[derive(Debug, Clone, Copy)]
@@ -299,4 +299,25 @@ pub fn spawn_checkpointer(
             }
         }
     })
+}
+
+impl Engine {
+    /// Removes index directories of collections that no longer exist (a delete that crashed
+    /// before removing its files).
+    pub(super) fn remove_orphan_files(&self, records: &[CollectionRecord]) -> Result<()> {
+        let live: HashSet<String> = records.iter().map(|r| r.id.to_string()).collect();
+        let root = self.collections_dir();
+        if !root.exists() {
+            return Ok(());
+        }
+        for entry in std::fs::read_dir(&root)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            if !live.contains(&name) {
+                tracing::info!(dir = %entry.path().display(), "removing files of a deleted collection");
+                std::fs::remove_dir_all(entry.path())?;
+            }
+        }
+        Ok(())
+    }
 }
