@@ -419,7 +419,10 @@ async fn promote_refuses_worse_switches_equal_with_every_write_and_rollback_rest
         .enumerate()
         .filter(|(_, (b, a))| b != a)
         .collect();
-    assert!(changed.is_empty(), "rollback ({back}) changed the answers: {changed:?}");
+    assert!(
+        changed.is_empty(),
+        "rollback ({back}) changed the answers: {changed:?}"
+    );
 
     // Search settings: a small grid tuned on train and checked on test, over HTTP; then a
     // proposal by hand, adopted or refused by the gate through the CLI.

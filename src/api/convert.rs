@@ -236,6 +236,8 @@ pub fn search_params(r: pb::SearchRequest) -> Result<SearchParams> {
             Some(r.query_vector)
         },
         candidates: r.candidates as usize,
+        // The collection's setting: a document's score is not chosen per request.
+        aggregation: None,
         title_boost: weight(r.title_boost, 0.0, "title_boost")?,
         dense_plan: Default::default(),
     })

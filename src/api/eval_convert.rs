@@ -7,6 +7,7 @@ use crate::error::Result;
 use crate::eval::compare::Comparison;
 use crate::eval::metrics::QueryMetrics;
 use crate::eval::run::{EvalOutcome, Missed, QueryOutcome, RunOutcome, RunSpec};
+use crate::retrieve::Aggregation;
 
 fn metrics_pb(m: &QueryMetrics) -> pb::Metrics {
     pb::Metrics {
@@ -109,6 +110,10 @@ pub fn search_settings_pb(s: crate::retrieve::SearchSettings) -> pb::SearchSetti
     pb::SearchSettings {
         fusion: Some(fusion_to_pb(s.fusion)),
         candidates: s.candidates as u32,
+        sum_decay: match s.aggregation {
+            Aggregation::Max => 0.0,
+            Aggregation::Sum { decay } => decay,
+        },
     }
 }
 
@@ -117,6 +122,10 @@ pub fn search_settings(s: pb::SearchSettings) -> Result<crate::retrieve::SearchS
     Ok(crate::retrieve::SearchSettings {
         fusion: fusion(s.fusion)?.unwrap_or_default(),
         candidates: s.candidates as usize,
+        aggregation: match s.sum_decay {
+            0.0 => Aggregation::Max,
+            decay => Aggregation::Sum { decay },
+        },
     })
 }
 
@@ -250,6 +259,7 @@ pub fn eval_outcome(r: pb::EvalResult) -> Result<EvalOutcome> {
                         mode: mode(run.mode)?,
                         fusion: None,
                         candidates: 0,
+                        aggregation: None,
                         title_boost: 0.0,
                         filter: crate::filter::Filter::all(),
                         collection: None,

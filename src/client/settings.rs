@@ -40,6 +40,10 @@ pub struct ProposeArgs {
     /// Candidates per retriever (0: max(100, 2 * top_k)).
     #[arg(long, default_value_t = 0)]
     pub candidates: u32,
+    /// Score a document by the sum of its chunks' scores, the i-th best weighted by DECAY^i
+    /// (0: by its best chunk).
+    #[arg(long, default_value_t = 0.0)]
+    pub sum_decay: f32,
 }
 
 /// The gate's options, as `quarry promote` has them.
@@ -92,11 +96,9 @@ fn label(s: &Option<pb::SearchSettings>) -> String {
         .ok()
         .flatten()
         .unwrap_or_default();
-    crate::retrieve::SearchSettings {
-        fusion,
-        candidates: s.candidates as usize,
-    }
-    .label()
+    grpc::search_settings(*s)
+        .map(|s| s.label())
+        .unwrap_or_else(|_| format!("{fusion:?}"))
 }
 
 /// Runs a `quarry settings` command.
@@ -129,6 +131,7 @@ pub async fn settings(command: SettingsCommand) -> anyhow::Result<()> {
                     settings: Some(pb::SearchSettings {
                         fusion: Some(grpc::fusion_to_pb(fusion)),
                         candidates: a.candidates,
+                        sum_decay: a.sum_decay,
                     }),
                 })
                 .await

@@ -148,7 +148,10 @@ impl Collection {
         }
         let (mode, dense, warning) = hybrid::settle_dense(p.mode, dense)?;
         let fusion = p.fusion.unwrap_or_default();
-        let fused = hybrid::combine(mode, lexical, dense, fusion, p.group_by_document);
+        let group = p
+            .group_by_document
+            .then(|| p.aggregation.unwrap_or_default());
+        let fused = hybrid::combine(mode, lexical, dense, fusion, group);
         let total_candidates = fused.len();
         let mut hits = self.hits(fused, wanted + 1, p.group_by_document)?;
         // The next page starts where this one ends, as long as the ranking goes on: the one

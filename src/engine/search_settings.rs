@@ -1,4 +1,5 @@
-//! A collection's search settings ([`SearchSettings`]: fusion and candidate depth): what a
+//! A collection's search settings ([`SearchSettings`]: fusion, candidate depth and how a
+//! document's chunks score it): what a
 //! search, an answer's retrieval or an eval run uses when it does not name its own. They
 //! change only through the eval gate (`eval/tune.rs`): a proposal is stored beside the
 //! adopted settings, measured against them on an attached split, and adopted only if no
@@ -56,6 +57,11 @@ impl Engine {
                 "fusion weights must be finite and >= 0, and RRF k within 0..=1000000",
             ));
         }
+        if let crate::retrieve::Aggregation::Sum { decay } = s.aggregation {
+            if !(decay > 0.0 && decay <= 1.0) {
+                return Err(Error::invalid("a sum's decay must be in (0, 1]"));
+            }
+        }
         if s.candidates > self.config.limits.max_top_k {
             return Err(Error::invalid(format!(
                 "candidates {} is over the limit max_top_k = {}",
@@ -97,9 +103,10 @@ impl Engine {
         c: &Collection,
         mut p: SearchParams,
     ) -> Result<SearchParams> {
-        if p.fusion.is_none() || p.candidates == 0 {
+        if p.fusion.is_none() || p.candidates == 0 || p.aggregation.is_none() {
             let s = self.settings_of(c)?;
             p.fusion.get_or_insert(s.fusion);
+            p.aggregation.get_or_insert(s.aggregation);
             if p.candidates == 0 {
                 p.candidates = s.candidates;
             }

@@ -31,6 +31,8 @@ pub struct RunSpec {
     pub fusion: Option<Fusion>,
     /// Candidates per retriever (0: the collection's setting, else the evaluation's depth).
     pub candidates: usize,
+    /// How a document's chunks score it; `None`: the collection's setting.
+    pub aggregation: Option<crate::retrieve::Aggregation>,
     /// BM25 title-field boost (0: none).
     pub title_boost: f32,
     /// Only documents passing this filter are ranked (the single-retriever diagnostics that
@@ -82,6 +84,7 @@ impl RunSpec {
             mode,
             fusion,
             candidates: 0,
+            aggregation: None,
             title_boost,
             filter: crate::filter::Filter::all(),
             collection: None,
@@ -287,6 +290,7 @@ impl Engine {
                         mode: Mode,
                         fusion: Option<Fusion>,
                         candidates: usize,
+                        aggregation: Option<crate::retrieve::Aggregation>,
                         title_boost: f32,
                         filter: crate::filter::Filter,
                         q: &EvalQuery| {
@@ -298,6 +302,7 @@ impl Engine {
                 fusion,
                 group_by_document: true,
                 candidates,
+                aggregation,
                 title_boost,
                 ..Default::default()
             };
@@ -336,7 +341,7 @@ impl Engine {
             );
             for q in &judged {
                 let all = crate::filter::Filter::all();
-                let one = |mode| rank_one(target, mode, None, depth, 0.0, all.clone(), q);
+                let one = |mode| rank_one(target, mode, None, depth, None, 0.0, all.clone(), q);
                 lexical.push(one(Mode::Lexical).await?.0);
                 done += 1;
                 progress(done, total);
@@ -368,6 +373,7 @@ impl Engine {
                     spec.mode,
                     spec.fusion,
                     candidates,
+                    spec.aggregation,
                     spec.title_boost,
                     spec.filter.clone(),
                     q,

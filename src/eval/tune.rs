@@ -37,11 +37,11 @@ pub fn default_grid() -> Vec<SearchSettings> {
     fusions.extend([10.0, 30.0, 60.0, 100.0].map(Fusion::rrf));
     let mut out = Vec::new();
     for candidates in [100, 200, 400] {
-        out.extend(
-            fusions
-                .iter()
-                .map(|&fusion| SearchSettings { fusion, candidates }),
-        );
+        out.extend(fusions.iter().map(|&fusion| SearchSettings {
+            fusion,
+            candidates,
+            ..Default::default()
+        }));
     }
     out
 }
@@ -68,6 +68,7 @@ fn run(name: String, s: Option<SearchSettings>) -> RunSpec {
         mode: Mode::Hybrid,
         fusion: s.map(|s| s.fusion),
         candidates: s.map_or(0, |s| s.candidates),
+        aggregation: s.map(|s| s.aggregation),
         title_boost: 0.0,
         filter: crate::filter::Filter::all(),
         collection: None,

@@ -41,6 +41,7 @@ fn weighted(lexical: f32, candidates: usize) -> SearchSettings {
             dense_weight: 1.0 - lexical,
         },
         candidates,
+        ..Default::default()
     }
 }
 
@@ -120,6 +121,7 @@ async fn tuning_proposes_adoption_is_gated_and_searches_use_the_adopted_setting(
                 name: "explicit".into(),
                 fusion: Some(good.fusion),
                 candidates: good.candidates,
+                aggregation: Some(good.aggregation),
                 ..RunSpec::parse("hybrid").unwrap()
             },
         ];
@@ -147,6 +149,14 @@ async fn tuning_proposes_adoption_is_gated_and_searches_use_the_adopted_setting(
         };
         assert!(matches!(
             engine.propose_settings("c", bad),
+            Err(Error::InvalidArgument(_))
+        ));
+        let no_decay = SearchSettings {
+            aggregation: crate::retrieve::Aggregation::Sum { decay: 0.0 },
+            ..good
+        };
+        assert!(matches!(
+            engine.propose_settings("c", no_decay),
             Err(Error::InvalidArgument(_))
         ));
 

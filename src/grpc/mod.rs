@@ -33,7 +33,7 @@ pub use crate::service::{live, Live};
 
 pub use convert::{
     document_for_upsert, eval_outcome, fusion as fusion_from_pb, fusion_to_pb, gate_comparison,
-    mode as mode_from_pb, mode_to_pb,
+    mode as mode_from_pb, mode_to_pb, search_settings,
 };
 pub use status::to_status;
 

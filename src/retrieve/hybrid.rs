@@ -13,7 +13,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::{fuse, Fused, Fusion, Mode, RetrieverHit};
+use super::{fuse, Aggregation, Fused, Fusion, Mode, RetrieverHit};
 use crate::error::{Error, Result};
 use crate::store::doc_key;
 
@@ -26,6 +26,35 @@ pub fn best_chunk_per_document(list: Ranked) -> Ranked {
     list.into_iter()
         .filter(|(id, _)| seen.insert(doc_key(*id)))
         .collect()
+}
+
+/// One entry per document, its best chunk standing for it, scored by `aggregation`: the best
+/// chunk's score ([`Aggregation::Max`]), or the sum of its chunks' scores in this list, the
+/// i-th best weighted by `decay^i` ([`Aggregation::Sum`]; a document that matches in several
+/// places ranks above one that matches once as well). Best first; equal scores keep the
+/// list's order.
+pub fn per_document(list: Ranked, aggregation: Aggregation) -> Ranked {
+    let decay = match aggregation {
+        Aggregation::Max => return best_chunk_per_document(list),
+        Aggregation::Sum { decay } => decay,
+    };
+    // document key -> (position in the output, weight of its next chunk)
+    let mut at: HashMap<u64, (usize, f32)> = HashMap::new();
+    let mut out: Ranked = Vec::new();
+    for (chunk, score) in list {
+        match at.get_mut(&doc_key(chunk)) {
+            Some((i, w)) => {
+                out[*i].1 += *w * score;
+                *w *= decay;
+            }
+            None => {
+                at.insert(doc_key(chunk), (out.len(), decay));
+                out.push((chunk, score));
+            }
+        }
+    }
+    out.sort_by(|a, b| b.1.total_cmp(&a.1));
+    out
 }
 
 /// Decides what the dense side contributes. In hybrid mode an embedding failure degrades the
@@ -66,19 +95,20 @@ fn single(list: &[(u64, f32)], is_lexical: bool) -> Vec<Fused> {
 }
 
 /// Combines the candidates of the retrievers that `mode` uses into one ranking, best first.
-/// With `group_by_document` there is at most one entry per document.
+/// Grouped by document (`group` names how a document's chunks score it: [`per_document`]),
+/// there is at most one entry per document.
 pub fn combine(
     mode: Mode,
     lexical: Ranked,
     dense: Ranked,
     fusion: Fusion,
-    group_by_document: bool,
+    group: Option<Aggregation>,
 ) -> Vec<Fused> {
-    if !group_by_document {
+    let Some(aggregation) = group else {
         return rank(mode, &lexical, &dense, fusion);
-    }
-    let lexical = best_chunk_per_document(lexical);
-    let dense = best_chunk_per_document(dense);
+    };
+    let lexical = per_document(lexical, aggregation);
+    let dense = per_document(dense, aggregation);
     // document key -> (chunk chosen by lexical, chunk chosen by dense)
     let mut chosen: HashMap<u64, (Option<u64>, Option<u64>)> = HashMap::new();
     for (c, _) in &lexical {
@@ -136,7 +166,7 @@ mod tests {
             lexical.clone(),
             vec![(c(4, 0), 0.9)],
             Fusion::default(),
-            false,
+            None,
         );
         let got: Vec<(u64, f32)> = out.iter().map(|f| (f.chunk_id, f.score)).collect();
         assert_eq!(got, lexical, "dense candidates are ignored in lexical mode");
@@ -144,7 +174,7 @@ mod tests {
         assert_eq!(out[1].lexical.unwrap().rank, 2);
 
         let dense = vec![(c(5, 1), 0.8), (c(6, 0), 0.7)];
-        let out = combine(Mode::Dense, Vec::new(), dense, Fusion::rrf(60.0), false);
+        let out = combine(Mode::Dense, Vec::new(), dense, Fusion::rrf(60.0), None);
         assert_eq!(out[0].score, 0.8);
         assert_eq!(out[0].dense.unwrap().rank, 1);
         assert!(out[0].lexical.is_none());
@@ -154,7 +184,7 @@ mod tests {
     fn hybrid_fuses_and_explains_both_sides() {
         let lexical = vec![(c(1, 0), 10.0), (c(2, 0), 5.0)];
         let dense = vec![(c(2, 0), 0.9), (c(3, 0), 0.8)];
-        let out = combine(Mode::Hybrid, lexical, dense, Fusion::rrf(60.0), false);
+        let out = combine(Mode::Hybrid, lexical, dense, Fusion::rrf(60.0), None);
         assert_eq!(out[0].chunk_id, c(2, 0));
         assert_eq!(out[0].lexical.unwrap().rank, 2);
         assert_eq!(out[0].dense.unwrap().rank, 1);
@@ -167,7 +197,13 @@ mod tests {
         // ranks it higher; document 2 has two chunks in the lexical list.
         let lexical = vec![(c(2, 0), 8.0), (c(2, 1), 7.0), (c(1, 0), 6.0)];
         let dense = vec![(c(1, 3), 0.9), (c(3, 0), 0.5)];
-        let out = combine(Mode::Hybrid, lexical, dense, Fusion::rrf(60.0), true);
+        let out = combine(
+            Mode::Hybrid,
+            lexical,
+            dense,
+            Fusion::rrf(60.0),
+            Some(Aggregation::Max),
+        );
         let docs: Vec<u64> = out.iter().map(|f| doc_key(f.chunk_id)).collect();
         assert_eq!(docs.len(), 3, "one entry per document: {docs:?}");
         let one = out.iter().find(|f| doc_key(f.chunk_id) == 1).unwrap();
@@ -181,12 +217,33 @@ mod tests {
     #[test]
     fn grouping_in_single_mode_keeps_best_chunk_per_document() {
         let dense = vec![(c(1, 2), 0.9), (c(1, 0), 0.8), (c(2, 0), 0.7)];
-        let out = combine(Mode::Dense, Vec::new(), dense, Fusion::default(), true);
+        let out = combine(
+            Mode::Dense,
+            Vec::new(),
+            dense,
+            Fusion::default(),
+            Some(Aggregation::Max),
+        );
         let got: Vec<(u64, u32)> = out
             .iter()
             .map(|f| (f.chunk_id, f.dense.unwrap().rank))
             .collect();
         assert_eq!(got, vec![(c(1, 2), 1), (c(2, 0), 2)]);
+    }
+
+    #[test]
+    fn a_sum_ranks_a_document_that_matches_in_several_places_higher() {
+        // Document 1 matches twice, a little below document 2's one match.
+        let list = vec![
+            (c(2, 0), 1.0),
+            (c(1, 0), 0.9),
+            (c(1, 4), 0.8),
+            (c(3, 0), 0.1),
+        ];
+        let max = per_document(list.clone(), Aggregation::Max);
+        assert_eq!(max, vec![(c(2, 0), 1.0), (c(1, 0), 0.9), (c(3, 0), 0.1)]);
+        let sum = per_document(list, Aggregation::Sum { decay: 0.5 });
+        assert_eq!(sum, vec![(c(1, 0), 1.3), (c(2, 0), 1.0), (c(3, 0), 0.1)]);
     }
 
     #[test]

@@ -60,6 +60,8 @@ pub struct SearchParams {
     /// Candidates per retriever; 0 means the collection's setting, and where that is 0 too,
     /// max(100, 2 * top_k).
     pub candidates: usize,
+    /// How a document's chunks score it when grouped; `None`: the collection's setting.
+    pub aggregation: Option<Aggregation>,
     /// Weight of title matches relative to body matches in BM25.
     pub title_boost: f32,
     /// How a filtered dense search finds its candidates (benchmarks and diagnostics; the
@@ -76,16 +78,34 @@ pub struct SearchSettings {
     pub fusion: Fusion,
     /// Candidates per retriever (0: max(100, 2 * top_k)).
     pub candidates: usize,
+    /// How a document's chunks score it in a ranking of documents.
+    pub aggregation: Aggregation,
 }
 
 impl SearchSettings {
-    /// A short name: `weighted:0.6:0.4 candidates=200`.
+    /// A short name: `weighted:0.6:0.4 candidates=200 sum:0.5`.
     pub fn label(&self) -> String {
-        match self.candidates {
-            0 => self.fusion.label(),
-            n => format!("{} candidates={n}", self.fusion.label()),
+        let mut out = self.fusion.label();
+        if self.candidates > 0 {
+            out.push_str(&format!(" candidates={}", self.candidates));
         }
+        if let Aggregation::Sum { decay } = self.aggregation {
+            out.push_str(&format!(" sum:{decay}"));
+        }
+        out
     }
+}
+
+/// How a document's chunks score it when results are grouped by document (each retriever's
+/// list first, then fusion over documents: `hybrid::per_document`).
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "method", rename_all = "snake_case")]
+pub enum Aggregation {
+    /// The best chunk's score.
+    #[default]
+    Max,
+    /// The sum of its chunks' scores, the i-th best weighted by `decay^i` (0 < decay <= 1).
+    Sum { decay: f32 },
 }
 
 /// How a filtered dense search finds its candidates.

@@ -18,6 +18,7 @@ pub(super) fn run_spec(s: pb::EvalRunSpec) -> Result<RunSpec> {
         mode: convert::mode(s.mode)?,
         fusion: convert::fusion(s.fusion)?,
         candidates: s.candidates as usize,
+        aggregation: None,
         title_boost: s.title_boost.unwrap_or(0.0).max(0.0),
         filter: meta_convert::request_filter(Default::default(), None, &s.where_text)?,
         collection: Some(s.collection).filter(|c| !c.is_empty()),
