@@ -96,6 +96,27 @@ async fn the_console_works_in_a_real_browser() {
     if let Some(dir) = &scifact {
         ingest_scifact(&channel, dir).await;
     }
+    // Judgments attached to the collection: the eval page runs them without files.
+    let set = quarry::eval::beir::Dataset::judgments_only(&fixture_dir());
+    let judged = quarry::eval::beir::join(&set.queries().unwrap(), &set.qrels("test").unwrap());
+    let queries: Vec<pb::EvalQuery> = judged
+        .unwrap()
+        .into_iter()
+        .map(|q| pb::EvalQuery {
+            id: q.id,
+            text: q.text,
+            judgments: q.judgments,
+        })
+        .collect();
+    let put = pb::PutEvalSplitRequest {
+        collection: "mini".into(),
+        split: "test".into(),
+        queries,
+    };
+    pb::eval_client::EvalClient::new(channel.clone())
+        .put_eval_split(keyed(put, Some(ADMIN)))
+        .await
+        .unwrap();
 
     // A source for the jobs page big enough that a second job waits behind the first.
     let corpus = imports.path().join("many.jsonl");

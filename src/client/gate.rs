@@ -319,15 +319,20 @@ pub async fn promote(a: PromoteArgs) -> anyhow::Result<()> {
         .await
         .map_err(status_error)?
         .into_inner();
+    show_decision(reply, a.json)
+}
+
+/// Prints a gate's decision (its table, or `--json`); a refusal is [`GateRefused`].
+pub(super) fn show_decision(reply: pb::PromoteResponse, as_json: bool) -> anyhow::Result<()> {
     let record = reply.record.unwrap_or_default();
-    match a.json {
+    match as_json {
         true => println!("{}", json(&record)?),
         false => print_record(&record),
     }
-    if !reply.promoted {
-        return Err(GateRefused.into());
+    match reply.promoted {
+        true => Ok(()),
+        false => Err(GateRefused.into()),
     }
-    Ok(())
 }
 
 /// `quarry rollback`.
@@ -341,10 +346,5 @@ pub async fn rollback(a: RollbackArgs) -> anyhow::Result<()> {
         .await
         .map_err(status_error)?
         .into_inner();
-    let record = reply.record.unwrap_or_default();
-    match a.json {
-        true => println!("{}", json(&record)?),
-        false => print_record(&record),
-    }
-    Ok(())
+    show_decision(reply, a.json)
 }

@@ -6,7 +6,7 @@ use anyhow::anyhow;
 use clap::{Args, Subcommand};
 
 use super::commands::ServerArg;
-use super::gate::{client, json, print_record, status_error, GateRefused};
+use super::gate::{client, json, print_record, show_decision, status_error};
 use crate::grpc::{self, pb};
 use crate::retrieve::Fusion;
 
@@ -157,15 +157,7 @@ pub async fn settings(command: SettingsCommand) -> anyhow::Result<()> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            let record = reply.record.unwrap_or_default();
-            match a.gate.json {
-                true => println!("{}", json(&record)?),
-                false => print_record(&record),
-            }
-            if !reply.promoted {
-                return Err(GateRefused.into());
-            }
-            Ok(())
+            show_decision(reply, a.gate.json)
         }
     }
 }

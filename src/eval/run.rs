@@ -137,6 +137,27 @@ pub struct EvalOutcome {
     pub comparisons: Vec<Comparison>,
 }
 
+/// INVALID_ARGUMENT when `queries` are over the limits of one evaluation (`max_eval_queries`,
+/// `max_eval_judgments`); else their number of judgments. An attached split (`sets.rs`) is
+/// held to the same limits, since it is run as one evaluation.
+pub fn check_size(limits: &crate::engine::Limits, queries: &[EvalQuery]) -> Result<usize> {
+    if queries.len() > limits.max_eval_queries {
+        return Err(Error::invalid(format!(
+            "{} queries, over the limit max_eval_queries = {}",
+            queries.len(),
+            limits.max_eval_queries
+        )));
+    }
+    let judgments: usize = queries.iter().map(|q| q.judgments.len()).sum();
+    if judgments > limits.max_eval_judgments {
+        return Err(Error::invalid(format!(
+            "{judgments} judgments, over the limit max_eval_judgments = {}",
+            limits.max_eval_judgments
+        )));
+    }
+    Ok(judgments)
+}
+
 /// Most run configurations in one evaluation.
 pub const MAX_RUNS: usize = 16;
 
@@ -223,21 +244,7 @@ impl Engine {
         progress: &mut (dyn FnMut(usize, usize) + Send),
         cancel: &Cancel,
     ) -> Result<EvalOutcome> {
-        let limits = &self.config().limits;
-        if queries.len() > limits.max_eval_queries {
-            return Err(Error::invalid(format!(
-                "{} queries, over the limit max_eval_queries = {}",
-                queries.len(),
-                limits.max_eval_queries
-            )));
-        }
-        let judgments: usize = queries.iter().map(|q| q.judgments.len()).sum();
-        if judgments > limits.max_eval_judgments {
-            return Err(Error::invalid(format!(
-                "{judgments} judgments, over the limit max_eval_judgments = {}",
-                limits.max_eval_judgments
-            )));
-        }
+        check_size(&self.config().limits, queries)?;
         if runs.len() > MAX_RUNS {
             return Err(Error::invalid(format!(
                 "{} runs, over the limit of {MAX_RUNS}",

@@ -96,20 +96,7 @@ fn check(engine: &Engine, queries: &[EvalQuery]) -> Result<usize> {
     if queries.is_empty() {
         return Err(Error::invalid("the split has no queries"));
     }
-    if queries.len() > limits.max_eval_queries {
-        return Err(Error::invalid(format!(
-            "{} queries, over the limit max_eval_queries = {}",
-            queries.len(),
-            limits.max_eval_queries
-        )));
-    }
-    let judgments: usize = queries.iter().map(|q| q.judgments.len()).sum();
-    if judgments > limits.max_eval_judgments {
-        return Err(Error::invalid(format!(
-            "{judgments} judgments, over the limit max_eval_judgments = {}",
-            limits.max_eval_judgments
-        )));
-    }
+    let judgments = super::run::check_size(limits, queries)?;
     let mut seen = HashSet::new();
     for q in queries {
         if q.id.is_empty() || q.id.len() > limits.max_id_bytes {

@@ -48,6 +48,14 @@ fn gate(primary: Vec<String>, alpha: Option<f64>) -> Result<Gate> {
     Ok(g)
 }
 
+/// A gate's decision as the reply: `promoted` says whether it changed anything.
+fn decision(record: crate::eval::gate::GateRecord) -> pb::PromoteResponse {
+    pb::PromoteResponse {
+        promoted: record.switched,
+        record: Some(convert::gate_record(record)),
+    }
+}
+
 /// Queries on the wire as the eval takes them.
 pub(super) fn eval_queries(queries: Vec<pb::EvalQuery>) -> Vec<EvalQuery> {
     queries
@@ -140,11 +148,7 @@ impl Service {
             gate: gate(r.primary, r.alpha)?,
             depth: r.depth as usize,
         };
-        let record = engine.promote(promotion, &Cancel::new()).await?;
-        Ok(pb::PromoteResponse {
-            promoted: record.switched,
-            record: Some(convert::gate_record(record)),
-        })
+        Ok(decision(engine.promote(promotion, &Cancel::new()).await?))
     }
 
     /// Authorized like SetAlias, on the collection the alias points to now and the one it
@@ -185,11 +189,9 @@ impl Service {
             )));
         }
         crate::store::check_expected(&r.alias, Some(&current), r.expect_collection.as_deref())?;
-        let record = engine.rollback(&r.alias, &current, &target).await?;
-        Ok(pb::PromoteResponse {
-            promoted: true,
-            record: Some(convert::gate_record(record)),
-        })
+        Ok(decision(
+            engine.rollback(&r.alias, &current, &target).await?,
+        ))
     }
 
     /// Stores a proposal; the collection as GetCollection shows it.
@@ -220,13 +222,12 @@ impl Service {
         let split = Some(r.split).filter(|s| !s.is_empty());
         let split = split.unwrap_or_else(|| DEFAULT_PROMOTE_SPLIT.to_string());
         let engine = self.engine()?;
-        let record = engine
-            .adopt_settings(&r.collection, &split, &gate, &Cancel::new())
-            .await?;
-        Ok(pb::PromoteResponse {
-            promoted: record.switched,
-            record: Some(convert::gate_record(record)),
-        })
+        let cancel = Cancel::new();
+        Ok(decision(
+            engine
+                .adopt_settings(&r.collection, &split, &gate, &cancel)
+                .await?,
+        ))
     }
 
     /// A grid search on one split, checked on another; proposes the best if it holds.

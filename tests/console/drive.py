@@ -217,6 +217,14 @@ try:
     check("95% interval" in text and "wins" in text, "the comparison shows intervals, wins and losses")
     driver.execute_script("document.querySelector('main section').scrollIntoView()")
     shot("eval")
+    # The same on the split attached to the collection: no files.
+    page("eval")
+    Select(find("select[name=split]")).select_by_value("test")
+    Select(find("select[name=compare_with]")).select_by_value(cfg["other"])
+    find("main form button[type=submit]").click()
+    attached = WebDriverWait(driver, 600).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, "main section svg.chart"))
+    check(len(attached) >= 1, "an eval on the attached split renders its comparison without files")
 
     # A read-only key: no write controls anywhere, and the API refuses a write anyway.
     use_key(cfg["read_key"], "read")

@@ -580,10 +580,19 @@
   }
   async function pageEval(main, signal) {
     main.append(el('h2', { text: 'Eval' }));
-    const picker = await collectionPicker(signal);
+    // Judgments attached to the collection (PutEvalSplit), or the caller's files.
+    const split = select('split', [['', 'files below']], '');
+    const loadSplits = async () => {
+      let listed = { splits: [] };
+      try { listed = await api('GET', `/v1/collections/${enc(state.collection)}/eval-sets`, undefined, signal); } catch (_) { /* none readable */ }
+      split.replaceChildren(...[['', 'files below'], ...(listed.splits || []).map((x) => [x.split, `${x.split} (${x.queries} queries)`])]
+        .map(([v, t]) => el('option', { value: v, text: t })));
+    };
+    const picker = await collectionPicker(signal, loadSplits);
+    await loadSplits();
     const other = select('compare_with', [['', 'runs on this collection only'], ...(await collectionNames(signal)).map((n) => [n, n])], '');
-    const queries = el('input', { type: 'file', name: 'queries', accept: '.jsonl,.json,.txt', required: true });
-    const qrels = el('input', { type: 'file', name: 'qrels', accept: '.tsv,.txt', required: true });
+    const queries = el('input', { type: 'file', name: 'queries', accept: '.jsonl,.json,.txt' });
+    const qrels = el('input', { type: 'file', name: 'qrels', accept: '.tsv,.txt' });
     const runBoxes = RUNS.map((r) => el('input', { type: 'checkbox', name: `run-${r.name}`, checked: r.name !== 'hybrid-rrf' }));
     const progress = el('progress', { max: 1, value: 0, 'aria-label': 'eval progress' });
     const out = el('div', { 'aria-live': 'polite' });
@@ -591,10 +600,15 @@
       class: 'panel', onsubmit: async (ev) => {
         ev.preventDefault();
         out.replaceChildren();
-        let qs;
-        try { qs = evalQueries(await queries.files[0].text(), await qrels.files[0].text()); } catch (e) { out.append(errorBox(`The files do not parse: ${e.message}`)); return; }
         const chosen = RUNS.filter((_, i) => runBoxes[i].checked);
-        const body = { queries: qs, runs: chosen.map((r) => ({ name: r.name, mode: r.mode, fusion: r.fusion })) };
+        const body = { runs: chosen.map((r) => ({ name: r.name, mode: r.mode, fusion: r.fusion })) };
+        if (split.value) {
+          body.split = split.value;
+        } else if (!queries.files[0] || !qrels.files[0]) {
+          out.append(errorBox('Choose an attached split, or a queries file and a qrels file.')); return;
+        } else {
+          try { body.queries = evalQueries(await queries.files[0].text(), await qrels.files[0].text()); } catch (e) { out.append(errorBox(`The files do not parse: ${e.message}`)); return; }
+        }
         if (other.value) {
           // The same runs on both collections (generations): each run on the other collection
           // against the same run on this one.
@@ -614,7 +628,7 @@
         } catch (e) { out.replaceChildren(errorBox(e)); }
       },
     },
-    el('div', { class: 'row' }, field('Collection', picker), field('Compare with', other), field('queries.jsonl', queries), field('qrels (TSV)', qrels)),
+    el('div', { class: 'row' }, field('Collection', picker), field('Compare with', other), field('Attached split', split), field('queries.jsonl', queries), field('qrels (TSV)', qrels)),
     el('fieldset', {}, el('legend', { text: 'Runs' }), RUNS.map((r, i) => el('label', {}, runBoxes[i], ` ${r.name} `))),
     el('div', { class: 'row' }, el('button', { type: 'submit' }, 'Run eval'), el('div', { class: 'field grow' }, progress))), out);
   }
