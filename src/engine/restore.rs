@@ -348,6 +348,8 @@ impl Engine {
             if self.physical(&name).is_ok() || self.unavailable(&name)?.is_some() {
                 return Err(Error::CollectionExists(name));
             }
+            // Neither a collection nor an alias: records under the name are a deleted one's.
+            self.forget_records_blocking(&name)?;
             let embedder = self.embedder(&c.record.model)?;
             let here = embedder.fingerprint()?;
             if here != c.model_fingerprint || embedder.dimension() != c.record.dimension {

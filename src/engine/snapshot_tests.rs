@@ -85,10 +85,14 @@ async fn a_restored_snapshot_answers_as_the_original_and_takes_new_writes() {
     );
     assert!(!dir.path().join("c.partial").exists());
 
-    // Into the same engine, under another name.
+    // Into the same engine, under another name, where a crash left a deleted collection's
+    // record: the restored collection does not inherit it.
+    let stale = r#"{"fusion":{"method":"rrf","k":1.0,"lexical_weight":1.0,"dense_weight":1.0}}"#;
+    engine.record_put("c2", "search", "adopted", stale).unwrap();
     let restored = engine
         .restore_snapshot(&archive, None, Some("c2"), &|_| Ok(()))
         .unwrap();
+    assert_eq!(engine.search_settings("c2").unwrap(), Default::default());
     assert_eq!(restored[0].document_count, 58);
     assert_eq!(answers(&engine, "c2").await, before);
     let e = engine
