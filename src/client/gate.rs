@@ -103,6 +103,13 @@ pub struct PromoteArgs {
     /// How both generations are searched (as `quarry eval --modes`: hybrid, hybrid-rrf:K, ...).
     #[arg(long, default_value = "hybrid")]
     pub run: String,
+    #[command(flatten)]
+    pub gate: GateArgs,
+}
+
+/// The gate's options, shared by `quarry promote`, `settings adopt` and `tune`.
+#[derive(Args, Debug)]
+pub struct GateArgs {
     /// Metrics that must not get worse beyond their noise (default: ndcg@10,recall@10).
     #[arg(long, value_delimiter = ',')]
     pub primary: Vec<String>,
@@ -312,14 +319,14 @@ pub async fn promote(a: PromoteArgs) -> anyhow::Result<()> {
             candidate: a.candidate,
             split: a.split,
             run: Some(super::eval::run_pb(&spec, "", "")),
-            primary: a.primary,
-            alpha: a.alpha,
+            primary: a.gate.primary,
+            alpha: a.gate.alpha,
             depth: 0,
         })
         .await
         .map_err(status_error)?
         .into_inner();
-    show_decision(reply, a.json)
+    show_decision(reply, a.gate.json)
 }
 
 /// Prints a gate's decision (its table, or `--json`); a refusal is [`GateRefused`].

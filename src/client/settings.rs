@@ -6,7 +6,7 @@ use anyhow::anyhow;
 use clap::{Args, Subcommand};
 
 use super::commands::ServerArg;
-use super::gate::{client, json, print_record, show_decision, status_error};
+use super::gate::{client, json, print_record, show_decision, status_error, GateArgs};
 use crate::grpc::{self, pb};
 use crate::retrieve::Fusion;
 
@@ -44,19 +44,6 @@ pub struct ProposeArgs {
     /// (0: by its best chunk).
     #[arg(long, default_value_t = 0.0)]
     pub sum_decay: f32,
-}
-
-/// The gate's options, as `quarry promote` has them.
-#[derive(Args, Debug)]
-pub struct GateArgs {
-    /// Metrics that must not get worse beyond their noise (default: ndcg@10,recall@10).
-    #[arg(long, value_delimiter = ',')]
-    pub primary: Vec<String>,
-    /// Significance level of "worse beyond its noise" (default 0.05).
-    #[arg(long)]
-    pub alpha: Option<f64>,
-    #[arg(long)]
-    pub json: bool,
 }
 
 #[derive(Args, Debug)]

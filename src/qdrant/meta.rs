@@ -169,34 +169,27 @@ impl Qdrant {
 
     /// Removes these records (absent ones are fine).
     pub fn record_delete(&self, owner: &str, group: &str, items: &[String]) -> Result<()> {
-        if items.is_empty() {
-            return Ok(());
-        }
-        self.ensure_records()?;
         for batch in items.chunks(256) {
             let ids = batch.iter().map(|i| point(owner, group, i)).collect();
-            let req = DeletePointsBuilder::new(self.records_name())
-                .points(PointsIdsList { ids })
-                .wait(true)
-                .ordering(strong())
-                .build();
-            self.call(move |c| {
-                let r = req.clone();
-                async move { c.delete_points(r).await }
-            })?
-            .map_err(error)?;
+            self.delete_records(PointsIdsList { ids })?;
         }
         Ok(())
     }
 
     /// Removes every record of `owner`.
     pub fn record_forget(&self, owner: &str) -> Result<()> {
+        let owned = qdrant::Filter::must([Condition::matches("o", owner.to_string())]);
+        self.delete_records(owned)
+    }
+
+    /// Deletes the record points `which` selects, waiting until applied.
+    fn delete_records(
+        &self,
+        which: impl Into<qdrant::points_selector::PointsSelectorOneOf>,
+    ) -> Result<()> {
         self.ensure_records()?;
         let req = DeletePointsBuilder::new(self.records_name())
-            .points(qdrant::Filter::must([Condition::matches(
-                "o",
-                owner.to_string(),
-            )]))
+            .points(which)
             .wait(true)
             .ordering(strong())
             .build();
