@@ -576,6 +576,35 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
 async fn hostile_archives_are_refused_cleanly_and_leave_nothing() {
     let s = setup(None).await;
     let channel = s.server.channel().await;
+    // Server records travel with the collection (format 3): an eval split and a proposal.
+    let mut eval = pb::eval_client::EvalClient::new(channel.clone());
+    eval.put_eval_split(keyed(
+        pb::PutEvalSplitRequest {
+            collection: "ca".into(),
+            split: "test".into(),
+            queries: vec![pb::EvalQuery {
+                id: "q1".into(),
+                text: "granite".into(),
+                judgments: [("ca-1".to_string(), 1)].into(),
+            }],
+        },
+        Some(ADMIN),
+    ))
+    .await
+    .unwrap();
+    let proposal = pb::SearchSettings {
+        candidates: 42,
+        ..Default::default()
+    };
+    eval.propose_settings(keyed(
+        pb::ProposeSettingsRequest {
+            collection: "ca".into(),
+            settings: Some(proposal),
+        },
+        Some(ADMIN),
+    ))
+    .await
+    .unwrap();
     let real = snapshot(channel.clone(), &["ca"], ADMIN).await.unwrap();
     let base = entries(&real);
     assert_eq!(base[0].0, "manifest.json");
@@ -710,6 +739,66 @@ async fn hostile_archives_are_refused_cleanly_and_leave_nothing() {
                 r.push((5, vec![b'k'; 1000], b"\"string\"".to_vec()));
             }),
         ),
+        (
+            "search settings that do not decode (checksums fixed)",
+            with_records(&base, |r| {
+                let p = r
+                    .iter_mut()
+                    .find(|(t, k, _)| *t == 6 && k.starts_with(b"search\0"))
+                    .unwrap();
+                p.2 = b"{\"fusion\": 7".to_vec();
+            }),
+        ),
+        (
+            "search settings over max_top_k (checksums fixed)",
+            with_records(&base, |r| {
+                let p = r
+                    .iter_mut()
+                    .find(|(t, k, _)| *t == 6 && k.starts_with(b"search\0"))
+                    .unwrap();
+                let mut v: serde_json::Value = serde_json::from_slice(&p.2).unwrap();
+                v["candidates"] = 1_000_000_000u64.into();
+                p.2 = serde_json::to_vec(&v).unwrap();
+            }),
+        ),
+        (
+            "an eval split whose manifest counts lie (checksums fixed)",
+            with_records(&base, |r| {
+                let p = r
+                    .iter_mut()
+                    .find(|(t, k, _)| *t == 6 && k.starts_with(b"evalset\0"))
+                    .unwrap();
+                let mut v: serde_json::Value = serde_json::from_slice(&p.2).unwrap();
+                v["queries"] = 5.into();
+                p.2 = serde_json::to_vec(&v).unwrap();
+            }),
+        ),
+        (
+            "an eval split without its pieces (checksums fixed)",
+            with_records(&base, |r| {
+                r.retain(|(t, k, _)| !(*t == 6 && k.starts_with(b"evalpiece/")));
+            }),
+        ),
+        (
+            "a server record of an unknown kind (checksums fixed)",
+            with_records(&base, |r| {
+                r.push((6, b"keys\0admin".to_vec(), b"secret".to_vec()));
+            }),
+        ),
+        (
+            "a server record key without its separator (checksums fixed)",
+            with_records(&base, |r| {
+                r.push((6, b"search".to_vec(), b"{}".to_vec()));
+            }),
+        ),
+        (
+            "a server record before the documents (checksums fixed)",
+            with_records(&base, |r| {
+                let p = r.iter().position(|(t, _, _)| *t == 6).unwrap();
+                let rec = r.remove(p);
+                r.insert(0, rec);
+            }),
+        ),
         ("an entry outside the format", {
             let mut e = base.clone();
             e.push(("collections/0/../../escape".into(), b"x".to_vec()));
@@ -767,6 +856,31 @@ async fn hostile_archives_are_refused_cleanly_and_leave_nothing() {
         .into_inner()
         .hits;
     assert_eq!(hits[0].document_id, "ca-1");
+    // With its server records: the split and the proposal came along.
+    let splits = eval
+        .list_eval_splits(keyed(
+            pb::ListEvalSplitsRequest {
+                collection: "restored".into(),
+            },
+            Some(ADMIN),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .splits;
+    assert_eq!(splits.len(), 1);
+    assert_eq!((splits[0].split.as_str(), splits[0].queries), ("test", 1));
+    let got = CollectionsClient::new(channel.clone())
+        .get_collection(keyed(
+            pb::GetCollectionRequest {
+                name: "restored".into(),
+            },
+            Some(ADMIN),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.proposed_settings.map(|p| p.candidates), Some(42));
 }
 
 #[tokio::test]

@@ -151,6 +151,20 @@ async fn snapshot_archives() {
         .upsert("c", (0..12).map(doc).collect())
         .await
         .unwrap();
+    // Server records travel with the collection (format 3): an eval split and settings.
+    let queries = (0..40)
+        .map(|i| quarry::eval::run::EvalQuery {
+            id: format!("q{i}"),
+            text: format!("granite number{i}"),
+            judgments: [(format!("d{}", i % 12), 1)].into(),
+        })
+        .collect();
+    engine.put_eval_split("c", "test", queries).unwrap();
+    let settings = quarry::retrieve::SearchSettings {
+        candidates: 50,
+        ..Default::default()
+    };
+    engine.propose_settings("c", settings).unwrap();
     let archive = dir.path().join("c.snapshot");
     engine
         .create_snapshot(&["c".into()], &archive)
@@ -169,7 +183,7 @@ async fn snapshot_archives() {
         let (input2, name2) = (input.clone(), name.clone());
         let t = Instant::now();
         let result = tokio::task::spawn_blocking(move || {
-            engine2.restore_snapshot(&input2, None, Some(&name2), &|_| Ok(()))
+            quarry::eval::restored::restore(&engine2, &input2, None, Some(&name2), &|_| Ok(()))
         })
         .await
         .expect("the restore panicked");
@@ -180,9 +194,16 @@ async fn snapshot_archives() {
         );
         match result {
             Ok(_) => {
-                // A mutation the format tolerates (padding, say): it must serve.
+                // A mutation the format tolerates (padding, say): it must serve, and its
+                // server records must read.
                 restored += 1;
                 engine.collection(&name).unwrap();
+                engine.search_settings(&name).unwrap();
+                engine.proposed_settings(&name).unwrap();
+                engine.gate_records(&name).unwrap();
+                for s in engine.eval_splits(&name).unwrap() {
+                    engine.eval_split(&name, &s.split).unwrap();
+                }
                 engine.delete_collection(&name).await.unwrap();
             }
             Err(e) => clean(&e, "restore"),

@@ -125,9 +125,13 @@ async fn restore(a: RestoreArgs) -> anyhow::Result<()> {
                     )
                 })?;
                 // Offline, the operator owns the data directory: no key applies.
-                let infos =
-                    engine
-                        .restore_snapshot(&file, only.as_deref(), rename.as_deref(), &|_| Ok(()))?;
+                let infos = crate::eval::restored::restore(
+                    &engine,
+                    &file,
+                    only.as_deref(),
+                    rename.as_deref(),
+                    &|_| Ok(()),
+                )?;
                 Ok(infos
                     .into_iter()
                     .map(|i| (i.record.name, i.document_count))

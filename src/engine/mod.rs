@@ -48,6 +48,7 @@ pub mod records;
 mod recovery;
 mod remote;
 mod restore;
+pub use restore::RecordsCheck;
 mod restore_check;
 mod search;
 pub mod search_settings;
@@ -94,7 +95,7 @@ pub use recovery::spawn_checkpointer;
 pub use settings::{EngineConfig, IndexSettings, Limits, DEFAULT_QUERY_CACHE_ENTRIES};
 pub use snapshot::{SnapshotCollection, SnapshotManifest, SNAPSHOT_FORMAT};
 pub use validate::free_disk_bytes;
-use validate::valid_collection_name;
+pub use validate::valid_collection_name;
 
 pub struct Engine {
     config: EngineConfig,

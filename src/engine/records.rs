@@ -56,6 +56,12 @@ impl Engine {
         }
     }
 
+    /// Every record of `owner` on the embedded backend (what a snapshot carries).
+    #[cfg(test)]
+    pub(crate) fn local_records(&self, owner: &str) -> Result<Vec<crate::store::OwnedRecord>> {
+        self.store.record_all(owner)
+    }
+
     /// [`Engine::forget_records_blocking`] after a collection was deleted: a failure is
     /// logged (the records are removed again if the name is created anew).
     pub(super) async fn forget_records(self: &Arc<Self>, name: &str) {

@@ -29,11 +29,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::restore_check::{HashingReader, RecordCheck, MAX_ARCHIVE_ID};
-use super::snapshot::{corrupt, record_crc, tree, Hashing, SnapshotManifest, TREES};
+use super::snapshot::{
+    corrupt, record_crc, tree, Hashing, SnapshotManifest, SERVER_RECORDS, TREES,
+};
 use super::{now_ms, valid_collection_name, CollectionInfo, Engine};
 use crate::chunk::ChunkSettings;
 use crate::error::{quote, Error, Result};
-use crate::store::CollectionRecord;
+use crate::store::{CollectionRecord, OwnedRecord};
 
 /// The largest manifest read.
 const MAX_MANIFEST_BYTES: u64 = 16 << 20;
@@ -41,7 +43,16 @@ const MAX_MANIFEST_BYTES: u64 = 16 << 20;
 const MAX_FIELD_BYTES: usize = 256 << 20;
 
 /// Formats this version reads.
-const READABLE: [u32; 2] = [1, 2];
+const READABLE: [u32; 3] = [1, 2, 3];
+
+/// The most bytes of server records (eval sets, settings, gate decisions) one collection of an
+/// archive may carry: they are held in memory until checked. Far above what the eval limits
+/// let a collection hold (16 splits of an Evaluate request's size).
+const MAX_SERVER_RECORD_BYTES: usize = 256 << 20;
+
+/// Checks a collection's server records from an archive as their readers will read them, and
+/// returns those to keep (see `eval::restored`, which knows what they mean).
+pub type RecordsCheck<'a> = &'a dyn Fn(Vec<OwnedRecord>) -> Result<Vec<OwnedRecord>>;
 
 /// Whatever restore wrote, removed on drop unless disarmed.
 struct Undo<'a> {
@@ -61,6 +72,7 @@ impl Drop for Undo<'_> {
         }
         for r in &self.records {
             let _ = self.engine.store.delete_collection(r);
+            let _ = self.engine.store.record_forget(&r.name);
             let _ = std::fs::remove_dir_all(self.engine.collections_dir().join(r.id.to_string()));
         }
     }
@@ -75,6 +87,8 @@ struct Target {
     records_seen: bool,
     files_seen: HashSet<String>,
     max_id: u64,
+    /// Its server records, unchecked until every entry is read.
+    server: Vec<OwnedRecord>,
 }
 
 /// Errors of reading the archive (as opposed to writing the restore) are the archive's fault.
@@ -96,14 +110,16 @@ fn plain_file_name(name: &str) -> bool {
 impl Engine {
     /// Restores the collections of the snapshot at `archive` (only `only`, when given, under
     /// the name `rename`, when given), all or nothing. `allow` is asked, with every name the
-    /// restore would create, before anything is written (the caller's authorization).
-    /// Blocking. Each restored collection opens at once.
+    /// restore would create, before anything is written (the caller's authorization);
+    /// `check` judges each collection's server records. Blocking. Each restored collection
+    /// opens at once.
     pub fn restore_snapshot(
         &self,
         archive: &Path,
         only: Option<&str>,
         rename: Option<&str>,
         allow: &dyn Fn(&[&str]) -> Result<()>,
+        check: RecordsCheck,
     ) -> Result<Vec<CollectionInfo>> {
         if self.remote.is_some() {
             return Err(Error::FailedPrecondition(
@@ -219,7 +235,8 @@ impl Engine {
             }
             let sha = if rest == "records.bin" {
                 let mut hashed = HashingReader::new(&mut entry);
-                target.max_id = self.load_records(&target.record, &mut hashed, manifest.format)?;
+                (target.max_id, target.server) =
+                    self.load_records(&target.record, &mut hashed, manifest.format)?;
                 // Whatever the loader left unread still counts for the checksum.
                 std::io::copy(&mut hashed, &mut std::io::sink()).map_err(bad)?;
                 target.records_seen = true;
@@ -267,6 +284,23 @@ impl Engine {
                     quote(missing)
                 )));
             }
+        }
+
+        // Server records are checked as their readers will read them, and written under
+        // the name they return as (still invisible: no collection has it yet).
+        for t in &mut plan {
+            let kept = check(std::mem::take(&mut t.server)).map_err(|e| {
+                if matches!(e, Error::Storage(_)) || e.is_storage_full() {
+                    e
+                } else {
+                    corrupt(format!(
+                        "collection {}: {}",
+                        quote(&t.from.record.name),
+                        quote(&e.to_string())
+                    ))
+                }
+            })?;
+            self.store.record_put_all(&t.record.name, &kept)?;
         }
 
         // Everything is written and checked: open each collection on it (its indexes must
@@ -375,6 +409,7 @@ impl Engine {
                 records_seen: false,
                 files_seen: HashSet::new(),
                 max_id: 0,
+                server: Vec::new(),
             });
         }
         if rename.is_some() && plan.len() > 1 {
@@ -393,18 +428,21 @@ impl Engine {
     }
 
     /// Writes a collection's records from a snapshot into its (new, invisible) trees, each
-    /// checked as the store will read it; returns the largest id they use.
+    /// checked as the store will read it; returns the largest id they use, and the server
+    /// records (format 3: decoded, bounded, not yet judged).
     fn load_records(
         &self,
         record: &CollectionRecord,
         from: &mut impl Read,
         format: u32,
-    ) -> Result<u64> {
+    ) -> Result<(u64, Vec<OwnedRecord>)> {
         let trees = self.store.trees(record)?;
         let mut check = RecordCheck::new(record.dimension);
         let mut batches: Vec<sled::Batch> =
             (0..TREES.len()).map(|_| sled::Batch::default()).collect();
         let mut pending = 0usize;
+        let mut server = Vec::new();
+        let mut server_bytes = 0usize;
         let mut read = BufReader::with_capacity(1 << 20, from);
         let mut tag = [0u8; 1];
         loop {
@@ -442,6 +480,15 @@ impl Engine {
                     return Err(corrupt("a record does not match its checksum"));
                 }
             }
+            if tag[0] == SERVER_RECORDS && format >= 3 {
+                check.order(tag[0])?;
+                server_bytes += k.len() + v.len();
+                if server_bytes > MAX_SERVER_RECORD_BYTES {
+                    return Err(corrupt("over 256 MiB of server records in one collection"));
+                }
+                server.push(server_record(&k, v)?);
+                continue;
+            }
             let slot = TREES
                 .iter()
                 .position(|(t, _)| *t == tag[0])
@@ -471,8 +518,25 @@ impl Engine {
         }
         apply_batches(&trees, &mut batches)?;
         trees.forget_counts()?;
-        Ok(check.max_id)
+        Ok((check.max_id, server))
     }
+}
+
+/// A server record as the archive frames it: key `group \0 item`, both non-empty, UTF-8
+/// without further NULs (the store's key layout), value UTF-8.
+fn server_record(k: &[u8], v: Vec<u8>) -> Result<OwnedRecord> {
+    let bad = || corrupt("a server record's key is not `group NUL item`, or not UTF-8");
+    let key = std::str::from_utf8(k).map_err(|_| bad())?;
+    let (group, item) = key.split_once('\0').ok_or_else(bad)?;
+    if group.is_empty() || item.is_empty() || item.contains('\0') {
+        return Err(bad());
+    }
+    let value = String::from_utf8(v).map_err(|_| corrupt("a server record is not UTF-8"))?;
+    Ok(OwnedRecord {
+        group: group.to_string(),
+        item: item.to_string(),
+        value,
+    })
 }
 
 fn apply_batches(trees: &crate::store::CollectionTrees, batches: &mut [sled::Batch]) -> Result<()> {

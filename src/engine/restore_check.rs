@@ -86,10 +86,7 @@ impl RecordCheck {
     /// Checks one record; `false`: valid but not to be stored (kept counts, which the
     /// restore recomputes).
     pub(super) fn record(&mut self, tag: u8, k: &[u8], v: &[u8]) -> Result<bool> {
-        if tag < self.last_tag {
-            return Err(corrupt("records are out of order"));
-        }
-        self.last_tag = tag;
+        self.order(tag)?;
         let chunk_key = |k: &[u8]| -> Result<u64> {
             let id = u64::from_be_bytes(
                 k.try_into()
@@ -175,6 +172,15 @@ impl RecordCheck {
             _ => return Err(corrupt(format!("record tag {tag}"))),
         }
         Ok(true)
+    }
+
+    /// Records come in tag order.
+    pub(super) fn order(&mut self, tag: u8) -> Result<()> {
+        if tag < self.last_tag {
+            return Err(corrupt("records are out of order"));
+        }
+        self.last_tag = tag;
+        Ok(())
     }
 
     pub(super) fn finish(&self) -> Result<()> {

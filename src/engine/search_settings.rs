@@ -25,7 +25,8 @@ pub const RECHECK_AFTER: Duration = Duration::from_secs(5);
 /// Largest RRF constant a setting may have (as a request's).
 pub const MAX_RRF_K: f32 = 1_000_000.0;
 
-const GROUP: &str = "search";
+/// The group of a collection's settings records.
+pub const GROUP: &str = "search";
 const ADOPTED: &str = "adopted";
 const PROPOSED: &str = "proposed";
 
@@ -69,6 +70,25 @@ impl Engine {
             )));
         }
         Ok(())
+    }
+
+    /// INVALID_ARGUMENT unless (`item`, `value`) is a settings record this server would
+    /// search with (a restored archive's: `eval::restored`).
+    pub fn check_settings_record(&self, item: &str, value: &str) -> Result<()> {
+        if item != ADOPTED && item != PROPOSED {
+            return Err(Error::invalid(format!(
+                "unknown search settings record {}",
+                quote(item)
+            )));
+        }
+        let s: SearchSettings = serde_json::from_str(value).map_err(|e| {
+            Error::invalid(format!(
+                "search settings {}: {}",
+                quote(item),
+                quote(&e.to_string())
+            ))
+        })?;
+        self.check_settings(&s)
     }
 
     /// The settings collection (or alias) `name` searches with. Blocking on a cache miss.

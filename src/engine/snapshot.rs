@@ -3,7 +3,9 @@
 //! A snapshot is one tar archive: `manifest.json` first (format, Quarry version, and per
 //! collection its settings, model name and fingerprint, operation sequence, counts), then per
 //! collection `records.bin` (sled's documents, texts, chunks, vectors and key types as framed
-//! key/value pairs) and the index checkpoints (`lexical/`, `dense/`) at that same sequence.
+//! key/value pairs, then the server records kept with the collection: its eval sets, adopted
+//! and proposed search settings, and gate decisions, `engine/records.rs`) and the index
+//! checkpoints (`lexical/`, `dense/`) at that same sequence.
 //!
 //! Why it is built this way:
 //! - **Consistent at one sequence, online.** The collections are copied under their write
@@ -33,12 +35,14 @@ use super::embedded::Embedded;
 use super::{now_ms, Collection, Engine};
 use crate::backend::CollectionStore;
 use crate::error::{quote, Error, Result};
-use crate::store::{doc_key, CollectionRecord};
+use crate::store::{doc_key, CollectionRecord, OwnedRecord};
 
 /// The archive format this version writes. Format 2 adds a CRC-32 to every record and the
-/// SHA-256 of every file to the manifest; format 1 archives (no checksums) are still read, and
-/// their records are validated like any others.
-pub const SNAPSHOT_FORMAT: u32 = 2;
+/// SHA-256 of every file to the manifest; format 3 adds the collection's server records
+/// ([`SERVER_RECORDS`]). Older archives are still read, and their records are validated like
+/// any others; a server that reads only older formats refuses format 3 by its number rather
+/// than restoring a tuned collection without its settings.
+pub const SNAPSHOT_FORMAT: u32 = 3;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SnapshotManifest {
@@ -76,6 +80,10 @@ pub(super) const TREES: [(u8, &str); 5] = [
     (4, "vectors"),
     (5, "schema"),
 ];
+
+/// The tag of a server record in `records.bin` (format 3), after every tree's records: key
+/// `group \0 item`, value UTF-8; the owner is the collection, whatever name it returns under.
+pub(super) const SERVER_RECORDS: u8 = 6;
 
 pub(super) fn tree(t: &crate::store::CollectionTrees, tag: u8) -> Option<&sled::Tree> {
     Some(match tag {
@@ -152,12 +160,26 @@ pub(super) fn corrupt(what: impl std::fmt::Display) -> Error {
 
 impl Collection {
     /// Under the write lock: brings both indexes to the last sequence and fixes their files,
-    /// dumps the records to `records`, and lists the index files (path in the archive, path
-    /// on disk).
-    fn dump(&self, records: &Path) -> Result<(SnapshotCollection, Vec<(String, PathBuf)>)> {
+    /// dumps the records to `records` (the trees', then `server`, the collection's server
+    /// records), and lists the index files (path in the archive, path on disk).
+    fn dump(
+        &self,
+        records: &Path,
+        server: &[OwnedRecord],
+    ) -> Result<(SnapshotCollection, Vec<(String, PathBuf)>)> {
         let local = self.require_local("a Quarry snapshot")?;
-        local.dump(records, self.embedder.fingerprint()?)
+        local.dump(records, self.embedder.fingerprint()?, server)
     }
+}
+
+/// Writes one framed record (format 2 and later: with its CRC-32).
+fn frame(out: &mut impl Write, tag: u8, k: &[u8], v: &[u8]) -> std::io::Result<()> {
+    out.write_all(&[tag])?;
+    out.write_all(&(k.len() as u32).to_le_bytes())?;
+    out.write_all(k)?;
+    out.write_all(&(v.len() as u32).to_le_bytes())?;
+    out.write_all(v)?;
+    out.write_all(&record_crc(tag, k, v).to_le_bytes())
 }
 
 impl Embedded {
@@ -165,6 +187,7 @@ impl Embedded {
         &self,
         records: &Path,
         model_fingerprint: String,
+        server: &[OwnedRecord],
     ) -> Result<(SnapshotCollection, Vec<(String, PathBuf)>)> {
         self.catch_up_if_stale();
         if self.stale.load(std::sync::atomic::Ordering::Acquire) {
@@ -191,13 +214,12 @@ impl Embedded {
                         max_id = max_id.max(doc_key(u64::from_be_bytes(k8)));
                     }
                 }
-                out.write_all(&[tag])?;
-                out.write_all(&(k.len() as u32).to_le_bytes())?;
-                out.write_all(&k)?;
-                out.write_all(&(v.len() as u32).to_le_bytes())?;
-                out.write_all(&v)?;
-                out.write_all(&record_crc(tag, &k, &v).to_le_bytes())?;
+                frame(&mut out, tag, &k, &v)?;
             }
+        }
+        for r in server {
+            let key = format!("{}\0{}", r.group, r.item);
+            frame(&mut out, SERVER_RECORDS, key.as_bytes(), r.value.as_bytes())?;
         }
         let (mut inner, records_sha) = out.finish();
         inner.flush()?;
@@ -278,7 +300,9 @@ impl Engine {
                 c.ensure_live()?;
                 let records = dir.join(format!("{i}.records"));
                 let copies = dir.join(i.to_string());
-                let (mut entry, files) = c.dump(&records)?;
+                // Read at the instant too, beside the trees.
+                let server = store.record_all(&c.record.name)?;
+                let (mut entry, files) = c.dump(&records, &server)?;
                 std::fs::create_dir_all(copies.join("lexical"))?;
                 std::fs::create_dir_all(copies.join("dense"))?;
                 let mut copied = Vec::new();

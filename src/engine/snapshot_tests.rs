@@ -90,19 +90,19 @@ async fn a_restored_snapshot_answers_as_the_original_and_takes_new_writes() {
     let stale = r#"{"fusion":{"method":"rrf","k":1.0,"lexical_weight":1.0,"dense_weight":1.0}}"#;
     engine.record_put("c2", "search", "adopted", stale).unwrap();
     let restored = engine
-        .restore_snapshot(&archive, None, Some("c2"), &|_| Ok(()))
+        .restore_snapshot(&archive, None, Some("c2"), &|_| Ok(()), &Ok)
         .unwrap();
     assert_eq!(engine.search_settings("c2").unwrap(), Default::default());
     assert_eq!(restored[0].document_count, 58);
     assert_eq!(answers(&engine, "c2").await, before);
     let e = engine
-        .restore_snapshot(&archive, None, Some("c2"), &|_| Ok(()))
+        .restore_snapshot(&archive, None, Some("c2"), &|_| Ok(()), &Ok)
         .unwrap_err();
     assert!(matches!(e, Error::CollectionExists(_)), "{e}");
     // Nor under the name of an alias (one name, one thing).
     engine.set_alias("latest", "c", Some("")).unwrap();
     let e = engine
-        .restore_snapshot(&archive, None, Some("latest"), &|_| Ok(()))
+        .restore_snapshot(&archive, None, Some("latest"), &|_| Ok(()), &Ok)
         .unwrap_err();
     assert!(matches!(e, Error::AlreadyExists(_)), "{e}");
     assert_eq!(engine.collection("latest").unwrap().record().name, "c");
@@ -113,7 +113,7 @@ async fn a_restored_snapshot_answers_as_the_original_and_takes_new_writes() {
     {
         let other = open(&dir.path().join("b"), &fresh);
         other
-            .restore_snapshot(&archive, Some("c"), None, &|_| Ok(()))
+            .restore_snapshot(&archive, Some("c"), None, &|_| Ok(()), &Ok)
             .unwrap();
         assert_eq!(answers(&other, "c").await, before);
         assert_eq!(fresh.documents_embedded(), 0, "nothing re-embedded");
@@ -160,7 +160,7 @@ async fn a_restored_snapshot_answers_as_the_original_and_takes_new_writes() {
         &Arc::new(HashEmbedder::new(16).unwrap()),
     );
     let e = wrong
-        .restore_snapshot(&archive, None, None, &|_| Ok(()))
+        .restore_snapshot(&archive, None, None, &|_| Ok(()), &Ok)
         .unwrap_err();
     assert!(matches!(e, Error::FailedPrecondition(_)), "{e}");
     assert!(e.to_string().contains("fingerprint"), "{e}");
@@ -168,7 +168,7 @@ async fn a_restored_snapshot_answers_as_the_original_and_takes_new_writes() {
     // Not a snapshot at all.
     std::fs::write(dir.path().join("junk"), b"not a tar").unwrap();
     assert!(engine
-        .restore_snapshot(&dir.path().join("junk"), None, Some("j"), &|_| Ok(()))
+        .restore_snapshot(&dir.path().join("junk"), None, Some("j"), &|_| Ok(()), &Ok)
         .is_err());
 }
 
@@ -226,7 +226,7 @@ async fn a_snapshot_of_several_collections_is_one_instant() {
         // one write ahead.
         let other = open(&dir.path().join(format!("restored-{round}")), &embedder);
         other
-            .restore_snapshot(&archive, None, None, &|_| Ok(()))
+            .restore_snapshot(&archive, None, None, &|_| Ok(()), &Ok)
             .unwrap();
         let written = |name: &str| {
             let mut n = Vec::new();

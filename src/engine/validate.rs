@@ -266,7 +266,7 @@ impl Engine {
 }
 
 /// A collection or alias name: 1-64 characters of `[A-Za-z0-9_-]` (`COLLECTION_NAME_PATTERN`).
-pub(super) fn valid_collection_name(name: &str) -> Result<()> {
+pub fn valid_collection_name(name: &str) -> Result<()> {
     if name.is_empty()
         || name.len() > 64
         || !name

@@ -31,7 +31,7 @@ use crate::engine::{Cancel, Engine};
 use crate::error::{quote, Error, Result};
 
 /// The group of a collection's gate records (items: time of the decision, then a random tag).
-const GATES: &str = "gates";
+pub(super) const GATES: &str = "gates";
 
 /// Records kept per collection (older ones are removed).
 pub const MAX_RECORDS: usize = 20;

@@ -17,6 +17,7 @@ pub mod compare;
 pub mod gate;
 pub mod metrics;
 pub mod report;
+pub mod restored;
 pub mod run;
 pub mod sets;
 pub mod tune;

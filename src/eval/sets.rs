@@ -40,19 +40,29 @@ pub struct SplitInfo {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Manifest {
-    queries: usize,
-    judgments: usize,
-    pieces: usize,
-    upload: u64,
-    uploaded_unix_ms: u64,
+pub(super) struct Manifest {
+    pub(super) queries: usize,
+    pub(super) judgments: usize,
+    pub(super) pieces: usize,
+    pub(super) upload: u64,
+    pub(super) uploaded_unix_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Stored {
-    id: String,
-    text: String,
-    judgments: BTreeMap<String, i32>,
+pub(super) struct Stored {
+    pub(super) id: String,
+    pub(super) text: String,
+    pub(super) judgments: BTreeMap<String, i32>,
+}
+
+impl From<Stored> for EvalQuery {
+    fn from(s: Stored) -> Self {
+        EvalQuery {
+            id: s.id,
+            text: s.text,
+            judgments: s.judgments.into_iter().collect(),
+        }
+    }
 }
 
 /// Uploads to one process's eval sets happen one at a time (a replaced split's pieces are
@@ -60,14 +70,14 @@ struct Stored {
 static UPLOADS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// The group of a split's manifests (item: the split's name).
-const MANIFESTS: &str = "evalset";
+pub(super) const MANIFESTS: &str = "evalset";
 
 /// The group of one upload's pieces (items: `00000`, `00001`, ...).
-fn pieces_group(split: &str, upload: u64) -> String {
+pub(super) fn pieces_group(split: &str, upload: u64) -> String {
     format!("evalpiece/{split}/{upload:016x}")
 }
 
-fn piece_items(n: usize) -> Vec<String> {
+pub(super) fn piece_items(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{i:05}")).collect()
 }
 
@@ -91,7 +101,9 @@ pub fn valid_split_name(split: &str) -> Result<()> {
     Ok(())
 }
 
-fn check(engine: &Engine, queries: &[EvalQuery]) -> Result<usize> {
+/// INVALID_ARGUMENT unless `queries` may be a split (the upload's checks, and a restore's);
+/// returns the number of judgments.
+pub(super) fn check(engine: &Engine, queries: &[EvalQuery]) -> Result<usize> {
     let limits = &engine.config().limits;
     if queries.is_empty() {
         return Err(Error::invalid("the split has no queries"));
@@ -293,11 +305,7 @@ impl Engine {
                 return Ok(None);
             };
             let piece: Vec<Stored> = serde_json::from_str(&v).map_err(corrupt)?;
-            out.extend(piece.into_iter().map(|s| EvalQuery {
-                id: s.id,
-                text: s.text,
-                judgments: s.judgments.into_iter().collect(),
-            }));
+            out.extend(piece.into_iter().map(EvalQuery::from));
         }
         Ok(Some(out))
     }

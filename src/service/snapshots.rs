@@ -142,7 +142,7 @@ impl Service {
             let only = (!only.is_empty()).then_some(only.as_str());
             let rename = (!new_name.is_empty()).then_some(new_name.as_str());
             let allow = |names: &[&str]| authorize(&who, op, Touches::Named(names));
-            engine.restore_snapshot(&path, only, rename, &allow)
+            crate::eval::restored::restore(&engine, &path, only, rename, &allow)
         })
         .await?;
         drop(scratch);

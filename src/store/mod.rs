@@ -501,6 +501,7 @@ mod commit;
 mod records;
 pub use aliases::{check_expected, Expect};
 use commit::{decode_counts, encode_counts, COUNTS};
+pub use records::OwnedRecord;
 
 #[cfg(test)]
 mod tests;

@@ -78,3 +78,45 @@ impl Store {
         self.flush_blocking()
     }
 }
+
+/// One server record of an owner, as a snapshot carries it (`engine/records.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedRecord {
+    pub group: String,
+    pub item: String,
+    pub value: String,
+}
+
+impl Store {
+    /// Every record of `owner`, in (group, item) order.
+    pub fn record_all(&self, owner: &str) -> Result<Vec<OwnedRecord>> {
+        let mut p = owner.as_bytes().to_vec();
+        p.push(0);
+        self.named_tree(TREE)?
+            .scan_prefix(&p)
+            .map(|kv| {
+                let (k, v) = kv?;
+                let rest = &k[p.len()..];
+                let cut = rest
+                    .iter()
+                    .position(|&b| b == 0)
+                    .ok_or_else(|| Error::internal("corrupt server record key"))?;
+                Ok(OwnedRecord {
+                    group: text(&rest[..cut])?,
+                    item: text(&rest[cut + 1..])?,
+                    value: text(&v)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Writes these records of `owner` in one batch, durably.
+    pub fn record_put_all(&self, owner: &str, records: &[OwnedRecord]) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for r in records {
+            batch.insert(key(owner, &r.group, &r.item), r.value.as_bytes());
+        }
+        self.named_tree(TREE)?.apply_batch(batch)?;
+        self.flush_blocking()
+    }
+}
