@@ -4,7 +4,12 @@
 # when missing and we are root), and Selenium from PyPI in a venv under
 # ${QUARRY_CACHE:-~/.cache/quarry}/browser-venv, every package pinned by SHA-256
 # (tests/console/requirements.txt, installed with --require-hashes).
-# Prints three lines: the venv's python, the chromium binary, the chromedriver binary.
+# Firefox too, where it can be had: Debian's firefox-esr (apt-get, as Chromium), and Mozilla's
+# WebDriver, geckodriver, which Debian does not package: built once from its crate with
+# `cargo install --locked` at a pinned version into ${QUARRY_CACHE:-~/.cache/quarry}/geckodriver.
+# Prints five lines: the venv's python, the chromium binary, the chromedriver binary, the
+# firefox binary and the geckodriver binary (the last two empty, said loudly, where Firefox
+# cannot be had: the Firefox run then skips loudly).
 # Exits 3, saying so loudly, where no browser can be had (not Debian, not root): the browser
 # tests then skip, never silently.
 set -euo pipefail
@@ -38,6 +43,32 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 
+# Firefox: Debian's ESR, and geckodriver built from its crate (pinned; ~5 minutes once).
+firefox="${QUARRY_FIREFOX:-/usr/bin/firefox-esr}"
+gecko_version="0.37.1"
+gecko_root="$cache/geckodriver/$gecko_version"
+gecko="${QUARRY_GECKODRIVER:-$gecko_root/bin/geckodriver}"
+if [ ! -x "$firefox" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "provision-browser: installing Debian's firefox-esr" >&2
+  apt-get install -y -q --no-install-recommends firefox-esr >&2 \
+    || { apt-get update -q >&2 && apt-get install -y -q --no-install-recommends firefox-esr >&2; } \
+    || true
+fi
+if [ -x "$firefox" ] && [ ! -x "$gecko" ] && command -v cargo >/dev/null; then
+  echo "provision-browser: building geckodriver $gecko_version (cargo install --locked, once)" >&2
+  build="$(mktemp -d)"
+  CARGO_TARGET_DIR="$build" nice -n 10 cargo install --quiet --locked geckodriver \
+    --version "=$gecko_version" --root "$gecko_root" >&2 || true
+  rm -rf "$build"
+fi
+if [ ! -x "$firefox" ] || [ ! -x "$gecko" ]; then
+  echo "!!! Firefox unavailable: the console's Firefox run will be SKIPPED (need $firefox and $gecko: apt-get install firefox-esr; cargo install geckodriver --version $gecko_version) !!!" >&2
+  firefox=""
+  gecko=""
+fi
+
 echo "$venv/bin/python"
 echo "$chromium"
 echo "$driver"
+echo "$firefox"
+echo "$gecko"

@@ -1,11 +1,15 @@
-//! The web console in a real browser: headless Chromium (Debian's, through Selenium from
-//! PyPI; `scripts/provision-browser.sh`) drives the real console against the real server and
-//! its real model: every page loads, a search's hits and an explanation chart, a filter's
-//! error pointing at its column, a document's chunks, a job followed live and another
-//! cancelled, an eval comparison between two generations as charts, a read-only key with no
+//! The web console in real browsers: headless Chromium (Debian's) and Firefox (Debian's ESR,
+//! with geckodriver built from its crate), through Selenium from PyPI
+//! (`scripts/provision-browser.sh`), each drive the real console against the real server, its
+//! real model and a real router (llama.cpp): every page loads, a search's hits and an
+//! explanation chart, a filter's error pointing at its column, a document's chunks, a grounded
+//! answer with its citations linked to sources and its sources to their chunks, a job
+//! followed live and another cancelled, an eval comparison between two generations and one
+//! between settings as charts, the recorded gate decisions charted, a read-only key with no
 //! write controls (and the API refusing its write), keyboard and labels, a phone's width, and
-//! no request to any host but the server. Screenshots go to `target/console-screenshots`.
-//! Where no browser can be had the test says SKIPPED loudly.
+//! no request to any host but the server. Screenshots go to `target/console-screenshots`
+//! (Firefox's to its `firefox/`). Where no browser can be had the test says SKIPPED loudly,
+//! and so does the Firefox run where Firefox cannot be had.
 
 mod common;
 
@@ -13,14 +17,23 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use common::{fixture_dir, keyed, test_config, TestServer};
+use quarry::answer::router::{Endpoint, RetryPolicy};
 use quarry::auth::{AuthSettings, Role, ScopedKey};
 use quarry::grpc::pb;
 
 const ADMIN: &str = "console-admin-0123456789";
 const READER: &str = "console-reader-0123456789";
 
-/// The browser's python, chromium and chromedriver, or `None` (said loudly).
-fn browser() -> Option<(String, String, String)> {
+/// A browser to drive: its name, binary and WebDriver.
+struct Browser {
+    name: &'static str,
+    binary: String,
+    driver: String,
+}
+
+/// The browsers' python and the browsers there are (Chromium always; Firefox where it can be
+/// had, else said loudly), or `None` (said loudly).
+fn browsers() -> Option<(String, Vec<Browser>)> {
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/provision-browser.sh");
     let out = Command::new("bash")
@@ -36,19 +49,45 @@ fn browser() -> Option<(String, String, String)> {
     }
     assert!(out.status.success(), "provision-browser.sh failed");
     let text = String::from_utf8(out.stdout).unwrap();
-    let mut lines = text.lines().map(str::to_string);
-    Some((lines.next()?, lines.next()?, lines.next()?))
+    let lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let line = |i: usize| lines.get(i).cloned().unwrap_or_default();
+    let mut found = vec![Browser {
+        name: "chromium",
+        binary: line(1),
+        driver: line(2),
+    }];
+    if line(3).is_empty() || line(4).is_empty() {
+        eprintln!(
+            "!!! SKIPPED: the console's Firefox run: no Firefox or geckodriver (see above) !!!"
+        );
+    } else {
+        found.push(Browser {
+            name: "firefox",
+            binary: line(3),
+            driver: line(4),
+        });
+    }
+    Some((line(0), found))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_works_in_a_real_browser() {
-    let Some((python, chromium, chromedriver)) = browser() else {
+    let Some((python, browsers)) = browsers() else {
         return;
     };
+    // A real router behind the Ask page: llama.cpp with a small model.
+    let (llama_python, gguf) = common::llama::provision();
+    let (_llama, router) = common::llama::start_llama(&llama_python, &gguf).await;
     let data = tempfile::tempdir().unwrap();
     let imports = tempfile::tempdir().unwrap();
     let mut config = test_config(data.path());
     config.import_roots = vec![imports.path().to_path_buf()];
+    config.answer.routers = vec![Endpoint::from_url(&router)];
+    config.answer.retry = RetryPolicy {
+        request_timeout_ms: 120_000,
+        deadline_ms: 300_000,
+        ..RetryPolicy::default()
+    };
     // SciFact, where ../shared has it, for the page load times on a real collection.
     // (Canonical: a job's source path may not contain `..`.)
     let scifact = common::scifact().map(|d| d.canonicalize().expect("SciFact's directory"));
@@ -93,6 +132,17 @@ async fn the_console_works_in_a_real_browser() {
         .await
         .unwrap();
 
+    // The jobs page ingests into a collection of its own.
+    collections
+        .create_collection(keyed(
+            pb::CreateCollectionRequest {
+                name: "notes".into(),
+                config: None,
+            },
+            Some(ADMIN),
+        ))
+        .await
+        .unwrap();
     if let Some(dir) = &scifact {
         ingest_scifact(&channel, dir).await;
     }
@@ -113,45 +163,125 @@ async fn the_console_works_in_a_real_browser() {
         split: "test".into(),
         queries,
     };
-    pb::eval_client::EvalClient::new(channel.clone())
-        .put_eval_split(keyed(put, Some(ADMIN)))
+    let mut eval = pb::eval_client::EvalClient::new(channel.clone());
+    eval.put_eval_split(keyed(put, Some(ADMIN))).await.unwrap();
+    // A settings decision recorded with the collection (the eval page charts it), then a
+    // proposal left open (the page compares it with the adopted settings).
+    let propose = |lexical: f32, candidates: u32| pb::ProposeSettingsRequest {
+        collection: "mini".into(),
+        settings: Some(pb::SearchSettings {
+            fusion: Some(pb::Fusion {
+                method: Some(pb::fusion::Method::Weighted(pb::WeightedFusion {
+                    lexical_weight: Some(lexical),
+                    dense_weight: Some(1.0 - lexical),
+                })),
+            }),
+            candidates,
+            sum_decay: 0.0,
+        }),
+    };
+    eval.propose_settings(keyed(propose(0.5, 50), Some(ADMIN)))
+        .await
+        .unwrap();
+    let adopt = pb::AdoptSettingsRequest {
+        collection: "mini".into(),
+        split: "test".into(),
+        ..Default::default()
+    };
+    let decided = eval
+        .adopt_settings(keyed(adopt, Some(ADMIN)))
+        .await
+        .unwrap()
+        .into_inner();
+    eprintln!("settings decision for the console: {decided:?}");
+    eval.propose_settings(keyed(propose(0.8, 40), Some(ADMIN)))
         .await
         .unwrap();
 
-    // A source for the jobs page big enough that a second job waits behind the first.
-    let corpus = imports.path().join("many.jsonl");
-    let mut f = std::fs::File::create(&corpus).unwrap();
-    for i in 0..1500 {
-        writeln!(
-            f,
-            "{{\"_id\": \"n{i}\", \"text\": \"Note {i} about basalt, granite and quartz, kept for the jobs page.\"}}"
-        )
-        .unwrap();
+    let shots_root =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots");
+    for browser in &browsers {
+        // A source for the jobs page big enough that a second job waits behind the first (one
+        // per browser: a second run of the same texts would skip them and end at once).
+        let corpus = imports.path().join(format!("many-{}.jsonl", browser.name));
+        let mut f = std::fs::File::create(&corpus).unwrap();
+        for i in 0..1500 {
+            writeln!(
+                f,
+                "{{\"_id\": \"{}-{i}\", \"text\": \"Note {i} about basalt, granite and quartz, kept for the jobs page in {}.\"}}",
+                browser.name, browser.name
+            )
+            .unwrap();
+        }
+        drop(f);
+        // Chromium's screenshots at the top (the README shows two), Firefox's beside them.
+        let shots = match browser.name {
+            "chromium" => shots_root.clone(),
+            other => shots_root.join(other),
+        };
+        let cfg = serde_json::json!({
+            "base": server.http_url,
+            "admin_key": ADMIN,
+            "read_key": READER,
+            "collection": "mini",
+            "other": "mini_small",
+            "query": "which organelle makes ATP",
+            // Answered by the real router (llama.cpp): the page links citations to sources
+            // and sources to their chunks.
+            "ask": "which organelle makes ATP?",
+            "bad_filter": "year >= ",
+            "queries_file": fixture_dir().join("queries.jsonl"),
+            "qrels_file": fixture_dir().join("qrels/test.tsv"),
+            "job_path": corpus,
+            "jobs_collection": "notes",
+            "screenshots": shots,
+            "browser": browser.name,
+            "binary": browser.binary,
+            "driver": browser.driver,
+            // The SciFact page load times are measured once, in Chromium.
+            "scifact": scifact.is_some() && browser.name == "chromium",
+        });
+        let printed = drive(&python, &cfg).await;
+        if scifact.is_some() && browser.name == "chromium" {
+            assert!(printed.contains("SciFact page load times"), "{printed}");
+        }
+        for page in [
+            "collections",
+            "documents",
+            "search",
+            "ask",
+            "jobs",
+            "eval",
+            "eval-settings",
+            "collections-phone",
+        ] {
+            assert!(
+                shots.join(format!("{page}.png")).is_file(),
+                "{}: no screenshot of {page}",
+                browser.name
+            );
+        }
     }
-    drop(f);
+    // The job the browser cancelled really is cancelled on the server.
+    let jobs = pb::jobs_client::JobsClient::new(channel.clone())
+        .list_jobs(keyed(pb::ListJobsRequest::default(), Some(ADMIN)))
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    assert!(
+        jobs.iter()
+            .any(|j| j.state == pb::JobState::Cancelled as i32),
+        "{jobs:?}"
+    );
+    server.stop().await;
+}
 
-    let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots");
-    let cfg = serde_json::json!({
-        "base": server.http_url,
-        "admin_key": ADMIN,
-        "read_key": READER,
-        "collection": "mini",
-        "other": "mini_small",
-        "query": "which organelle makes ATP",
-        // No router is configured here: the page shows the server's refusal (the answer
-        // contract itself is tested against llama.cpp in tests/llama_router.rs).
-        "ask": "which organelle makes ATP?",
-        "bad_filter": "year >= ",
-        "queries_file": fixture_dir().join("queries.jsonl"),
-        "qrels_file": fixture_dir().join("qrels/test.tsv"),
-        "job_path": corpus,
-        "screenshots": shots,
-        "chromium": chromium,
-        "chromedriver": chromedriver,
-        "scifact": scifact.is_some(),
-    });
+/// Runs the browser driver with `cfg`; returns what it printed (each line echoed), after
+/// checking it succeeded.
+async fn drive(python: &str, cfg: &serde_json::Value) -> String {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/console/drive.py");
-    let mut child = Command::new(&python)
+    let mut child = Command::new(python)
         .arg(script)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -168,40 +298,16 @@ async fn the_console_works_in_a_real_browser() {
         .await
         .unwrap()
         .unwrap();
-    let printed = String::from_utf8_lossy(&out.stdout);
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
     for line in printed.lines() {
-        eprintln!("[browser] {line}");
+        eprintln!("[{}] {line}", cfg["browser"].as_str().unwrap_or("browser"));
     }
-    assert!(out.status.success(), "the browser run failed:\n{printed}");
-    if scifact.is_some() {
-        assert!(printed.contains("SciFact page load times"), "{printed}");
-    }
-    for page in [
-        "collections",
-        "documents",
-        "search",
-        "jobs",
-        "eval",
-        "collections-phone",
-    ] {
-        assert!(
-            shots.join(format!("{page}.png")).is_file(),
-            "no screenshot of {page}"
-        );
-    }
-    // The job the browser cancelled really is cancelled on the server.
-    let jobs = pb::jobs_client::JobsClient::new(channel.clone())
-        .list_jobs(keyed(pb::ListJobsRequest::default(), Some(ADMIN)))
-        .await
-        .unwrap()
-        .into_inner()
-        .jobs;
     assert!(
-        jobs.iter()
-            .any(|j| j.state == pb::JobState::Cancelled as i32),
-        "{jobs:?}"
+        out.status.success(),
+        "the {} run failed:\n{printed}",
+        cfg["browser"]
     );
-    server.stop().await;
+    printed
 }
 
 /// The fixture corpus in a new collection, created and filled with the admin key.

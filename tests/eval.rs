@@ -295,6 +295,31 @@ async fn eval_rpc_evaluates_a_live_collection() {
     let b = run.queries.iter().find(|q| q.query_id == "b").unwrap();
     assert_eq!(b.ranking[0].document_id, "hist-printing-press");
 
+    // A run may name its document score aggregation (a decayed sum over chunks); a decay
+    // outside [0, 1] is refused.
+    let mut summed = request.clone();
+    summed.runs = vec![pb::EvalRunSpec {
+        name: "hybrid-sum".into(),
+        mode: pb::SearchMode::Hybrid as i32,
+        sum_decay: Some(0.5),
+        ..Default::default()
+    }];
+    let mut s = client.evaluate(summed.clone()).await.unwrap().into_inner();
+    let mut result = None;
+    while let Some(m) = s.message().await.unwrap() {
+        result = m.result.or(result);
+    }
+    let run = &result.expect("a final result").runs[0];
+    assert_eq!(run.name, "hybrid-sum");
+    assert!(run.queries.iter().all(|q| !q.ranking.is_empty()));
+    summed.runs[0].sum_decay = Some(1.5);
+    let err = match client.evaluate(summed).await {
+        Err(e) => e,
+        Ok(s) => first_error(s.into_inner()).await,
+    };
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("sum_decay"), "{}", err.message());
+
     // Bad requests.
     let mut bad = request.clone();
     bad.collection = "nope".into();

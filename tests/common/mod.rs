@@ -6,6 +6,8 @@ pub mod cli;
 pub mod fake_router;
 #[allow(dead_code)]
 pub mod generations;
+#[allow(dead_code)]
+pub mod llama;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};

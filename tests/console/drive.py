@@ -1,13 +1,17 @@
-"""Drives the real console in headless Chromium against a real Quarry server.
+"""Drives the real console in a headless browser (Chromium or Firefox) against a real Quarry
+server.
 
-Run by tests/console.rs, which starts the server, fills two collections (a generation and
-its successor), writes the eval files and passes everything as JSON on stdin:
+Run by tests/console.rs, once per browser, which starts the server, fills two collections (a
+generation and its successor), writes the eval files and passes everything as JSON on stdin:
   {"base": "http://127.0.0.1:PORT", "admin_key": ..., "read_key": ..., "collection": ...,
    "other": ..., "query": ..., "bad_filter": ..., "queries_file": ..., "qrels_file": ...,
-   "job_path": ..., "screenshots": DIR, "chromium": PATH, "chromedriver": PATH}
+   "job_path": ..., "screenshots": DIR, "browser": "chromium" | "firefox",
+   "binary": PATH, "driver": PATH}
 Prints one line per check and the load time of each page; exits non-zero on the first
-failure. Every request the browser makes is read back from its network log at the end: one to
-any host but the server fails the run (other hosts cannot even resolve).
+failure. No host but the server can be reached (Chromium: other names do not resolve;
+Firefox: every other host goes through a proxy that does not exist), and every page's
+resource timings are read back: a request to any host but the server fails the run (in
+Chromium, its network log is checked too).
 """
 
 import json
@@ -20,7 +24,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as EC
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 cfg = json.load(sys.stdin)
 base = cfg["base"]
@@ -32,23 +36,51 @@ def log(message):
     print(message, flush=True)
 
 
-options = webdriver.ChromeOptions()
-options.binary_location = cfg["chromium"]
-for arg in [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--window-size=1280,800",
-    # No host but the server's address resolves: a page that fetched from a CDN would break.
-    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]:
-    options.add_argument(arg)
-options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
-driver = webdriver.Chrome(options=options, service=Service(cfg["chromedriver"]))
+CHROMIUM = cfg["browser"] == "chromium"
+if CHROMIUM:
+    options = webdriver.ChromeOptions()
+    options.binary_location = cfg["binary"]
+    for arg in [
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,800",
+        # No host but the server's address resolves: a page that fetched from a CDN would break.
+        "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+    ]:
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(cfg["driver"]))
+else:
+    from selenium.webdriver.firefox.service import Service as GeckoService
+    options = webdriver.FirefoxOptions()
+    options.binary_location = cfg["binary"]
+    options.add_argument("-headless")
+    # Every host but the loopback server goes to a proxy on a closed port: a page that
+    # fetched from a CDN would break. Firefox's own background traffic is off.
+    for name, value in [
+        ("network.proxy.type", 1),
+        ("network.proxy.http", "127.0.0.1"),
+        ("network.proxy.http_port", 9),
+        ("network.proxy.ssl", "127.0.0.1"),
+        ("network.proxy.ssl_port", 9),
+        ("network.proxy.allow_hijacking_localhost", False),
+        ("app.update.auto", False),
+        ("browser.safebrowsing.malware.enabled", False),
+        ("browser.safebrowsing.phishing.enabled", False),
+        ("datareporting.policy.dataSubmissionEnabled", False),
+        ("toolkit.telemetry.enabled", False),
+    ]:
+        options.set_preference(name, value)
+    driver = webdriver.Firefox(options=options, service=GeckoService(cfg["driver"]))
+    driver.set_window_size(1280, 800)
+log(f"browser: {cfg['browser']} {driver.capabilities.get('browserVersion', '?')}")
+# Hosts of every resource each page loaded (read from the page's resource timings).
+resource_hosts = set()
 # Polled every 20 ms (the default, 500 ms, would be most of what the page times measure).
 wait = WebDriverWait(driver, 60, poll_frequency=0.02)
 
@@ -75,7 +107,15 @@ def page(name, query=""):
     ms = (time.monotonic() - started) * 1000
     inside = driver.find_element(By.ID, "main").get_attribute("data-load-ms")
     log(f"page {name}: rendered in {ms:.0f} ms (its API calls {inside} ms)")
+    note_resources()
     return ms
+
+
+def note_resources():
+    for url in driver.execute_script(
+            "return performance.getEntriesByType('resource').concat(performance.getEntriesByType('navigation')).map(e => e.name)"):
+        if not url.startswith(("data:", "blob:")):
+            resource_hosts.add(url.split("/")[2] if "://" in url else url)
 
 
 def shot(name):
@@ -113,6 +153,8 @@ try:
     table = find("main table").text
     check(cfg["collection"] in table and cfg["other"] in table, "both collections are listed")
     check(find("main").text.count("Create a collection") == 1, "an admin key sees the create form")
+    check("proposed: weighted 0.80 / 0.20, 40 candidates" in table,
+          "the collection's adopted and proposed search settings are shown")
     shot("collections")
 
     # Documents: a filter with a syntax error points at its column; a document's chunks.
@@ -140,29 +182,45 @@ try:
     hit = find(".hit")
     hits = driver.find_elements(By.CSS_SELECTOR, ".hit")
     check(len(hits) > 0, f"the search returns hits ({len(hits)}): {hit.text.splitlines()[0]!r}")
+    check(len(driver.find_elements(By.CSS_SELECTOR, ".hit a.chunk-link")) == len(hits),
+          "every hit links to its chunk")
     hit.find_element(By.TAG_NAME, "summary").click()
     chart = hit.find_element(By.CSS_SELECTOR, "svg.chart")
     label = chart.get_attribute("aria-label")
     check("rank" in label, f"the explanation chart shows each retriever's rank: {label!r}")
     shot("search")
 
-    # Ask: the grounded answer with its sources (the server's router is real or absent; the
-    # page shows the answer, or the server's refusal, either way).
-    if cfg.get("ask"):
-        times["ask"] = page("ask")
-        q = find("input[name=question]")
-        q.send_keys(cfg["ask"])
-        q.send_keys(Keys.ENTER)
-        WebDriverWait(driver, 300).until(
-            lambda d: d.find_elements(By.CSS_SELECTOR, "main .hit, main .error"))
-        text = find("main").text
-        check("Sources" in text or "No grounded answer" in text or "FAILED_PRECONDITION" in text,
-              "the ask page shows the answer's sources, or the reason there is none")
-        shot("ask")
+    # Ask, answered by the real router: the grounded answer, each citation linked to its
+    # source, each source to its chunk, and the contract's repairs (model calls) shown.
+    times["ask"] = page("ask")
+    q = find("input[name=question]")
+    q.send_keys(cfg["ask"])
+    q.send_keys(Keys.ENTER)
+    WebDriverWait(driver, 300).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, "main .hit, main .error"))
+    text = find("main").text
+    check(not driver.find_elements(By.CSS_SELECTOR, "main .error"),
+          f"the router answered without an error: {text[-300:]!r}")
+    check("Answer" in text and "Sources" in text, "the page shows the answer and its sources")
+    check("model call(s)" in text, "the page shows the model calls (a repair would be marked)")
+    cites = driver.execute_script(
+        "return [...document.querySelectorAll('main a.cite')].map(a => [a.getAttribute('href'), !!document.querySelector(a.getAttribute('href'))])")
+    check(cites and all(ok for _, ok in cites), f"the answer's citations link to listed sources ({cites})")
+    sources = driver.find_elements(By.CSS_SELECTOR, "main li.hit a.chunk-link")
+    check(len(sources) > 0, f"every source links to its chunk ({len(sources)})")
+    shot("ask")
+    href = sources[0].get_attribute("href")
+    chunk_id = href.split("chunk=")[1].split("&")[0]
+    sources[0].click()
+    target = find("tr.target")
+    check(target.get_attribute("id") == f"chunk-{chunk_id}",
+          f"a source's link opens its document with chunk {chunk_id} marked")
 
     # Jobs: one runs (live progress over server-sent events), one waits behind it and is
     # cancelled while queued.
     times["jobs"] = page("jobs")
+    # Into a collection of their own, so the notes never reach the other pages' answers.
+    Select(find("select[name=collection]")).select_by_value(cfg["jobs_collection"])
     path = find("input[name=path]")
     for _ in range(2):
         path.clear()
@@ -196,26 +254,26 @@ try:
     state = job_states()[other]
     check(state == "succeeded", f"{other} succeeded, followed live through states {sorted(seen)}")
     shot("jobs")
+    page("documents", f"?c={cfg['collection']}")  # back to the fixture collection
 
     # Eval: the same runs on both generations, compared (deltas with intervals, wins and
     # losses) as charts.
     times["eval"] = page("eval")
     find("input[name=queries]").send_keys(cfg["queries_file"])
     find("input[name=qrels]").send_keys(cfg["qrels_file"])
-    from selenium.webdriver.support.ui import Select
     Select(find("select[name=compare_with]")).select_by_value(cfg["other"])
     find("main form button[type=submit]").click()
     section = WebDriverWait(driver, 600).until(
-        lambda d: d.find_elements(By.CSS_SELECTOR, "main section svg.chart"))
+        lambda d: d.find_elements(By.CSS_SELECTOR, "main .results section svg.chart"))
     check(len(section) >= 1, f"{len(section)} comparison chart(s) rendered")
     marks = driver.execute_script(
-        "return document.querySelectorAll('main section svg.chart circle').length")
+        "return document.querySelectorAll('main .results section svg.chart circle').length")
     check(marks == 5 * len(section), f"each comparison chart marks its 5 metrics ({marks})")
-    bars = driver.execute_script("return document.querySelectorAll('main svg.chart rect').length")
+    bars = driver.execute_script("return document.querySelectorAll('main .results svg.chart rect').length")
     check(bars >= 6, f"the runs chart draws a bar per run ({bars})")
-    text = find("main").text
+    text = find("main .results").text
     check("95% interval" in text and "wins" in text, "the comparison shows intervals, wins and losses")
-    driver.execute_script("document.querySelector('main section').scrollIntoView()")
+    driver.execute_script("document.querySelector('main .results section').scrollIntoView()")
     shot("eval")
     # The same on the split attached to the collection: no files.
     page("eval")
@@ -223,8 +281,25 @@ try:
     Select(find("select[name=compare_with]")).select_by_value(cfg["other"])
     find("main form button[type=submit]").click()
     attached = WebDriverWait(driver, 600).until(
-        lambda d: d.find_elements(By.CSS_SELECTOR, "main section svg.chart"))
+        lambda d: d.find_elements(By.CSS_SELECTOR, "main .results section svg.chart"))
     check(len(attached) >= 1, "an eval on the attached split renders its comparison without files")
+    # Settings: the proposal against the adopted settings, on the attached split.
+    page("eval")
+    Select(find("select[name=split]")).select_by_value("test")
+    Select(find("select[name=compare_with]")).select_by_value("@proposed")
+    find("main form button[type=submit]").click()
+    WebDriverWait(driver, 600).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, "main .results section svg.chart"))
+    heading = find("main .results section h3").text
+    check(heading.startswith("proposed against adopted"), f"the settings comparison renders: {heading!r}")
+    # The decisions recorded with the collection, each comparison as a chart.
+    decision = find("main .decisions details[open]")
+    summary = decision.find_element(By.TAG_NAME, "summary").text
+    check(" adopt " in f" {summary} " and "settings" in summary, f"the last decision is the settings adoption: {summary!r}")
+    circles = decision.find_elements(By.CSS_SELECTOR, "svg.chart circle")
+    check(len(circles) == 5, f"the decision's comparison is charted ({len(circles)} metrics)")
+    driver.execute_script("document.querySelector('main .decisions').scrollIntoView()")
+    shot("eval-settings")
 
     # A read-only key: no write controls anywhere, and the API refuses a write anyway.
     use_key(cfg["read_key"], "read")
@@ -275,7 +350,6 @@ try:
                             ("ask", ""), ("jobs", ""), ("eval", "")]:
             loads[name] = page(name, query)
         page("search")
-        from selenium.webdriver.support.ui import Select
         Select(find("select[name=collection]")).select_by_value("scifact")
         box = find("input[name=query]")
         box.send_keys("ALDH1 expression is associated with poorer prognosis for breast cancer")
@@ -287,20 +361,23 @@ try:
         log("SciFact page load times (ms): " + ", ".join(f"{k} {v:.0f}" for k, v in loads.items()))
 
     # Nothing came from anywhere but the server.
-    hosts = set()
-    for entry in driver.get_log("performance"):
-        message = json.loads(entry["message"])["message"]
-        if message.get("method") == "Network.requestWillBeSent":
-            url = message["params"]["request"]["url"]
-            if not url.startswith(("data:", "blob:")):
-                hosts.add(url.split("/")[2] if "://" in url else url)
     server = base.split("/")[2]
-    check(hosts == {server}, f"every request went to the server ({sorted(hosts)})")
+    check(resource_hosts == {server}, f"every page's resources came from the server ({sorted(resource_hosts)})")
+    if CHROMIUM:
+        hosts = set()
+        for entry in driver.get_log("performance"):
+            message = json.loads(entry["message"])["message"]
+            if message.get("method") == "Network.requestWillBeSent":
+                url = message["params"]["request"]["url"]
+                if not url.startswith(("data:", "blob:")):
+                    hosts.add(url.split("/")[2] if "://" in url else url)
+        check(hosts == {server}, f"every request went to the server ({sorted(hosts)})")
     log("page load times (ms): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()))
 except Exception:
     shot("failure")
-    for entry in driver.get_log("browser"):
-        log(f"browser console: {entry}")
+    if CHROMIUM:
+        for entry in driver.get_log("browser"):
+            log(f"browser console: {entry}")
     raise
 finally:
     driver.quit()

@@ -170,14 +170,17 @@
 
   async function pageCollections(main, signal) {
     const list = await api('GET', '/v1/collections', undefined, signal);
+    // Search settings are in each collection's own record (GetCollection), read together.
+    const details = await Promise.all(list.collections.map((c) => api('GET', `/v1/collections/${enc(c.name)}`, undefined, signal).catch(() => null)));
     main.append(el('h2', { text: 'Collections' }));
-    const rows = list.collections.map((c) => el('tr', {},
+    const rows = list.collections.map((c, i) => [c, details[i] || {}]).map(([c, d]) => el('tr', {},
       el('td', {}, el('a', { href: `#/documents?c=${enc(c.name)}`, text: c.name })),
       el('td', {}, c.aliases.join(', ')),
       el('td', { class: 'num' }, c.document_count),
       el('td', { class: 'num' }, c.chunk_count),
       el('td', {}, el('code', { text: c.config.embedding_model }), ` (${c.dimension} d)`),
       el('td', {}, `${c.config.chunk_tokens} tokens, overlap ${c.config.chunk_overlap ?? ''}`),
+      el('td', {}, settingsLabel(d.search_settings), d.proposed_settings ? el('div', { class: 'muted', text: `proposed: ${settingsLabel(d.proposed_settings)}` }) : null),
       el('td', {}, Object.entries(c.config.metadata_schema || {}).map(([k, t]) => el('div', {}, el('code', { text: k }), ` ${short(t)}`))),
       el('td', {}, when(c.created_unix_ms)),
       canAdmin() ? el('td', {}, el('button', {
@@ -190,7 +193,7 @@
     ));
     main.append(el('div', { class: 'scroll' }, el('table', {},
       el('caption', { class: 'muted', text: `${list.collections.length} collection(s)` }),
-      el('thead', {}, el('tr', {}, ['name', 'aliases', 'documents', 'chunks', 'model', 'chunking', 'metadata schema', 'created']
+      el('thead', {}, el('tr', {}, ['name', 'aliases', 'documents', 'chunks', 'model', 'chunking', 'search settings', 'metadata schema', 'created']
         .map((t) => el('th', { scope: 'col', class: ['documents', 'chunks'].includes(t) ? 'num' : null, text: t })), canAdmin() ? el('th', { scope: 'col', text: 'actions' }) : null)),
       el('tbody', {}, rows))));
 
@@ -314,6 +317,30 @@
       el('div', { class: 'row' }, field('Collection', picker), field('Filter', where, true), field('Page size', size), el('button', { type: 'submit' }, 'List')),
       caret), results, detail);
     await load('');
+    // Linked from a hit or an answer's source: that document's chunks, the chunk marked.
+    if (params.get('doc')) {
+      await showDocument(params.get('doc'));
+      const row = params.get('chunk') && document.getElementById(`chunk-${params.get('chunk')}`);
+      if (row) { row.classList.add('target'); row.tabIndex = -1; row.scrollIntoView({ block: 'center' }); row.focus(); }
+    }
+  }
+  // The documents page showing a hit's document with the hit's chunk marked.
+  function chunkHref(collection, hit) {
+    return `#/documents?${new URLSearchParams({ c: collection, doc: hit.document_id, chunk: hit.chunk_id })}`;
+  }
+  // Search settings in a few words: fusion, candidates per retriever, document scores.
+  function settingsLabel(s) {
+    if (!s) return '';
+    const f = s.fusion || {};
+    let out = 'weighted 0.60 / 0.40';
+    if (f.rrf) {
+      out = `RRF k ${fmt(f.rrf.k ?? 60, 0)}`;
+      if (f.rrf.lexical_weight != null || f.rrf.dense_weight != null) out += ` (${fmt(f.rrf.lexical_weight ?? 1, 2)} / ${fmt(f.rrf.dense_weight ?? 1, 2)})`;
+    } else if (f.weighted) {
+      out = `weighted ${fmt(f.weighted.lexical_weight ?? 0.6, 2)} / ${fmt(f.weighted.dense_weight ?? 0.4, 2)}`;
+    }
+    out += s.candidates ? `, ${s.candidates} candidates` : ', default candidates';
+    return out + (s.sum_decay ? `, chunk sum (decay ${fmt(s.sum_decay, 2)})` : ', best chunk');
   }
   function metadataText(typed) {
     return Object.entries(typed || {}).map(([k, v]) => {
@@ -381,7 +408,7 @@
     const depth = Math.max(1, r.total_candidates);
     wrap.append(el('ol', { class: 'hits' }, r.hits.map((h, i) => el('li', { class: 'hit' },
       el('div', { class: 'hit-head' }, el('strong', {}, `${i + 1}. ${h.title || h.document_id}`),
-        el('span', { class: 'muted mono', text: `${h.document_id} · chunk ${h.ordinal} · bytes ${h.start_byte}..${h.end_byte}` }),
+        el('a', { class: 'muted mono chunk-link', href: chunkHref(state.collection, h), text: `${h.document_id} · chunk ${h.ordinal} · bytes ${h.start_byte}..${h.end_byte}` }),
         el('span', { class: 'badge', text: `score ${fmt(h.score)}` })),
       el('p', { text: h.text }),
       el('details', {}, el('summary', {}, 'Explanation'), explanationChart(h.explanation || {}, depth, maxScore),
@@ -475,6 +502,12 @@
       }
       wrap.append(el('h3', { text: 'Answer' }), p);
     }
+    // The citations the reply declared, each linked to its source (and from there its chunk).
+    if (r.citations.length) {
+      wrap.append(el('p', { class: 'citations' }, 'Cites: ', r.citations.map((c, i) => [i ? ', ' : '',
+        el('a', { class: 'cite', href: `#source-${c.source}`, onclick: (ev) => { ev.preventDefault(); const t = document.getElementById(`source-${c.source}`); if (t) { t.scrollIntoView(); t.focus(); } } },
+          `[${c.source}] ${c.document_id}`)])));
+    }
     if (r.answer_json) wrap.append(el('details', {}, el('summary', {}, 'Answer as validated JSON'), el('pre', { text: JSON.stringify(answer ?? r.answer_json, null, 2) })));
     wrap.append(el('p', { class: 'muted' }, `model ${r.model || '?'} · ${r.attempts} model call(s)`, r.attempts > 1 ? el('span', { class: 'bad', text: ` (${r.attempts - 1} repair(s) of a reply that broke the contract)` }) : '',
       ` · ${r.requests} request(s) · retrieval ${fmt(r.retrieve_ms, 1)} ms, generation ${fmt(r.generate_ms, 1)} ms`,
@@ -483,7 +516,7 @@
     const cited = new Set(r.citations.map((c) => c.source));
     wrap.append(el('h3', { text: 'Sources' }), el('ol', { class: 'hits' }, r.sources.map((s) => el('li', { class: 'hit', id: `source-${s.number}`, tabindex: -1 },
       el('div', { class: 'hit-head' }, el('strong', {}, `[${s.number}] ${s.hit.title || s.hit.document_id}`), cited.has(s.number) ? el('span', { class: 'badge good', text: 'cited' }) : null,
-        el('a', { href: `#/documents?c=${enc(state.collection)}`, class: 'mono', text: `${s.hit.document_id} · chunk ${s.hit.chunk_id} · bytes ${s.hit.start_byte}..${s.hit.end_byte}` })),
+        el('a', { href: chunkHref(state.collection, s.hit), class: 'mono chunk-link', text: `${s.hit.document_id} · chunk ${s.hit.chunk_id} · bytes ${s.hit.start_byte}..${s.hit.end_byte}` })),
       el('p', { text: s.hit.text })))));
     if (r.left_out.length) wrap.append(el('p', { class: 'muted', text: `Left out: ${r.left_out.map((l) => `${l.document_id} (${l.reason})`).join('; ')}` }));
     return wrap;
@@ -582,15 +615,24 @@
     main.append(el('h2', { text: 'Eval' }));
     // Judgments attached to the collection (PutEvalSplit), or the caller's files.
     const split = select('split', [['', 'files below']], '');
-    const loadSplits = async () => {
+    const names = await collectionNames(signal);
+    // Another generation, or (when the collection has a proposal) its proposed settings.
+    const other = select('compare_with', [['', 'runs on this collection only']], '');
+    const decisions = el('div', { class: 'decisions' });
+    let info = null;
+    const options = (node, pairs) => node.replaceChildren(...pairs.map(([v, t]) => el('option', { value: v, text: t })));
+    const reload = async () => {
       let listed = { splits: [] };
       try { listed = await api('GET', `/v1/collections/${enc(state.collection)}/eval-sets`, undefined, signal); } catch (_) { /* none readable */ }
-      split.replaceChildren(...[['', 'files below'], ...(listed.splits || []).map((x) => [x.split, `${x.split} (${x.queries} queries)`])]
-        .map(([v, t]) => el('option', { value: v, text: t })));
+      options(split, [['', 'files below'], ...(listed.splits || []).map((x) => [x.split, `${x.split} (${x.queries} queries)`])]);
+      try { info = await api('GET', `/v1/collections/${enc(state.collection)}`, undefined, signal); } catch (_) { info = null; }
+      const proposal = info && info.proposed_settings
+        ? [['@proposed', `proposed settings: ${settingsLabel(info.proposed_settings)} (against the adopted ${settingsLabel(info.search_settings)})`]] : [];
+      options(other, [['', 'runs on this collection only'], ...proposal, ...names.filter((n) => n !== state.collection).map((n) => [n, n])]);
+      renderDecisions(decisions, (info && info.gates) || []);
     };
-    const picker = await collectionPicker(signal, loadSplits);
-    await loadSplits();
-    const other = select('compare_with', [['', 'runs on this collection only'], ...(await collectionNames(signal)).map((n) => [n, n])], '');
+    const picker = await collectionPicker(signal, reload);
+    await reload();
     const queries = el('input', { type: 'file', name: 'queries', accept: '.jsonl,.json,.txt' });
     const qrels = el('input', { type: 'file', name: 'qrels', accept: '.tsv,.txt' });
     const runBoxes = RUNS.map((r) => el('input', { type: 'checkbox', name: `run-${r.name}`, checked: r.name !== 'hybrid-rrf' }));
@@ -609,7 +651,14 @@
         } else {
           try { body.queries = evalQueries(await queries.files[0].text(), await qrels.files[0].text()); } catch (e) { out.append(errorBox(`The files do not parse: ${e.message}`)); return; }
         }
-        if (other.value) {
+        if (other.value === '@proposed') {
+          // Settings: hybrid with the adopted settings (a run that names none) against hybrid
+          // with the proposed ones, on the same queries.
+          const p = info.proposed_settings;
+          body.runs = [{ name: 'adopted', mode: 'SEARCH_MODE_HYBRID' },
+            { name: 'proposed', mode: 'SEARCH_MODE_HYBRID', fusion: p.fusion, candidates: p.candidates, sum_decay: p.sum_decay || 0 }];
+          body.compare = [{ baseline: 'adopted', candidate: 'proposed' }];
+        } else if (other.value) {
           // The same runs on both collections (generations): each run on the other collection
           // against the same run on this one.
           const here = (r) => `${state.collection}:${r.name}`;
@@ -630,7 +679,24 @@
     },
     el('div', { class: 'row' }, field('Collection', picker), field('Compare with', other), field('Attached split', split), field('queries.jsonl', queries), field('qrels (TSV)', qrels)),
     el('fieldset', {}, el('legend', { text: 'Runs' }), RUNS.map((r, i) => el('label', {}, runBoxes[i], ` ${r.name} `))),
-    el('div', { class: 'row' }, el('button', { type: 'submit' }, 'Run eval'), el('div', { class: 'field grow' }, progress))), out);
+    el('div', { class: 'row' }, el('button', { type: 'submit' }, 'Run eval'), el('div', { class: 'field grow' }, progress))),
+    el('div', { class: 'results' }, out), el('h3', { text: 'Recorded decisions' }), decisions);
+  }
+  // The gate's decisions recorded with the collection (promotions, rollbacks, settings adopted
+  // or refused, tunings' checks), newest first, each comparison as a chart.
+  function renderDecisions(node, gates) {
+    if (!gates.length) { node.replaceChildren(el('p', { class: 'muted', text: 'No promotion, rollback or settings decision is recorded with this collection.' })); return; }
+    node.replaceChildren(...gates.map((g, i) => {
+      const settings = g.action === 'adopt' || g.action === 'tune';
+      const what = settings ? `settings ${g.run}` : `${g.candidate} against ${g.baseline}${g.alias ? ` behind alias ${g.alias}` : ''}`;
+      const verdict = g.action === 'rollback' ? 'rolled back' : g.holds ? (g.switched ? 'held, switched' : 'held') : `refused: ${(g.worse || []).join(', ')} worse`;
+      const c = { baseline: settings ? 'adopted' : g.baseline, candidate: settings ? 'proposed' : g.candidate, queries: g.queries, metrics: g.metrics || [],
+        changed: [...(g.wins || []), ...(g.losses || []).slice().reverse()] };
+      return el('details', { open: i === 0 },
+        el('summary', {}, `${when(g.decided_unix_ms)} · ${g.action} · ${what} · `, el('span', { class: g.holds || g.action === 'rollback' ? 'good' : 'bad', text: verdict }),
+          g.split ? ` · split ${g.split} of ${g.split_owner}` : '', g.caught_up ? ` · ${g.caught_up} document(s) caught up` : ''),
+        c.metrics.length ? renderComparison(c) : el('p', { class: 'muted', text: 'Nothing was measured (a rollback returns to what the promotion had measured).' }));
+    }));
   }
   function renderEval(result) {
     const wrap = el('div');
@@ -712,15 +778,21 @@
     state.watches.clear();
     state.page = new AbortController();
     const main = document.getElementById('main');
-    main.replaceChildren();
+    // Each visit renders into a view of its own: a page left while it was still rendering
+    // (its requests answered after all) writes into a view no longer shown, never into the
+    // next page's.
+    const view = el('div', { class: 'view' });
+    main.replaceChildren(view);
+    const current = state.page;
     const started = performance.now();
     try {
-      await PAGES[page](main, state.page.signal, new URLSearchParams(query || ''));
+      await PAGES[page](view, state.page.signal, new URLSearchParams(query || ''));
     } catch (e) {
       if (e.name === 'AbortError') return;
-      main.append(errorBox(e));
-      if (e.status === 401) main.append(el('p', { text: 'Type an API key above.' }));
+      view.append(errorBox(e));
+      if (e.status === 401) view.append(el('p', { text: 'Type an API key above.' }));
     }
+    if (state.page !== current) return;
     // For the browser tests: when the page finished rendering, and how long it took.
     main.dataset.loaded = page;
     main.dataset.loadMs = String(Math.round(performance.now() - started));
