@@ -289,17 +289,8 @@ impl Engine {
         // Server records are checked as their readers will read them, and written under
         // the name they return as (still invisible: no collection has it yet).
         for t in &mut plan {
-            let kept = check(std::mem::take(&mut t.server)).map_err(|e| {
-                if matches!(e, Error::Storage(_)) || e.is_storage_full() {
-                    e
-                } else {
-                    corrupt(format!(
-                        "collection {}: {}",
-                        quote(&t.from.record.name),
-                        quote(&e.to_string())
-                    ))
-                }
-            })?;
+            let kept = check(std::mem::take(&mut t.server))
+                .map_err(|e| archive_fault(e, &t.from.record.name, ""))?;
             self.store.record_put_all(&t.record.name, &kept)?;
         }
 
@@ -307,17 +298,9 @@ impl Engine {
         // load), then make them visible together.
         let mut opened = Vec::new();
         for t in &plan {
-            let collection = self.open_collection(t.record.clone()).map_err(|e| {
-                if matches!(e, Error::Storage(_)) || e.is_storage_full() {
-                    e
-                } else {
-                    corrupt(format!(
-                        "collection {}: its indexes do not open: {}",
-                        quote(&t.from.record.name),
-                        quote(&e.to_string())
-                    ))
-                }
-            })?;
+            let collection = self
+                .open_collection(t.record.clone())
+                .map_err(|e| archive_fault(e, &t.from.record.name, "its indexes do not open: "))?;
             let local = collection.require_local("restoring a Quarry snapshot")?;
             let applied = local.lexical.applied_seq()?.max(local.dense.applied_seq()?);
             if applied >= MAX_ARCHIVE_ID || t.from.seq >= MAX_ARCHIVE_ID {
@@ -519,6 +502,20 @@ impl Engine {
         apply_batches(&trees, &mut batches)?;
         trees.forget_counts()?;
         Ok((check.max_id, server))
+    }
+}
+
+/// An error met while taking in collection `name` of an archive: this server's own disk
+/// failing stays what it is; anything else is the archive's fault.
+fn archive_fault(e: Error, name: &str, what: &str) -> Error {
+    if matches!(e, Error::Storage(_)) || e.is_storage_full() {
+        e
+    } else {
+        corrupt(format!(
+            "collection {}: {what}{}",
+            quote(name),
+            quote(&e.to_string())
+        ))
     }
 }
 

@@ -10,8 +10,9 @@ use super::*;
 use crate::engine::DocumentInput;
 use crate::eval::gate::Action;
 use crate::eval::run::EvalQuery;
+use crate::eval::sets::tests::sorted;
+use crate::eval::tune::tests::weighted as settings;
 use crate::model::hashed::{HashEmbedder, HashModels};
-use crate::retrieve::{Fusion, SearchSettings};
 
 fn engine(dir: &Path) -> Arc<Engine> {
     let embedder = Arc::new(HashEmbedder::new(64).unwrap());
@@ -27,31 +28,6 @@ fn queries(n: usize, text_bytes: usize) -> Vec<EvalQuery> {
             judgments: HashMap::from([(format!("d{}", i % 5), 1)]),
         })
         .collect()
-}
-
-/// A query as (id, text, sorted judgments), comparable.
-type Flat = (String, String, Vec<(String, i32)>);
-
-fn sorted(mut q: Vec<EvalQuery>) -> Vec<Flat> {
-    q.sort_by(|a, b| a.id.cmp(&b.id));
-    q.into_iter()
-        .map(|q| {
-            let mut j: Vec<_> = q.judgments.into_iter().collect();
-            j.sort();
-            (q.id, q.text, j)
-        })
-        .collect()
-}
-
-fn settings(lexical: f32, candidates: usize) -> SearchSettings {
-    SearchSettings {
-        fusion: Fusion::Weighted {
-            lexical_weight: lexical,
-            dense_weight: 1.0 - lexical,
-        },
-        candidates,
-        ..Default::default()
-    }
 }
 
 fn gate(decided_unix_ms: u64) -> GateRecord {

@@ -339,4 +339,4 @@ fn drop_split(engine: &Engine, name: &str, split: &str) -> Result<()> {
 
 #[cfg(test)]
 #[path = "sets_tests.rs"]
-mod tests;
+pub(super) mod tests;

@@ -20,9 +20,9 @@ fn queries(n: usize, text_bytes: usize) -> Vec<EvalQuery> {
 }
 
 /// A query as (id, text, sorted judgments), comparable.
-type Flat = (String, String, Vec<(String, i32)>);
+pub(crate) type Flat = (String, String, Vec<(String, i32)>);
 
-fn sorted(mut q: Vec<EvalQuery>) -> Vec<Flat> {
+pub(crate) fn sorted(mut q: Vec<EvalQuery>) -> Vec<Flat> {
     q.sort_by(|a, b| a.id.cmp(&b.id));
     q.into_iter()
         .map(|q| {

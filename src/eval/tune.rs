@@ -284,4 +284,4 @@ impl Engine {
 
 #[cfg(test)]
 #[path = "tune_tests.rs"]
-mod tests;
+pub(super) mod tests;

@@ -34,7 +34,7 @@ fn queries(range: std::ops::Range<usize>) -> Vec<EvalQuery> {
         .collect()
 }
 
-fn weighted(lexical: f32, candidates: usize) -> SearchSettings {
+pub(crate) fn weighted(lexical: f32, candidates: usize) -> SearchSettings {
     SearchSettings {
         fusion: Fusion::Weighted {
             lexical_weight: lexical,
