@@ -110,10 +110,7 @@ pub fn search_settings_pb(s: crate::retrieve::SearchSettings) -> pb::SearchSetti
     pb::SearchSettings {
         fusion: Some(fusion_to_pb(s.fusion)),
         candidates: s.candidates as u32,
-        sum_decay: match s.aggregation {
-            Aggregation::Max => 0.0,
-            Aggregation::Sum { decay } => decay,
-        },
+        sum_decay: s.aggregation.sum_decay(),
     }
 }
 
@@ -122,10 +119,7 @@ pub fn search_settings(s: pb::SearchSettings) -> Result<crate::retrieve::SearchS
     Ok(crate::retrieve::SearchSettings {
         fusion: fusion(s.fusion)?.unwrap_or_default(),
         candidates: s.candidates as usize,
-        aggregation: match s.sum_decay {
-            0.0 => Aggregation::Max,
-            decay => Aggregation::Sum { decay },
-        },
+        aggregation: Aggregation::from_sum_decay(s.sum_decay),
     })
 }
 

@@ -98,10 +98,7 @@ pub(crate) fn run_pb(s: &RunSpec, where_text: &str, collection: &str) -> pb::Eva
         where_text: where_text.to_string(),
         collection: collection.to_string(),
         candidates: s.candidates as u32,
-        sum_decay: s.aggregation.map(|a| match a {
-            crate::retrieve::Aggregation::Max => 0.0,
-            crate::retrieve::Aggregation::Sum { decay } => decay,
-        }),
+        sum_decay: s.aggregation.map(|a| a.sum_decay()),
     }
 }
 

@@ -79,6 +79,9 @@ impl Engine {
                 return Err(Error::invalid("RRF k must be a finite number >= 0"));
             }
         }
+        if let Some(a) = p.aggregation {
+            a.check()?;
+        }
         Ok(())
     }
 }

@@ -58,11 +58,7 @@ impl Engine {
                 "fusion weights must be finite and >= 0, and RRF k within 0..=1000000",
             ));
         }
-        if let crate::retrieve::Aggregation::Sum { decay } = s.aggregation {
-            if !(decay > 0.0 && decay <= 1.0) {
-                return Err(Error::invalid("a sum's decay must be in (0, 1]"));
-            }
-        }
+        s.aggregation.check()?;
         if s.candidates > self.config.limits.max_top_k {
             return Err(Error::invalid(format!(
                 "candidates {} is over the limit max_top_k = {}",

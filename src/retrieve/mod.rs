@@ -108,6 +108,38 @@ pub enum Aggregation {
     Sum { decay: f32 },
 }
 
+impl Aggregation {
+    /// From the wire's `sum_decay`: 0 is [`Aggregation::Max`], anything else a sum (checked
+    /// by [`Aggregation::check`] where it is used).
+    pub fn from_sum_decay(decay: f32) -> Self {
+        if decay == 0.0 {
+            Aggregation::Max
+        } else {
+            Aggregation::Sum { decay }
+        }
+    }
+
+    /// The wire's `sum_decay`: 0 for [`Aggregation::Max`].
+    pub fn sum_decay(&self) -> f32 {
+        match *self {
+            Aggregation::Max => 0.0,
+            Aggregation::Sum { decay } => decay,
+        }
+    }
+
+    /// INVALID_ARGUMENT unless a search can run with it: a sum's decay in (0, 1].
+    pub fn check(&self) -> crate::error::Result<()> {
+        match *self {
+            Aggregation::Sum { decay } if !(decay > 0.0 && decay <= 1.0) => {
+                Err(crate::error::Error::invalid(format!(
+                    "a sum's decay (sum_decay) must be in (0, 1], not {decay} (0: a document scores as its best chunk)"
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// How a filtered dense search finds its candidates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DensePlan {

@@ -18,24 +18,15 @@ pub(super) fn run_spec(s: pb::EvalRunSpec) -> Result<RunSpec> {
         mode: convert::mode(s.mode)?,
         fusion: convert::fusion(s.fusion)?,
         candidates: s.candidates as usize,
-        aggregation: s.sum_decay.map(aggregation).transpose()?,
+        // Checked by the search each run makes, as any search's.
+        aggregation: s
+            .sum_decay
+            .map(crate::retrieve::Aggregation::from_sum_decay),
         title_boost: s.title_boost.unwrap_or(0.0).max(0.0),
         filter: meta_convert::request_filter(Default::default(), None, &s.where_text)?,
         collection: Some(s.collection).filter(|c| !c.is_empty()),
         name: s.name,
     })
-}
-
-/// A run's document score aggregation from its `sum_decay`: 0 the best chunk, (0, 1] a
-/// decayed sum.
-fn aggregation(decay: f32) -> Result<crate::retrieve::Aggregation> {
-    match decay {
-        0.0 => Ok(crate::retrieve::Aggregation::Max),
-        d if d > 0.0 && d <= 1.0 => Ok(crate::retrieve::Aggregation::Sum { decay: d }),
-        d => Err(Error::invalid(format!(
-            "sum_decay {d} is outside [0, 1] (0: a document scores as its best chunk)"
-        ))),
-    }
 }
 
 impl Service {
