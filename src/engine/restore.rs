@@ -45,9 +45,9 @@ const MAX_FIELD_BYTES: usize = 256 << 20;
 /// Formats this version reads.
 const READABLE: [u32; 3] = [1, 2, 3];
 
-/// The most bytes of server records (eval sets, settings, gate decisions) one collection of an
-/// archive may carry: they are held in memory until checked. Far above what the eval limits
-/// let a collection hold (16 splits of an Evaluate request's size).
+/// The most bytes of server records (eval sets, settings, gate decisions) one archive may
+/// carry, over all its collections: they are held in memory until checked. Far above what the
+/// eval limits let a collection hold (16 splits of an Evaluate request's size).
 const MAX_SERVER_RECORD_BYTES: usize = 256 << 20;
 
 /// Checks a collection's server records from an archive as their readers will read them, and
@@ -186,6 +186,7 @@ impl Engine {
             armed: true,
         };
         let mut seen_paths = HashSet::new();
+        let mut server_budget = MAX_SERVER_RECORD_BYTES;
         for entry in entries {
             let mut entry = entry.map_err(bad)?;
             let path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
@@ -235,8 +236,12 @@ impl Engine {
             }
             let sha = if rest == "records.bin" {
                 let mut hashed = HashingReader::new(&mut entry);
-                (target.max_id, target.server) =
-                    self.load_records(&target.record, &mut hashed, manifest.format)?;
+                (target.max_id, target.server) = self.load_records(
+                    &target.record,
+                    &mut hashed,
+                    manifest.format,
+                    &mut server_budget,
+                )?;
                 // Whatever the loader left unread still counts for the checksum.
                 std::io::copy(&mut hashed, &mut std::io::sink()).map_err(bad)?;
                 target.records_seen = true;
@@ -412,12 +417,13 @@ impl Engine {
 
     /// Writes a collection's records from a snapshot into its (new, invisible) trees, each
     /// checked as the store will read it; returns the largest id they use, and the server
-    /// records (format 3: decoded, bounded, not yet judged).
+    /// records (format 3: decoded, not yet judged, taken from the archive's `budget` of bytes).
     fn load_records(
         &self,
         record: &CollectionRecord,
         from: &mut impl Read,
         format: u32,
+        budget: &mut usize,
     ) -> Result<(u64, Vec<OwnedRecord>)> {
         let trees = self.store.trees(record)?;
         let mut check = RecordCheck::new(record.dimension);
@@ -425,7 +431,6 @@ impl Engine {
             (0..TREES.len()).map(|_| sled::Batch::default()).collect();
         let mut pending = 0usize;
         let mut server = Vec::new();
-        let mut server_bytes = 0usize;
         let mut read = BufReader::with_capacity(1 << 20, from);
         let mut tag = [0u8; 1];
         loop {
@@ -465,10 +470,9 @@ impl Engine {
             }
             if tag[0] == SERVER_RECORDS && format >= 3 {
                 check.order(tag[0])?;
-                server_bytes += k.len() + v.len();
-                if server_bytes > MAX_SERVER_RECORD_BYTES {
-                    return Err(corrupt("over 256 MiB of server records in one collection"));
-                }
+                *budget = budget
+                    .checked_sub(k.len() + v.len())
+                    .ok_or_else(|| corrupt("over 256 MiB of server records"))?;
                 server.push(server_record(&k, v)?);
                 continue;
             }

@@ -291,7 +291,14 @@ impl Engine {
         let promoted = self
             .gate_records(&current)?
             .into_iter()
-            .find(|r| r.action == Action::Promote && r.switched && r.alias == alias)
+            // A record about this very collection: one restored from a snapshot under another
+            // name tells of a promotion of that other collection, not of this one.
+            .find(|r| {
+                r.action == Action::Promote
+                    && r.switched
+                    && r.alias == alias
+                    && r.candidate == current
+            })
             .ok_or_else(|| {
                 Error::FailedPrecondition(format!(
                     "alias {} points to {}, which no recorded promotion through it put there: nothing to roll back to (switch it with SetAlias)",

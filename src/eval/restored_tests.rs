@@ -72,6 +72,14 @@ async fn source(engine: &Arc<Engine>) {
     engine.adopt_settings_now("c", settings(0.3, 50)).unwrap();
     engine.propose_settings("c", settings(0.7, 80)).unwrap();
     engine.record_gate("c", &gate(1)).unwrap();
+    // A promotion of `c` through alias `docs`, replacing `c0`.
+    let promoted = GateRecord {
+        action: Action::Promote,
+        alias: "docs".into(),
+        baseline: "c0".into(),
+        ..gate(0)
+    };
+    engine.record_gate("c", &promoted).unwrap();
     engine
         .record_put("c", &pieces_group("test", 0xff), "00000", "[]")
         .unwrap();
@@ -111,7 +119,11 @@ async fn a_restore_serves_the_collections_eval_sets_settings_and_decisions() {
         engine.proposed_settings("c2").unwrap(),
         Some(settings(0.7, 80))
     );
-    assert_eq!(engine.gate_records("c2").unwrap(), vec![gate(1)]);
+    assert_eq!(
+        engine.gate_records("c2").unwrap(),
+        engine.gate_records("c").unwrap()
+    );
+    assert_eq!(engine.gate_records("c2").unwrap().len(), 2);
     // The source's orphan piece stayed behind.
     let kept = engine.local_records("c2").unwrap();
     assert!(
@@ -119,6 +131,14 @@ async fn a_restore_serves_the_collections_eval_sets_settings_and_decisions() {
         "an orphan piece was restored"
     );
     assert_eq!(kept.len() + 1, engine.local_records("c").unwrap().len());
+
+    // The restored decisions tell of the collection the snapshot was taken of: an alias
+    // pointed at the copy has nothing to roll back to through them.
+    engine.set_alias("docs", "c2", Some("")).unwrap();
+    assert!(matches!(
+        engine.rollback_target("docs"),
+        Err(Error::FailedPrecondition(_))
+    ));
 
     // A failed restore (the name is taken) writes no records under any name.
     let before = engine.local_records("c2").unwrap();
