@@ -338,18 +338,12 @@ async fn promote_refuses_worse_switches_equal_with_every_write_and_rollback_rest
 
     // The other generation, over HTTP: equal or better, so the alias switches, and the
     // writes the alias took after the re-index are caught up first.
-    quarry::tls::install_crypto_provider();
-    let http = reqwest::Client::new();
-    let reply: serde_json::Value = http
-        .post(format!("{}/v1/aliases/sci/promote", server.http_url))
-        .bearer_auth(ADMIN)
-        .json(&serde_json::json!({"candidate": "gen2", "split": "test"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let reply = common::post_json(
+        &format!("{}/v1/aliases/sci/promote", server.http_url),
+        ADMIN,
+        serde_json::json!({"candidate": "gen2", "split": "test"}),
+    )
+    .await;
     eprintln!("promotion of gen2: {reply}");
     assert_eq!(reply["promoted"], true, "{reply}");
     let promoted = collection(&server, "sci").await;
@@ -431,16 +425,12 @@ async fn promote_refuses_worse_switches_equal_with_every_write_and_rollback_rest
         {"fusion": {"weighted": {"lexical_weight": 0.3, "dense_weight": 0.7}}, "candidates": 200},
         {"fusion": {"rrf": {"k": 60}}},
     ]);
-    let tuned: serde_json::Value = http
-        .post(format!("{}/v1/collections/sci/tune", server.http_url))
-        .bearer_auth(ADMIN)
-        .json(&serde_json::json!({"grid": grid}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let tuned = common::post_json(
+        &format!("{}/v1/collections/sci/tune", server.http_url),
+        ADMIN,
+        serde_json::json!({"grid": grid}),
+    )
+    .await;
     eprintln!("tuning: {tuned}");
     assert_eq!(tuned["grid"].as_array().map(Vec::len), Some(3), "{tuned}");
     assert_eq!(tuned["check"]["split"], "test", "{tuned}");

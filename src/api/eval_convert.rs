@@ -252,7 +252,7 @@ pub fn eval_outcome(r: pb::EvalResult) -> Result<EvalOutcome> {
                     spec: RunSpec {
                         mode: mode(run.mode)?,
                         fusion: None,
-                        candidates: 0,
+                        candidates: None,
                         aggregation: None,
                         title_boost: 0.0,
                         filter: crate::filter::Filter::all(),

@@ -97,7 +97,7 @@ pub(crate) fn run_pb(s: &RunSpec, where_text: &str, collection: &str) -> pb::Eva
         title_boost: Some(s.title_boost),
         where_text: where_text.to_string(),
         collection: collection.to_string(),
-        candidates: s.candidates as u32,
+        candidates: s.candidates.map(|n| n as u32),
         sum_decay: s.aggregation.map(|a| a.sum_decay()),
     }
 }

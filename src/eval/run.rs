@@ -29,8 +29,10 @@ pub struct RunSpec {
     pub mode: Mode,
     /// `None`: the collection's setting.
     pub fusion: Option<Fusion>,
-    /// Candidates per retriever (0: the collection's setting, else the evaluation's depth).
-    pub candidates: usize,
+    /// Candidates per retriever: `None` the collection's setting; 0 (here or there) the
+    /// evaluation's depth. A run of settings names theirs, 0 included, so a setting of 0
+    /// is measured as itself, not as whatever the collection has.
+    pub candidates: Option<usize>,
     /// How a document's chunks score it; `None`: the collection's setting.
     pub aggregation: Option<crate::retrieve::Aggregation>,
     /// BM25 title-field boost (0: none).
@@ -83,7 +85,7 @@ impl RunSpec {
             name: spec.replace(':', "-").replace("@title=", "-title"),
             mode,
             fusion,
-            candidates: 0,
+            candidates: None,
             aggregation: None,
             title_boost,
             filter: crate::filter::Filter::all(),
@@ -156,6 +158,15 @@ pub fn check_size(limits: &crate::engine::Limits, queries: &[EvalQuery]) -> Resu
         )));
     }
     Ok(judgments)
+}
+
+/// Candidates per retriever for a run: its own (`Some`), else the collection's `adopted`;
+/// 0 is the evaluation's `depth`, and no run ranks fewer than `depth`.
+pub fn run_candidates(run: Option<usize>, adopted: usize, depth: usize) -> usize {
+    match run.unwrap_or(adopted) {
+        0 => depth,
+        n => n.max(depth),
+    }
 }
 
 /// Most run configurations in one evaluation.
@@ -363,15 +374,11 @@ impl Engine {
             let (lexical, dense) = singles
                 .get(target.as_str())
                 .ok_or_else(|| Error::internal("no diagnostics for a run's collection"))?;
-            // The run's depth of candidates, else the collection's, else the evaluation's.
-            let candidates = match spec.candidates {
-                0 => self.search_settings(target)?.candidates,
-                n => n,
+            let adopted = match spec.candidates {
+                None => self.search_settings(target)?.candidates,
+                Some(_) => 0,
             };
-            let candidates = match candidates {
-                0 => depth,
-                n => n.max(depth),
-            };
+            let candidates = run_candidates(spec.candidates, adopted, depth);
             let mut queries_out = Vec::with_capacity(judged.len());
             let mut latencies = Vec::with_capacity(judged.len());
             for (i, q) in judged.iter().enumerate() {

@@ -67,7 +67,7 @@ fn run(name: String, s: Option<SearchSettings>) -> RunSpec {
         name,
         mode: Mode::Hybrid,
         fusion: s.map(|s| s.fusion),
-        candidates: s.map_or(0, |s| s.candidates),
+        candidates: s.map(|s| s.candidates),
         aggregation: s.map(|s| s.aggregation),
         title_boost: 0.0,
         filter: crate::filter::Filter::all(),

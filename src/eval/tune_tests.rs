@@ -120,7 +120,7 @@ async fn tuning_proposes_adoption_is_gated_and_searches_use_the_adopted_setting(
             RunSpec {
                 name: "explicit".into(),
                 fusion: Some(good.fusion),
-                candidates: good.candidates,
+                candidates: Some(good.candidates),
                 aggregation: Some(good.aggregation),
                 ..RunSpec::parse("hybrid").unwrap()
             },
@@ -166,4 +166,22 @@ async fn tuning_proposes_adoption_is_gated_and_searches_use_the_adopted_setting(
         assert_eq!(engine.search_settings("c").unwrap(), good, "{backend}");
         engine.delete_collection("c").await.unwrap();
     }
+}
+
+#[test]
+fn a_setting_of_zero_candidates_is_measured_as_itself() {
+    // The run of a setting names its candidates, 0 included ...
+    let zero = SearchSettings {
+        candidates: 0,
+        ..weighted(0.5, 0)
+    };
+    assert_eq!(run("p".into(), Some(zero)).candidates, Some(0));
+    assert_eq!(run("a".into(), None).candidates, None);
+    // ... and 0 is the evaluation's depth, whatever the collection has adopted.
+    use crate::eval::run::run_candidates;
+    assert_eq!(run_candidates(Some(0), 400, 100), 100);
+    assert_eq!(run_candidates(None, 400, 100), 400);
+    assert_eq!(run_candidates(None, 0, 100), 100);
+    assert_eq!(run_candidates(Some(50), 400, 100), 100);
+    assert_eq!(run_candidates(Some(300), 0, 100), 300);
 }

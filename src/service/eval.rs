@@ -17,7 +17,7 @@ pub(super) fn run_spec(s: pb::EvalRunSpec) -> Result<RunSpec> {
     Ok(RunSpec {
         mode: convert::mode(s.mode)?,
         fusion: convert::fusion(s.fusion)?,
-        candidates: s.candidates as usize,
+        candidates: s.candidates.map(|n| n as usize),
         // Checked by the search each run makes, as any search's.
         aggregation: s
             .sum_decay

@@ -261,6 +261,23 @@ pub fn start_binary_all(
     (server, grpc.unwrap(), http.unwrap(), ops.unwrap())
 }
 
+/// POSTs `body` as JSON with `key` as its bearer token and returns the reply's JSON,
+/// whatever its status (the caller asserts on it).
+#[allow(dead_code)]
+pub async fn post_json(url: &str, key: &str, body: serde_json::Value) -> serde_json::Value {
+    quarry::tls::install_crypto_provider();
+    reqwest::Client::new()
+        .post(url)
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// `message` with `authorization: Bearer KEY` when a key is given.
 pub fn keyed<T>(message: T, key: Option<&str>) -> tonic::Request<T> {
     let mut r = tonic::Request::new(message);

@@ -656,7 +656,7 @@
           // with the proposed ones, on the same queries.
           const p = info.proposed_settings;
           body.runs = [{ name: 'adopted', mode: 'SEARCH_MODE_HYBRID' },
-            { name: 'proposed', mode: 'SEARCH_MODE_HYBRID', fusion: p.fusion, candidates: p.candidates, sum_decay: p.sum_decay || 0 }];
+            { name: 'proposed', mode: 'SEARCH_MODE_HYBRID', fusion: p.fusion, candidates: p.candidates || 0, sum_decay: p.sum_decay || 0 }];
           body.compare = [{ baseline: 'adopted', candidate: 'proposed' }];
         } else if (other.value) {
           // The same runs on both collections (generations): each run on the other collection
